@@ -1,0 +1,47 @@
+"""quantsweep: how far can a causal LM be quantized before it breaks, and how do we know?
+
+The public API is five verbs and the recipe registry::
+
+    import quantsweep
+    model, tokenizer = quantsweep.load_model("toy")          # or a local HF directory
+    quantsweep.quantize(model, "w4-rtn")                      # in place
+    result = quantsweep.evaluate(model, tokenizer, tasks=["toy_mc4"], limit=100)
+
+Names are imported lazily so that ``import quantsweep`` stays light and never
+touches torch_npu or an accelerator.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "quantsweep.models",
+    "quantize": "quantsweep.recipes",
+    "get_recipe": "quantsweep.recipes",
+    "list_recipes": "quantsweep.recipes",
+    "list_methods": "quantsweep.recipes",
+    "expand_recipes": "quantsweep.recipes",
+    "register_method": "quantsweep.recipes",
+    "RecipeConfig": "quantsweep.recipes",
+    "evaluate": "quantsweep.eval.harness",
+    "EvalResult": "quantsweep.eval.harness",
+    "resolve_device": "quantsweep.device",
+    "WeightSnapshot": "quantsweep.snapshot",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'quantsweep' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,311 @@
+"""The only module that knows about hardware: CPU, CUDA and Ascend NPU.
+
+Everything else in quantsweep asks this module which device to use, which dtype
+suits it, and how to synchronise, empty caches and read peak memory. torch_npu is
+imported lazily, inside functions, and only when an NPU is asked for or probed,
+so ``import quantsweep`` never touches an accelerator.
+
+Example:
+    >>> from quantsweep.device import resolve_device, default_dtype
+    >>> resolve_device("cpu")
+    'cpu'
+    >>> default_dtype("cpu")
+    torch.float32
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import re
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+NPU_INSTALL_HINT = (
+    "Ascend NPU support needs torch_npu, which needs the CANN toolkit and driver "
+    "installed on the host (source set_env.sh from CANN first). Install it with "
+    "`pip install 'quantsweep[npu]'`, choosing the torch-npu release that matches "
+    "your torch and CANN versions."
+)
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|npu)(?::(\d+))?$")
+
+
+class DeviceUnavailableError(ValueError):
+    """Raised when a device is asked for that this host cannot provide."""
+
+
+@functools.lru_cache(maxsize=1)
+def _import_torch_npu():
+    """Import torch_npu once; return the module or the exception that stopped it."""
+    try:
+        return importlib.import_module("torch_npu")
+    except Exception as error:  # noqa: BLE001 - a broken CANN install raises anything
+        return error
+
+
+def is_torch_npu_importable() -> bool:
+    """Whether ``import torch_npu`` succeeds (this registers the ``npu`` device).
+
+    Example:
+        >>> isinstance(is_torch_npu_importable(), bool)
+        True
+    """
+    return not isinstance(_import_torch_npu(), BaseException)
+
+
+def is_npu_available() -> bool:
+    """Whether an Ascend NPU can be used: torch_npu imports and reports a device.
+
+    Survives a broken torch_npu or CANN install by answering False.
+
+    Example:
+        >>> is_npu_available()  # on a host without Ascend hardware
+        False
+    """
+    if not is_torch_npu_importable():
+        return False
+    try:
+        return bool(torch.npu.is_available())  # type: ignore[attr-defined]
+    except Exception as error:  # noqa: BLE001
+        logger.debug("torch.npu.is_available() failed: %s", error)
+        return False
+
+
+def is_cuda_available() -> bool:
+    """Whether a CUDA device is usable.
+
+    Example:
+        >>> isinstance(is_cuda_available(), bool)
+        True
+    """
+    return torch.cuda.is_available()
+
+
+def parse_device(device: str | torch.device) -> tuple[str, int | None]:
+    """Split a device string into (backend, index), validating its form.
+
+    Example:
+        >>> parse_device("npu:1")
+        ('npu', 1)
+        >>> parse_device("cpu")
+        ('cpu', None)
+    """
+    if isinstance(device, torch.device):
+        return device.type, device.index
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'npu:0', got {type(device).__name__}")
+    match = _DEVICE_PATTERN.match(device.strip().lower())
+    if match is None:
+        raise ValueError(
+            f"unknown device {device!r}; expected one of: auto, cpu, cuda, cuda:N, npu, npu:N"
+        )
+    backend, index = match.group(1), match.group(2)
+    if backend in ("auto", "cpu") and index is not None:
+        raise ValueError(f"device {device!r} takes no index; use {backend!r}")
+    return backend, None if index is None else int(index)
+
+
+def resolve_device(device: str | torch.device = "auto") -> str:
+    """Turn a user's device request into a concrete, normalised device string.
+
+    ``auto`` picks an NPU when torch_npu imports and a device is present, then
+    CUDA, then CPU. A bare ``npu`` or ``cuda`` becomes ``npu:0`` / ``cuda:0``,
+    because lm-eval's HFLM silently ignores a bare ``npu``.
+
+    Raises:
+        DeviceUnavailableError: the device was asked for but this host lacks it.
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+    """
+    backend, index = parse_device(device)
+    if backend == "auto":
+        if is_npu_available():
+            backend = "npu"
+        elif is_cuda_available():
+            backend = "cuda"
+        else:
+            return "cpu"
+        index = 0
+        logger.info("device=auto resolved to %s:0", backend)
+    if backend == "cpu":
+        return "cpu"
+    index = 0 if index is None else index
+    if backend == "npu":
+        loaded = _import_torch_npu()
+        if isinstance(loaded, BaseException):
+            raise DeviceUnavailableError(
+                f"device 'npu' was requested but torch_npu cannot be imported ({loaded}). "
+                + NPU_INSTALL_HINT
+            )
+        count = _device_count("npu")
+        if count == 0:
+            raise DeviceUnavailableError(
+                "device 'npu' was requested but torch.npu reports no device; check the "
+                "driver, and that ASCEND_RT_VISIBLE_DEVICES lists devices in ascending order."
+            )
+    else:
+        if not is_cuda_available():
+            raise DeviceUnavailableError(
+                f"device {device!r} was requested but CUDA is not available "
+                "(is a CUDA build of torch installed?)"
+            )
+        count = _device_count("cuda")
+    if index >= count:
+        raise DeviceUnavailableError(
+            f"device {backend}:{index} was requested but only {count} {backend} device(s) are visible"
+        )
+    return f"{backend}:{index}"
+
+
+def _backend_module(backend: str):
+    """The torch submodule (torch.cuda or torch.npu) for an accelerator backend."""
+    if backend == "npu":
+        loaded = _import_torch_npu()
+        if isinstance(loaded, BaseException):
+            raise DeviceUnavailableError(NPU_INSTALL_HINT)
+        return torch.npu  # type: ignore[attr-defined]
+    if backend == "cuda":
+        return torch.cuda
+    raise ValueError(f"backend {backend!r} has no accelerator module")
+
+
+def _device_count(backend: str) -> int:
+    try:
+        return int(_backend_module(backend).device_count())
+    except Exception as error:  # noqa: BLE001
+        logger.debug("%s.device_count() failed: %s", backend, error)
+        return 0
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """The default compute dtype for a device: fp32 on CPU, bf16 on CUDA and NPU.
+
+    CUDA devices without bf16 support (before Ampere) get fp16.
+
+    Example:
+        >>> default_dtype("cpu")
+        torch.float32
+    """
+    backend, _ = parse_device(device)
+    if backend == "cpu":
+        return torch.float32
+    if backend == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """Resolve ``"auto"``, a dtype name or a torch dtype for a device.
+
+    Example:
+        >>> resolve_dtype("auto", "cpu")
+        torch.float32
+        >>> resolve_dtype("bf16", "cpu")
+        torch.bfloat16
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a string or torch.dtype, got {type(dtype).__name__}")
+    if dtype == "auto":
+        return default_dtype(device)
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto or one of {sorted(_DTYPES)}") from None
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for all queued work on ``device`` (a no-op on CPU).
+
+    Example:
+        >>> synchronize("cpu")
+    """
+    backend, index = parse_device(device)
+    if backend in ("cuda", "npu"):
+        _backend_module(backend).synchronize(index or 0)
+
+
+def empty_cache(device: str | torch.device) -> None:
+    """Release cached allocator blocks on ``device`` (a no-op on CPU).
+
+    Example:
+        >>> empty_cache("cpu")
+    """
+    backend, _ = parse_device(device)
+    if backend in ("cuda", "npu"):
+        _backend_module(backend).empty_cache()
+
+
+def reset_peak_memory(device: str | torch.device) -> None:
+    """Reset the peak-memory counter of ``device`` (a no-op on CPU).
+
+    Example:
+        >>> reset_peak_memory("cpu")
+    """
+    backend, index = parse_device(device)
+    if backend in ("cuda", "npu"):
+        _backend_module(backend).reset_peak_memory_stats(index or 0)
+
+
+def peak_memory_bytes(device: str | torch.device) -> int | None:
+    """Peak bytes allocated on ``device`` since the last reset; None on CPU.
+
+    On CPU there is no allocator counter; benchmarks measure host RSS instead.
+
+    Example:
+        >>> peak_memory_bytes("cpu") is None
+        True
+    """
+    backend, index = parse_device(device)
+    if backend in ("cuda", "npu"):
+        return int(_backend_module(backend).max_memory_allocated(index or 0))
+    return None
+
+
+def cholesky_device(device: str | torch.device) -> str:
+    """Where GPTQ-family methods should factorise a Hessian.
+
+    torch-npu has been seen to fall back to the CPU for ``torch.linalg.cholesky``
+    silently and slowly; we make that hop explicit and move only the Hessian.
+
+    Example:
+        >>> cholesky_device("cpu")
+        'cpu'
+        >>> cholesky_device("npu:0")
+        'cpu'
+    """
+    backend, index = parse_device(device)
+    if backend == "npu":
+        return "cpu"
+    return "cpu" if backend == "cpu" else f"{backend}:{index or 0}"
+
+
+def describe(device: str | torch.device) -> str:
+    """A human-readable name of the device, for result provenance.
+
+    Example:
+        >>> describe("cpu")
+        'cpu'
+    """
+    backend, index = parse_device(device)
+    if backend == "cpu":
+        return "cpu"
+    try:
+        name = _backend_module(backend).get_device_name(index or 0)
+    except Exception:  # noqa: BLE001
+        name = "unknown"
+    return f"{backend}:{index or 0} ({name})"

@@ -1,0 +1,1 @@
+"""Quantization algorithms, one file each, registered with :func:`quantsweep.recipes.register_method`."""

@@ -1,0 +1,28 @@
+"""The ``none`` method: the model as loaded, the full-precision baseline (recipe ``fp``).
+
+Example:
+    >>> quantsweep.quantize(model, "fp") is model  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quantsweep.recipes import RecipeConfig, register_method
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoQuantConfig(RecipeConfig):
+    """No quantization: the baseline every other recipe is compared with."""
+
+
+@register_method("none", config=NoQuantConfig)
+def apply_none(model, config: NoQuantConfig, calibration=None):
+    """Leave the model untouched.
+
+    Example:
+        >>> apply_none(model, NoQuantConfig(name="fp", method="none")) is model  # doctest: +SKIP
+        True
+    """
+    return model

@@ -1,0 +1,84 @@
+"""Round-to-nearest (RTN) weight-only quantization, k = 2..8 bits, and binary (k = 1).
+
+RTN needs no calibration data: each group of weights gets a min-max scale (and a
+zero point when asymmetric) and every weight is rounded to the nearest level.
+``bits: 1`` binarizes: ``sign(w) * mean|w|`` per channel or group.
+
+Example:
+    >>> quantsweep.quantize(model, "w4-rtn")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from quantsweep.methods.targets import weight_targets
+from quantsweep.quant import binarize, check_group_size, fake_quantize
+from quantsweep.recipes import RecipeConfig, RecipeError, register_method
+
+logger = logging.getLogger(__name__)
+
+RTN_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RTNConfig(RecipeConfig):
+    """Round-to-nearest weight quantization.
+
+    Attributes:
+        bits: 1 (binary) or 2..8.
+        group_size: weights per group along in_features; None means per output channel.
+        symmetric: symmetric integers around zero, or asymmetric min-max with a zero point.
+            Ignored for binary.
+
+    Example:
+        >>> RTNConfig(name="w4", method="rtn", bits=4, group_size=128).symmetric
+        True
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bits not in RTN_BITS:
+            raise RecipeError(f"recipe {self.name!r}: rtn supports bits {list(RTN_BITS)}, got {self.bits}")
+        if self.group_size is not None and self.group_size <= 0:
+            raise RecipeError(f"recipe {self.name!r}: group_size must be positive or null, got {self.group_size}")
+
+
+def quantize_weight(weight: torch.Tensor, config: RTNConfig, layer_name: str) -> torch.Tensor:
+    """The RTN fake-quantized copy of one weight matrix.
+
+    Example:
+        >>> quantize_weight(torch.randn(4, 128), RTNConfig(name="w", method="rtn"), "l").shape
+        torch.Size([4, 128])
+    """
+    if config.bits == 1:
+        return binarize(weight, config.group_size, layer_name)
+    return fake_quantize(weight, config.bits, config.group_size, config.symmetric, layer_name)
+
+
+@register_method("rtn", config=RTNConfig)
+def apply_rtn(model, config: RTNConfig, calibration=None):
+    """Quantize every target weight of ``model`` in place with RTN.
+
+    Group sizes are checked for every layer before any weight changes, so a bad
+    group size leaves the model intact.
+
+    Example:
+        >>> apply_rtn(model, get_recipe("w4-rtn"))  # doctest: +SKIP
+    """
+    targets = weight_targets(model, config)
+    for name, module in targets.items():
+        check_group_size(module.weight.shape[1], config.group_size, name)
+    with torch.no_grad():
+        for name, module in tqdm(targets.items(), desc=f"quantize {config.name}", unit="layer", leave=False):
+            module.weight.data.copy_(quantize_weight(module.weight.data, config, name))
+    logger.info("rtn: quantized %d weights to %d bits", len(targets), config.bits)
+    return model

@@ -1,0 +1,184 @@
+"""Fake-quantization primitives for weights and activations.
+
+Conventions (shared by every method):
+
+* A weight is ``[out_features, in_features]``. Groups run along ``in_features``:
+  ``group_size=None`` means one group per output channel (per-channel).
+* Symmetric k-bit: integers in ``[-2**(k-1), 2**(k-1) - 1]``, zero point 0,
+  ``scale = max|w| / (2**(k-1) - 1)``.
+* Asymmetric k-bit: integers in ``[0, 2**k - 1]``,
+  ``scale = (max - min) / (2**k - 1)``, ``zero = round(-min / scale)``.
+* Binary: ``sign(w) * mean|w|`` per group (sign(0) is taken as +1).
+
+Example:
+    >>> import torch
+    >>> w = torch.randn(8, 256)
+    >>> w4 = fake_quantize(w, bits=4, group_size=128, symmetric=False)
+    >>> w4.shape
+    torch.Size([8, 256])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Per-group scale and zero point, shaped ``[out, n_groups, 1]``."""
+
+    scale: torch.Tensor
+    zero: torch.Tensor
+    bits: int
+    symmetric: bool
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+
+def check_group_size(in_features: int, group_size: int | None, layer_name: str = "<tensor>") -> int:
+    """Return the effective group size, or raise if it does not divide ``in_features``.
+
+    Example:
+        >>> check_group_size(256, 128)
+        128
+        >>> check_group_size(256, None)
+        256
+    """
+    if group_size is None or group_size == -1:
+        return in_features
+    if not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}")
+    if in_features % group_size != 0:
+        raise ValueError(
+            f"group_size {group_size} does not divide in_features {in_features} of layer "
+            f"{layer_name!r}; choose a group size that divides {in_features}, or None for per-channel"
+        )
+    return group_size
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an integer from 2 to 8 for integer quantization, got {bits!r}")
+
+
+def _grouped(weight: torch.Tensor, group_size: int | None, layer_name: str) -> torch.Tensor:
+    if weight.dim() != 2:
+        raise ValueError(f"expected a 2-D weight for {layer_name!r}, got shape {tuple(weight.shape)}")
+    out_features, in_features = weight.shape
+    size = check_group_size(in_features, group_size, layer_name)
+    return weight.reshape(out_features, in_features // size, size)
+
+
+def compute_qparams(
+    weight: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = True,
+    layer_name: str = "<tensor>",
+) -> QuantParams:
+    """Min-max scale and zero point for each group of a 2-D weight.
+
+    Example:
+        >>> p = compute_qparams(torch.tensor([[-1.0, 0.5, 2.0, 1.0]]), bits=4)
+        >>> round(float(p.scale.flatten()[0]), 4)  # 2.0 / 7
+        0.2857
+    """
+    _check_bits(bits)
+    groups = _grouped(weight, group_size, layer_name).float()
+    if symmetric:
+        absmax = groups.abs().amax(dim=-1, keepdim=True)
+        scale = (absmax / (2 ** (bits - 1) - 1)).clamp_min(_EPS)
+        zero = torch.zeros_like(scale)
+    else:
+        wmin = groups.amin(dim=-1, keepdim=True).clamp_max(0)
+        wmax = groups.amax(dim=-1, keepdim=True).clamp_min(0)
+        scale = ((wmax - wmin) / (2**bits - 1)).clamp_min(_EPS)
+        zero = torch.round(-wmin / scale)
+    return QuantParams(scale=scale, zero=zero, bits=bits, symmetric=symmetric)
+
+
+def quantize_to_int(weight: torch.Tensor, params: QuantParams, group_size: int | None = None) -> torch.Tensor:
+    """Integer codes (as a float tensor) of ``weight`` under ``params``, grouped ``[out, G, g]``.
+
+    Example:
+        >>> w = torch.tensor([[-1.0, 0.5, 2.0, 1.0]])
+        >>> quantize_to_int(w, compute_qparams(w, bits=4)).flatten().tolist()
+        [-4.0, 2.0, 7.0, 4.0]
+    """
+    groups = _grouped(weight, group_size, "<tensor>").float()
+    q = torch.round(groups / params.scale) + params.zero
+    return q.clamp(params.qmin, params.qmax)
+
+
+def dequantize(codes: torch.Tensor, params: QuantParams, shape: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """Map integer codes back to real values and to the weight's 2-D ``shape``.
+
+    Example:
+        >>> w = torch.tensor([[-1.0, 0.5, 2.0, 1.0]])
+        >>> p = compute_qparams(w, bits=8)
+        >>> torch.allclose(dequantize(quantize_to_int(w, p), p, w.shape), w, atol=0.01)
+        True
+    """
+    return ((codes - params.zero) * params.scale).reshape(shape)
+
+
+def fake_quantize(
+    weight: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = True,
+    layer_name: str = "<tensor>",
+) -> torch.Tensor:
+    """Round-to-nearest k-bit quantize then dequantize; returns the weight's dtype.
+
+    Example:
+        >>> w = torch.randn(4, 128)
+        >>> (fake_quantize(w, 8) - w).abs().max() < (fake_quantize(w, 2) - w).abs().max()
+        tensor(True)
+    """
+    params = compute_qparams(weight, bits, group_size, symmetric, layer_name)
+    codes = quantize_to_int(weight, params, group_size)
+    return dequantize(codes, params, weight.shape).to(weight.dtype)
+
+
+def binarize(weight: torch.Tensor, group_size: int | None = None, layer_name: str = "<tensor>") -> torch.Tensor:
+    """1-bit weights: ``sign(w) * mean|w|`` per output channel or per group.
+
+    Example:
+        >>> binarize(torch.tensor([[1.0, -3.0, 2.0, -2.0]])).tolist()
+        [[2.0, -2.0, 2.0, -2.0]]
+    """
+    groups = _grouped(weight, group_size, layer_name).float()
+    scale = groups.abs().mean(dim=-1, keepdim=True)
+    sign = torch.where(groups >= 0, 1.0, -1.0)
+    return (sign * scale).reshape(weight.shape).to(weight.dtype)
+
+
+def fake_quantize_activation(x: torch.Tensor, bits: int, symmetric: bool = True) -> torch.Tensor:
+    """Dynamic per-token fake quantization of activations along the last dimension.
+
+    Each token (row of the last dim) gets its own scale, computed on the fly. No
+    clamping of the scale is applied beyond a tiny epsilon, so an overflow in a
+    low-precision dtype propagates as Inf/NaN rather than being hidden.
+
+    Example:
+        >>> x = torch.randn(2, 3, 16)
+        >>> fake_quantize_activation(x, bits=8).shape
+        torch.Size([2, 3, 16])
+    """
+    _check_bits(bits)
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1])
+    params = compute_qparams(flat, bits, None, symmetric)
+    codes = quantize_to_int(flat, params, None)
+    return dequantize(codes, params, flat.shape).reshape(shape).to(x.dtype)

@@ -1,0 +1,391 @@
+"""Recipes: frozen configs that map one to one onto YAML, a method registry, and ``quantize``.
+
+A *method* is an algorithm (``rtn``, ``gptq``, ...) registered with
+:func:`register_method` together with its config dataclass. A *recipe* is one
+YAML file in ``recipes/`` whose keys are exactly that dataclass's fields. A *grid*
+is a YAML file with a single ``grid:`` key listing recipe names.
+
+Adding a method takes one new Python file and one YAML file::
+
+    from dataclasses import dataclass
+    from quantsweep.recipes import RecipeConfig, register_method
+
+    @dataclass(frozen=True, kw_only=True)
+    class MyConfig(RecipeConfig):
+        bits: int = 4
+
+    @register_method("my-method", config=MyConfig)
+    def apply_my_method(model, config, calibration=None):
+        ...  # quantize model in place
+        return model
+
+Example:
+    >>> import quantsweep
+    >>> "w4-rtn" in quantsweep.list_recipes()
+    True
+    >>> quantsweep.get_recipe("w4-rtn").bits
+    4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe name, file or field is wrong; the message says which."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeConfig:
+    """Fields every recipe has.
+
+    Attributes:
+        name: the recipe's name, e.g. ``w4-rtn``.
+        method: the registered method that applies it, e.g. ``rtn``.
+        description: one line for ``quantsweep recipes``.
+        quantize_embeddings: also quantize the input embedding table (default off).
+        quantize_lm_head: also quantize the output head (default off).
+
+    Example:
+        >>> RecipeConfig(name="fp", method="none").quantize_lm_head
+        False
+    """
+
+    name: str
+    method: str
+    description: str = ""
+    quantize_embeddings: bool = False
+    quantize_lm_head: bool = False
+
+    def __post_init__(self) -> None:
+        _check_field_types(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what results record).
+
+        Example:
+            >>> RecipeConfig(name="fp", method="none").to_dict()["method"]
+            'none'
+        """
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The config as YAML text that :func:`recipe_from_yaml` reads back.
+
+        Example:
+            >>> "name: fp" in RecipeConfig(name="fp", method="none").to_yaml()
+            True
+        """
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_field_types(config: RecipeConfig) -> None:
+    hints = typing.get_type_hints(type(config))
+    for field in fields(config):
+        value = getattr(config, field.name)
+        expected = hints.get(field.name)
+        if expected is None or _matches(value, expected):
+            continue
+        raise RecipeError(
+            f"recipe {getattr(config, 'name', '?')!r}: field {field.name!r} must be "
+            f"{_type_name(expected)}, got {value!r}"
+        )
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if origin is dict:
+        return isinstance(value, dict)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True
+
+
+def _type_name(expected: Any) -> str:
+    return getattr(expected, "__name__", str(expected)).replace("NoneType", "None")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its name, config class and apply function."""
+
+    name: str
+    config: type[RecipeConfig]
+    apply: Callable[..., Any]
+    needs_calibration: bool
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_BUILTIN_METHOD_MODULES = (
+    "quantsweep.methods.none",
+    "quantsweep.methods.rtn",
+)
+_builtins_loaded = False
+
+
+def register_method(name: str, *, config: type[RecipeConfig], needs_calibration: bool = False):
+    """Decorator that registers ``fn(model, config, calibration=None) -> model`` as a method.
+
+    Raises:
+        ValueError: a method of that name is already registered.
+
+    Example:
+        >>> @register_method("doc-noop", config=RecipeConfig)  # doctest: +SKIP
+        ... def apply_noop(model, config, calibration=None):
+        ...     return model
+    """
+    if not (isinstance(config, type) and issubclass(config, RecipeConfig)):
+        raise TypeError(f"config for method {name!r} must be a RecipeConfig subclass, got {config!r}")
+
+    def decorator(fn):
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].apply.__module__})")
+        _METHODS[name] = MethodSpec(name=name, config=config, apply=fn, needs_calibration=needs_calibration)
+        return fn
+
+    return decorator
+
+
+def _load_builtin_methods() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    import importlib
+
+    for module in _BUILTIN_METHOD_MODULES:
+        importlib.import_module(module)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method called ``name``.
+
+    Example:
+        >>> get_method("rtn").name
+        'rtn'
+    """
+    _load_builtin_methods()
+    if name not in _METHODS:
+        raise RecipeError(f"unknown method {name!r}{_did_you_mean(name, _METHODS)}; registered: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods.
+
+    Example:
+        >>> "rtn" in list_methods()
+        True
+    """
+    _load_builtin_methods()
+    return sorted(_METHODS)
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> RecipeConfig:
+    """Build the config a recipe mapping describes, rejecting unknown keys by name.
+
+    Example:
+        >>> recipe_from_dict({"name": "w4", "method": "rtn", "bits": 4}).bits
+        4
+    """
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    if "method" not in data:
+        raise RecipeError(f"{source}: missing required key 'method' (one of: {', '.join(list_methods())})")
+    spec = get_method(str(data["method"]))
+    allowed = [f.name for f in fields(spec.config)]
+    unknown = [key for key in data if key not in allowed]
+    if unknown:
+        raise RecipeError(
+            f"{source}: unknown key {unknown[0]!r}{_did_you_mean(str(unknown[0]), allowed)} for method "
+            f"{spec.name!r}; allowed keys: {', '.join(allowed)}"
+        )
+    missing = [f.name for f in fields(spec.config)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if missing:
+        raise RecipeError(f"{source}: missing required key {missing[0]!r}")
+    try:
+        return spec.config(**data)
+    except RecipeError as error:
+        raise RecipeError(f"{source}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{source}: {error}") from None
+
+
+def recipe_from_yaml(text: str, source: str = "<yaml>") -> RecipeConfig:
+    """Parse recipe YAML text.
+
+    Example:
+        >>> recipe_from_yaml("name: fp\\nmethod: none\\n").name
+        'fp'
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{source}: not valid YAML: {error}") from None
+    return recipe_from_dict(data, source)
+
+
+def _recipe_files() -> dict[str, Path]:
+    if not RECIPES_DIR.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def _read_yaml_file(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes (not grids) shipped in ``recipes/``.
+
+    Example:
+        >>> "fp" in list_recipes()
+        True
+    """
+    return [name for name, path in _recipe_files().items() if not _is_grid(_read_yaml_file(path))]
+
+
+def list_grids() -> list[str]:
+    """Names of the grids shipped in ``recipes/`` (files with a ``grid:`` key).
+
+    Example:
+        >>> isinstance(list_grids(), list)
+        True
+    """
+    return [name for name, path in _recipe_files().items() if _is_grid(_read_yaml_file(path))]
+
+
+def _is_grid(data: Any) -> bool:
+    return isinstance(data, dict) and "grid" in data
+
+
+def _resolve_file(name_or_path: str) -> Path:
+    looks_like_path = name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path
+    if looks_like_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {name_or_path!r} does not exist")
+        return path
+    files = _recipe_files()
+    if name_or_path not in files:
+        raise RecipeError(
+            f"unknown recipe {name_or_path!r}{_did_you_mean(name_or_path, files)}; "
+            f"available: {', '.join(files)} (or pass a path to a .yaml file)"
+        )
+    return files[name_or_path]
+
+
+def get_recipe(name_or_path: str | RecipeConfig) -> RecipeConfig:
+    """A recipe by name (from ``recipes/``) or by path to a YAML file.
+
+    Raises:
+        RecipeError: unknown name (with close matches), missing file, bad YAML,
+            unknown key, or a grid where one recipe was expected.
+
+    Example:
+        >>> get_recipe("w8-rtn").group_size is None
+        True
+    """
+    if isinstance(name_or_path, RecipeConfig):
+        return name_or_path
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"recipe must be a name, a YAML path or a RecipeConfig, got {type(name_or_path).__name__}")
+    path = _resolve_file(name_or_path)
+    data = _read_yaml_file(path)
+    if _is_grid(data):
+        raise RecipeError(f"{name_or_path!r} is a grid of recipes, not one recipe; use expand_recipes()")
+    return recipe_from_dict(data, str(path))
+
+
+def expand_recipes(names: list[str | RecipeConfig]) -> list[RecipeConfig]:
+    """Resolve recipe names, paths and grids into a flat list without duplicates.
+
+    Example:
+        >>> [r.name for r in expand_recipes(["fp", "w8-rtn"])]
+        ['fp', 'w8-rtn']
+    """
+    resolved: list[RecipeConfig] = []
+    seen: set[str] = set()
+
+    def visit(item, stack: tuple[str, ...]):
+        if isinstance(item, RecipeConfig):
+            configs = [item]
+        else:
+            path = _resolve_file(item)
+            data = _read_yaml_file(path)
+            if _is_grid(data):
+                if item in stack:
+                    raise RecipeError(f"grid {item!r} includes itself")
+                members = data["grid"]
+                if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+                    raise RecipeError(f"{path}: 'grid' must be a list of recipe names")
+                extra = [key for key in data if key not in ("grid", "description")]
+                if extra:
+                    raise RecipeError(f"{path}: unknown key {extra[0]!r}; allowed keys: grid, description")
+                for member in members:
+                    visit(member, stack + (item,))
+                return
+            configs = [recipe_from_dict(data, str(path))]
+        for config in configs:
+            if config.name not in seen:
+                seen.add(config.name)
+                resolved.append(config)
+
+    for name in names:
+        visit(name, ())
+    return resolved
+
+
+def quantize(model, recipe: str | RecipeConfig, calibration=None):
+    """Quantize ``model`` in place with ``recipe`` and return it.
+
+    Args:
+        model: a Hugging Face causal LM (e.g. from :func:`quantsweep.load_model`).
+        recipe: a recipe name, a path to recipe YAML, or a :class:`RecipeConfig`.
+        calibration: calibration data for methods that need it (GPTQ, AWQ, ...):
+            a tensor of token ids ``[N, L]``.
+
+    Example:
+        >>> model, tokenizer = quantsweep.load_model("toy")  # doctest: +SKIP
+        >>> quantsweep.quantize(model, "w4-rtn")  # doctest: +SKIP
+    """
+    config = get_recipe(recipe)
+    spec = get_method(config.method)
+    if not isinstance(config, spec.config):
+        raise TypeError(f"recipe {config.name!r} is a {type(config).__name__}, method {spec.name!r} needs {spec.config.__name__}")
+    logger.info("quantizing with recipe %s (method %s)", config.name, spec.name)
+    result = spec.apply(model, config, calibration=calibration)
+    return model if result is None else result
