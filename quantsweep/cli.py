@@ -1,0 +1,200 @@
+"""The ``quantsweep`` command: ``demo``, ``run`` and ``recipes``.
+
+A user's mistake (unknown recipe or task, missing model path, malformed recipe
+YAML, a group size that does not divide a layer, a missing device) prints one
+line ``quantsweep: error: ...`` and exits with code 2, never a traceback.
+
+Example:
+    $ quantsweep demo --out demo-out
+    $ quantsweep run --model toy --recipe fp --recipe w4-rtn --tasks toy_mc4,toy_ppl --limit 200
+    $ quantsweep recipes
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+DEMO_RECIPES = ["fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"]
+DEMO_TASKS = ["toy_mc4", "toy_mc2", "toy_ppl", "toy_gen"]
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs (exit code 2)."""
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("quantsweep").setLevel(logging.INFO if verbose else logging.WARNING)
+    for noisy in ("lm_eval", "lm-eval", "transformers", "datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def _split_tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise UserError("--tasks needs at least one task name, e.g. --tasks toy_mc4,toy_ppl")
+    return tasks
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=float, default=None,
+                        help="evaluate only the first N documents of each task (a fraction if < 1)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
+    parser.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default 32)")
+    parser.add_argument("--out", default=None, help="folder for results.jsonl and per-sample files")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``quantsweep`` command.
+
+    Example:
+        >>> build_parser().parse_args(["recipes"]).command
+        'recipes'
+    """
+    parser = argparse.ArgumentParser(prog="quantsweep", description="Quantize causal LMs and evaluate each recipe with lm-eval, with verdicts against the baseline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="toy model × {fp, w8, w4, w2, w1}-rtn × the four demo tasks")
+    _add_run_options(demo)
+    demo.set_defaults(out="quantsweep-demo")
+
+    run = sub.add_parser("run", help="run recipes × tasks on one model")
+    run.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")
+    run.add_argument("--recipe", action="append", required=True,
+                     help="recipe name, grid name or path to recipe YAML (repeatable)")
+    run.add_argument("--tasks", required=True, help="comma-separated task names (or a suite name)")
+    run.add_argument("--num-fewshot", type=int, default=None, help="override every task's few-shot count")
+    run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    run.add_argument("--include-path", action="append", default=None, help="extra folder of lm-eval task YAML")
+    run.add_argument("--data-dir", default=None, help="folder of local dataset files for suite tasks (offline)")
+    run.add_argument("--allow-code-execution", action="store_true",
+                     help="let code tasks (HumanEval, MBPP) execute model-written code, with a time-out")
+    run.add_argument("--calib-source", default=None,
+                     help="calibration text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: toy for the toy model)")
+    run.add_argument("--calib-samples", type=int, default=None, help="calibration samples N (default 128; 32 for toy)")
+    run.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample L (default 2048; 64 for toy)")
+    run.add_argument("--calib-seed", type=int, default=0, help="seed for sampling calibration windows")
+    _add_run_options(run)
+    run.set_defaults(out="quantsweep-out")
+
+    sub.add_parser("recipes", help="list the registered recipes and grids")
+    return parser
+
+
+def _limit(value: float | None):
+    if value is None:
+        return None
+    if value <= 0:
+        raise UserError(f"--limit must be positive, got {value:g}")
+    return int(value) if value >= 1 else value
+
+
+def _print_progress_row(outcome, tasks: list[str]) -> None:
+    from quantsweep.report import format_table
+
+    # reprint the header with the first row only; later rows are aligned by the final table
+    cells = []
+    for record in outcome.records:
+        if record.get("primary") or record.get("verdict") == "error":
+            cells.append(f"{record['task']}={_short(record)}")
+    print(f"[{outcome.recipe.name}] " + "  ".join(cells), flush=True)
+
+
+def _short(record) -> str:
+    from quantsweep.report import _cell
+
+    return _cell(record)
+
+
+def _run(spec, tasks: list[str]) -> int:
+    from quantsweep.report import LEGEND, format_table
+    from quantsweep.sweep.runner import run
+
+    outcomes = run(spec, on_outcome=lambda outcome: _print_progress_row(outcome, tasks))
+    records = [record for outcome in outcomes for record in outcome.records]
+    print()
+    print(format_table(records, tasks))
+    print()
+    print(LEGEND)
+    if spec.out_dir is not None:
+        print(f"results written to {Path(spec.out_dir) / 'results.jsonl'}")
+    return 0
+
+
+def _command_demo(args) -> int:
+    from quantsweep.sweep.runner import RunSpec
+
+    print(f"quantsweep demo: toy model × {', '.join(DEMO_RECIPES)} × {', '.join(DEMO_TASKS)}", flush=True)
+    spec = RunSpec(model="toy", recipes=DEMO_RECIPES[1:], tasks=DEMO_TASKS, limit=_limit(args.limit),
+                   device=args.device, dtype=args.dtype, batch_size=args.batch_size, out_dir=args.out)
+    return _run(spec, DEMO_TASKS)
+
+
+def _command_run(args) -> int:
+    from quantsweep.sweep.runner import RunSpec
+
+    tasks = _split_tasks(args.tasks)
+    toy = args.model == "toy"
+    spec = RunSpec(
+        model=args.model, recipes=args.recipe, tasks=tasks, limit=_limit(args.limit), device=args.device,
+        dtype=args.dtype, batch_size=args.batch_size, num_fewshot=args.num_fewshot, out_dir=args.out,
+        trust_remote_code=args.trust_remote_code, include_path=args.include_path, data_dir=args.data_dir,
+        allow_code_execution=args.allow_code_execution, calibration_source=args.calib_source,
+        calibration_samples=args.calib_samples or (32 if toy else 128),
+        calibration_seq_len=args.calib_seq_len or (64 if toy else 2048), calibration_seed=args.calib_seed,
+    )
+    return _run(spec, tasks)
+
+
+def _command_recipes(args) -> int:
+    from quantsweep.recipes import get_method, get_recipe, list_grids, list_recipes
+
+    for name in list_recipes():
+        recipe = get_recipe(name)
+        calibrated = " (calibrated)" if get_method(recipe.method).needs_calibration else ""
+        print(f"{name:<20} {recipe.method:<12} {recipe.description}{calibrated}")
+    grids = list_grids()
+    if grids:
+        print("\ngrids: " + ", ".join(grids))
+    return 0
+
+
+COMMANDS = {"demo": _command_demo, "run": _command_run, "recipes": _command_recipes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``quantsweep`` command; returns the exit code.
+
+    Example:
+        >>> main(["recipes"])  # doctest: +SKIP
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(getattr(args, "verbose", False))
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ValueError, TypeError, FileNotFoundError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"quantsweep: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("quantsweep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

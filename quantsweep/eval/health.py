@@ -1,0 +1,105 @@
+"""Diagnosis of non-finite models: which module first produces NaN/Inf, and are weights finite?
+
+When a task reports non-finite samples, :func:`diagnose_nonfinite` runs one probe
+forward pass with hooks on every module and names the first decoder layer and
+module (in execution order) whose output contains NaN or Inf. It also reports
+any parameters that are themselves non-finite.
+
+Example:
+    >>> report = diagnose_nonfinite(model, tokenizer)  # doctest: +SKIP
+    >>> report.first_module  # doctest: +SKIP
+    'model.layers.2.mlp.down_proj'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from quantsweep.layout import decoder_layer_prefix
+
+DEFAULT_PROBE_TEXT = "The quick brown fox jumps over the lazy dog. " * 4
+
+
+@dataclass
+class NonFiniteReport:
+    """Where non-finite values first appear.
+
+    Attributes:
+        logits_finite: whether the probe's logits were all finite.
+        first_module: dotted name of the first module (execution order) whose output was non-finite.
+        first_layer: index of the decoder layer holding that module, if any.
+        nonfinite_weights: names of parameters that contain NaN/Inf.
+
+    Example:
+        >>> NonFiniteReport(logits_finite=True).to_dict()["first_module"] is None
+        True
+    """
+
+    logits_finite: bool
+    first_module: str | None = None
+    first_layer: int | None = None
+    nonfinite_weights: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of parameters containing NaN or Inf.
+
+    Example:
+        >>> nonfinite_parameters(torch.nn.Linear(2, 2))
+        []
+    """
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return _first_tensor(output[0])
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
+def diagnose_nonfinite(model: nn.Module, tokenizer, text: str = DEFAULT_PROBE_TEXT) -> NonFiniteReport:
+    """Run one probe forward pass and name where NaN/Inf first appears.
+
+    Example:
+        >>> diagnose_nonfinite(model, tokenizer).logits_finite  # doctest: +SKIP
+        False
+    """
+    order: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name or module is model:
+            continue
+
+        def hook(mod, args, output, name=name):
+            tensor = _first_tensor(output)
+            if tensor is not None and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                order.append(name)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        device = next(model.parameters()).device
+        ids = tokenizer(text, return_tensors="pt")["input_ids"].to(device)
+        with torch.no_grad():
+            logits = model(ids).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    report = NonFiniteReport(logits_finite=bool(torch.isfinite(logits).all()),
+                             nonfinite_weights=nonfinite_parameters(model))
+    if order:
+        # hooks fire when a module *finishes*; a parent finishes after its children, so the
+        # first entry is the innermost module that produced a non-finite output first
+        report.first_module = order[0]
+        match = re.match(rf"^{re.escape(decoder_layer_prefix(model))}\.(\d+)\.", order[0] + ".")
+        report.first_layer = int(match.group(1)) if match else None
+    return report

@@ -1,0 +1,70 @@
+"""Plain-text tables of results: rows are recipes, columns are tasks.
+
+Each cell shows the task's primary metric and a marker for its verdict.
+
+Example:
+    >>> print(format_table(records))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+VERDICT_MARKERS = {
+    "baseline": "base",
+    "lossless": "ok",
+    "degraded": "DEGRADED",
+    "inconclusive": "?",
+    "collapsed": "COLLAPSED",
+    "non-finite": "NON-FINITE",
+    "error": "ERROR",
+}
+
+LEGEND = ("verdicts: base = baseline, ok = lossless, ? = inconclusive, DEGRADED = significantly worse, "
+          "COLLAPSED = near-random, NON-FINITE = NaN/Inf outputs, ERROR = recipe failed")
+
+
+def _cell(record: dict[str, Any]) -> str:
+    marker = VERDICT_MARKERS.get(record.get("verdict") or "", record.get("verdict") or "")
+    value = record.get("value")
+    if record.get("verdict") == "error":
+        return "ERROR"
+    if value is None or value in ("inf", "-inf"):
+        text = "nan" if value is None else str(value)
+    elif isinstance(value, (int, float)):
+        text = f"{value:.3f}" if abs(value) < 1000 else f"{value:.3g}"
+    else:
+        text = str(value)
+    return f"{text} {marker}".strip()
+
+
+def primary_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of each (recipe, task)'s primary metric, or its error record.
+
+    Example:
+        >>> primary_records([{"recipe": "fp", "task": "t", "metric": "acc", "primary": True}])[0]["metric"]
+        'acc'
+    """
+    return [r for r in records if r.get("primary") or r.get("verdict") == "error"]
+
+
+def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = None) -> str:
+    """Render recipes × tasks as an aligned text table of primary metrics with verdicts.
+
+    Example:
+        >>> print(format_table([{"recipe": "fp", "task": "toy_mc4", "metric": "acc", "value": 0.91,
+        ...                      "primary": True, "verdict": "baseline"}]))
+        recipe  toy_mc4 (acc)
+        ------  -------------
+        fp      0.910 base
+    """
+    rows = primary_records(records)
+    tasks = tasks or list(dict.fromkeys(r["task"] for r in rows))
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    metric_of = {r["task"]: r["metric"] for r in rows if r.get("metric")}
+    header = ["recipe"] + [f"{t} ({metric_of[t]})" if t in metric_of else t for t in tasks]
+    cells = {(r["recipe"], r["task"]): _cell(r) for r in rows}
+    body = [[recipe] + [cells.get((recipe, task), "-") for task in tasks] for recipe in recipes]
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in [header, ["-" * w for w in widths]] + body]
+    return "\n".join(lines)

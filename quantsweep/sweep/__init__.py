@@ -1,0 +1,1 @@
+"""Running recipes × tasks on one model and storing the results."""
