@@ -130,7 +130,10 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     if str(name_or_path) == TOY_MODEL_ID:
         from quantsweep.toy import toy_model_dir  # imported lazily: builds the toy assets on demand
 
-        path = Path(toy_model_dir() if callable(toy_model_dir) else toy_model_dir)
+        try:
+            path = Path(toy_model_dir() if callable(toy_model_dir) else toy_model_dir)
+        except FileNotFoundError as error:  # assets not built: a clear user-facing error
+            raise ModelLoadError(str(error)) from None
     else:
         path = Path(name_or_path).expanduser()
     if not path.exists():
