@@ -143,6 +143,8 @@ _METHODS: dict[str, MethodSpec] = {}
 _BUILTIN_METHOD_MODULES = (
     "quantsweep.methods.none",
     "quantsweep.methods.rtn",
+    "quantsweep.methods.awq",
+    "quantsweep.methods.smoothquant",
 )
 _builtins_loaded = False
 
