@@ -1,0 +1,157 @@
+"""Chance levels: what a model that knows nothing would score, and how much of the margin is kept.
+
+- Multiple choice: a uniform guess is right with probability ``1/k`` on a question
+  with ``k`` choices, so chance accuracy is the mean of ``1/k`` over the questions
+  actually asked (computed from the data, since tasks mix 2-, 4- and 5-way items).
+- Exact-match generation: 0, since guessing an exact answer string almost never
+  succeeds; a documented ``floor`` can be passed for tasks with a tiny answer set.
+- Perplexity: a model that spreads probability uniformly over a vocabulary of
+  ``V`` tokens has cross-entropy ``log V`` nats per token, i.e. perplexity ``V``.
+
+Retention is the share of the baseline's margin above chance that the quantized
+model keeps: 1 means nothing was lost, 0 means it is at chance.
+
+Example:
+    >>> multiple_choice_chance([4, 4, 2])
+    0.3333333333333333
+    >>> round(chance_cross_entropy(32000), 4)
+    10.3735
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def multiple_choice_chance(choice_counts: Sequence[int]) -> float:
+    """Chance accuracy of uniform guessing: mean over samples of ``1 / number_of_choices``.
+
+    Args:
+        choice_counts: for each evaluated sample, how many answer options it had (>= 2).
+
+    Example:
+        >>> multiple_choice_chance([4] * 10)
+        0.25
+    """
+    counts = np.asarray(list(choice_counts))
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError("choice_counts must be a non-empty list with one choice count per sample")
+    if not np.issubdtype(counts.dtype, np.integer):
+        if not np.issubdtype(counts.dtype, np.floating) or not np.all(np.isfinite(counts)) or np.any(counts != np.round(counts)):
+            raise TypeError(f"choice_counts must be integers, got values like {counts[:3].tolist()}")
+    if np.any(counts < 2):
+        raise ValueError(f"every sample needs at least 2 choices, got {int(counts.min())}")
+    return float(np.mean(1.0 / counts.astype(float)))
+
+
+def exact_match_chance(floor: float = 0.0) -> float:
+    """Chance level of exact-match generation: 0 unless a ``floor`` in [0, 1) is given.
+
+    A floor is for tasks whose answers come from a tiny closed set (e.g. "yes"/"no"
+    scored by exact match), where guessing can succeed; document the reason where
+    you pass one.
+
+    Example:
+        >>> exact_match_chance()
+        0.0
+        >>> exact_match_chance(0.5)
+        0.5
+    """
+    floor = float(floor)
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"exact-match chance floor must be in [0, 1), got {floor}")
+    return floor
+
+
+def _check_vocab_size(vocab_size: int) -> int:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        raise TypeError(f"vocab_size must be an integer, got {type(vocab_size).__name__}")
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    return int(vocab_size)
+
+
+def chance_cross_entropy(vocab_size: int) -> float:
+    """Cross-entropy of the uniform distribution over the vocabulary: ``log V`` nats per token.
+
+    Example:
+        >>> chance_cross_entropy(2) == math.log(2)
+        True
+    """
+    return math.log(_check_vocab_size(vocab_size))
+
+
+def chance_perplexity(vocab_size: int) -> float:
+    """Perplexity of the uniform distribution over the vocabulary: ``V``.
+
+    Example:
+        >>> chance_perplexity(50257)
+        50257.0
+    """
+    return float(_check_vocab_size(vocab_size))
+
+
+def cross_entropy(nll, counts) -> float:
+    """Corpus cross-entropy in nats per unit: ``sum(nll) / sum(counts)``.
+
+    Args:
+        nll: per-document summed negative log-likelihood, in nats.
+        counts: per-document number of tokens (or words, bytes) the NLL is summed over.
+
+    Example:
+        >>> cross_entropy([6.0, 2.0], [3, 1])
+        2.0
+    """
+    nll, counts = np.asarray(nll, dtype=float), np.asarray(counts, dtype=float)
+    if nll.shape != counts.shape or nll.ndim != 1 or nll.size == 0:
+        raise ValueError(f"nll and counts must be non-empty 1-D arrays of equal length, got {nll.shape} and {counts.shape}")
+    total = counts.sum()
+    if not total > 0:
+        raise ValueError(f"the total token count must be positive, got {total}")
+    return float(nll.sum() / total)
+
+
+def perplexity(nll, counts) -> float:
+    """Corpus perplexity ``exp(sum(nll) / sum(counts))`` (inf if it overflows float64).
+
+    Example:
+        >>> round(perplexity([math.log(4.0) * 10], [10]), 6)
+        4.0
+    """
+    ce = cross_entropy(nll, counts)
+    # exp overflows float64 above ~709 nats per unit; such a model is far past collapse.
+    return math.exp(ce) if ce < 709.0 else math.inf
+
+
+def accuracy_retention(score: float, baseline_score: float, chance: float) -> float:
+    """Share of the baseline's margin above chance kept: ``(score - chance) / (baseline - chance)``.
+
+    NaN when the baseline is not above chance (there is no margin to keep).
+
+    Example:
+        >>> accuracy_retention(0.625, 1.0, 0.25)
+        0.5
+    """
+    margin = baseline_score - chance
+    if not margin > 0:
+        return math.nan
+    return (score - chance) / margin
+
+
+def perplexity_retention(cross_entropy_nats: float, baseline_cross_entropy_nats: float, vocab_size: int) -> float:
+    """Share of the baseline's margin below chance cross-entropy kept: ``(log V - CE) / (log V - CE_base)``.
+
+    Cross-entropies are in nats per token. NaN when the baseline is not below ``log V``.
+
+    Example:
+        >>> round(perplexity_retention(math.log(1000) - 1.0, math.log(1000) - 4.0, 1000), 6)
+        0.25
+    """
+    chance_ce = chance_cross_entropy(vocab_size)
+    margin = chance_ce - baseline_cross_entropy_nats
+    if not margin > 0:
+        return math.nan
+    return (chance_ce - cross_entropy_nats) / margin
