@@ -95,14 +95,13 @@ def load_model(
     find_weight_files(path)  # fail on missing weights before the tokenizer or any tensor is read
     # The tokenizer is cheap; loading it first means a refused remote-code tokenizer
     # fails in a second, not after minutes of reading a 7B checkpoint.
-    if is_pangu:
-        tokenizer = load_tokenizer(path, trust_remote_code, config=openpangu.llama_config_from_pangu(config))
-    else:
-        tokenizer = load_tokenizer(path, trust_remote_code)
+    # openPangu's config class is remote code; AutoTokenizer gets the mapped LlamaConfig instead.
+    llama_config = openpangu.llama_config_from_pangu(config) if is_pangu else None
+    tokenizer = load_tokenizer(path, trust_remote_code, config=llama_config)
 
     logger.info("loading %s on %s as %s", path, resolved_device, resolved_dtype)
     if is_pangu:
-        model = openpangu.load_openpangu(path, config, resolved_dtype, trust_remote_code)
+        model = openpangu.load_openpangu(path, config, resolved_dtype, trust_remote_code, llama_config)
     else:
         model = _load_hf_causal_lm(path, resolved_dtype, trust_remote_code)
     model = model.to(resolved_device)

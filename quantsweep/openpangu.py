@@ -106,11 +106,12 @@ def llama_config_from_pangu(config: dict):
     )
 
 
-def load_openpangu(path: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool):
+def load_openpangu(path: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool, llama_config=None):
     """Load an openPangu-Embedded checkpoint on CPU in ``dtype``, with every tensor accounted for.
 
     With ``trust_remote_code=True`` on an Ascend host the checkpoint's own modeling code is
-    used; everywhere else the weights go into a ``LlamaForCausalLM`` (see module docstring).
+    used; everywhere else the weights go into a ``LlamaForCausalLM`` (see module docstring),
+    built from ``llama_config`` (default: :func:`llama_config_from_pangu` of ``config``).
 
     Raises:
         ModelLoadError: a tensor is missing, unexpected or mis-shaped.
@@ -118,16 +119,18 @@ def load_openpangu(path: Path, config: dict, dtype: torch.dtype, trust_remote_co
     Example:
         >>> model = load_openpangu(Path("openpangu-1b"), config, torch.float32, False)  # doctest: +SKIP
     """
-    if trust_remote_code and is_npu_available():
+    has_code = "AutoModelForCausalLM" in (config.get("auto_map") or {})
+    if trust_remote_code and has_code and is_npu_available():
         logger.info("loading %s with its own modeling code (Ascend NPU present, trust_remote_code=True)", path)
         return _load_with_remote_code(path, dtype)
-    reason = (
-        "trust_remote_code is False"
-        if not trust_remote_code
-        else "its modeling code imports torch_npu, and no Ascend NPU is available here"
-    )
+    if not trust_remote_code:
+        reason = "trust_remote_code is False"
+    elif not has_code:
+        reason = "its config.json names no AutoModelForCausalLM code"
+    else:
+        reason = "its modeling code imports torch_npu, and no Ascend NPU is available here"
     logger.info("loading openPangu-Embedded %s through transformers' Llama classes (%s)", path, reason)
-    return load_as_llama(path, llama_config_from_pangu(config), dtype)
+    return load_as_llama(path, llama_config or llama_config_from_pangu(config), dtype)
 
 
 def _load_with_remote_code(path: Path, dtype: torch.dtype):

@@ -225,3 +225,21 @@ def test_npu_only_code_is_not_imported_off_ascend(tmp_path):
     write_pangu_checkpoint(tmp_path / "pangu", remote_code="npu-only")
     model, _ = quantsweep.load_model(tmp_path / "pangu", device="cpu", trust_remote_code=True)
     assert type(model) is LlamaForCausalLM
+
+
+def test_ascend_host_without_model_code_falls_back_to_llama(tmp_path, monkeypatch, input_ids):
+    config = tiny_pangu_config()
+    del config["auto_map"]
+    config, state = write_pangu_checkpoint(tmp_path / "pangu", config=config)
+    monkeypatch.setattr(openpangu, "is_npu_available", lambda: True)
+    model, _ = quantsweep.load_model(tmp_path / "pangu", device="cpu", trust_remote_code=True)
+    assert type(model) is LlamaForCausalLM
+    assert torch.equal(logits(model, input_ids), logits(reference_model(config, state), input_ids))
+
+
+def test_logs_which_path_was_taken(tmp_path, caplog):
+    write_pangu_checkpoint(tmp_path / "pangu")
+    with caplog.at_level("INFO", logger="quantsweep"):
+        quantsweep.load_model(tmp_path / "pangu", device="cpu", trust_remote_code=True)
+    assert "through transformers' Llama classes (its modeling code imports torch_npu" in caplog.text
+    assert "on cpu as torch.float32" in caplog.text
