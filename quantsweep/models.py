@@ -79,7 +79,7 @@ def load_model(
 
     Example:
         >>> model, tokenizer = load_model("toy", device="cpu")  # doctest: +SKIP
-        >>> model.training
+        >>> model.training  # doctest: +SKIP
         False
     """
     resolved_device = resolve_device(device)
