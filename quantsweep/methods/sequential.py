@@ -174,6 +174,46 @@ class LayerContext:
             for batch, kwargs in zip(batches, self.layer_kwargs)
         ]
 
+    def linear_groups(self) -> list[dict[str, nn.Linear]]:
+        """The layer's Linears grouped by shared input, in the order the layer calls them.
+
+        For a Llama block: ``[{q, k, v}, {o}, {gate, up}, {down}]``. GPTQ's
+        "true sequential" mode quantizes one group, then re-captures the next
+        group's inputs; AWQ scales the Linears that share an input together.
+        Found from one forward pass on the first batch.
+
+        Example:
+            >>> [sorted(g) for g in ctx.linear_groups()][0]  # doctest: +SKIP
+            ['self_attn.k_proj', 'self_attn.q_proj', 'self_attn.v_proj']
+        """
+        linears = self.linears()
+        order: list[tuple[str, int]] = []
+
+        def make_hook(name: str):
+            def hook(module, args, kwargs):
+                x = args[0] if args else kwargs.get("hidden_states")
+                order.append((name, x.data_ptr() if x is not None else id(module)))
+
+            return hook
+
+        handles = [
+            module.register_forward_pre_hook(make_hook(name), with_kwargs=True)
+            for name, module in linears.items()
+        ]
+        try:
+            _layer_output(self.layer, self.inputs[0].to(self.device), self.layer_kwargs[0])
+        finally:
+            for handle in handles:
+                handle.remove()
+        groups: dict[int, dict[str, nn.Linear]] = {}
+        for name, key in order:
+            groups.setdefault(key, {}).setdefault(name, linears[name])
+        found = list(groups.values())
+        unused = [name for name in linears if not any(name in group for group in found)]
+        if unused:  # Linears the forward never reached still get quantized, last
+            found.append({name: linears[name] for name in unused})
+        return found
+
     def capture_inputs(
         self,
         modules: dict[str, nn.Module],
@@ -337,7 +377,6 @@ def capture_layer_inputs(
     for module in model.modules():
         if id(module) not in inside:
             moved.extend(_move_tensors(module, device))
-    # A weight tied to the embedding table moved with it; do not move it back twice.
     catcher = _Catcher(layers[0])
     layers[0] = catcher
     hidden_states: list[torch.Tensor] = []
@@ -365,6 +404,72 @@ def capture_layer_inputs(
         layers[0] = catcher.layer
         _restore_tensors(moved)
     return hidden_states, kwargs_list
+
+
+def require_calibration(calibration, config):
+    """Return ``calibration`` if it is usable, else raise a ValueError saying how to supply it.
+
+    Accepts :class:`quantsweep.calibration.CalibrationData` or a LongTensor ``[N, L]``.
+
+    Example:
+        >>> require_calibration(None, get_recipe("w4-gptq"))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: recipe 'w4-gptq' (method gptq) needs calibration data ...
+    """
+    if calibration is None:
+        raise ValueError(
+            f"recipe {config.name!r} (method {config.method}) needs calibration data: pass "
+            "calibration=quantsweep.calibration.load_calibration(source, tokenizer, n_samples, seq_len) "
+            "to quantize(), or --calib-source SOURCE on the command line (toy, wikitext2, c4, pile, "
+            "or a local .txt/.jsonl file)"
+        )
+    ids = calibration.input_ids if hasattr(calibration, "input_ids") else calibration
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
+        raise TypeError(
+            f"recipe {config.name!r}: calibration must be CalibrationData or a LongTensor of token ids "
+            f"[N, L], got {type(calibration).__name__}"
+        )
+    return calibration
+
+
+def compute_device(requested: str, model: nn.Module) -> str:
+    """The device one decoder layer is quantized on.
+
+    ``"auto"`` keeps an accelerator the model already lives on, and otherwise
+    takes the best available device (NPU, then CUDA, then CPU) while the model
+    itself stays on the host. Any other value goes through
+    :func:`quantsweep.device.resolve_device`.
+
+    Example:
+        >>> compute_device("cpu", model)  # doctest: +SKIP
+        'cpu'
+    """
+    if requested == "auto":
+        home = _module_device(model)
+        if home.type != "cpu":
+            return devices.resolve_device(str(home))
+    return devices.resolve_device(requested)
+
+
+REPORTS_ATTRIBUTE = "quantsweep_layer_reports"
+
+
+def record_reports(model: nn.Module, method: str, reports: list[LayerReport]) -> None:
+    """Keep the per-layer reports on the model (``model.quantsweep_layer_reports``) for results.
+
+    Stored as plain data: ``{"method": ..., "layers": [LayerReport.to_dict(), ...],
+    "total_seconds": ...}``. A later recipe replaces it.
+
+    Example:
+        >>> record_reports(model, "gptq", reports)  # doctest: +SKIP
+        >>> model.quantsweep_layer_reports["total_seconds"]  # doctest: +SKIP
+        1.7
+    """
+    model.__dict__[REPORTS_ATTRIBUTE] = {
+        "method": method,
+        "layers": [report.to_dict() for report in reports],
+        "total_seconds": sum(report.seconds for report in reports),
+    }
 
 
 def _module_device(module: nn.Module) -> torch.device:

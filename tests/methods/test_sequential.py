@@ -109,3 +109,28 @@ def test_bad_calibration_and_batch_size():
         run_sequential(model, torch.zeros(8, dtype=torch.long), "cpu", lambda ctx: None)
     with pytest.raises(ValueError, match="batch_size"):
         run_sequential(model, calibration_ids(2, 8), "cpu", lambda ctx: None, batch_size=0)
+
+
+def test_linear_groups_follow_shared_inputs():
+    model = tiny_llama()
+    found = []
+    run_sequential(model, calibration_ids(2, 8), "cpu", lambda ctx: found.append([sorted(g) for g in ctx.linear_groups()]))
+    assert found[0] == [
+        ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"],
+        ["mlp.down_proj"],
+    ]
+
+
+def test_require_calibration_says_how_to_supply_it():
+    from quantsweep.methods.sequential import require_calibration
+    from quantsweep.recipes import RecipeConfig
+
+    config = RecipeConfig(name="w4-x", method="x")
+    with pytest.raises(ValueError, match="needs calibration data.*--calib-source"):
+        require_calibration(None, config)
+    with pytest.raises(TypeError, match="LongTensor"):
+        require_calibration(torch.zeros(2, 3), config)
+    ids = calibration_ids(1, 4)
+    assert require_calibration(ids, config) is ids
