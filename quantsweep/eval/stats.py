@@ -26,15 +26,12 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as _scipy_stats
-
-logger = logging.getLogger(__name__)
 
 # Upper bound on the number of int64 indices drawn at once by the bootstrap
 # (4 M indices = 32 MiB); resamples are processed in row chunks of this size.
@@ -357,7 +354,10 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     samples = np.asarray(samples, dtype=float)
     if np.isnan(samples).any():
         raise ValueError("bootstrap samples contain NaN; the statistic is undefined on some resamples")
-    low, high = np.quantile(samples, [tail, 1.0 - tail])
+    # Interpolating between two infinite samples (e.g. an overflowed perplexity ratio)
+    # computes inf - inf; the limit is then NaN, which the verdict rules treat as unknown.
+    with np.errstate(invalid="ignore"):
+        low, high = np.quantile(samples, [tail, 1.0 - tail])
     return float(low), float(high)
 
 

@@ -83,8 +83,8 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
    that is, 1 point of accuracy). For perplexity it is
    `perplexity_relative_tolerance` (default 0.01, that is, perplexity up by at
    most 1%). A real drop smaller than the tolerance is still lossless. The
-   bound is the end of the two-sided interval, so the equivalence test is one-sided at
-   `(1 - ci_level) / 2` = 2.5%, which is conservative.
+   bound is the end of the two-sided interval, so the equivalence test is
+   one-sided at `(1 - ci_level) / 2` = 2.5%, which is conservative.
 6. **degraded.** The lower confidence bound of the drop is above 0, **and** the
    paired test rejects "no change" at `alpha`. Both are asked for because, with
    few disagreements, the approximate interval and the exact McNemar test can

@@ -408,3 +408,19 @@ def test_docs_page_matches_module_docstring():
     body = V.__doc__.split("\n", 1)[1].split("\nExample:\n")[0].strip()
     assert page.startswith("# How verdicts are decided")
     assert body in page
+
+
+def test_overflowing_perplexity_is_collapsed_and_json_safe():
+    tokens = np.full(50, 10)
+    v = judge_perplexity(np.full(50, 1e6), tokens, np.full(50, 20.0), tokens, 1000, config=FAST)
+    assert v.verdict == "collapsed" and v.delta == math.inf
+    assert json.dumps(v.to_dict(), allow_nan=False)
+
+
+def test_importing_verdicts_does_not_import_torch_or_lm_eval():
+    import subprocess
+    import sys
+
+    code = "import sys, quantsweep.eval.verdicts; print('torch' in sys.modules, 'lm_eval' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
