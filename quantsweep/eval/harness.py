@@ -154,30 +154,55 @@ def task_search_paths(include_path: str | Path | list | None = None) -> list[Pat
     return paths
 
 
-def task_manager(include_path: str | Path | list | None = None, metadata: dict | None = None):
-    """An lm-eval ``TaskManager`` over this repo's tasks, user folders and lm-eval's registry.
+_MANAGERS: dict[tuple, Any] = {}
+
+
+def task_manager(include_path: str | Path | list | None = None, *, include_defaults: bool = True):
+    """An lm-eval ``TaskManager`` over this repo's tasks, user folders and (optionally) lm-eval's registry.
+
+    Indexing lm-eval's registry of ~15,000 tasks takes several seconds, so managers
+    are cached per process, and :func:`manager_for` only builds the full index
+    when a task is not found in this repository's or the user's folders.
 
     Example:
-        >>> "toy_mc4" in task_manager().all_tasks  # doctest: +SKIP
+        >>> "toy_mc4" in task_manager(include_defaults=False).all_tasks
         True
     """
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(p) for p in task_search_paths(include_path)], metadata=metadata)
+    paths = [str(p) for p in task_search_paths(include_path)]
+    key = (tuple(paths), include_defaults)
+    if key not in _MANAGERS:
+        _MANAGERS[key] = TaskManager(include_path=paths, include_defaults=include_defaults)
+    return _MANAGERS[key]
 
 
-def check_tasks(names: list[str], manager) -> None:
-    """Raise :class:`TaskNotFoundError` for a name no searched folder defines.
+def manager_for(names: list[str], include_path: str | Path | list | None = None):
+    """The cheapest cached ``TaskManager`` that knows every name, or the full one.
 
     Example:
-        >>> check_tasks(["toy_mc4"], task_manager())  # doctest: +SKIP
+        >>> manager_for(["toy_mc4"]).include_path[0].endswith("tasks")
+        True
     """
+    local = task_manager(include_path, include_defaults=False)
+    if all(name in local.all_tasks for name in names):
+        return local
+    return task_manager(include_path, include_defaults=True)
+
+
+def check_tasks(names: list[str], include_path: str | Path | list | None = None) -> None:
+    """Raise :class:`TaskNotFoundError` for a name that no searched folder nor lm-eval defines.
+
+    Example:
+        >>> check_tasks(["toy_mc4"])
+    """
+    manager = manager_for(names, include_path)
     known = set(manager.all_tasks)
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            searched = ", ".join(str(p) for p in task_search_paths(manager.include_path[1:] or None))
+            searched = ", ".join(str(p) for p in task_search_paths(include_path))
             raise TaskNotFoundError(
                 f"unknown task {name!r}{hint}; searched {searched} and lm-eval's built-in registry"
             )
@@ -226,6 +251,25 @@ def _make_lm(model, tokenizer, batch_size: int, counter: _NonFiniteLogitCounter)
 
     lm = _TrackedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     return lm
+
+
+@contextlib.contextmanager
+def _without_environment_report():
+    """Skip lm-eval's per-call environment report.
+
+    ``simple_evaluate`` runs ``pip list`` and other subprocesses (about 1-5 s) on
+    every call to describe the environment; we call it once per task and record
+    our own provenance, so that report is pure overhead here.
+    """
+    import lm_eval.evaluator as evaluator_module
+
+    original_env, original_git = evaluator_module.add_env_info, evaluator_module.get_git_commit_hash
+    evaluator_module.add_env_info = lambda results: None
+    evaluator_module.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        evaluator_module.add_env_info, evaluator_module.get_git_commit_hash = original_env, original_git
 
 
 def _is_finite_response(response) -> bool:
@@ -312,9 +356,9 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
-    manager = task_manager(include_path)
     overrides = task_configs or {}
-    check_tasks([n for n in names if n not in overrides], manager)
+    check_tasks([n for n in names if n not in overrides], include_path)
+    manager = manager_for([n for n in names if n not in overrides], include_path)
     counter = _NonFiniteLogitCounter(model)
     result = EvalResult(limit=limit)
     try:
@@ -323,12 +367,13 @@ def evaluate(
             spec = overrides.get(name, name)
             generated_before = counter.total
             logger.info("evaluating task %s%s", name, f" (limit {limit})" if limit else "")
-            output = lm_eval.simple_evaluate(
-                model=lm, tasks=[spec], limit=limit, num_fewshot=num_fewshot, task_manager=manager,
-                log_samples=True, bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
-                torch_random_seed=seed, fewshot_random_seed=seed,
-                confirm_run_unsafe_code=allow_code_execution, verbosity="WARNING",
-            )
+            with _without_environment_report():
+                output = lm_eval.simple_evaluate(
+                    model=lm, tasks=[spec], limit=limit, num_fewshot=num_fewshot, task_manager=manager,
+                    log_samples=True, bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
+                    torch_random_seed=seed, fewshot_random_seed=seed,
+                    confirm_run_unsafe_code=allow_code_execution, verbosity="WARNING",
+                )
             result.tasks.update(_task_results(output, tokenizer, counter.total - generated_before))
     finally:
         counter.close()

@@ -127,7 +127,7 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
         >>> [o.recipe.name for o in outcomes]  # doctest: +SKIP
         ['fp', 'w8-rtn']
     """
-    from quantsweep.eval.harness import check_tasks, evaluate, task_manager
+    from quantsweep.eval.harness import check_tasks, evaluate
     from quantsweep.eval.judge import VerdictConfig, judge_task
     from quantsweep.models import load_model
     from quantsweep.snapshot import WeightSnapshot
@@ -137,7 +137,7 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     if not spec.tasks:
         raise ValueError("no tasks given; pass at least one task name")
     task_configs = _suite_task_configs(spec)
-    check_tasks([t for t in spec.tasks if t not in task_configs], task_manager(spec.include_path))
+    check_tasks([t for t in spec.tasks if t not in task_configs], spec.include_path)
     verdict_config = spec.verdict_config or VerdictConfig()
     calibration_needed = [r for r in recipes if get_method(r.method).needs_calibration]
     if calibration_needed and spec.calibration_source is None and spec.model != "toy":

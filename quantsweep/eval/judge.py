@@ -1,0 +1,117 @@
+"""Turn one task's evaluation (and its baseline's) into a verdict record.
+
+This is the glue between :mod:`quantsweep.eval.harness` (per-sample outcomes)
+and :mod:`quantsweep.eval.verdicts` (the statistics). It pairs documents by
+``doc_id``, picks the right test for the metric, and computes the chance level
+from the data:
+
+* per-document 0/1 metrics (``acc``, ``acc_norm``, ``exact_match``): exact
+  McNemar against the baseline and a one-sided binomial test against chance,
+  where chance is the mean of 1/(number of choices) for multiple choice and 0
+  for generation;
+* rolling log-likelihood metrics (``word_perplexity``, ``byte_perplexity``,
+  ``bits_per_byte``): a paired bootstrap of corpus perplexity per token,
+  with the uniform distribution over the vocabulary (cross-entropy log V) as chance;
+* any other per-document score: a paired bootstrap of the mean.
+
+Example:
+    >>> judged = judge_task(task, baseline_task, metric="acc", vocab_size=512)  # doctest: +SKIP
+    >>> judged["verdict"]  # doctest: +SKIP
+    'lossless'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from quantsweep.eval.chance import exact_match_chance, multiple_choice_chance
+from quantsweep.eval.verdicts import Verdict, VerdictConfig, judge_accuracy, judge_perplexity, judge_scores
+
+__all__ = ["VerdictConfig", "judge_task"]
+
+PERPLEXITY_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity")
+
+
+def _is_binary(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and (v in (0, 1) or (isinstance(v, float) and math.isnan(v))) for v in values)
+
+
+def _pairs(task, baseline_task) -> tuple[list, list]:
+    if baseline_task is None:
+        return task.samples, []
+    baseline_by_doc = {s.doc_id: s for s in baseline_task.samples}
+    shared = [s for s in task.samples if s.doc_id in baseline_by_doc]
+    return shared, [baseline_by_doc[s.doc_id] for s in shared]
+
+
+def _scores(samples, metric: str) -> list:
+    return [float("nan") if s.nonfinite else s.scores.get(metric) for s in samples]
+
+
+def _chance(task) -> float:
+    if task.output_type == "multiple_choice":
+        counts = [s.n_choices for s in task.samples if s.n_choices]
+        return multiple_choice_chance(counts)
+    return exact_match_chance()
+
+
+def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: VerdictConfig | None = None,
+               is_baseline: bool = False) -> dict[str, Any]:
+    """Verdict fields for one (task, metric) of a recipe, compared with the baseline's.
+
+    Args:
+        task: the :class:`~quantsweep.eval.harness.TaskResult` being judged.
+        baseline_task: the baseline's result on the same task (None if the baseline failed).
+        metric: which metric of the task.
+        vocab_size: model vocabulary size (chance cross-entropy is log V).
+        config: verdict thresholds.
+        is_baseline: this is the baseline itself.
+
+    Returns:
+        ``chance, verdict, nonfinite_samples, delta, ci_low, ci_high, p_value, retained``
+        (and ``n``) as JSON-friendly values.
+
+    Example:
+        >>> judge_task(task, None, metric="acc", vocab_size=512, is_baseline=True)["verdict"]  # doctest: +SKIP
+        'baseline'
+    """
+    config = config or VerdictConfig()
+    value = task.metrics[metric].value
+    if baseline_task is None and not is_baseline:
+        # the baseline failed: nothing to pair with, so no comparison can be claimed
+        nonfinite = task.nonfinite_samples > 0 or not math.isfinite(value)
+        return Verdict("non-finite" if nonfinite else "inconclusive", nonfinite_samples=task.nonfinite_samples,
+                       n=task.n).to_dict()
+    samples, base_samples = _pairs(task, None if is_baseline else baseline_task)
+    baseline_arg = None if is_baseline else base_samples
+    common = dict(nonfinite_samples=task.nonfinite_samples, config=config, is_baseline=is_baseline, metric_value=value)
+    if task.output_type == "loglikelihood_rolling" and metric in PERPLEXITY_METRICS:
+        verdict = judge_perplexity(
+            _nll(samples, metric), [s.n_tokens for s in samples],
+            None if baseline_arg is None else _nll(baseline_arg, metric),
+            None if baseline_arg is None else [s.n_tokens for s in baseline_arg],
+            vocab_size, **common)
+        return verdict.to_dict()
+    values = _scores(samples, metric)
+    if _is_binary(values):
+        verdict = judge_accuracy(values, None if baseline_arg is None else _scores(baseline_arg, metric),
+                                 _chance(task), **common)
+    else:
+        higher = task.metrics[metric].higher_is_better
+        verdict = judge_scores(np.asarray(values, dtype=float),
+                               None if baseline_arg is None else np.asarray(_scores(baseline_arg, metric), dtype=float),
+                               higher_is_better=True if higher is None else bool(higher), chance=None, **common)
+    return verdict.to_dict()
+
+
+def _nll(samples, metric: str) -> list[float]:
+    """Per-document summed negative log-likelihood (nats) from lm-eval's (loglikelihood, weight) pairs."""
+    out = []
+    for s in samples:
+        pair = s.scores.get(metric)
+        loglikelihood = pair[0] if isinstance(pair, (list, tuple)) else float("nan")
+        out.append(float("nan") if s.nonfinite else -float(loglikelihood))
+    return out
