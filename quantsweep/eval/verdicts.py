@@ -63,8 +63,14 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
      accuracy `chance + collapse_retention * (acc_base - chance)`. If no score
      out of `n` could be significant (for example n = 4 at chance 0.5, where
      even 4/4 gives p = 0.0625), the power is 0. "Not significant" then says
-     nothing, and the rule does not fire. So at most `1 - collapse_power` of
-     models that truly keep the threshold margin are wrongly called collapsed.
+     nothing, and the rule does not fire. So a model that truly keeps the
+     threshold margin is wrongly called collapsed at most `1 - collapse_power`
+     of the time (the power calculation takes the baseline accuracy as
+     fixed). The documents needed before this rule can fire grow as the
+     margin shrinks. With the defaults: n >= 148 for 4-way multiple choice
+     with baseline 0.9, n >= 457 for a 2-way task with baseline 0.9, and
+     n >= 473 for 4-way with baseline 0.6. Below that, only the retention
+     rule can declare collapse.
    - *Retention rule.* The upper end of the `ci_level` confidence interval of
      `retained` is at most `collapse_retention` (default 0.15). So even the
      most optimistic reading of the data leaves at most 15% of the margin. For

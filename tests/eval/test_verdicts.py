@@ -424,3 +424,16 @@ def test_importing_verdicts_does_not_import_torch_or_lm_eval():
     code = "import sys, quantsweep.eval.verdicts; print('torch' in sys.modules, 'lm_eval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+@pytest.mark.parametrize("chance,baseline,quoted", [(0.25, 0.9, 148), (0.5, 0.9, 457), (0.25, 0.6, 473)])
+def test_documented_power_thresholds(chance, baseline, quoted):
+    # The docs quote the smallest n from which the binomial rule has power >= 0.8; recompute with scipy.
+    threshold = chance + 0.15 * (baseline - chance)
+
+    def power(n):
+        critical = next((k for k in range(n + 1) if sps.binom.sf(k - 1, n, chance) <= 0.05), None)
+        return 0.0 if critical is None else sps.binom.sf(critical - 1, n, threshold)
+
+    assert power(quoted) >= 0.8 and power(quoted - 1) < 0.8
+    assert f"n >= {quoted}" in " ".join(V.__doc__.split())
