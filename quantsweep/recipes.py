@@ -145,6 +145,7 @@ _BUILTIN_METHOD_MODULES = (
     "quantsweep.methods.rtn",
     "quantsweep.methods.awq",
     "quantsweep.methods.smoothquant",
+    "quantsweep.methods.gptq",
 )
 _builtins_loaded = False
 

@@ -1,0 +1,192 @@
+"""GPTQ: weight-only k-bit quantization with second-order error compensation.
+
+Paper: Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training
+Quantization for Generative Pre-trained Transformers", ICLR 2023.
+
+Each decoder Linear is quantized column by column; the rounding error of a
+column is spread over the columns not yet quantized using the inverse Hessian of
+the layer loss ``||W X - Ŵ X||^2`` (``H = 2 X X^T / n`` from the calibration
+inputs). Layers are processed one at a time by
+:func:`quantsweep.methods.sequential.run_sequential`, each seeing the outputs of
+the already-quantized layers before it. The math is in
+:mod:`quantsweep.methods.gptq_math`.
+
+Options and choices (all as in the paper or the reference code unless stated):
+
+* ``bits`` 2, 3, 4 or 8; ``group_size`` (None: per output channel); ``symmetric``.
+* ``act_order``: visit columns by decreasing ``H_ii``. Group scales are then fixed
+  up front from the original weight ("static groups"), which keeps groups
+  contiguous; the reference code instead sets them when a group is first reached
+  and stores a permutation (``g_idx``). Without act-order the scale of each group
+  is set from the error-updated weights when the sweep reaches it, as in the paper.
+* ``dampening_frac``: ``λ = frac * mean(diag H)`` is added to the diagonal; if
+  the Cholesky factorisation still fails, ``frac`` grows x10 (logged) up to 10.
+* ``true_sequential``: within a decoder layer, the Linears that share an input
+  (q/k/v, then o, then gate/up, then down) are quantized group by group, each
+  group's Hessian taken after the previous groups were quantized.
+* Lazy batch updates over ``block_size`` columns (128).
+* The Cholesky factorisation runs on :func:`quantsweep.device.cholesky_device`:
+  on Ascend only the Hessian hops to the CPU, because torch-npu has been seen to
+  fall back to the CPU for ``torch.linalg.cholesky`` implicitly and slowly.
+* Embedding table / output head, when a recipe asks for them, get RTN with the
+  same bits and groups (they have no calibration Hessian here).
+
+Example:
+    >>> calibration = load_calibration("toy", tokenizer, n_samples=16, seq_len=128)  # doctest: +SKIP
+    >>> quantsweep.quantize(model, "w4-gptq", calibration=calibration)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
+from quantsweep.methods.sequential import (
+    LayerContext,
+    compute_device,
+    record_reports,
+    require_calibration,
+    run_sequential,
+)
+from quantsweep.methods.targets import weight_targets
+from quantsweep.layout import decoder_linears
+from quantsweep.quant import check_group_size, fake_quantize
+from quantsweep.recipes import RecipeConfig, RecipeError, register_method
+
+logger = logging.getLogger(__name__)
+
+GPTQ_BITS = (2, 3, 4, 8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPTQConfig(RecipeConfig):
+    """GPTQ weight-only quantization.
+
+    Attributes:
+        bits: 2, 3, 4 or 8.
+        group_size: weights per group along in_features; None means per output channel.
+        symmetric: symmetric integers around zero, or asymmetric min-max with a zero point.
+        act_order: quantize columns by decreasing Hessian diagonal (``desc_act``).
+        dampening_frac: initial damping as a fraction of the mean Hessian diagonal.
+        block_size: columns per lazy batch update.
+        true_sequential: quantize the Linears of a layer group by group (q/k/v, o, gate/up, down).
+        calibration_batch_size: calibration samples per forward pass.
+        device: where each decoder layer is quantized; ``auto`` = the model's accelerator,
+            else the best available one, while the model stays on the host.
+
+    Example:
+        >>> GPTQConfig(name="w4-gptq", method="gptq", bits=4).group_size
+        128
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = False
+    act_order: bool = True
+    dampening_frac: float = 0.01
+    block_size: int = 128
+    true_sequential: bool = True
+    calibration_batch_size: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bits not in GPTQ_BITS:
+            raise RecipeError(f"recipe {self.name!r}: {self.method} supports bits {list(GPTQ_BITS)}, got {self.bits}")
+        if self.group_size is not None and self.group_size <= 0:
+            raise RecipeError(f"recipe {self.name!r}: group_size must be positive or null, got {self.group_size}")
+        if not 0 <= self.dampening_frac <= 1:
+            raise RecipeError(f"recipe {self.name!r}: dampening_frac must be in [0, 1], got {self.dampening_frac}")
+        if self.block_size <= 0 or self.calibration_batch_size <= 0:
+            raise RecipeError(f"recipe {self.name!r}: block_size and calibration_batch_size must be positive")
+
+
+def check_targets(model: nn.Module, config) -> None:
+    """Check every group size before any weight changes, so a bad recipe leaves the model intact.
+
+    Example:
+        >>> check_targets(model, get_recipe("w4-gptq"))  # doctest: +SKIP
+    """
+    group_size = getattr(config, "group_size", None)
+    for name, module in weight_targets(model, config).items():
+        check_group_size(module.weight.shape[1], group_size, name)
+
+
+def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
+    """RTN for the embedding table / output head when the recipe asks for them; return how many.
+
+    Example:
+        >>> quantize_extra_targets(model, get_recipe("w4-gptq"), 4)  # doctest: +SKIP
+        0
+    """
+    extra = {name: m for name, m in weight_targets(model, config).items() if name not in decoder_linears(model)}
+    with torch.no_grad():
+        for name, module in extra.items():
+            module.weight.data.copy_(fake_quantize(module.weight.data, bits, config.group_size, config.symmetric, name))
+            logger.info("%s: %s quantized with RTN (no calibration Hessian)", config.name, name)
+    return len(extra)
+
+
+def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False):
+    """A :data:`~quantsweep.methods.sequential.LayerQuantizer` for Hessian-based methods.
+
+    For each group of Linears (one group, or input-sharing groups with
+    ``config.true_sequential``), accumulate ``H`` (and, when ``asymmetric``, the
+    GPTAQ cross term) from the calibration inputs, then call
+    ``quantize_linear(full_name, weight, accumulator) -> (new_weight, info)``.
+
+    Example:
+        >>> layer_fn = hessian_quantizer(config, my_quantize_linear)  # doctest: +SKIP
+    """
+
+    def quantize_layer(ctx: LayerContext) -> dict:
+        groups = ctx.linear_groups() if getattr(config, "true_sequential", False) else [ctx.linears()]
+        infos = {}
+        for group in groups:
+            accumulators = {
+                name: HessianAccumulator(linear.in_features, ctx.device, asymmetric=asymmetric)
+                for name, linear in group.items()
+            }
+            ctx.capture_inputs(group, lambda name, x, x_fp: accumulators[name].add(x, x_fp), with_fp=asymmetric)
+            for name, linear in group.items():
+                new_weight, info = quantize_linear(ctx.full_name(name), linear.weight.data, accumulators[name])
+                linear.weight.data.copy_(new_weight)
+                accumulators[name] = None  # free the Hessian before the next Linear's
+                infos[name] = info
+        return {"linears": infos}
+
+    return quantize_layer
+
+
+@register_method("gptq", config=GPTQConfig, needs_calibration=True)
+def apply_gptq(model, config: GPTQConfig, calibration=None):
+    """Quantize ``model`` in place with GPTQ, one decoder layer at a time.
+
+    Raises:
+        ValueError: no calibration data, or a group size that does not divide a layer.
+
+    Example:
+        >>> apply_gptq(model, get_recipe("w4-gptq"), calibration=calibration)  # doctest: +SKIP
+    """
+    calibration = require_calibration(calibration, config)
+    check_targets(model, config)
+    device = compute_device(config.device, model)
+
+    def quantize_linear(name, weight, accumulator):
+        return gptq_quantize(
+            weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
+            symmetric=config.symmetric, act_order=config.act_order,
+            dampening_frac=config.dampening_frac, block_size=config.block_size, layer_name=name,
+        )
+
+    reports = run_sequential(
+        model, calibration, device, hessian_quantizer(config, quantize_linear),
+        batch_size=config.calibration_batch_size, desc=f"gptq {config.name}",
+    )
+    quantize_extra_targets(model, config, config.bits)
+    record_reports(model, "gptq", reports)
+    return model

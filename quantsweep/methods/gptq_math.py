@@ -1,0 +1,399 @@
+"""Pure tensor math of the GPTQ family: Hessians, damped inverse Cholesky, and the OBS sweep.
+
+GPTQ (Frantar et al., 2023, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers") quantizes a weight ``W [out, in]`` one input
+column at a time and spreads each column's rounding error over the columns not yet
+quantized, using the inverse Hessian ``H^-1`` of the layer-wise loss
+``||W X - Ŵ X||^2`` with ``H = 2 X X^T / n``. The rows of the upper Cholesky
+factor ``U`` of ``H^-1`` (``H^-1 = U^T U``) are exactly the normalised rows of
+the inverses of the trailing sub-Hessians, so one factorisation serves every step.
+
+:func:`obs_sweep` is that sweep, with lazy batch updates (blocks of columns; the
+rest of the matrix is updated once per block, which turns rank-1 updates into one
+matrix product). *What* value a column rounds to is left to a
+:class:`ColumnQuantizer`, so GPTQ (uniform k-bit groups), BiLLM (binary codebooks)
+and SliM-LLM (mixed bits per group) share it. Passing ``asym_cross`` adds GPTAQ's
+asymmetric-calibration term (see :func:`asymmetric_correction`).
+
+Everything here is device-agnostic: tensors stay where they are, except that the
+Cholesky factorisation runs on :func:`quantsweep.device.cholesky_device`.
+
+Example:
+    >>> import torch
+    >>> x = torch.randn(256, 16)
+    >>> acc = HessianAccumulator(16)
+    >>> acc.add(x)
+    >>> torch.allclose(acc.hessian, 2 * x.T @ x / 256, atol=1e-4)
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from quantsweep import device as devices
+from quantsweep.quant import compute_qparams, dequantize, quantize_to_int
+from quantsweep.quant.primitives import QuantParams
+
+logger = logging.getLogger(__name__)
+
+# Damping grows by this factor each time the Cholesky factorisation fails ...
+DAMPING_GROWTH = 10.0
+# ... until it reaches this fraction of the mean Hessian diagonal (then we give up).
+MAX_DAMPENING_FRAC = 10.0
+
+
+class HessianAccumulator:
+    """Running ``H = 2 X^T X / n`` over batches of inputs ``x [tokens, in]``, in float32.
+
+    With ``asymmetric=True`` it also accumulates GPTAQ's cross term
+    ``D = 2 (X_fp - X)^T X / n`` from pairs (quantized-stream input, FP-stream input).
+
+    Example:
+        >>> acc = HessianAccumulator(4)
+        >>> acc.add(torch.ones(3, 4))
+        >>> acc.hessian[0, 0].item(), acc.n_tokens
+        (2.0, 3)
+    """
+
+    def __init__(self, features: int, device: str | torch.device = "cpu", asymmetric: bool = False):
+        self.hessian = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self.cross = torch.zeros_like(self.hessian) if asymmetric else None
+        self.n_tokens = 0
+
+    def add(self, x: torch.Tensor, x_fp: torch.Tensor | None = None) -> None:
+        """Fold in one batch of inputs (``[tokens, in]``); ``x_fp`` is needed when asymmetric.
+
+        Example:
+            >>> HessianAccumulator(2).add(torch.zeros(5, 2))
+        """
+        x = x.reshape(-1, x.shape[-1]).to(self.hessian.device, torch.float32)
+        tokens = x.shape[0]
+        total = self.n_tokens + tokens
+        # Running mean keeps the magnitude O(1) whatever the number of tokens.
+        self.hessian.mul_(self.n_tokens / total).addmm_(x.T, x, alpha=2.0 / total)
+        if self.cross is not None:
+            if x_fp is None:
+                raise ValueError("an asymmetric HessianAccumulator needs the full-precision input x_fp too")
+            delta = x_fp.reshape(-1, x.shape[-1]).to(x.device, torch.float32) - x
+            self.cross.mul_(self.n_tokens / total).addmm_(delta.T, x, alpha=2.0 / total)
+        self.n_tokens = total
+
+
+def damped_inverse_cholesky(
+    hessian: torch.Tensor,
+    dampening_frac: float,
+    device: str | torch.device,
+    layer_name: str = "<layer>",
+) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor ``U`` of ``(H + λI)^-1`` with ``λ = frac * mean(diag H)``.
+
+    When the factorisation fails (an indefinite or numerically singular Hessian),
+    ``frac`` grows x10 and we retry, up to ``MAX_DAMPENING_FRAC``; each increase is
+    logged as a warning. Only the Hessian visits :func:`quantsweep.device.cholesky_device`
+    (the CPU on Ascend, where torch-npu has been seen to fall back to the CPU for
+    ``torch.linalg.cholesky`` implicitly and slowly); ``U`` comes back on ``device``.
+
+    Returns:
+        ``(U, frac)``: the factor, and the damping fraction that succeeded.
+
+    Raises:
+        ValueError: the Hessian is non-finite, or still not factorisable at the largest damping.
+
+    Example:
+        >>> u, frac = damped_inverse_cholesky(torch.eye(3), 0.01, "cpu")
+        >>> frac
+        0.01
+    """
+    if not torch.isfinite(hessian).all():
+        raise ValueError(f"{layer_name}: the Hessian has non-finite entries (NaN/Inf in the calibration activations)")
+    target = devices.cholesky_device(device)
+    h = hessian.to(target, torch.float32)
+    diag_mean = torch.diagonal(h).mean().clamp_min(1e-8)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    frac = float(dampening_frac)
+    while True:
+        factor, info = torch.linalg.cholesky_ex(h + frac * diag_mean * eye)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper.to(device), frac
+        grown = frac * DAMPING_GROWTH if frac > 0 else 1e-6
+        if grown > MAX_DAMPENING_FRAC:
+            raise ValueError(
+                f"{layer_name}: Cholesky factorisation failed even with dampening_frac={frac:g}; "
+                "the calibration Hessian is degenerate"
+            )
+        logger.warning("%s: Cholesky failed with dampening_frac=%g; retrying with %g", layer_name, frac, grown)
+        frac = grown
+
+
+def mask_dead_inputs(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+    """Handle inputs that were always zero in calibration: ``H_ii = 0``.
+
+    Their weights cannot affect the calibration loss; as in GPTQ they are zeroed
+    and ``H_ii`` set to 1 so the Hessian stays invertible. Modifies both in place;
+    returns the boolean mask of dead inputs.
+
+    Example:
+        >>> w, h = torch.ones(2, 2), torch.diag(torch.tensor([1.0, 0.0]))
+        >>> mask_dead_inputs(w, h).tolist(), w[:, 1].tolist()
+        ([False, True], [0.0, 0.0])
+    """
+    dead = torch.diagonal(hessian) == 0
+    hessian[dead, dead] = 1.0
+    weight[:, dead] = 0.0
+    return dead
+
+
+def asymmetric_correction(cross: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """GPTAQ's ``P`` with ``P[q, F] = D[q, F] (H_FF)^-1`` for the trailing set ``F = {q+1, ...}``.
+
+    When column ``q`` is fixed, the remaining columns must also absorb
+    ``w_q (X_q - X̃_q)`` (the part of the full-precision target that the quantized
+    stream lost). Its least-squares fix on the remaining inputs is ``w_q P[q, F]``.
+    Because ``(H_FF)^-1 = U_FF^T U_FF`` for the upper Cholesky factor ``U`` of
+    ``H^-1``, all rows come from one product: ``P = triu(D U^T, 1) U``.
+
+    Example:
+        >>> u = torch.eye(3)
+        >>> asymmetric_correction(torch.ones(3, 3), u)[0].tolist()
+        [0.0, 1.0, 1.0]
+    """
+    return torch.triu(cross @ upper.T, diagonal=1) @ upper
+
+
+class ColumnQuantizer:
+    """Decides the quantized value of each column during :func:`obs_sweep`.
+
+    ``span`` (or None) asks the sweep to call :meth:`prepare` at every multiple of
+    ``span`` columns with the current (error-updated) values of the next ``span``
+    columns, e.g. to set a group's scale; :meth:`quantize` then rounds one column.
+
+    Example:
+        >>> class Sign(ColumnQuantizer):
+        ...     def quantize(self, column, values):
+        ...         return values.sign()
+        >>> Sign().span is None
+        True
+    """
+
+    span: int | None = None
+
+    def prepare(self, start: int, values: torch.Tensor) -> None:
+        """Called with columns ``[start, start + span)`` before the first of them is quantized."""
+
+    def quantize(self, column: int, values: torch.Tensor) -> torch.Tensor:
+        """The quantized value of column ``column`` (position in sweep order), given its current values."""
+        raise NotImplementedError
+
+
+def quantize_column(values: torch.Tensor, params: QuantParams) -> torch.Tensor:
+    """Round one column ``[out]`` with per-row params (scale ``[out, 1, 1]``) via the primitives.
+
+    Example:
+        >>> w = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
+        >>> p = compute_qparams(w, bits=4, symmetric=True)
+        >>> quantize_column(w[:, 1], p).tolist()
+        [1.0, 2.0]
+    """
+    column = values.unsqueeze(1)
+    return dequantize(quantize_to_int(column, params, None), params, column.shape).squeeze(1).to(values.dtype)
+
+
+class UniformGroupQuantizer(ColumnQuantizer):
+    """k-bit min-max groups whose scale is set from the current weights at each group's start.
+
+    This is GPTQ's usual (dynamic) grouping: the scale of group ``g`` sees the error
+    already spread onto it. ``group_size=None`` means one scale per output row, set
+    from the whole (original) weight before the sweep.
+
+    Example:
+        >>> q = UniformGroupQuantizer(bits=4, group_size=2, symmetric=True)
+        >>> q.prepare(0, torch.tensor([[1.0, -0.5]]))
+        >>> q.quantize(0, torch.tensor([1.0])).tolist()
+        [1.0]
+    """
+
+    def __init__(self, bits: int, group_size: int | None, symmetric: bool, weight: torch.Tensor | None = None):
+        self.bits, self.symmetric = bits, symmetric
+        self.span = group_size
+        self.params: QuantParams | None = None
+        if group_size is None:
+            if weight is None:
+                raise ValueError("per-channel quantization needs the weight to set its scales")
+            self.params = compute_qparams(weight, bits, None, symmetric)
+
+    def prepare(self, start: int, values: torch.Tensor) -> None:
+        self.params = compute_qparams(values, self.bits, None, self.symmetric)
+
+    def quantize(self, column: int, values: torch.Tensor) -> torch.Tensor:
+        return quantize_column(values, self.params)
+
+
+class StaticGroupQuantizer(ColumnQuantizer):
+    """k-bit groups with scales fixed up front from the original weight (for act-order).
+
+    With act-order the sweep visits columns by decreasing Hessian diagonal, so a
+    contiguous group is not visited contiguously. Fixing each group's scale from
+    the original weight keeps groups contiguous in the stored layout (what
+    AutoGPTQ calls ``static_groups``), so no ``g_idx`` permutation is needed.
+
+    Example:
+        >>> w = torch.randn(4, 8)
+        >>> q = StaticGroupQuantizer(w, bits=4, group_size=4, symmetric=False, order=torch.arange(8))
+        >>> q.quantize(5, w[:, 5]).shape
+        torch.Size([4])
+    """
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int, symmetric: bool, order: torch.Tensor):
+        params = compute_qparams(weight, bits, group_size, symmetric)
+        self.group_size = group_size
+        self.order = order.tolist()
+        self.groups = [
+            QuantParams(scale=params.scale[:, g : g + 1], zero=params.zero[:, g : g + 1], bits=bits, symmetric=symmetric)
+            for g in range(params.scale.shape[1])
+        ]
+
+    def quantize(self, column: int, values: torch.Tensor) -> torch.Tensor:
+        return quantize_column(values, self.groups[self.order[column] // self.group_size])
+
+
+@dataclass
+class SweepResult:
+    """Output of :func:`obs_sweep`: the quantized weight and the OBS loss estimate.
+
+    ``loss`` is ``sum_q ||w_q - q̂_q||^2 / (2 [H^-1]_qq)`` over columns, the
+    second-order estimate of the increase in the layer loss.
+    """
+
+    weight: torch.Tensor
+    loss: float
+
+
+def obs_sweep(
+    weight: torch.Tensor,
+    upper: torch.Tensor,
+    quantizer: ColumnQuantizer,
+    *,
+    block_size: int = 128,
+    asym_cross: torch.Tensor | None = None,
+) -> SweepResult:
+    """Quantize ``weight [out, in]`` column by column, spreading each error over later columns.
+
+    Args:
+        weight: float32 weight, already permuted into sweep order (modified: pass a copy).
+        upper: upper Cholesky factor of the damped inverse Hessian, same order.
+        quantizer: rounds each column (see :class:`ColumnQuantizer`).
+        block_size: columns per lazy batch (GPTQ uses 128).
+        asym_cross: GPTAQ's ``P`` from :func:`asymmetric_correction`; None for plain GPTQ.
+
+    Example:
+        >>> w = torch.randn(3, 8)
+        >>> q = UniformGroupQuantizer(bits=8, group_size=4, symmetric=True)
+        >>> out = obs_sweep(w.clone(), torch.eye(8), q, block_size=4)
+        >>> torch.allclose(out.weight, w, atol=0.05)
+        True
+    """
+    columns = weight.shape[1]
+    original = weight.clone() if asym_cross is not None else None
+    quantized = torch.zeros_like(weight)
+    loss = torch.zeros((), dtype=torch.float32, device=weight.device)
+    span = quantizer.span
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        block = weight[:, i1:i2].clone()
+        errors = torch.zeros_like(block)
+        upper_block = upper[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            column = i1 + i
+            if span is not None and column % span == 0:
+                # Current values of this span: in-block ones live in `block`; later ones in
+                # `weight` still lack this block's pending (lazy) updates, so apply them here.
+                end = min(column + span, columns)
+                values = block[:, i : i + span]
+                if end > i2:
+                    later = weight[:, i2:end] - errors[:, :i] @ upper[i1:column, i2:end]
+                    if asym_cross is not None:
+                        later = later + original[:, i1:column] @ asym_cross[i1:column, i2:end]
+                    values = torch.cat([values, later], dim=1)
+                quantizer.prepare(column, values)
+            w = block[:, i]
+            q = quantizer.quantize(column, w)
+            quantized[:, column] = q
+            d = upper_block[i, i]
+            err = (w - q) / d
+            loss += (err.pow(2).sum() / 2)
+            block[:, i:] -= err.unsqueeze(1) * upper_block[i, i:].unsqueeze(0)
+            if asym_cross is not None:
+                block[:, i + 1 :] += original[:, column].unsqueeze(1) * asym_cross[column, i1 + i + 1 : i2].unsqueeze(0)
+            errors[:, i] = err
+        weight[:, i2:] -= errors @ upper[i1:i2, i2:]
+        if asym_cross is not None:
+            weight[:, i2:] += original[:, i1:i2] @ asym_cross[i1:i2, i2:]
+    return SweepResult(weight=quantized, loss=float(loss))
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    act_order: bool,
+    dampening_frac: float = 0.01,
+    block_size: int = 128,
+    cross: torch.Tensor | None = None,
+    layer_name: str = "<layer>",
+) -> tuple[torch.Tensor, dict]:
+    """GPTQ (or, with ``cross``, GPTAQ) fake-quantized copy of ``weight`` given its Hessian.
+
+    Args:
+        weight: ``[out, in]`` weight (any float dtype; the result has the same dtype).
+        hessian: ``[in, in]`` float32 Hessian ``2 X^T X / n`` (from :class:`HessianAccumulator`).
+        bits, group_size, symmetric: the uniform quantizer (see :mod:`quantsweep.quant`).
+        act_order: visit columns by decreasing ``H_ii`` (GPTQ's ``desc_act``), with static groups.
+        dampening_frac: initial damping, a fraction of the mean of ``diag(H)``.
+        block_size: columns per lazy batch update.
+        cross: GPTAQ's ``D = 2 (X_fp - X)^T X / n``; None for GPTQ.
+
+    Returns:
+        ``(quantized weight, info)`` with info ``{"loss", "dampening_frac", "dead_inputs"}``.
+
+    Example:
+        >>> x = torch.randn(512, 64)
+        >>> q, info = gptq_quantize(torch.randn(8, 64), 2 * x.T @ x / 512, bits=4, group_size=32,
+        ...                         symmetric=False, act_order=True)
+        >>> q.shape, info["dampening_frac"]
+        (torch.Size([8, 64]), 0.01)
+    """
+    w = weight.detach().to(torch.float32).clone()
+    h = hessian.detach().to(w.device, torch.float32).clone()
+    d = cross.detach().to(w.device, torch.float32).clone() if cross is not None else None
+    dead = mask_dead_inputs(w, h)
+    if d is not None:
+        d[dead, :] = 0.0
+        d[:, dead] = 0.0
+    order = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(w.shape[1], device=w.device)
+    if group_size is not None and act_order:
+        quantizer: ColumnQuantizer = StaticGroupQuantizer(w, bits, group_size, symmetric, order)
+    else:
+        quantizer = UniformGroupQuantizer(bits, group_size, symmetric, weight=w)
+    if act_order:
+        w = w[:, order]
+        h = h[order][:, order]
+        if d is not None:
+            d = d[order][:, order]
+    upper, frac = damped_inverse_cholesky(h, dampening_frac, w.device, layer_name)
+    correction = asymmetric_correction(d, upper) if d is not None else None
+    result = obs_sweep(w, upper, quantizer, block_size=block_size, asym_cross=correction)
+    quantized = result.weight
+    if act_order:
+        quantized = quantized[:, torch.argsort(order)]
+    info = {"loss": result.loss, "dampening_frac": frac, "dead_inputs": int(dead.sum())}
+    return quantized.to(weight.dtype), info
