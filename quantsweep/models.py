@@ -82,6 +82,8 @@ def load_model(
         >>> model.training  # doctest: +SKIP
         False
     """
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     path = resolve_model_path(name_or_path)
