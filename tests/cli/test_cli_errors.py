@@ -1,0 +1,81 @@
+"""Bad input gets one clear line on stderr and exit code 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from helpers.checkpoints import write_hf_model
+from quantsweep.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_unknown_recipe_suggests_closest(capsys):
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "w4-rnt", "--tasks", "toy_mc4")
+    assert code == 2
+    assert "unknown recipe 'w4-rnt'" in err and "did you mean 'w4-rtn'" in err
+
+
+def test_unknown_task_lists_search_paths(capsys):
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "toy_mc5")
+    assert code == 2
+    assert "unknown task 'toy_mc5'" in err and "tasks" in err and "lm-eval's built-in registry" in err
+
+
+def test_missing_model_path(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", "--model", str(tmp_path / "nope"), "--recipe", "fp", "--tasks", "toy_mc4")
+    assert code == 2
+    assert "does not exist" in err and "nope" in err
+
+
+def test_path_that_is_not_a_causal_lm(capsys, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "architectures": ["BertForMaskedLM"]}')
+    code, _, err = run_cli(capsys, "run", "--model", str(tmp_path), "--recipe", "fp", "--tasks", "toy_mc4")
+    assert code == 2
+    assert "BertForMaskedLM" in err or "bert" in err
+
+
+def test_malformed_recipe_yaml_names_file_and_key(capsys, tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\nmethod: rtn\nbitz: 4\n")
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", str(recipe), "--tasks", "toy_mc4")
+    assert code == 2
+    assert "mine.yaml" in err and "'bitz'" in err
+
+
+def test_group_size_that_does_not_divide_names_layer_and_sizes(capsys, tmp_path):
+    write_hf_model(tmp_path / "llama")  # hidden 32, intermediate 64: group 128 divides neither
+    code, _, err = run_cli(capsys, "run", "--model", str(tmp_path / "llama"), "--recipe", "w4-rtn",
+                           "--tasks", "toy_mc4", "--device", "cpu", "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert "group_size 128 does not divide in_features 32" in err and "model.layers.0." in err
+
+
+def test_npu_requested_without_torch_npu(capsys):
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "toy_mc4", "--device", "npu")
+    assert code == 2
+    assert "torch_npu" in err and "quantsweep[npu]" in err
+
+
+def test_bad_device_string(capsys):
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "toy_mc4", "--device", "gpu")
+    assert code == 2 and "unknown device 'gpu'" in err
+
+
+def test_no_traceback_in_a_real_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "quantsweep", "run", "--model", "toy", "--recipe", "w4-rnt",
+                             "--tasks", "toy_mc4"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith("quantsweep: error:")
+
+
+def test_recipes_command_lists_registered(capsys):
+    code, out, _ = run_cli(capsys, "recipes")
+    assert code == 0
+    for name in ("fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"):
+        assert name in out
