@@ -49,8 +49,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from quantsweep import device as devices
 from quantsweep.methods.mappings import ResolvedScaling, expand_to_consumer, fold_scales, mappings_for, reduce_to_source
+from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
 from quantsweep.methods.targets import weight_targets
 from quantsweep.quant import check_group_size, fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
@@ -77,7 +77,9 @@ class AWQConfig(RecipeConfig):
         max_shrink: largest fraction of a group's range the clipping search may remove.
         max_search_tokens: tokens (subsampled) used in the scale search.
         max_clip_tokens: tokens (subsampled) used in the clipping search.
-        batch_size: calibration samples per forward pass.
+        calibration_batch_size: calibration samples per forward pass.
+        device: where each decoder layer is quantized; ``auto`` = the model's accelerator,
+            else the best available one (the model itself stays on the host).
 
     Example:
         >>> AWQConfig(name="w4-awq", method="awq").n_grid
@@ -93,7 +95,8 @@ class AWQConfig(RecipeConfig):
     max_shrink: float = 0.5
     max_search_tokens: int = 4096
     max_clip_tokens: int = 512
-    batch_size: int = 1
+    calibration_batch_size: int = 1
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,7 +104,7 @@ class AWQConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: awq supports bits {list(AWQ_BITS)}, got {self.bits}")
         if self.group_size is not None and self.group_size <= 0:
             raise RecipeError(f"recipe {self.name!r}: group_size must be positive or null, got {self.group_size}")
-        for key in ("n_grid", "max_search_tokens", "max_clip_tokens", "batch_size"):
+        for key in ("n_grid", "max_search_tokens", "max_clip_tokens", "calibration_batch_size"):
             if getattr(self, key) <= 0:
                 raise RecipeError(f"recipe {self.name!r}: {key} must be positive, got {getattr(self, key)}")
         if not 0.0 <= self.max_shrink < 1.0:
@@ -241,15 +244,6 @@ def apply_clip(weight: torch.Tensor, bound: torch.Tensor, group_size: int | None
     return torch.maximum(torch.minimum(grouped, b), -b).reshape(weight.shape)
 
 
-def _require_calibration(calibration):
-    if calibration is None:
-        raise ValueError(
-            "method 'awq' needs calibration data: pass calibration= to quantsweep.quantize, e.g. "
-            "quantsweep.calibration.load_calibration('toy' | 'wikitext2' | 'path/to/file.txt', tokenizer, "
-            "n_samples=128, seq_len=2048), or a LongTensor of token ids [N, L]"
-        )
-
-
 class _InputStats:
     """Running mean |x| over all tokens and an evenly strided token subsample."""
 
@@ -346,22 +340,22 @@ def apply_awq(model, config: AWQConfig, calibration=None):
         >>> apply_awq(model, get_recipe("w4-awq"), calibration)  # doctest: +SKIP
     """
     from quantsweep.layout import decoder_linears
-    from quantsweep.methods.sequential import run_sequential
 
-    _require_calibration(calibration)
+    require_calibration(calibration, config)
     pairs_by_layer = mappings_for(model, "awq")
     targets = weight_targets(model, config)
     for name, module in targets.items():
         check_group_size(module.weight.shape[1], config.group_size, name)
     reports = run_sequential(
-        model, calibration, devices.resolve_device("auto"),
+        model, calibration, compute_device(config.device, model),
         lambda ctx: quantize_layer_awq(ctx, pairs_by_layer[ctx.index], config),
-        batch_size=config.batch_size, desc=f"awq {config.name}",
+        batch_size=config.calibration_batch_size, desc=f"awq {config.name}",
     )
     decoder = {id(m) for m in decoder_linears(model).values()}
     with torch.no_grad():
         for name, module in targets.items():
             if id(module) not in decoder:  # embedding table / head when asked: plain RTN
                 module.weight.data.copy_(fake_quantize(module.weight.data, config.bits, config.group_size, config.symmetric, name))
+    record_reports(model, "awq", reports)
     logger.info("awq: %d-bit, group %s, %d layers", config.bits, config.group_size, len(reports))
     return model

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quantsweep import device as devices
 from quantsweep.methods.activation import ACTIVATION_BITS, attach_activation_quant
 from quantsweep.methods.mappings import ResolvedScaling, fold_scales, mappings_for
+from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
 from quantsweep.methods.targets import weight_targets
 from quantsweep.quant import check_group_size, fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
@@ -69,7 +69,9 @@ class SmoothQuantConfig(RecipeConfig):
         group_size: weight group size along in_features; None (default) is per channel.
         symmetric: symmetric weight integers (the paper's choice).
         activation_symmetric: symmetric activation integers.
-        batch_size: calibration samples per forward pass.
+        calibration_batch_size: calibration samples per forward pass.
+        device: where each decoder layer is quantized; ``auto`` = the model's accelerator,
+            else the best available one (the model itself stays on the host).
 
     Example:
         >>> SmoothQuantConfig(name="w8a8", method="smoothquant").alpha
@@ -82,7 +84,8 @@ class SmoothQuantConfig(RecipeConfig):
     group_size: int | None = None
     symmetric: bool = True
     activation_symmetric: bool = True
-    batch_size: int = 1
+    calibration_batch_size: int = 1
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,8 +99,10 @@ class SmoothQuantConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: alpha must be in [0, 1], got {self.alpha}")
         if self.group_size is not None and self.group_size <= 0:
             raise RecipeError(f"recipe {self.name!r}: group_size must be positive or null, got {self.group_size}")
-        if self.batch_size <= 0:
-            raise RecipeError(f"recipe {self.name!r}: batch_size must be positive, got {self.batch_size}")
+        if self.calibration_batch_size <= 0:
+            raise RecipeError(
+                f"recipe {self.name!r}: calibration_batch_size must be positive, got {self.calibration_batch_size}"
+            )
 
 
 def smoothing_factors(activation_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -134,16 +139,6 @@ def smooth_pairs(pairs: list[ResolvedScaling], activation_absmax: list[torch.Ten
     return factors
 
 
-def _require_calibration(calibration, method: str):
-    if calibration is None:
-        raise ValueError(
-            f"method {method!r} needs calibration data: pass calibration= to quantsweep.quantize, e.g. "
-            "quantsweep.calibration.load_calibration('toy' | 'wikitext2' | 'path/to/file.txt', tokenizer, "
-            "n_samples=128, seq_len=2048), or a LongTensor of token ids [N, L]"
-        )
-    return calibration
-
-
 def _quantize_linear(linear: nn.Linear, config: SmoothQuantConfig, name: str) -> None:
     linear.weight.data.copy_(fake_quantize(linear.weight.data, config.weight_bits, config.group_size, config.symmetric, name))
     attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
@@ -166,9 +161,7 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
     Example:
         >>> apply_smoothquant(model, get_recipe("w8a8-smoothquant"), calibration)  # doctest: +SKIP
     """
-    from quantsweep.methods.sequential import run_sequential
-
-    _require_calibration(calibration, "smoothquant")
+    require_calibration(calibration, config)
     pairs_by_layer = mappings_for(model, "smoothquant")
     targets = weight_targets(model, config)
     for name, module in targets.items():
@@ -189,8 +182,8 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
             _quantize_linear(linear, config, ctx.full_name(relative))
         return {"smoothed_pairs": len(pairs), "max_factor": max(float(s.max()) for s in factors) if factors else None}
 
-    run_sequential(model, calibration, devices.resolve_device("auto"), quantize_layer,
-                   batch_size=config.batch_size, desc=f"smoothquant {config.name}")
+    reports = run_sequential(model, calibration, compute_device(config.device, model), quantize_layer,
+                   batch_size=config.calibration_batch_size, desc=f"smoothquant {config.name}")
     # The embedding table / output head, when the recipe asks for them, outside the layers.
     decoder = set(_decoder_linear_ids(model))
     with torch.no_grad():
@@ -200,6 +193,7 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
             module.weight.data.copy_(fake_quantize(module.weight.data, config.weight_bits, config.group_size, config.symmetric, name))
             if isinstance(module, nn.Linear):
                 attach_activation_quant(module, config.activation_bits, config.activation_symmetric)
+    record_reports(model, "smoothquant", reports)
     logger.info("smoothquant: W%dA%d, alpha %.2f, %d weights", config.weight_bits, config.activation_bits, config.alpha, len(targets))
     return model
 
