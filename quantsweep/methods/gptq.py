@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -131,13 +132,15 @@ def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
     return len(extra)
 
 
-def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False):
+def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, after_group=None):
     """A :data:`~quantsweep.methods.sequential.LayerQuantizer` for Hessian-based methods.
 
     For each group of Linears (one group, or input-sharing groups with
     ``config.true_sequential``), accumulate ``H`` (and, when ``asymmetric``, the
     GPTAQ cross term) from the calibration inputs, then call
     ``quantize_linear(full_name, weight, accumulator) -> (new_weight, info)``.
+    ``after_group(ctx, group)``, if given, runs once a group's weights are set
+    (GPTAQ W4A4 attaches activation quantization there).
 
     Example:
         >>> layer_fn = hessian_quantizer(config, my_quantize_linear)  # doctest: +SKIP
@@ -145,18 +148,27 @@ def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False):
 
     def quantize_layer(ctx: LayerContext) -> dict:
         groups = ctx.linear_groups() if getattr(config, "true_sequential", False) else [ctx.linears()]
+        # The FP target of a later group must come from the unquantized layer: keep one
+        # FP copy of this layer (one more layer of device memory) while it is quantized.
+        fp_layer = copy.deepcopy(ctx.layer) if asymmetric and len(groups) > 1 else None
         infos = {}
         for group in groups:
             accumulators = {
                 name: HessianAccumulator(linear.in_features, ctx.device, asymmetric=asymmetric)
                 for name, linear in group.items()
             }
-            ctx.capture_inputs(group, lambda name, x, x_fp: accumulators[name].add(x, x_fp), with_fp=asymmetric)
+            ctx.capture_inputs(
+                group, lambda name, x, x_fp: accumulators[name].add(x, x_fp),
+                with_fp=asymmetric, fp_layer=fp_layer,
+            )
             for name, linear in group.items():
                 new_weight, info = quantize_linear(ctx.full_name(name), linear.weight.data, accumulators[name])
                 linear.weight.data.copy_(new_weight)
                 accumulators[name] = None  # free the Hessian before the next Linear's
                 infos[name] = info
+            if after_group is not None:
+                after_group(ctx, group)
+        del fp_layer
         return {"linears": infos}
 
     return quantize_layer

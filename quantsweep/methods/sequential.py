@@ -188,11 +188,13 @@ class LayerContext:
         """
         linears = self.linears()
         order: list[tuple[str, int]] = []
+        alive: list[torch.Tensor] = []  # hold inputs so no address is reused within the pass
 
         def make_hook(name: str):
             def hook(module, args, kwargs):
                 x = args[0] if args else kwargs.get("hidden_states")
-                order.append((name, x.data_ptr() if x is not None else id(module)))
+                alive.append(x)
+                order.append((name, (x.data_ptr(), tuple(x.shape)) if x is not None else id(module)))
 
             return hook
 
@@ -205,7 +207,7 @@ class LayerContext:
         finally:
             for handle in handles:
                 handle.remove()
-        groups: dict[int, dict[str, nn.Linear]] = {}
+        groups: dict[object, dict[str, nn.Linear]] = {}
         for name, key in order:
             groups.setdefault(key, {}).setdefault(name, linears[name])
         found = list(groups.values())
@@ -221,6 +223,7 @@ class LayerContext:
         *,
         with_fp: bool = False,
         flatten: bool = True,
+        fp_layer: nn.Module | None = None,
     ) -> None:
         """Run the layer on every batch and show ``observe`` the input of each module.
 
@@ -232,6 +235,12 @@ class LayerContext:
         the full-precision batch and ``x_fp`` is the same module's input there
         (same shape as ``x``); otherwise ``x_fp`` is None. Nothing is stored
         beyond one batch, so statistics such as Hessians accumulate in O(features^2).
+
+        The full-precision pass runs ``fp_layer`` when given (a copy of the layer
+        taken before any of its weights changed; ``modules`` must then be keyed by
+        names relative to the layer, as :meth:`linears` gives them), so that
+        ``x_fp`` stays the full-precision model's input even after some Linears of
+        this layer were quantized.
 
         Raises:
             ValueError: ``with_fp=True`` but the engine does not carry the FP stream.
@@ -263,11 +272,18 @@ class LayerContext:
             module.register_forward_pre_hook(make_hook(name), with_kwargs=True)
             for name, module in modules.items()
         ]
+        fp_runner = self.layer
+        if with_fp and fp_layer is not None:
+            fp_runner = fp_layer
+            handles += [
+                fp_layer.get_submodule(name).register_forward_pre_hook(make_hook(name), with_kwargs=True)
+                for name in modules
+            ]
         try:
             for index, kwargs in enumerate(self.layer_kwargs):
                 if with_fp:
                     mode["fp"] = True
-                    _layer_output(self.layer, self.fp_inputs[index].to(self.device), kwargs)
+                    _layer_output(fp_runner, self.fp_inputs[index].to(self.device), kwargs)
                     mode["fp"] = False
                 _layer_output(self.layer, self.inputs[index].to(self.device), kwargs)
                 recorded.clear()
