@@ -54,6 +54,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
     parser.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default 32)")
     parser.add_argument("--out", default=None, help="folder for results.jsonl and per-sample files")
+    parser.add_argument("--alpha", type=float, default=None, help="significance level of the verdict tests (default 0.05)")
+    parser.add_argument("--accuracy-tolerance", type=float, default=None,
+                        help="largest accuracy drop still called lossless (default 0.01 = 1 point)")
+    parser.add_argument("--perplexity-tolerance", type=float, default=None,
+                        help="largest relative perplexity increase still called lossless (default 0.01 = 1%%)")
+    parser.add_argument("--collapse-retention", type=float, default=None,
+                        help="share of the baseline's margin above chance at or below which a result is collapsed (default 0.15)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
 
@@ -129,9 +136,33 @@ def _run(spec, tasks: list[str]) -> int:
     print(format_table(records, tasks))
     print()
     print(LEGEND)
+    _print_summary(records)
     if spec.out_dir is not None:
         print(f"results written to {Path(spec.out_dir) / 'results.jsonl'}")
     return 0
+
+
+def _print_summary(records) -> None:
+    from quantsweep.sweep.summary import summarize_records
+
+    summary = summarize_records(records)
+    if summary["by_recipe"]:
+        print("\nverdict by recipe (worst over its tasks):")
+        for recipe, value in summary["by_recipe"].items():
+            counts = ", ".join(f"{n} {name}" for name, n in value["counts"].items() if n)
+            print(f"  {recipe:<20} {value['verdict']:<13} ({counts})")
+    failed = sorted({r["recipe"] for r in records if r.get("verdict") == "error"})
+    for recipe in failed:
+        error = next(r["error"] for r in records if r["recipe"] == recipe and r.get("error"))
+        print(f"  {recipe:<20} ERROR: {error}")
+
+
+def _verdict_config(args):
+    from quantsweep.eval.verdicts import VerdictConfig
+
+    chosen = {"alpha": args.alpha, "accuracy_tolerance": args.accuracy_tolerance,
+              "perplexity_relative_tolerance": args.perplexity_tolerance, "collapse_retention": args.collapse_retention}
+    return VerdictConfig(**{k: v for k, v in chosen.items() if v is not None})
 
 
 def _command_demo(args) -> int:
@@ -139,7 +170,8 @@ def _command_demo(args) -> int:
 
     print(f"quantsweep demo: toy model × {', '.join(DEMO_RECIPES)} × {', '.join(DEMO_TASKS)}", flush=True)
     spec = RunSpec(model="toy", recipes=DEMO_RECIPES[1:], tasks=DEMO_TASKS, limit=_limit(args.limit),
-                   device=args.device, dtype=args.dtype, batch_size=args.batch_size, out_dir=args.out)
+                   device=args.device, dtype=args.dtype, batch_size=args.batch_size, out_dir=args.out,
+                   verdict_config=_verdict_config(args))
     return _run(spec, DEMO_TASKS)
 
 
@@ -155,6 +187,7 @@ def _command_run(args) -> int:
         allow_code_execution=args.allow_code_execution, calibration_source=args.calib_source,
         calibration_samples=args.calib_samples or (32 if toy else 128),
         calibration_seq_len=args.calib_seq_len or (64 if toy else 2048), calibration_seed=args.calib_seed,
+        verdict_config=_verdict_config(args),
     )
     return _run(spec, tasks)
 

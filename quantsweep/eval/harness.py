@@ -372,7 +372,7 @@ def evaluate(
                     model=lm, tasks=[spec], limit=limit, num_fewshot=num_fewshot, task_manager=manager,
                     log_samples=True, bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
                     torch_random_seed=seed, fewshot_random_seed=seed,
-                    confirm_run_unsafe_code=allow_code_execution, verbosity="WARNING",
+                    confirm_run_unsafe_code=allow_code_execution, verbosity="ERROR",
                 )
             result.tasks.update(_task_results(output, tokenizer, counter.total - generated_before))
     finally:

@@ -60,6 +60,16 @@ class ResultStore:
         with self.path.open("a") as handle:
             handle.write(json.dumps(_jsonable(record)) + "\n")
 
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write a JSON document next to ``results.jsonl`` (e.g. ``summary.json``).
+
+        Example:
+            >>> store.write_json("summary.json", {"by_recipe": {}})  # doctest: +SKIP
+        """
+        path = self.directory / name
+        path.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+        return path
+
     def write_samples(self, recipe: str, task: str, rows: Iterable[dict[str, Any]]) -> Path:
         """Write one task's per-sample outcomes for one recipe.
 

@@ -200,6 +200,10 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
         if on_outcome is not None:
             on_outcome(outcome)
     snapshot.restore(model)
+    if store is not None:
+        from quantsweep.sweep.summary import summarize_records
+
+        store.write_json("summary.json", summarize_records(r for o in outcomes for r in o.records))
     return outcomes
 
 
@@ -222,13 +226,14 @@ def _load_calibration(spec: RunSpec, tokenizer):
 def _records(spec, recipe, outcome, baseline_eval, is_baseline, vocab_size, verdict_config, provenance,
              calibration, diagnosis) -> list[dict[str, Any]]:
     from quantsweep.eval.judge import judge_task
+    from quantsweep.sweep.summary import task_family
 
     base = {"model": spec.model, "recipe": recipe.name, "recipe_config": recipe.to_dict(), **provenance,
             "quantize_seconds": outcome.quantize_seconds,
             "calibration": calibration.provenance() if calibration is not None else None,
             "verdict_config": verdict_config.to_dict()}
     if outcome.evaluation is None:
-        return [{**base, "task": task, "metric": None, "value": None, "stderr": None, "n": 0,
+        return [{**base, "task": task, "family": task_family(task), "metric": None, "value": None, "stderr": None, "n": 0,
                  "verdict": "error", "error": outcome.error} for task in spec.tasks]
     records = []
     for task in outcome.evaluation.tasks.values():
@@ -236,7 +241,9 @@ def _records(spec, recipe, outcome, baseline_eval, is_baseline, vocab_size, verd
         for metric in task.metrics.values():
             judged = judge_task(task, baseline_task, metric=metric.metric, vocab_size=vocab_size,
                                 config=verdict_config, is_baseline=is_baseline)
-            records.append({**base, "task": task.task, "metric": metric.metric, "primary": metric.metric == task.primary_metric,
+            records.append({**base, "task": task.task, "family": task_family(task.task, task.output_type),
+                            "output_type": task.output_type, "metric": metric.metric,
+                            "primary": metric.metric == task.primary_metric,
                             "value": metric.value, "stderr": metric.stderr, "n": metric.n,
                             "num_fewshot": task.num_fewshot, "task_version": task.version,
                             "diagnosis": diagnosis, "error": None, **judged})
