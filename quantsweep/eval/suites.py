@@ -106,6 +106,9 @@ class SuiteEntry:
             a hint that avoids indexing all of lm-eval's tasks to find it.
         family: one of :data:`FAMILIES`.
         metric: the metric verdicts use, e.g. ``acc``, ``word_perplexity``, ``pass@1``.
+        metric_filter: the lm-eval filter whose ``metric`` is meant, for tasks that
+            report one metric under several filters (gsm8k: ``strict-match``); lm-eval
+            keys such results ``"exact_match,strict-match"``. None: the only one.
         num_fewshot: few-shot examples per prompt.
         chance: ``choices`` (mean 1/number-of-choices over the evaluated samples),
             ``zero`` (exact-match floor, ``chance_floor``), or ``uniform_vocab``
@@ -126,6 +129,7 @@ class SuiteEntry:
     lm_eval_yaml: str | None = None
     family: str
     metric: str
+    metric_filter: str | None = None
     num_fewshot: int = 0
     chance: str
     chance_floor: float = 0.0
@@ -145,6 +149,8 @@ class SuiteEntry:
             raise SuiteError(f"task {self.task!r}: unknown chance rule {self.chance!r}; allowed: {', '.join(CHANCE_RULES)}")
         if not isinstance(self.metric, str) or not self.metric:
             raise SuiteError(f"task {self.task!r}: metric must be a metric name, got {self.metric!r}")
+        if self.metric_filter is not None and (not isinstance(self.metric_filter, str) or not self.metric_filter):
+            raise SuiteError(f"task {self.task!r}: metric_filter must be a filter name, got {self.metric_filter!r}")
         if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
             raise SuiteError(f"task {self.task!r}: num_fewshot must be an integer >= 0, got {self.num_fewshot!r}")
         if isinstance(self.chance_floor, bool) or not isinstance(self.chance_floor, (int, float)) \

@@ -1,0 +1,386 @@
+"""The openpangu18 tasks run offline from a --data-dir of small files in the public datasets' formats.
+
+Every file written here uses the public dataset's own column names and one of the
+formats it ships in (JSON Lines, JSON, gzipped JSON Lines, parquet, hub-style
+parquet shards, CSV). A tiny random Llama with a byte-level tokenizer evaluates each
+task with ``limit=3``: the point is that the tasks RUN with no network and that the
+per-sample outputs (choice counts, token counts) come from these files, not the scores.
+Network access is blocked for the whole module, so any attempt to reach the hub fails.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import quantsweep
+from quantsweep.eval import suites
+
+ROWS = 4  # documents per split written; the tests evaluate limit=3 of them
+
+
+# ---------------------------------------------------------------- data in the public formats
+
+def _arc_row(i: int, n_choices: int) -> dict:
+    labels = ["A", "B", "C", "D", "E"][:n_choices] if i % 2 == 0 else ["1", "2", "3", "4", "5"][:n_choices]
+    return {"id": f"Mercury_{7000 + i}", "question": f"Which object is heavier than a feather, case {i}?",
+            "choices": {"text": [f"option {k} for {i}" for k in range(n_choices)], "label": labels},
+            "answerKey": labels[i % n_choices]}
+
+
+# ARC items have 3, 4 or 5 options; the choice counts below must come back as n_choices.
+ARC_CHOICES = [4, 3, 5, 4]
+HELLASWAG_CHOICES = 4
+
+
+def _write_jsonl(path: Path, rows: list[dict], compress: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if compress:
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path, index=False)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _write_json_list(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+
+
+def write_suite_data(root: Path) -> Path:
+    """Write small files for all 18 openpangu18 tasks under ``root`` (layout of docs/offline-data.md)."""
+    # language modelling: wikitext_document_level (parquet, column `page`), C4 (json.gz, text/timestamp/url)
+    _write_parquet(root / "wikitext" / "test.parquet", [
+        {"page": f" = Article {i} = \n The river @-@ bank held {i} @,@ 000 stones . \n"} for i in range(ROWS)])
+    _write_jsonl(root / "c4" / "validation.json.gz", [
+        {"text": f"Beginners BBQ class number {i} is taking place in Missoula!", "timestamp": "2019-04-25 12:57:54",
+         "url": f"https://example.org/{i}"} for i in range(ROWS)], compress=True)
+    # commonsense and reasoning
+    _write_parquet(root / "arc_easy" / "test-00000-of-00001.parquet", [_arc_row(i, n) for i, n in enumerate(ARC_CHOICES)])
+    _write_jsonl(root / "arc_challenge" / "test.jsonl", [_arc_row(i, n) for i, n in enumerate(ARC_CHOICES)])
+    _write_jsonl(root / "hellaswag" / "validation.jsonl", [
+        {"ind": 24 + i, "activity_label": "Roof shingle removal", "ctx_a": f"A man is sitting on a roof {i}.",
+         "ctx_b": "he", "ctx": f"A man is sitting on a roof {i}. he", "endings": [f"ending {k}" for k in range(4)],
+         "source_id": "activitynet~v_-JhWjGDPHMY", "split": "val", "split_type": "indomain", "label": str(i % 4)}
+        for i in range(ROWS)])
+    _write_parquet(root / "piqa" / "validation.parquet", [
+        {"goal": f"How do I ready a guinea pig cage {i}?", "sol1": "Put bedding in it.", "sol2": "Put jello in it.",
+         "label": i % 2} for i in range(ROWS)])
+    _write_jsonl(root / "winogrande" / "validation.jsonl", [
+        {"qID": f"q{i}", "sentence": f"Sarah was a much better surgeon than Maria so _ always got the harder cases {i}.",
+         "option1": "Sarah", "option2": "Maria", "answer": str(1 + i % 2)} for i in range(ROWS)])
+    _write_jsonl(root / "boolq" / "validation.jsonl", [
+        {"question": f"is the sky blue {i}", "passage": "The sky appears blue because of Rayleigh scattering.",
+         "idx": i, "label": i % 2} for i in range(ROWS)])
+    _write_parquet(root / "openbookqa" / "test.parquet", [
+        {"id": f"7-{i}", "question_stem": f"A magnet will stick to {i}",
+         "choices": {"text": ["wood", "iron", "glass", "paper"], "label": ["A", "B", "C", "D"]},
+         "answerKey": "B"} for i in range(ROWS)])
+    _write_json_list(root / "social_iqa" / "validation.json", [
+        {"context": f"Tracy didn't go home that evening {i}.", "question": "What does Tracy need to do?",
+         "answerA": "make a plan", "answerB": "go home", "answerC": "sleep", "label": str(1 + i % 3)}
+        for i in range(ROWS)])
+    _write_jsonl(root / "lambada_openai" / "test.jsonl", [
+        {"text": f"He held the door for her and she thanked him number {i}"} for i in range(ROWS)])
+    # knowledge: one file per split, all subjects, with a `subject` column
+    _write_parquet(root / "mmlu" / "test.parquet", [
+        {"question": f"Find the degree of the field extension {i}.", "subject": "abstract_algebra",
+         "choices": ["0", "4", "2", "6"], "answer": i % 4} for i in range(ROWS)])
+    _write_csv(root / "ceval" / "val.csv", [
+        {"id": i, "question": f"下列关于会计的说法正确的是{i}", "A": "甲", "B": "乙", "C": "丙", "D": "丁",
+         "answer": "ABCD"[i % 4], "explanation": "", "subject": "注册会计师"} for i in range(ROWS)])
+    _write_csv(root / "cmmlu" / "test.csv", [
+        {"Question": f"下列哪种植物是豆科{i}", "A": "大豆", "B": "水稻", "C": "小麦", "D": "玉米",
+         "Answer": "ABCD"[i % 4], "subject": "农学"} for i in range(ROWS)])
+    # math
+    gsm = [{"question": f"Natalia sold clips to {i + 48} friends. How many clips did she sell?",
+            "answer": f"She sold {i + 48} clips.\n#### {i + 48}"} for i in range(6)]
+    _write_jsonl(root / "gsm8k" / "test.jsonl", gsm[:ROWS])
+    _write_jsonl(root / "gsm8k" / "train.jsonl", gsm)  # 5-shot needs at least 5 train rows
+    _write_jsonl(root / "math" / "test.jsonl", [
+        {"problem": f"What is ${i}+1$?", "level": "Level 1", "type": "Algebra",
+         "solution": f"We add: ${i}+1=\\boxed{{{i + 1}}}$."} for i in range(ROWS)])
+    # code
+    _write_jsonl(root / "humaneval" / "test.jsonl", [
+        {"task_id": f"HumanEval/{i}", "prompt": f"def add_{i}(a, b):\n    \"\"\"Return a + b.\"\"\"\n",
+         "canonical_solution": "    return a + b\n",
+         "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n", "entry_point": f"add_{i}"}
+        for i in range(ROWS)])
+    mbpp = [{"task_id": t, "text": f"Write a function to add two numbers ({t}).",
+             "code": f"def add_{t}(a, b):\r\n  return a + b", "test_setup_code": "",
+             "test_list": [f"assert add_{t}(1, 2) == 3", f"assert add_{t}(2, 2) == 4", f"assert add_{t}(0, 0) == 0"],
+             "challenge_test_list": []} for t in range(1, 12)]
+    _write_jsonl(root / "mbpp" / "prompt.jsonl", mbpp[:10])  # task ids 1-10, as the public `prompt` split
+    _write_jsonl(root / "mbpp" / "test.jsonl", mbpp[10:] + [dict(mbpp[0], task_id=11 + k) for k in range(2)])
+    return root
+
+
+# ---------------------------------------------------------------- tiny model, no network
+
+def tiny_model_and_tokenizer():
+    """A 1-layer random Llama over a byte-level vocabulary (any UTF-8 text tokenizes, Chinese included)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: index for index, symbol in enumerate(alphabet)}
+    vocab["<eos>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                         eos_token_id=vocab["<eos>"], pad_token_id=vocab["<eos>"], bos_token_id=None)
+    model = LlamaForCausalLM(config).eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Any socket connection attempt fails: the evaluation must not touch the network."""
+    original = socket.socket.connect
+
+    def refuse(self, address, *args, **kwargs):
+        if self.family == socket.AF_UNIX:
+            return original(self, address, *args, **kwargs)
+        raise OSError(f"network disabled in this test (attempted {address!r})")
+
+    socket.socket.connect = refuse
+    yield
+    socket.socket.connect = original
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_suite_data(tmp_path_factory.mktemp("suite_data"))
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    torch.set_num_threads(1)
+    return tiny_model_and_tokenizer()
+
+
+NON_CODE_TASKS = [name for name in suites.expand_tasks(["openpangu18"]) if not suites.suite_entry(name).executes_code]
+CODE_TASKS = ["humaneval_offline", "mbpp_offline"]
+
+
+@pytest.fixture(scope="module")
+def offline_result(data_dir, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    configs = suites.local_task_configs(NON_CODE_TASKS, data_dir)
+    return quantsweep.evaluate(model, tokenizer, tasks=NON_CODE_TASKS, task_configs=configs, limit=3, batch_size=4)
+
+
+# ---------------------------------------------------------------- the suite runs offline
+
+def test_all_sixteen_non_code_tasks_run_offline(offline_result):
+    assert sorted(offline_result.tasks) == sorted(NON_CODE_TASKS)
+    for name, task in offline_result.tasks.items():
+        entry = suites.suite_entry(name)
+        assert entry.metric in task.metrics, (name, sorted(task.metrics))
+        assert task.metrics[entry.metric].n == 3, name
+        assert {s.doc_id for s in task.samples} == {0, 1, 2}, name
+
+
+def test_output_types_cover_perplexity_choice_and_generation(offline_result):
+    types = {name: task.output_type for name, task in offline_result.tasks.items()}
+    assert types["wikitext"] == types["c4"] == "loglikelihood_rolling"
+    assert types["lambada_openai"] == "loglikelihood"
+    assert types["gsm8k"] == types["math_all"] == "generate_until"
+    for name in ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "openbookqa",
+                 "social_iqa", "mmlu_all", "ceval_all", "cmmlu_all"):
+        assert types[name] == "multiple_choice", name
+
+
+def test_choice_counts_come_from_the_data(offline_result):
+    expected = {"arc_easy": ARC_CHOICES[:3], "arc_challenge": ARC_CHOICES[:3], "hellaswag": [4] * 3,
+                "piqa": [2] * 3, "winogrande": [2] * 3, "boolq": [2] * 3, "openbookqa": [4] * 3,
+                "social_iqa": [3] * 3, "mmlu_all": [4] * 3, "ceval_all": [4] * 3, "cmmlu_all": [4] * 3}
+    for name, counts in expected.items():
+        samples = sorted(offline_result.tasks[name].samples, key=lambda s: s.doc_id)
+        assert [s.n_choices for s in samples] == counts, name
+
+
+def test_perplexity_samples_report_token_counts_of_the_local_text(offline_result, model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    task = offline_result.tasks["c4"]
+    first = min(task.samples, key=lambda s: s.doc_id)
+    text = "Beginners BBQ class number 0 is taking place in Missoula!"
+    assert first.n_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"]) == len(text.encode())
+    assert all(s.n_tokens and s.n_tokens > 0 for s in offline_result.tasks["wikitext"].samples)
+    assert all(not s.nonfinite for s in task.samples)
+
+
+def test_local_configs_keep_lm_eval_prompts_and_swap_only_the_data(data_dir):
+    configs = suites.local_task_configs(["arc_easy", "c4", "gsm8k"], data_dir)
+    arc = configs["arc_easy"]
+    assert arc["dataset_path"] == "parquet" and arc["dataset_name"] is None
+    assert arc["dataset_kwargs"] == {"data_files": {"test": [str(data_dir / "arc_easy" / "test-00000-of-00001.parquet")]}}
+    assert arc["doc_to_text"] == "Question: {{question}}\nAnswer:"  # lm-eval's prompt, untouched
+    assert arc["validation_split"] is None and arc["training_split"] is None and arc["test_split"] == "test"
+    assert configs["c4"]["dataset_path"] == "json" and "verification_mode" not in configs["c4"]["dataset_kwargs"]
+    gsm = configs["gsm8k"]
+    assert gsm["num_fewshot"] == 5 and gsm["fewshot_split"] == "train"
+    assert set(gsm["dataset_kwargs"]["data_files"]) == {"test", "train"}
+
+
+# ---------------------------------------------------------------- missing data, errors
+
+def test_missing_data_errors_up_front_naming_task_files_and_folder(tmp_path):
+    (tmp_path / "arc_easy").mkdir()
+    start = time.monotonic()
+    with pytest.raises(suites.MissingDataError) as info:
+        suites.local_task_configs(["arc_easy", "gsm8k"], tmp_path)
+    assert time.monotonic() - start < 5.0  # no hub retries, no time-outs
+    message = str(info.value)
+    assert "arc_easy" in message and "gsm8k" in message
+    assert "test{.jsonl,.json" in message and "train{" in message
+    assert str(tmp_path / "arc_easy") in message and str(tmp_path / "gsm8k") in message
+
+
+def test_missing_data_error_reaches_the_caller_before_any_model_work(tmp_path):
+    with pytest.raises(ValueError, match="hellaswag"):
+        suites.local_task_configs(["openpangu18"], tmp_path)
+
+
+def test_wrong_columns_are_named(tmp_path):
+    _write_jsonl(tmp_path / "piqa" / "validation.jsonl", [{"goal": "g", "solution1": "a", "solution2": "b", "label": 0}])
+    with pytest.raises(suites.MissingDataError, match="lacks column\\(s\\) sol1, sol2"):
+        suites.local_task_configs(["piqa"], tmp_path)
+
+
+def test_two_formats_for_one_split_is_ambiguous(tmp_path):
+    _write_jsonl(tmp_path / "boolq" / "validation.jsonl", [{"question": "q", "passage": "p", "label": 0}])
+    _write_csv(tmp_path / "boolq" / "validation.csv", [{"question": "q", "passage": "p", "label": 0}])
+    with pytest.raises(suites.MissingDataError, match="several candidate files"):
+        suites.local_task_configs(["boolq"], tmp_path)
+
+
+def test_data_dir_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        suites.local_task_configs(["piqa"], tmp_path / "nope")
+
+
+def test_tasks_outside_suites_are_left_to_lm_eval(tmp_path):
+    assert suites.local_task_configs(["toy_mc4"], tmp_path) == {}
+
+
+# ---------------------------------------------------------------- hub mirror
+
+def test_user_hf_endpoint_is_kept_and_missing_data_falls_back_to_the_mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.user.example")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    configs = suites.local_task_configs(["piqa"], tmp_path, hub_endpoint="https://other.example")
+    assert os.environ["HF_ENDPOINT"] == "https://mirror.user.example"
+    assert configs == {}  # no override: piqa loads from the hub, through the user's mirror
+    assert suites.effective_hub_endpoint("https://other.example") == "https://mirror.user.example"
+
+
+def test_mirror_is_not_used_when_the_hub_is_marked_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.user.example")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(suites.MissingDataError, match="piqa"):
+        suites.local_task_configs(["piqa"], tmp_path)
+
+
+def test_hub_endpoint_argument_sets_the_mirror_when_the_user_did_not(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", huggingface_hub.constants.ENDPOINT)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", datasets.config.HUB_DATASETS_URL)
+    assert suites.use_hub_mirror("https://hf-mirror.example/") == "https://hf-mirror.example"
+    assert os.environ["HF_ENDPOINT"] == "https://hf-mirror.example"
+    assert huggingface_hub.constants.ENDPOINT == "https://hf-mirror.example"
+    assert datasets.config.HUB_DATASETS_URL.startswith("https://hf-mirror.example/datasets/")
+    with pytest.raises(ValueError, match="http"):
+        suites.use_hub_mirror("hf-mirror.example")
+
+
+# ---------------------------------------------------------------- code tasks
+
+def test_code_tasks_refuse_without_the_opt_in(monkeypatch):
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(ValueError, match="humaneval_offline, mbpp_offline.*allow-code-execution"):
+        suites.check_code_execution(["openpangu18"], allow=False)
+    with pytest.raises(ValueError, match="humaneval"):
+        suites.check_code_execution(["humaneval"], allow=False)  # lm-eval's own code task too
+    assert suites.check_code_execution(["arc_easy", "toy_mc4"], allow=False) == []
+    assert "HF_ALLOW_CODE_EVAL" not in os.environ
+
+
+def test_opt_in_enables_execution_with_a_time_out(monkeypatch):
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    monkeypatch.delenv("QUANTSWEEP_CODE_TIMEOUT_S", raising=False)
+    assert suites.check_code_execution(["mbpp_offline"], allow=True, timeout_s=2.5) == ["mbpp_offline"]
+    assert os.environ["HF_ALLOW_CODE_EVAL"] == "1"
+    assert os.environ["QUANTSWEEP_CODE_TIMEOUT_S"] == "2.5"
+    with pytest.raises(ValueError, match="timeout_s"):
+        suites.check_code_execution(["mbpp_offline"], allow=True, timeout_s=0)
+
+
+def _code_utils():
+    import importlib.util
+
+    path = Path(suites.TASKS_DIR) / "openpangu18" / "utils.py"
+    spec = importlib.util.spec_from_file_location("openpangu18_task_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_executor_refuses_without_opt_in_and_kills_programs_that_run_too_long(monkeypatch):
+    utils = _code_utils()
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(ValueError, match="not enabled"):
+        utils.run_program("print(1)")
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    assert utils.run_program("assert sum([1, 2]) == 3", timeout_s=20.0) is True
+    assert utils.run_program("assert 1 == 2", timeout_s=20.0) is False
+    start = time.monotonic()
+    assert utils.run_program("while True:\n    pass\n", timeout_s=0.5) is False
+    assert time.monotonic() - start < 10.0
+    doc = {"prompt": "def add(a, b):\n", "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"}
+    assert utils.humaneval_process_results(doc, ["    return a + b\n"]) == {"pass@1": 1.0}
+    assert utils.humaneval_process_results(doc, ["    return a * b\n"]) == {"pass@1": 0.0}
+    mbpp = {"test_list": ["assert add(1, 2) == 3"], "test_setup_code": ""}
+    assert utils.mbpp_process_results(mbpp, ["def add(a, b):\r\n  return a + b\n[DONE]"]) == {"pass@1": 1.0}
+
+
+def test_code_tasks_run_offline_with_the_opt_in(data_dir, model_and_tokenizer, monkeypatch):
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    model, tokenizer = model_and_tokenizer
+    suites.check_code_execution(CODE_TASKS, allow=True, timeout_s=5.0)
+    configs = suites.local_task_configs(CODE_TASKS, data_dir)
+    result = quantsweep.evaluate(model, tokenizer, tasks=CODE_TASKS, task_configs=configs, limit=2,
+                                 allow_code_execution=True)
+    for name in CODE_TASKS:
+        task = result.tasks[name]
+        assert task.output_type == "generate_until"
+        assert task.metrics["pass@1"].n == 2
+        assert task.metrics["pass@1"].value == 0.0  # random weights never write a passing program
