@@ -146,6 +146,7 @@ _BUILTIN_METHOD_MODULES = (
     "quantsweep.methods.awq",
     "quantsweep.methods.smoothquant",
     "quantsweep.methods.gptq",
+    "quantsweep.methods.gptaq",
 )
 _builtins_loaded = False
 

@@ -1,7 +1,7 @@
 """GPTAQ: GPTQ with asymmetric calibration; weight-only or W4A4.
 
-Paper: Li, Yin, Xu, Tong, Wang, Panda, "GPTAQ: Efficient Finetuning-Free
-Quantization for Asymmetric Calibration", ICML 2025 (first circulated as GPTQv2).
+Paper: Li et al., "GPTAQ: Efficient Finetuning-Free Quantization for Asymmetric
+Calibration", 2025 (earlier circulated under the name GPTQv2).
 
 GPTQ fits each quantized Linear to its *own* (quantized-stream) inputs,
 minimising ``||W X̃ - Ŵ X̃||``. GPTAQ makes the full-precision model the target,
