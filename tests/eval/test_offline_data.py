@@ -384,3 +384,19 @@ def test_code_tasks_run_offline_with_the_opt_in(data_dir, model_and_tokenizer, m
         assert task.output_type == "generate_until"
         assert task.metrics["pass@1"].n == 2
         assert task.metrics["pass@1"].value == 0.0  # random weights never write a passing program
+
+
+# ---------------------------------------------------------------- chance levels from the data
+
+def test_chance_levels_are_computed_from_the_evaluated_samples(offline_result, model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    vocab = model.config.vocab_size
+    # ARC docs 0-2 have 4, 3 and 5 options: mean(1/4, 1/3, 1/5), not a hard-coded 1/4.
+    assert suites.chance_level(offline_result.tasks["arc_easy"]) == pytest.approx((1 / 4 + 1 / 3 + 1 / 5) / 3)
+    assert suites.chance_level(offline_result.tasks["piqa"]) == pytest.approx(0.5)
+    assert suites.chance_level(offline_result.tasks["social_iqa"]) == pytest.approx(1 / 3)
+    assert suites.chance_level(offline_result.tasks["gsm8k"]) == 0.0
+    assert suites.chance_level(offline_result.tasks["lambada_openai"]) == 0.0
+    assert suites.chance_level(offline_result.tasks["wikitext"], vocab_size=vocab) == float(vocab)
+    with pytest.raises(ValueError, match="needs vocab_size"):
+        suites.chance_level(offline_result.tasks["c4"])

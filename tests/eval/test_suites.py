@@ -158,3 +158,31 @@ def test_entry_to_dict_round_trips_through_validation():
     data = entry.to_dict()
     rebuilt = suites.suite_from_dict({"name": "x", "tasks": [data]}).tasks[0]
     assert rebuilt == entry
+
+
+def test_chance_rule_from_suite_or_output_type():
+    assert suites.chance_rule("wikitext") == ("uniform_vocab", 0.0)
+    assert suites.chance_rule("mbpp_offline") == ("zero", 0.0)
+    assert suites.chance_rule("toy_mc4", "multiple_choice") == ("choices", 0.0)
+    assert suites.chance_rule("toy_gen", "generate_until") == ("zero", 0.0)
+    with pytest.raises(ValueError, match="no chance rule"):
+        suites.chance_rule("toy_x", "something_else")
+
+
+def test_chance_floor_is_recorded_for_exact_match_tasks(tmp_path):
+    entry = dict(MINIMAL_ENTRY, task="yesno_em", chance="zero", chance_floor=0.5, metric="exact_match")
+    path = _write_suite(tmp_path / "floor.yaml", {"name": "floor", "tasks": [entry]})
+    suites.load_suite(str(path))
+    from quantsweep.eval.harness import TaskResult
+
+    result = TaskResult("yesno_em", "generate_until", {}, [], 0, 0)
+    assert suites.chance_rule("yesno_em") == ("zero", 0.5)
+    assert suites.chance_level(result) == 0.5
+
+
+def test_multiple_choice_chance_needs_choice_counts():
+    from quantsweep.eval.harness import SampleOutcome, TaskResult
+
+    result = TaskResult("piqa", "multiple_choice", {}, [SampleOutcome(0, {}, n_choices=None)], 0, 0)
+    with pytest.raises(ValueError, match="n_choices"):
+        suites.chance_level(result)
