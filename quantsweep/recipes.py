@@ -147,6 +147,8 @@ _BUILTIN_METHOD_MODULES = (
     "quantsweep.methods.smoothquant",
     "quantsweep.methods.gptq",
     "quantsweep.methods.gptaq",
+    "quantsweep.methods.billm",
+    "quantsweep.methods.slim_llm",
 )
 _builtins_loaded = False
 
