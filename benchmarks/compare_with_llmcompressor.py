@@ -19,6 +19,14 @@ The model mimics openPangu-Embedded's layout: q/k/v/o with biases, no MLP bias, 
 few outlier channels in the RMSNorm weights (as in trained LLMs), so that AWQ and
 SmoothQuant have something to do.
 
+A second pass repeats the AWQ rows with grouped-query attention (2 KV heads for 4 query
+heads): quantsweep then folds ``v_proj -> o_proj`` scales per KV head, while llm-compressor
+0.14 skips that pair (shape mismatch); the results go under ``gqa_kv_heads_2``.
+
+On a CPU-only torch, llm-compressor 0.14's AWQ fails in ``Tensor.pin_memory`` ("Cannot
+access accelerator device when none is available"); this script then turns that pinning
+(a transfer optimisation only) into a no-op and records so in the results.
+
 Run it in the peer venv (llm-compressor pins its own transformers)::
 
     /work/venv-peer/bin/python benchmarks/compare_with_llmcompressor.py
@@ -348,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = compare(Setup(), only=args.only)
     print(format_table(results))
+    # Grouped-query attention (2 KV heads for 4 query heads): quantsweep scales v_proj -> o_proj
+    # with one scale per KV channel repeated per query head; llm-compressor skips that pair.
+    gqa = compare(Setup(kv_heads=2), only=args.only or [k for k in comparisons() if k.startswith("awq")])
+    print("\nGQA (kv_heads=2):\n" + format_table(gqa))
+    results["gqa_kv_heads_2"] = {"setup": gqa["setup"], "rows": gqa["rows"]}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.output}")
