@@ -18,6 +18,7 @@ from pathlib import Path
 TOY_MODEL_ID = "toy"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 CALIBRATION_BIOS_PER_SAMPLE = 3  # about 115 tokens a sample
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
 
 
 def toy_model_dir() -> Path:
@@ -29,7 +30,7 @@ def toy_model_dir() -> Path:
         >>> (toy_model_dir() / "config.json").is_file()
         True
     """
-    directory = Path(__file__).resolve().parent.parent / "assets" / "toy"
+    directory = ASSETS_DIR
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(

@@ -6,8 +6,10 @@
 - ``toy_ppl``: perplexity of entity bios rendered with a seed that training never used.
 
 The task YAML in ``tasks/toy/`` reach these through ``custom_dataset: !function``;
-lm-eval calls them with the task's metadata as keyword arguments, which they ignore
-unless named below.
+lm-eval calls them with the task's metadata as keyword arguments. ``n_entities`` and
+``world_seed`` there select another world (for a model trained with other settings,
+e.g. ``TaskManager(include_path=..., metadata={"n_entities": 1000})``); other keys
+are ignored.
 
 Example:
     >>> docs = mc_docs(n_choices=4)
@@ -30,6 +32,7 @@ from quantsweep.toy.world import (
 )
 
 SPLIT = "test"
+MC_DOCS = 1600  # at most; the facts of the first MC_DOCS / 4 entities (entity order is random)
 GEN_DOCS = 200
 PPL_DOCS = 80
 BIOS_PER_PPL_DOC = 4
@@ -44,8 +47,9 @@ def mc_docs(
     template: int = 0,
     n_entities: int = DEFAULT_N_ENTITIES,
     world_seed: int = DEFAULT_WORLD_SEED,
+    max_docs: int = MC_DOCS,
 ) -> list[dict]:
-    """One multiple-choice doc per fact: the true value and ``n_choices - 1`` others.
+    """One multiple-choice doc per fact (up to ``max_docs``): the true value and ``n_choices - 1`` others.
 
     Distractors are other values of the same attribute, so knowing which kind of
     word comes next does not help; the gold position is random.
@@ -61,7 +65,7 @@ def mc_docs(
     world = make_world(n_entities, world_seed)
     rng = random.Random(world_seed * 100 + n_choices * 10 + template)
     docs = []
-    for fact in world.facts:
+    for fact in world.facts[:max_docs]:
         values = ATTRIBUTES[fact.attribute][0]
         others = rng.sample([v for v in values if v != fact.value], n_choices - 1)
         gold = rng.randrange(n_choices)
@@ -112,7 +116,7 @@ def bio_texts(n_texts: int, bios_per_text: int, stream_seed: int, world: World |
     return ["".join(next(stream) for _ in range(bios_per_text)) for _ in range(n_texts)]
 
 
-def ppl_docs(n_docs: int = PPL_DOCS) -> list[dict]:
+def ppl_docs(n_docs: int = PPL_DOCS, n_entities: int = DEFAULT_N_ENTITIES, world_seed: int = DEFAULT_WORLD_SEED) -> list[dict]:
     """Held-out plain text for perplexity: bios in orders and phrasings drawn with an unused seed.
 
     The facts are the ones the model was trained on (it is a knowledge model), so
@@ -122,13 +126,19 @@ def ppl_docs(n_docs: int = PPL_DOCS) -> list[dict]:
         >>> ppl_docs(1)[0]["text"].count("\\n")
         16
     """
-    return [{"text": text} for text in bio_texts(n_docs, BIOS_PER_PPL_DOC, PPL_STREAM_SEED)]
+    world = make_world(n_entities, world_seed)
+    return [{"text": text} for text in bio_texts(n_docs, BIOS_PER_PPL_DOC, PPL_STREAM_SEED, world)]
 
 
 def _dataset(docs: list[dict]):
     import datasets
 
     return {SPLIT: datasets.Dataset.from_list(docs)}
+
+
+def _world_args(metadata: dict) -> dict:
+    """The world-selecting keys of lm-eval task metadata, as ints."""
+    return {key: int(metadata[key]) for key in ("n_entities", "world_seed") if key in metadata}
 
 
 def toy_mc4_dataset(**metadata):
@@ -138,7 +148,7 @@ def toy_mc4_dataset(**metadata):
         >>> len(toy_mc4_dataset(version=1.0)["test"])
         1600
     """
-    return _dataset(mc_docs(4, template=0))
+    return _dataset(mc_docs(4, template=0, **_world_args(metadata)))
 
 
 def toy_mc2_dataset(**metadata):
@@ -148,7 +158,7 @@ def toy_mc2_dataset(**metadata):
         >>> toy_mc2_dataset()["test"][0]["choices"].__len__()
         2
     """
-    return _dataset(mc_docs(2, template=1))
+    return _dataset(mc_docs(2, template=1, **_world_args(metadata)))
 
 
 def toy_gen_dataset(**metadata):
@@ -158,7 +168,7 @@ def toy_gen_dataset(**metadata):
         >>> len(toy_gen_dataset()["test"])
         200
     """
-    return _dataset(gen_docs())
+    return _dataset(gen_docs(**_world_args(metadata)))
 
 
 def toy_ppl_dataset(**metadata):
@@ -168,4 +178,4 @@ def toy_ppl_dataset(**metadata):
         >>> len(toy_ppl_dataset()["test"])
         80
     """
-    return _dataset(ppl_docs())
+    return _dataset(ppl_docs(**_world_args(metadata)))

@@ -72,3 +72,19 @@ def test_docs_are_deterministic():
     assert ppl_docs(3) == ppl_docs(3)
     with pytest.raises(ValueError, match="n_choices"):
         mc_docs(9)
+
+
+def test_task_metadata_selects_another_world():
+    import lm_eval.tasks
+
+    manager = lm_eval.tasks.TaskManager(include_path=str(TASKS_DIR), metadata={"n_entities": 10})
+    task = lm_eval.tasks.get_task_dict(["toy_mc4"], manager)["toy_mc4"]
+    docs = list(task.test_docs())
+    assert len(docs) == 10 * len(ATTRIBUTES)
+    assert {doc["entity"] for doc in docs} == set(make_world(n_entities=10).entities)
+
+
+def test_multiple_choice_docs_are_capped():
+    docs = mc_docs(4, n_entities=1000)
+    assert len(docs) == 1600
+    assert docs == mc_docs(4, n_entities=1000, max_docs=4000)[:1600]
