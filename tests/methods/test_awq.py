@@ -134,3 +134,31 @@ def test_bad_input():
     with pytest.raises(ValueError, match="group_size 96 does not divide"):
         quantsweep.quantize(model, AWQConfig(name="g", method="awq", group_size=96), calibration=torch.zeros(1, 4, dtype=torch.long))
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, before)
+
+
+def test_openpangu_checkpoint_folds_exactly_and_quantizes(tmp_path):
+    """A tiny openPangu-Embedded checkpoint (q/k/v/o biases, GQA) loaded through load_model."""
+    from helpers.checkpoints import write_pangu_checkpoint
+
+    write_pangu_checkpoint(tmp_path / "pangu", tokenizer="fast")
+    model, _ = quantsweep.load_model(tmp_path / "pangu", device="cpu", dtype=torch.float32)
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        reference = model(tokens).logits
+    snapshot = WeightSnapshot(model)
+    generator = torch.Generator().manual_seed(0)
+    for layer in mappings_for(model, "awq"):
+        for pair in layer:
+            fold_scales(pair, torch.rand(pair.channels, generator=generator) * 4 + 0.25)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits, reference, rtol=1e-4, atol=1e-4)
+    errors = {}
+    for config in (AWQConfig(name="awq-g32", method="awq", group_size=32, n_grid=10),
+                   quantsweep.get_recipe("w8a8-smoothquant")):
+        snapshot.restore(model)
+        quantsweep.quantize(model, config, calibration=torch.randint(0, 64, (4, 32)))
+        with torch.no_grad():
+            out = model(tokens).logits
+        assert torch.isfinite(out).all()
+        errors[config.name] = float((out - reference).norm() / reference.norm())
+    assert 0 < errors["w8a8-smoothquant"] < 0.05 and 0 < errors["awq-g32"] < 0.5
