@@ -21,6 +21,7 @@ from pathlib import Path
 EXIT_USER_ERROR = 2
 DEMO_RECIPES = ["fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"]
 DEMO_TASKS = ["toy_mc4", "toy_mc2", "toy_ppl", "toy_gen"]
+DEMO_LIMIT = 400  # documents per task: enough power for the demo's verdicts, and about 10 s a recipe on 2 cores
 
 
 class UserError(Exception):
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="toy model × {fp, w8, w4, w2, w1}-rtn × the four demo tasks")
     _add_run_options(demo)
-    demo.set_defaults(out="quantsweep-demo")
+    demo.set_defaults(out="quantsweep-demo", limit=DEMO_LIMIT)
 
     run = sub.add_parser("run", help="run recipes × tasks on one model")
     run.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")

@@ -380,10 +380,32 @@ def evaluate(
     return result
 
 
+def _suite_entry(task_name: str):
+    from quantsweep.eval.suites import suite_entry
+
+    return suite_entry(task_name)
+
+
+def _chosen_filter(config: dict, raw_samples: list[dict], entry) -> str:
+    """The lm-eval filter whose scores we keep when a task defines several (e.g. gsm8k)."""
+    present = list(dict.fromkeys(sample.get("filter", "none") for sample in raw_samples))
+    if entry is not None and getattr(entry, "metric_filter", None) in present:
+        return entry.metric_filter
+    declared = [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)]
+    for name in declared + ["none"]:
+        if name in present:
+            return name
+    return present[0] if present else "none"
+
+
 def _task_results(output: dict, tokenizer, generated_nonfinite: int) -> dict[str, TaskResult]:
     found = {}
-    for task_name, raw_samples in output["samples"].items():
+    for task_name, all_samples in output["samples"].items():
         config = output["configs"][task_name]
+        entry = _suite_entry(task_name)
+        chosen = _chosen_filter(config, all_samples, entry)
+        # lm-eval logs one sample per filter; keep one outcome per document
+        raw_samples = [s for s in all_samples if s.get("filter", "none") == chosen]
         output_type = config.get("output_type", "")
         metric_names = [m["metric"] for m in config.get("metric_list", [])]
         higher = output.get("higher_is_better", {}).get(task_name, {})
@@ -394,20 +416,20 @@ def _task_results(output: dict, tokenizer, generated_nonfinite: int) -> dict[str
         for key, value in values.items():
             if "," not in key or key.startswith("alias"):
                 continue
-            metric, _filter = key.split(",", 1)
-            if metric.endswith("_stderr"):
+            metric, filter_name = key.split(",", 1)
+            if metric.endswith("_stderr") or filter_name != chosen:
                 continue
-            stderr = values.get(f"{metric}_stderr,{_filter}")
+            stderr = values.get(f"{metric}_stderr,{filter_name}")
             stderr = _as_float(stderr) if stderr not in (None, "N/A") else None
             metrics[metric] = MetricResult(metric, _as_float(value), stderr, n, higher.get(metric))
         nonfinite = sum(s.nonfinite for s in samples)
         if output_type == "generate_until":
             nonfinite = generated_nonfinite
+        preferred = [entry.metric] if entry is not None else []
         found[task_name] = TaskResult(
             task=task_name, output_type=output_type, metrics=metrics, samples=samples,
             nonfinite_samples=nonfinite, num_fewshot=config.get("num_fewshot"),
             version=output.get("versions", {}).get(task_name),
-            primary_metric=next((m for m in metric_names if m in metrics), next(iter(metrics), None)),
+            primary_metric=next((m for m in preferred + metric_names if m in metrics), next(iter(metrics), None)),
         )
     return found
-

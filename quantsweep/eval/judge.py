@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from quantsweep.eval.chance import exact_match_chance, multiple_choice_chance
 from quantsweep.eval.verdicts import Verdict, VerdictConfig, judge_accuracy, judge_perplexity, judge_scores
 
 __all__ = ["VerdictConfig", "judge_task"]
@@ -52,10 +51,10 @@ def _scores(samples, metric: str) -> list:
 
 
 def _chance(task) -> float:
-    if task.output_type == "multiple_choice":
-        counts = [s.n_choices for s in task.samples if s.n_choices]
-        return multiple_choice_chance(counts)
-    return exact_match_chance()
+    """Chance level from the task's suite entry (or output type) and its samples."""
+    from quantsweep.eval.suites import chance_level
+
+    return chance_level(task)
 
 
 def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: VerdictConfig | None = None,

@@ -133,11 +133,16 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     from quantsweep.snapshot import WeightSnapshot
     from quantsweep.sweep.results import ResultStore
 
+    from quantsweep.eval.suites import check_code_execution, expand_tasks, local_task_configs
+
     recipes = expand_recipes([spec.baseline, *spec.recipes])
     if not spec.tasks:
         raise ValueError("no tasks given; pass at least one task name")
-    task_configs = _suite_task_configs(spec)
-    check_tasks([t for t in spec.tasks if t not in task_configs], spec.include_path)
+    tasks = expand_tasks(list(spec.tasks))
+    check_code_execution(tasks, spec.allow_code_execution)
+    # suite tasks get lm-eval configs (local files under --data-dir, renamed tasks); others run by name
+    task_configs = local_task_configs(tasks, spec.data_dir)
+    check_tasks([t for t in tasks if t not in task_configs], spec.include_path)
     verdict_config = spec.verdict_config or VerdictConfig()
     calibration_needed = [r for r in recipes if get_method(r.method).needs_calibration]
     if calibration_needed and spec.calibration_source is None and spec.model != "toy":
@@ -169,7 +174,7 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
             quantize(model, recipe, calibration=calibration if needs_data else None)
             outcome.quantize_seconds = time.perf_counter() - started
             outcome.evaluation = evaluate(
-                model, tokenizer, spec.tasks, limit=spec.limit, batch_size=spec.batch_size,
+                model, tokenizer, tasks, limit=spec.limit, batch_size=spec.batch_size,
                 num_fewshot=spec.num_fewshot, include_path=spec.include_path, task_configs=task_configs,
                 allow_code_execution=spec.allow_code_execution, seed=spec.seed,
             )
@@ -185,7 +190,7 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
             from quantsweep.eval.health import diagnose_nonfinite
 
             diagnosis = diagnose_nonfinite(model, tokenizer).to_dict()
-        outcome.records = _records(spec, recipe, outcome, baseline_eval, is_baseline, vocab_size,
+        outcome.records = _records(spec, tasks, recipe, outcome, baseline_eval, is_baseline, vocab_size,
                                    verdict_config, provenance, calibration if get_method(recipe.method).needs_calibration else None,
                                    diagnosis)
         if store is not None:
@@ -207,14 +212,6 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     return outcomes
 
 
-def _suite_task_configs(spec: RunSpec) -> dict[str, dict]:
-    if spec.data_dir is None:
-        return {}
-    from quantsweep.eval.suites import local_task_configs
-
-    return local_task_configs(spec.tasks, spec.data_dir)
-
-
 def _load_calibration(spec: RunSpec, tokenizer):
     from quantsweep.calibration import load_calibration
 
@@ -223,7 +220,7 @@ def _load_calibration(spec: RunSpec, tokenizer):
                             seq_len=spec.calibration_seq_len, seed=spec.calibration_seed)
 
 
-def _records(spec, recipe, outcome, baseline_eval, is_baseline, vocab_size, verdict_config, provenance,
+def _records(spec, tasks, recipe, outcome, baseline_eval, is_baseline, vocab_size, verdict_config, provenance,
              calibration, diagnosis) -> list[dict[str, Any]]:
     from quantsweep.eval.judge import judge_task
     from quantsweep.sweep.summary import task_family
@@ -234,7 +231,7 @@ def _records(spec, recipe, outcome, baseline_eval, is_baseline, vocab_size, verd
             "verdict_config": verdict_config.to_dict()}
     if outcome.evaluation is None:
         return [{**base, "task": task, "family": task_family(task), "metric": None, "value": None, "stderr": None, "n": 0,
-                 "verdict": "error", "error": outcome.error} for task in spec.tasks]
+                 "verdict": "error", "error": outcome.error} for task in tasks]
     records = []
     for task in outcome.evaluation.tasks.values():
         baseline_task = baseline_eval.tasks.get(task.task) if baseline_eval is not None else None
