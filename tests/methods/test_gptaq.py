@@ -120,7 +120,7 @@ def test_fp_target_of_later_groups_comes_from_the_unquantized_layer():
 
 
 def test_quantize_model_weight_only_and_w4a4():
-    ids = calibration_ids(4, 32)
+    ids = calibration_ids(2, 16)
     model = quantsweep.quantize(tiny_llama(), "w4-gptaq", calibration=ids)
     weight = model.model.layers[0].mlp.down_proj.weight
     assert all(g.unique().numel() <= 16 for g in weight.reshape(-1, 128)[:32])
