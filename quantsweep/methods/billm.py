@@ -49,7 +49,7 @@ import torch
 
 from quantsweep.layout import decoder_linears
 from quantsweep.methods.gptq import check_targets, hessian_quantizer
-from quantsweep.methods.gptq_math import ColumnQuantizer, damped_inverse_cholesky, mask_dead_inputs, obs_sweep
+from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep
 from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
 from quantsweep.methods.targets import weight_targets
 from quantsweep.quant import binarize
@@ -204,8 +204,11 @@ def billm_quantize(
     block_size: int = 128,
     dampening_frac: float = 0.01,
     layer_name: str = "<layer>",
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """BiLLM fake-quantized copy of ``weight [out, in]`` given its Hessian ``[in, in]``.
+
+    ``cache``: shared by Linears with the same input (see :func:`~quantsweep.methods.gptq_math.factorize`).
 
     Returns:
         ``(binarized weight, info)``; info has ``loss``, ``dampening_frac`` and
@@ -218,9 +221,9 @@ def billm_quantize(
         True
     """
     w = weight.detach().to(torch.float32).clone()
-    h = hessian.detach().to(w.device, torch.float32).clone()
-    mask_dead_inputs(w, h)
-    upper, frac = damped_inverse_cholesky(h, dampening_frac, w.device, layer_name)
+    factor = factorize(hessian, dampening_frac, w.device, layer_name, cache=cache)
+    w[:, factor.dead] = 0.0
+    upper, frac = factor.upper, factor.dampening_frac
     quantizer = BiLLMBlockQuantizer(block_size, torch.diagonal(upper))
     result = obs_sweep(w, upper, quantizer, block_size=block_size)
     info = {
@@ -244,10 +247,10 @@ def apply_billm(model, config: BiLLMConfig, calibration=None):
     check_targets(model, config)
     device = compute_device(config.device, model)
 
-    def quantize_linear(name, weight, accumulator):
+    def quantize_linear(name, weight, accumulator, cache):
         return billm_quantize(
             weight, accumulator.hessian, block_size=config.block_size,
-            dampening_frac=config.dampening_frac, layer_name=name,
+            dampening_frac=config.dampening_frac, layer_name=name, cache=cache,
         )
 
     reports = run_sequential(

@@ -92,12 +92,12 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
     check_targets(model, config)
     device = compute_device(config.device, model)
 
-    def quantize_linear(name, weight, accumulator):
+    def quantize_linear(name, weight, accumulator, cache):
         return gptq_quantize(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
             symmetric=config.symmetric, act_order=config.act_order,
             dampening_frac=config.dampening_frac, block_size=config.block_size,
-            cross=accumulator.cross, layer_name=name,
+            cross=accumulator.cross, layer_name=name, cache=cache,
         )
 
     after_group = None

@@ -135,39 +135,49 @@ def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
 def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, after_group=None):
     """A :data:`~quantsweep.methods.sequential.LayerQuantizer` for Hessian-based methods.
 
-    For each group of Linears (one group, or input-sharing groups with
-    ``config.true_sequential``), accumulate ``H`` (and, when ``asymmetric``, the
-    GPTAQ cross term) from the calibration inputs, then call
-    ``quantize_linear(full_name, weight, accumulator) -> (new_weight, info)``.
-    ``after_group(ctx, group)``, if given, runs once a group's weights are set
-    (GPTAQ W4A4 attaches activation quantization there).
+    The Linears of a decoder layer are grouped by shared input
+    (:meth:`LayerContext.linear_groups`: q/k/v, o, gate/up, down). Each group gets
+    one Hessian accumulator (and, when ``asymmetric``, GPTAQ's cross term) and one
+    factorisation cache, since its Linears see the same inputs. With
+    ``config.true_sequential`` the groups are calibrated one after another, each
+    after the previous ones were quantized; otherwise all from one pass.
+    For each Linear, ``quantize_linear(full_name, weight, accumulator, cache) ->
+    (new_weight, info)`` is called. ``after_group(ctx, group)``, if given, runs once
+    a group's weights are set (GPTAQ W4A4 attaches activation quantization there).
 
     Example:
         >>> layer_fn = hessian_quantizer(config, my_quantize_linear)  # doctest: +SKIP
     """
 
     def quantize_layer(ctx: LayerContext) -> dict:
-        groups = ctx.linear_groups() if getattr(config, "true_sequential", False) else [ctx.linears()]
-        # The FP target of a later group must come from the unquantized layer: keep one
+        groups = ctx.linear_groups()
+        stages = [[group] for group in groups] if getattr(config, "true_sequential", False) else [groups]
+        # The FP target of a later stage must come from the unquantized layer: keep one
         # FP copy of this layer (one more layer of device memory) while it is quantized.
-        fp_layer = copy.deepcopy(ctx.layer) if asymmetric and len(groups) > 1 else None
+        fp_layer = copy.deepcopy(ctx.layer) if asymmetric and len(stages) > 1 else None
         infos = {}
-        for group in groups:
+        for stage in stages:
+            # One accumulator per group, fed by the group's first Linear.
+            leaders = {next(iter(group)): group for group in stage}
             accumulators = {
-                name: HessianAccumulator(linear.in_features, ctx.device, asymmetric=asymmetric)
-                for name, linear in group.items()
+                name: HessianAccumulator(group[name].in_features, ctx.device, asymmetric=asymmetric)
+                for name, group in leaders.items()
             }
             ctx.capture_inputs(
-                group, lambda name, x, x_fp: accumulators[name].add(x, x_fp),
+                {name: group[name] for name, group in leaders.items()},
+                lambda name, x, x_fp: accumulators[name].add(x, x_fp),
                 with_fp=asymmetric, fp_layer=fp_layer,
             )
-            for name, linear in group.items():
-                new_weight, info = quantize_linear(ctx.full_name(name), linear.weight.data, accumulators[name])
-                linear.weight.data.copy_(new_weight)
-                accumulators[name] = None  # free the Hessian before the next Linear's
-                infos[name] = info
-            if after_group is not None:
-                after_group(ctx, group)
+            for leader, group in leaders.items():
+                cache: dict = {}
+                for name, linear in group.items():
+                    new_weight, info = quantize_linear(ctx.full_name(name), linear.weight.data, accumulators[leader], cache)
+                    linear.weight.data.copy_(new_weight)
+                    infos[name] = info
+                accumulators[leader] = None  # free the Hessian and its factor before the next group's
+                del cache
+                if after_group is not None:
+                    after_group(ctx, group)
         del fp_layer
         return {"linears": infos}
 
@@ -188,11 +198,12 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
     check_targets(model, config)
     device = compute_device(config.device, model)
 
-    def quantize_linear(name, weight, accumulator):
+    def quantize_linear(name, weight, accumulator, cache):
         return gptq_quantize(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
             symmetric=config.symmetric, act_order=config.act_order,
             dampening_frac=config.dampening_frac, block_size=config.block_size, layer_name=name,
+            cache=cache,
         )
 
     reports = run_sequential(

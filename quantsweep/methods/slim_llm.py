@@ -40,13 +40,7 @@ import torch
 
 from quantsweep.layout import decoder_linears
 from quantsweep.methods.gptq import check_targets, hessian_quantizer
-from quantsweep.methods.gptq_math import (
-    ColumnQuantizer,
-    damped_inverse_cholesky,
-    mask_dead_inputs,
-    obs_sweep,
-    quantize_column,
-)
+from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
 from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
 from quantsweep.methods.targets import weight_targets
 from quantsweep.quant import binarize, compute_qparams, fake_quantize
@@ -191,6 +185,7 @@ def slim_llm_quantize(
     dampening_frac: float = 0.01,
     block_size: int = 128,
     layer_name: str = "<layer>",
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """SliM-LLM fake-quantized copy of ``weight [out, in]`` given its Hessian.
 
@@ -205,12 +200,11 @@ def slim_llm_quantize(
         2.0
     """
     w = weight.detach().to(torch.float32).clone()
-    h = hessian.detach().to(w.device, torch.float32).clone()
-    mask_dead_inputs(w, h)
-    upper, frac = damped_inverse_cholesky(h, dampening_frac, w.device, layer_name)
-    damped = h + frac * torch.diagonal(h).mean() * torch.eye(h.shape[0], device=h.device)
+    factor = factorize(hessian, dampening_frac, w.device, layer_name, cache=cache)
+    w[:, factor.dead] = 0.0
+    upper, frac = factor.upper, factor.dampening_frac
     widths, promoted = allocate_bits(
-        w, damped, torch.diagonal(upper), bits=bits, group_size=group_size, symmetric=symmetric
+        w, factor.damped, torch.diagonal(upper), bits=bits, group_size=group_size, symmetric=symmetric
     )
     result = obs_sweep(w, upper, MixedGroupQuantizer(widths, group_size, symmetric), block_size=block_size)
     info = {
@@ -234,11 +228,11 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
     check_targets(model, config)
     device = compute_device(config.device, model)
 
-    def quantize_linear(name, weight, accumulator):
+    def quantize_linear(name, weight, accumulator, cache):
         return slim_llm_quantize(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
             symmetric=config.symmetric, dampening_frac=config.dampening_frac,
-            block_size=config.block_size, layer_name=name,
+            block_size=config.block_size, layer_name=name, cache=cache,
         )
 
     reports = run_sequential(

@@ -179,3 +179,17 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="does not divide"):
         quantsweep.quantize(model, bad_group, calibration=calibration_ids(2, 8))
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, before)
+
+
+def test_shared_factorisation_cache_gives_same_result():
+    x = _inputs(seed=5)
+    acc = HessianAccumulator(64)
+    acc.add(x)
+    cache: dict = {}
+    for seed in (1, 2):  # two Linears reading the same input (like q and k)
+        weight = torch.randn(6, 64, generator=torch.Generator().manual_seed(seed))
+        cached, _ = gptq_quantize(weight, acc.hessian, bits=3, group_size=16, symmetric=False,
+                                  act_order=True, cache=cache)
+        fresh, _ = gptq_quantize(weight, acc.hessian, bits=3, group_size=16, symmetric=False, act_order=True)
+        torch.testing.assert_close(cached, fresh)
+    assert "factor" in cache
