@@ -73,6 +73,7 @@ class RecipeOutcome:
     records: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     quantize_seconds: float | None = None
+    layer_reports: dict[str, Any] | None = None
     evaluation: Any = None
 
 
@@ -129,6 +130,7 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     """
     from quantsweep.eval.harness import check_tasks, evaluate
     from quantsweep.eval.judge import VerdictConfig, judge_task
+    from quantsweep.methods.sequential import REPORTS_ATTRIBUTE as LAYER_REPORTS_ATTRIBUTE
     from quantsweep.models import load_model
     from quantsweep.snapshot import WeightSnapshot
     from quantsweep.sweep.results import ResultStore
@@ -171,8 +173,10 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
             needs_data = get_method(recipe.method).needs_calibration
             from quantsweep.recipes import quantize
 
+            model.__dict__.pop(LAYER_REPORTS_ATTRIBUTE, None)
             quantize(model, recipe, calibration=calibration if needs_data else None)
             outcome.quantize_seconds = time.perf_counter() - started
+            outcome.layer_reports = model.__dict__.pop(LAYER_REPORTS_ATTRIBUTE, None)
             outcome.evaluation = evaluate(
                 model, tokenizer, tasks, limit=spec.limit, batch_size=spec.batch_size,
                 num_fewshot=spec.num_fewshot, include_path=spec.include_path, task_configs=task_configs,
@@ -212,6 +216,19 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     return outcomes
 
 
+def _layer_seconds(reports: dict[str, Any] | None) -> list[float] | None:
+    """Quantization wall time of each decoder layer, for methods that work layer by layer."""
+    if not reports:
+        return None
+    return [layer["seconds"] for layer in reports.get("layers", [])]
+
+
+def _peak_device_bytes(reports: dict[str, Any] | None) -> int | None:
+    peaks = [layer.get("peak_device_bytes") for layer in (reports or {}).get("layers", [])]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) if peaks else None
+
+
 def _load_calibration(spec: RunSpec, tokenizer):
     from quantsweep.calibration import load_calibration
 
@@ -227,6 +244,8 @@ def _records(spec, tasks, recipe, outcome, baseline_eval, is_baseline, vocab_siz
 
     base = {"model": spec.model, "recipe": recipe.name, "recipe_config": recipe.to_dict(), **provenance,
             "quantize_seconds": outcome.quantize_seconds,
+            "layer_seconds": _layer_seconds(outcome.layer_reports),
+            "peak_device_bytes": _peak_device_bytes(outcome.layer_reports),
             "calibration": calibration.provenance() if calibration is not None else None,
             "verdict_config": verdict_config.to_dict()}
     if outcome.evaluation is None:
