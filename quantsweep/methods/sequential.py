@@ -30,6 +30,24 @@ The engine returns one :class:`LayerReport` per layer with wall time (device
 synchronised) and peak device memory (None on CPU), and whatever dict the
 quantizer returned.
 
+Helpers a method usually needs:
+
+* :func:`require_calibration` - the clear error when no calibration data was given;
+* :func:`compute_device` - resolve a recipe's ``device`` field (``auto``: the model's
+  accelerator if it lives on one, else the best available, the model staying on the host);
+* :meth:`LayerContext.linear_groups` - the Linears grouped by shared input, in call
+  order (q/k/v, o, gate/up, down): GPTQ's true-sequential order, AWQ's scaling groups;
+* :meth:`LayerContext.capture_inputs` - stream each module's inputs (and, with
+  ``propagate_fp=True``, the full-precision model's inputs to the same module,
+  optionally from an FP copy of the layer, ``fp_layer``) to a callback;
+* :func:`record_reports` - keep the per-layer reports on the model for results
+  (``model.quantsweep_layer_reports``).
+
+Memory: only the layer being quantized and the calibration activations (one
+stream, two with ``propagate_fp``; N x L x hidden each, host-side with
+``activations_on_host=True``) live on the device, plus what the quantizer
+allocates (GPTQ: one ``in x in`` Hessian and its factor per input group).
+
 Writing a method on top of it (what AWQ, SmoothQuant and GPTQ do)::
 
     def quantize_layer(ctx: LayerContext) -> dict:
