@@ -1,0 +1,34 @@
+"""Writes the notebooks in notebooks/ (run from the repository root: python notebooks/_build_notebooks.py)."""
+import nbformat as nbf
+from pathlib import Path
+
+def nb(cells):
+    book = nbf.v4.new_notebook()
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    book.cells = [nbf.v4.new_markdown_cell(c[1]) if c[0] == "md" else nbf.v4.new_code_cell(c[1]) for c in cells]
+    return book
+
+quick = nb([
+ ("md", "# quantsweep quickstart\n\nLoad the embedded `toy` model (openPangu-Embedded architecture, trained by this repo), quantize it, evaluate it with lm-eval, and judge the result against the full-precision baseline. Runs on CPU in well under a minute."),
+ ("code", "import quantsweep\nfrom quantsweep.eval.judge import judge_task\n\nmodel, tokenizer = quantsweep.load_model(\"toy\", device=\"cpu\")\nsnapshot = quantsweep.WeightSnapshot(model)  # full-precision copy, to restore between recipes\nquantsweep.list_recipes()"),
+ ("code", "baseline = quantsweep.evaluate(model, tokenizer, tasks=[\"toy_mc4\"], limit=400)\nbase_task = baseline.tasks[\"toy_mc4\"]\nprint(\"fp accuracy\", base_task.metrics[\"acc\"].value, \"+/-\", base_task.metrics[\"acc\"].stderr, \"n =\", base_task.n)"),
+ ("code", "results = {}\nfor recipe in [\"w8-rtn\", \"w2-rtn\", \"w1-rtn\"]:\n    snapshot.restore(model)\n    quantsweep.quantize(model, recipe)\n    task = quantsweep.evaluate(model, tokenizer, tasks=[\"toy_mc4\"], limit=400).tasks[\"toy_mc4\"]\n    results[recipe] = judge_task(task, base_task, metric=\"acc\", vocab_size=model.config.vocab_size)\n    print(f\"{recipe:8s} acc={task.metrics['acc'].value:.3f} verdict={results[recipe]['verdict']:12s} delta={results[recipe]['delta']:+.3f}\")\nsnapshot.restore(model)"),
+ ("code", "assert results[\"w8-rtn\"][\"verdict\"] == \"lossless\"\nassert results[\"w1-rtn\"][\"verdict\"] in (\"collapsed\", \"degraded\")"),
+])
+
+add = nb([
+ ("md", "# Add your own quantization method\n\nA method is one function registered with `@register_method` plus a frozen config dataclass; a recipe is a YAML mapping whose keys are exactly that dataclass's fields. Here: a *stochastic-free* 'sign-magnitude' quantizer that keeps only the top-k largest weights per row (a toy pruning method) — one cell of code, no change to quantsweep."),
+ ("code", "from dataclasses import dataclass\nimport torch\nimport quantsweep\nfrom quantsweep.recipes import RecipeConfig, register_method, recipe_from_yaml\nfrom quantsweep.methods.targets import weight_targets\n\n@dataclass(frozen=True, kw_only=True)\nclass TopKConfig(RecipeConfig):\n    \"\"\"Keep the `keep` fraction of largest-magnitude weights per row; zero the rest.\"\"\"\n    keep: float = 0.5\n\n@register_method(\"notebook-topk\", config=TopKConfig)\ndef apply_topk(model, config, calibration=None):\n    with torch.no_grad():\n        for name, linear in weight_targets(model, config).items():\n            w = linear.weight\n            k = max(1, int(w.shape[1] * config.keep))\n            threshold = w.abs().kthvalue(w.shape[1] - k + 1, dim=1, keepdim=True).values\n            w.mul_((w.abs() >= threshold).to(w.dtype))\n    return model"),
+ ("code", "recipe = recipe_from_yaml(\"\"\"\nname: topk-50\nmethod: notebook-topk\ndescription: keep half of each row's weights\nkeep: 0.5\n\"\"\")\nmodel, tokenizer = quantsweep.load_model(\"toy\", device=\"cpu\")\nquantsweep.quantize(model, recipe)\nzeros = (model.model.layers[0].mlp.up_proj.weight == 0).float().mean().item()\nprint(f\"fraction of zeroed weights: {zeros:.2f}\")\nassert abs(zeros - 0.5) < 0.02"),
+ ("code", "try:\n    recipe_from_yaml(\"name: x\\nmethod: notebook-topk\\nkeeep: 0.3\\n\")\nexcept ValueError as error:\n    print(error)  # an unknown key is named, with the allowed keys"),
+])
+
+analyse = nb([
+ ("md", "# Analyse a sweep\n\nRun a small sweep on the toy model, then read `results.jsonl` back and summarise verdicts by recipe and by task family."),
+ ("code", "import tempfile, collections\nfrom quantsweep.sweep.runner import RunSpec, run\nfrom quantsweep.sweep.results import read_results\nfrom quantsweep.report import format_table\n\nout = tempfile.mkdtemp()\nrun(RunSpec(model=\"toy\", recipes=[\"w8-rtn\", \"w1-rtn\"], tasks=[\"toy_mc4\", \"toy_ppl\"], limit=100, device=\"cpu\", out_dir=out))\nrecords = read_results(out)\nprint(format_table(records))"),
+ ("code", "from quantsweep.eval.verdicts import summarize\nrows = [(r[\"recipe\"], r[\"task\"], \"toy\", r[\"verdict\"]) for r in records if r.get(\"primary\")]\nsummary = summarize(rows)\nfor recipe, s in summary[\"by_recipe\"].items():\n    print(recipe, s[\"verdict\"], dict((k, v) for k, v in s[\"counts\"].items() if v))"),
+ ("code", "by_recipe = {r[\"recipe\"]: r for r in records if r[\"task\"] == \"toy_mc4\" and r.get(\"primary\")}\nprint({k: (round(v[\"value\"], 3), v[\"verdict\"], v[\"p_value\"]) for k, v in by_recipe.items()})\nassert by_recipe[\"fp\"][\"verdict\"] == \"baseline\""),
+])
+
+for name, book in [("quickstart", quick), ("add_a_recipe", add), ("analyse_a_sweep", analyse)]:
+    nbf.write(book, Path("notebooks") / f"{name}.ipynb")
