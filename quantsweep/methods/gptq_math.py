@@ -88,6 +88,8 @@ def damped_inverse_cholesky(
     dampening_frac: float,
     device: str | torch.device,
     layer_name: str = "<layer>",
+    *,
+    overwrite: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor ``U`` of ``(H + λI)^-1`` with ``λ = frac * mean(diag H)``.
 
@@ -96,6 +98,9 @@ def damped_inverse_cholesky(
     logged as a warning. Only the Hessian visits :func:`quantsweep.device.cholesky_device`
     (the CPU on Ascend, where torch-npu has been seen to fall back to the CPU for
     ``torch.linalg.cholesky`` implicitly and slowly); ``U`` comes back on ``device``.
+
+    With ``overwrite=True`` the damping is added to ``hessian`` itself (when it is
+    already float32 on the Cholesky device), which then holds ``H + λI``.
 
     Returns:
         ``(U, frac)``: the factor, and the damping fraction that succeeded.
@@ -111,15 +116,20 @@ def damped_inverse_cholesky(
     if not torch.isfinite(hessian).all():
         raise ValueError(f"{layer_name}: the Hessian has non-finite entries (NaN/Inf in the calibration activations)")
     target = devices.cholesky_device(device)
-    h = hessian.to(target, torch.float32)
-    diag_mean = torch.diagonal(h).mean().clamp_min(1e-8)
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    frac = float(dampening_frac)
+    # Damping goes onto the diagonal in place, of a copy unless the caller handed us
+    # its own scratch Hessian (overwrite=True): for in=12800 each copy is 655 MB.
+    h = hessian.to(target, torch.float32, copy=not overwrite)
+    diagonal = torch.diagonal(h)
+    diag_mean = float(diagonal.mean().clamp_min(1e-8))
+    frac, added = float(dampening_frac), 0.0
     while True:
-        factor, info = torch.linalg.cholesky_ex(h + frac * diag_mean * eye)
+        diagonal.add_(frac * diag_mean - added)
+        added = frac * diag_mean
+        factor, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            factor = torch.cholesky_inverse(factor)  # reuse the name: one n x n buffer fewer alive
+            upper, info = torch.linalg.cholesky_ex(factor, upper=True)
+            del factor
             if int(info) == 0:
                 return upper.to(device), frac
         grown = frac * DAMPING_GROWTH if frac > 0 else 1e-6
@@ -146,7 +156,7 @@ def asymmetric_correction(cross: torch.Tensor, upper: torch.Tensor) -> torch.Ten
         >>> asymmetric_correction(torch.ones(3, 3), u)[0].tolist()
         [0.0, 1.0, 1.0]
     """
-    return torch.triu(cross @ upper.T, diagonal=1) @ upper
+    return (cross @ upper.T).triu_(1) @ upper
 
 
 class ColumnQuantizer:
@@ -336,7 +346,7 @@ class HessianFactor:
     upper: torch.Tensor
     dampening_frac: float
     dead: torch.Tensor
-    damped: torch.Tensor
+    damped: torch.Tensor | None
     correction: torch.Tensor | None = None
 
 
@@ -349,12 +359,14 @@ def factorize(
     act_order: bool = False,
     cross: torch.Tensor | None = None,
     cache: dict | None = None,
+    keep_damped: bool = False,
 ) -> HessianFactor:
     """Dead-input masking, act-order permutation and damped inverse Cholesky of one Hessian.
 
     With ``cache`` (a dict), the result is stored there on first use and returned
     from it afterwards: Linears reading the same input share one factorisation,
     which saves an O(in^3) factorisation per extra Linear (two of q/k/v, one of gate/up).
+    ``keep_damped`` also keeps ``H + λI`` (in sweep order) as ``damped``; otherwise None.
 
     Example:
         >>> factorize(torch.eye(4), 0.01, "cpu").upper.shape
@@ -374,12 +386,16 @@ def factorize(
     if act_order:
         h = h[order][:, order]
         d = d[order][:, order] if d is not None else None
-    upper, frac = damped_inverse_cholesky(h, dampening_frac, device, layer_name)
-    damped = h.add_(torch.eye(h.shape[0], device=h.device), alpha=frac * float(torch.diagonal(h).mean()))
+    same_place = devices.cholesky_device(device) == str(h.device)
+    upper, frac = damped_inverse_cholesky(h, dampening_frac, device, layer_name, overwrite=same_place)
     factor = HessianFactor(
-        order=order, upper=upper, dampening_frac=frac, dead=dead, damped=damped,
+        order=order, upper=upper, dampening_frac=frac, dead=dead,
+        damped=h if (keep_damped and same_place) else None,
         correction=asymmetric_correction(d, upper) if d is not None else None,
     )
+    if keep_damped and not same_place:
+        factor.damped = h.add_(torch.eye(h.shape[0], device=h.device), alpha=frac * float(torch.diagonal(h).mean()))
+    del h, d
     if cache is not None:
         cache["factor"] = factor
     return factor

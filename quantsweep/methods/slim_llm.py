@@ -200,7 +200,7 @@ def slim_llm_quantize(
         2.0
     """
     w = weight.detach().to(torch.float32).clone()
-    factor = factorize(hessian, dampening_frac, w.device, layer_name, cache=cache)
+    factor = factorize(hessian, dampening_frac, w.device, layer_name, cache=cache, keep_damped=True)
     w[:, factor.dead] = 0.0
     upper, frac = factor.upper, factor.dampening_frac
     widths, promoted = allocate_bits(
