@@ -143,7 +143,9 @@ class LayerContext:
             ``[batch, seq_len, hidden]`` per calibration batch.
         fp_inputs: the same on the full-precision stream (``propagate_fp=True``), else None.
         layer_kwargs: keyword arguments the model passes to the layer, one dict per
-            batch (attention mask, position ids, rotary ``position_embeddings``, ...).
+            batch (attention mask, position ids, rotary ``position_embeddings``, ...);
+            positional arguments after the hidden states, if any, sit under
+            :data:`POSITIONAL_KEY`. Call the layer through :meth:`forward`.
 
     Example:
         >>> def quantizer(ctx):  # doctest: +SKIP
@@ -310,8 +312,17 @@ class LayerContext:
                 handle.remove()
 
 
+# Key in a layer-kwargs dict holding positional arguments after the hidden states
+# (older or non-Llama models pass e.g. the cache or mask positionally).
+POSITIONAL_KEY = "__positional_args__"
+
+
 def _layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    output = layer(hidden, **kwargs)
+    if POSITIONAL_KEY in kwargs:
+        kwargs = dict(kwargs)
+        output = layer(hidden, *kwargs.pop(POSITIONAL_KEY), **kwargs)
+    else:
+        output = layer(hidden, **kwargs)
     # Older transformers return (hidden_states, ...) tuples; 5.x returns the tensor.
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -339,9 +350,9 @@ class _Catcher(nn.Module):
 
     def forward(self, *args, **kwargs):
         if args:
-            self.hidden, extra = args[0], args[1:]
-            if extra:
-                raise ValueError("decoder layers called with extra positional arguments are not supported")
+            self.hidden = args[0]
+            if len(args) > 1:
+                kwargs[POSITIONAL_KEY] = tuple(args[1:])
         else:
             self.hidden = kwargs.pop("hidden_states")
         self.kwargs = kwargs

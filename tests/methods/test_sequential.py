@@ -134,3 +134,19 @@ def test_require_calibration_says_how_to_supply_it():
         require_calibration(torch.zeros(2, 3), config)
     ids = calibration_ids(1, 4)
     assert require_calibration(ids, config) is ids
+
+
+def test_engine_handles_layers_called_with_positional_arguments():
+    # GPT-2 blocks receive the cache and mask positionally; the engine must replay them.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 100, (3, 16))
+    seen: list[torch.Tensor] = []
+    run_sequential(model, ids, "cpu", _recording_quantizer(seen))
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    for got, want in zip(seen, hidden[:2]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
