@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1  # the run finished but its baseline failed, so it answered nothing
 DEMO_RECIPES = ["fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"]
 DEMO_TASKS = ["toy_mc4", "toy_mc2", "toy_ppl", "toy_gen"]
 DEMO_LIMIT = 400  # documents per task: enough power for the demo's verdicts, and about 10 s a recipe on 2 cores
@@ -140,6 +141,10 @@ def _run(spec, tasks: list[str]) -> int:
     _print_summary(records)
     if spec.out_dir is not None:
         print(f"results written to {Path(spec.out_dir) / 'results.jsonl'}")
+    if outcomes and outcomes[0].error is not None:
+        print(f"quantsweep: the baseline {outcomes[0].recipe.name!r} failed ({outcomes[0].error}); "
+              "no recipe could be compared with it", file=sys.stderr)
+        return EXIT_RUN_FAILED
     return 0
 
 
