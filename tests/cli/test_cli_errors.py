@@ -79,3 +79,24 @@ def test_recipes_command_lists_registered(capsys):
     assert code == 0
     for name in ("fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"):
         assert name in out
+
+
+def test_calibrated_recipe_without_calibration_data_on_a_real_model(capsys, tmp_path):
+    write_hf_model(tmp_path / "llama")
+    code, _, err = run_cli(capsys, "run", "--model", str(tmp_path / "llama"), "--recipe", "w4-gptq",
+                           "--tasks", "toy_mc4", "--device", "cpu")
+    assert code == 2
+    assert "w4-gptq" in err and "--calib-source" in err
+
+
+def test_missing_calibration_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "w4-gptq", "--tasks", "toy_mc4",
+                           "--device", "cpu", "--calib-source", str(tmp_path / "absent.txt"))
+    assert code == 2
+    assert "absent.txt" in err
+
+
+def test_code_tasks_need_the_opt_in(capsys):
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "humaneval_offline")
+    assert code == 2
+    assert "--allow-code-execution" in err or "allow_code_execution" in err
