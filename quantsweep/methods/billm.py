@@ -138,15 +138,36 @@ def split_binarize(values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.T
         [[0.1, -0.1, 2.0, -2.0]]
     """
     magnitude = values.abs()
+    rows, width = magnitude.shape
     top = float(magnitude.max()) if values.numel() else 0.0
     candidates = BREAK_POINT_FRACTIONS.to(values.device, values.dtype) * top  # [T]
-    concentrated = magnitude.unsqueeze(0) <= candidates.view(-1, 1, 1)  # [T, out, m]
-    alpha_c = _masked_mean_abs(values.unsqueeze(0), concentrated)
-    alpha_s = _masked_mean_abs(values.unsqueeze(0), ~concentrated)
-    approx = _signs(values).unsqueeze(0) * torch.where(concentrated, alpha_c, alpha_s)
-    errors = ((values.unsqueeze(0) - approx).pow(2) * weights).sum(dim=(1, 2))
-    best = int(torch.argmin(errors))
-    return approx[best], float(candidates[best]), alpha_c[best], alpha_s[best]
+    # Closed form over sorted magnitudes: with prefix sums of |w|, c|w|, c|w|^2 and c
+    # (c the column weight), every break point's per-row scales and weighted error
+    # (|w| - α)^2 c cost O(1) per row, instead of materialising [T, out, m] tensors.
+    sorted_mag, order = magnitude.sort(dim=1)
+    col_weight = weights.to(values.dtype).expand(rows, width).gather(1, order)
+
+    def prefix(x):
+        return torch.nn.functional.pad(x.cumsum(dim=1), (1, 0))  # [out, m + 1], prefix[:, k] = sum of first k
+
+    sum_mag, sum_w = prefix(sorted_mag), prefix(col_weight)
+    sum_wmag, sum_wmag2 = prefix(col_weight * sorted_mag), prefix(col_weight * sorted_mag.pow(2))
+    counts = torch.searchsorted(sorted_mag.contiguous(), candidates.expand(rows, -1).contiguous(), right=True)  # [out, T]
+
+    def at(prefix_sums):
+        return prefix_sums.gather(1, counts), prefix_sums[:, -1:] - prefix_sums.gather(1, counts)
+
+    n_c = counts.to(values.dtype)
+    mag_c, mag_s = at(sum_mag)
+    alpha_c = mag_c / n_c.clamp_min(1)
+    alpha_s = mag_s / (width - n_c).clamp_min(1)
+    (w_c, w_s), (wm_c, wm_s), (wm2_c, wm2_s) = at(sum_w), at(sum_wmag), at(sum_wmag2)
+    error = (wm2_c - 2 * alpha_c * wm_c + alpha_c.pow(2) * w_c) + (wm2_s - 2 * alpha_s * wm_s + alpha_s.pow(2) * w_s)
+    best = int(torch.argmin(error.sum(dim=0)))
+    alpha_c, alpha_s = alpha_c[:, best : best + 1], alpha_s[:, best : best + 1]
+    cut = float(candidates[best])
+    approx = _signs(values) * torch.where(magnitude <= cut, alpha_c, alpha_s)
+    return approx, cut, alpha_c, alpha_s
 
 
 class BiLLMBlockQuantizer(ColumnQuantizer):
