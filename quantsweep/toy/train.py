@@ -59,7 +59,7 @@ class TrainConfig:
         16
     """
 
-    steps: int = 3000
+    steps: int = 2000
     seed: int = 0
     batch_size: int = 16
     seq_len: int = 96
