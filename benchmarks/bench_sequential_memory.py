@@ -174,7 +174,8 @@ def main() -> None:
         del model
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    kept = [r for r in previous.get("rows", []) if r["model"] not in options.models]
+    fresh = {(r["model"], r["recipe"]) for r in rows}
+    kept = [r for r in previous.get("rows", []) if (r["model"], r["recipe"]) not in fresh]
     RESULTS.write_text(json.dumps({
         "benchmark": "sequential_memory",
         "notes": "host_peak_above_baseline_bytes: peak RSS during quantize() minus RSS before it; "
