@@ -1,0 +1,96 @@
+"""End to end on the embedded toy model: the demo and `quantsweep run` print and store correct verdicts."""
+
+import json
+
+import pytest
+
+from quantsweep.cli import DEMO_RECIPES, DEMO_TASKS, main
+
+REQUIRED_FIELDS = {"model", "recipe", "task", "metric", "value", "stderr", "n", "device", "dtype", "recipe_config",
+                   "chance", "verdict", "nonfinite_samples", "delta", "ci_low", "ci_high", "p_value", "retained",
+                   "verdict_config"}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def primary(records, recipe, task):
+    (record,) = [r for r in records if r["recipe"] == recipe and r["task"] == task and r["primary"]]
+    return record
+
+
+@pytest.fixture(scope="module")
+def run_records(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    code = main(["run", "--model", "toy", "--recipe", "fp", "--recipe", "w8-rtn", "--recipe", "w1-rtn",
+                 "--tasks", "toy_mc4,toy_ppl", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    return out, read_jsonl(out / "results.jsonl")
+
+
+def test_run_stores_every_field(run_records):
+    _, records = run_records
+    assert {(r["recipe"], r["task"]) for r in records if r["primary"]} == {
+        (recipe, task) for recipe in ("fp", "w8-rtn", "w1-rtn") for task in ("toy_mc4", "toy_ppl")}
+    for record in records:
+        assert REQUIRED_FIELDS <= set(record), REQUIRED_FIELDS - set(record)
+        assert record["device"] == "cpu" and record["dtype"] == "float32" and record["model"] == "toy"
+    assert primary(records, "w8-rtn", "toy_mc4")["recipe_config"]["bits"] == 8
+
+
+def test_run_verdicts_are_correct(run_records):
+    _, records = run_records
+    assert primary(records, "fp", "toy_mc4")["verdict"] == "baseline"
+    assert primary(records, "w8-rtn", "toy_mc4")["verdict"] == "lossless"
+    assert primary(records, "w8-rtn", "toy_ppl")["verdict"] == "lossless"
+    w1 = primary(records, "w1-rtn", "toy_mc4")
+    assert w1["chance"] == pytest.approx(0.25) and w1["nonfinite_samples"] == 0
+    assert w1["verdict"] in ("collapsed", "degraded")
+    assert w1["ci_high"] < -0.5  # a real and large drop
+    assert w1["retained"] < 0.2  # keeps under a fifth of fp's margin above chance
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap: binary toy keeps 0.357 on toy_mc4 (retention 0.14, but the 95% upper bound of "
+    "retention is above 0.15), because a one-syllable shortcut in the toy world survives binarization; "
+    "see README 'The toy model'"))
+def test_binary_toy_is_collapsed(run_records):
+    _, records = run_records
+    assert primary(records, "w1-rtn", "toy_mc4")["verdict"] == "collapsed"
+
+
+def test_run_writes_samples_and_summary(run_records):
+    out, records = run_records
+    fp_samples = read_jsonl(out / "samples" / "fp" / "toy_mc4.jsonl")
+    assert len(fp_samples) == primary(records, "fp", "toy_mc4")["n"]
+    assert all(s["n_choices"] == 4 for s in fp_samples)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["by_recipe"]["w8-rtn"]["verdict"] == "lossless"
+    assert summary["by_recipe"]["w1-rtn"]["verdict"] in ("collapsed", "degraded")
+
+
+def test_fp_against_itself_is_lossless():
+    import quantsweep
+    from quantsweep.eval.judge import judge_task
+
+    model, tokenizer = quantsweep.load_model("toy", device="cpu")
+    first = quantsweep.evaluate(model, tokenizer, ["toy_mc4"]).tasks["toy_mc4"]
+    second = quantsweep.evaluate(model, tokenizer, ["toy_mc4"]).tasks["toy_mc4"]
+    assert judge_task(second, first, metric="acc", vocab_size=model.config.vocab_size)["verdict"] == "lossless"
+
+
+def test_demo_shows_the_expected_pattern(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "recipe" in out and "toy_mc4 (acc)" in out
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert {r["recipe"] for r in records} == set(DEMO_RECIPES)
+    assert {r["task"] for r in records} == set(DEMO_TASKS)
+    acc = {recipe: primary(records, recipe, "toy_mc4")["value"] for recipe in DEMO_RECIPES}
+    fp_stderr = primary(records, "fp", "toy_mc4")["stderr"]
+    assert acc["fp"] >= 0.80
+    assert abs(acc["w8-rtn"] - acc["fp"]) <= max(2 * fp_stderr, 0.01)  # within noise
+    assert acc["fp"] - acc["w2-rtn"] >= 0.10                           # clearly below fp
+    assert acc["w1-rtn"] < acc["w2-rtn"] - 0.10                        # binary far below 2-bit
