@@ -22,7 +22,7 @@ EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1  # the run finished but its baseline failed, so it answered nothing
 DEMO_RECIPES = ["fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"]
 DEMO_TASKS = ["toy_mc4", "toy_mc2", "toy_ppl", "toy_gen"]
-DEMO_LIMIT = 400  # documents per task: enough power for the demo's verdicts, and about 10 s a recipe on 2 cores
+DEMO_LIMIT = 800  # documents per task: enough to show a lossless W8 (a 400-document sample cannot), about 15 s a recipe on 2 cores
 
 
 class UserError(Exception):
