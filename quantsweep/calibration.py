@@ -180,7 +180,12 @@ def load_calibration(
 
 
 def _tokenize(text: str, tokenizer) -> torch.Tensor:
-    encoded = tokenizer(text, add_special_tokens=False)
+    # The whole source is tokenized once and cut into windows afterwards, so its length
+    # exceeding the model's context is expected: silence transformers' warning about it.
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, verbose=False)
+    except TypeError:  # a plain callable without transformers' keyword
+        encoded = tokenizer(text, add_special_tokens=False)
     ids = encoded["input_ids"] if not hasattr(encoded, "input_ids") else encoded.input_ids
     return torch.as_tensor(ids, dtype=torch.long).flatten()
 
