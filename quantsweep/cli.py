@@ -112,9 +112,7 @@ def _limit(value: float | None):
 
 
 def _print_progress_row(outcome, tasks: list[str]) -> None:
-    from quantsweep.report import format_table
-
-    # reprint the header with the first row only; later rows are aligned by the final table
+    """One line per finished recipe, so long runs show progress; the aligned table follows at the end."""
     cells = []
     for record in outcome.records:
         if record.get("primary") or record.get("verdict") == "error":

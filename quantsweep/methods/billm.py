@@ -48,9 +48,8 @@ from dataclasses import dataclass
 import torch
 
 from quantsweep.layout import decoder_linears
-from quantsweep.methods.gptq import check_targets, hessian_quantizer
+from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep
-from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
 from quantsweep.methods.targets import weight_targets
 from quantsweep.quant import binarize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
@@ -264,25 +263,17 @@ def apply_billm(model, config: BiLLMConfig, calibration=None):
     Example:
         >>> apply_billm(model, get_recipe("w1-billm"), calibration=calibration)  # doctest: +SKIP
     """
-    calibration = require_calibration(calibration, config)
-    check_targets(model, config)
-    device = compute_device(config.device, model)
-
     def quantize_linear(name, weight, accumulator, cache):
         return billm_quantize(
             weight, accumulator.hessian, block_size=config.block_size,
             dampening_frac=config.dampening_frac, layer_name=name, cache=cache,
         )
 
-    reports = run_sequential(
-        model, calibration, device, hessian_quantizer(config, quantize_linear),
-        batch_size=config.calibration_batch_size, desc=f"billm {config.name}",
-    )
+    run_hessian_method(model, config, calibration, "billm", quantize_linear)
     linears = decoder_linears(model)
     with torch.no_grad():
         for name, module in weight_targets(model, config).items():
             if name not in linears:
                 module.weight.data.copy_(binarize(module.weight.data, config.block_size, name))
                 logger.info("%s: %s binarized with RTN (no calibration Hessian)", config.name, name)
-    record_reports(model, "billm", reports)
     return model

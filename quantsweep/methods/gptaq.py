@@ -41,9 +41,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from quantsweep.methods.gptq import GPTQConfig, check_targets, hessian_quantizer, quantize_extra_targets
+from quantsweep.methods.gptq import GPTQConfig, quantize_extra_targets, run_hessian_method
 from quantsweep.methods.gptq_math import gptq_quantize
-from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
 from quantsweep.recipes import RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -88,10 +87,6 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
     Example:
         >>> apply_gptaq(model, get_recipe("w4a4-gptaq"), calibration=calibration)  # doctest: +SKIP
     """
-    calibration = require_calibration(calibration, config)
-    check_targets(model, config)
-    device = compute_device(config.device, model)
-
     def quantize_linear(name, weight, accumulator, cache):
         return gptq_quantize(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
@@ -108,11 +103,7 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
             for linear in group.values():
                 attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
 
-    reports = run_sequential(
-        model, calibration, device,
-        hessian_quantizer(config, quantize_linear, asymmetric=True, after_group=after_group),
-        propagate_fp=True, batch_size=config.calibration_batch_size, desc=f"gptaq {config.name}",
-    )
+    run_hessian_method(model, config, calibration, "gptaq", quantize_linear, asymmetric=True,
+                       after_group=after_group)
     quantize_extra_targets(model, config, config.bits)
-    record_reports(model, "gptaq", reports)
     return model

@@ -184,6 +184,29 @@ def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, afte
     return quantize_layer
 
 
+def run_hessian_method(model: nn.Module, config, calibration, method: str, quantize_linear, *,
+                       asymmetric: bool = False, after_group=None):
+    """The shared driver of the Hessian-based methods (GPTQ, GPTAQ, BiLLM, SliM-LLM).
+
+    Checks calibration and group sizes before any weight changes, quantizes layer by
+    layer with :func:`hessian_quantizer`, and records the per-layer reports. With
+    ``asymmetric`` the full-precision stream is propagated too (GPTAQ's target).
+    Embedding/head targets are left to the caller, whose number format differs.
+
+    Example:
+        >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)  # doctest: +SKIP
+    """
+    calibration = require_calibration(calibration, config)
+    check_targets(model, config)
+    reports = run_sequential(
+        model, calibration, compute_device(config.device, model),
+        hessian_quantizer(config, quantize_linear, asymmetric=asymmetric, after_group=after_group),
+        propagate_fp=asymmetric, batch_size=config.calibration_batch_size, desc=f"{method} {config.name}",
+    )
+    record_reports(model, method, reports)
+    return reports
+
+
 @register_method("gptq", config=GPTQConfig, needs_calibration=True)
 def apply_gptq(model, config: GPTQConfig, calibration=None):
     """Quantize ``model`` in place with GPTQ, one decoder layer at a time.
@@ -194,10 +217,6 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
     Example:
         >>> apply_gptq(model, get_recipe("w4-gptq"), calibration=calibration)  # doctest: +SKIP
     """
-    calibration = require_calibration(calibration, config)
-    check_targets(model, config)
-    device = compute_device(config.device, model)
-
     def quantize_linear(name, weight, accumulator, cache):
         return gptq_quantize(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
@@ -206,10 +225,6 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
             cache=cache,
         )
 
-    reports = run_sequential(
-        model, calibration, device, hessian_quantizer(config, quantize_linear),
-        batch_size=config.calibration_batch_size, desc=f"gptq {config.name}",
-    )
+    run_hessian_method(model, config, calibration, "gptq", quantize_linear)
     quantize_extra_targets(model, config, config.bits)
-    record_reports(model, "gptq", reports)
     return model

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 import torch
 
 from quantsweep.layout import decoder_linears
-from quantsweep.methods.gptq import check_targets, hessian_quantizer
+from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
-from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
 from quantsweep.methods.targets import weight_targets
 from quantsweep.quant import binarize, compute_qparams, fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
@@ -224,10 +223,6 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
     Example:
         >>> apply_slim_llm(model, get_recipe("w2-slim-llm"), calibration=calibration)  # doctest: +SKIP
     """
-    calibration = require_calibration(calibration, config)
-    check_targets(model, config)
-    device = compute_device(config.device, model)
-
     def quantize_linear(name, weight, accumulator, cache):
         return slim_llm_quantize(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
@@ -235,14 +230,10 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
             block_size=config.block_size, layer_name=name, cache=cache,
         )
 
-    reports = run_sequential(
-        model, calibration, device, hessian_quantizer(config, quantize_linear),
-        batch_size=config.calibration_batch_size, desc=f"slim-llm {config.name}",
-    )
+    run_hessian_method(model, config, calibration, "slim-llm", quantize_linear)
     linears = decoder_linears(model)
     with torch.no_grad():
         for name, module in weight_targets(model, config).items():
             if name not in linears:  # no Hessian: uniform RTN at the average width
                 module.weight.data.copy_(fake_quantize(module.weight.data, config.bits, config.group_size, config.symmetric, name))
-    record_reports(model, "slim-llm", reports)
     return model

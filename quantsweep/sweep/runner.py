@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from quantsweep.recipes import RecipeConfig, expand_recipes, get_method, get_recipe
+from quantsweep.recipes import RecipeConfig, expand_recipes, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
         ['fp', 'w8-rtn']
     """
     from quantsweep.eval.harness import check_tasks, evaluate
-    from quantsweep.eval.judge import VerdictConfig, judge_task
+    from quantsweep.eval.judge import VerdictConfig
     from quantsweep.methods.sequential import REPORTS_ATTRIBUTE as LAYER_REPORTS_ATTRIBUTE
     from quantsweep.models import load_model
     from quantsweep.snapshot import WeightSnapshot
