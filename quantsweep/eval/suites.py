@@ -805,3 +805,55 @@ def chance_level(task_result, vocab_size: int | None = None) -> float:
     if vocab_size is None:
         raise ValueError(f"task {task_result.task!r}: chance rule 'uniform_vocab' needs vocab_size")
     return _chance.chance_perplexity(vocab_size)
+
+
+def hub_reachable(endpoint: str | None = None, timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or the user's ``HF_ENDPOINT`` mirror) answers a TCP connect.
+
+    Offline switches (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``) answer False without
+    touching the network; otherwise one connection attempt with a short time-out, so a
+    closed network is found in seconds instead of after datasets' retries.
+
+    Example:
+        >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
+        >>> hub_reachable()
+        False
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if _hub_offline():
+        return False
+    url = urlparse(effective_hub_endpoint(endpoint) or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def check_data_available(task_names: list[str], data_dir: str | Path | None) -> None:
+    """Refuse up front to run suite tasks that have no local data and no reachable hub.
+
+    With ``data_dir`` given, :func:`local_task_configs` checks the files. Without it,
+    suite tasks would download from the hub; if the hub (or mirror) cannot be reached
+    this raises a :class:`MissingDataError` naming each task and the files ``--data-dir``
+    would need, instead of failing later inside lm-eval.
+
+    Example:
+        >>> check_data_available(["toy_mc4"], None)  # not a suite task: nothing to check
+    """
+    if data_dir is not None:
+        return
+    entries = [e for e in (suite_entry(t) for t in expand_tasks(task_names)) if e is not None]
+    if not entries or hub_reachable():
+        return
+    needed = "; ".join(f"{e.task}: {', '.join(sorted(e.data.splits.values()))} file(s) in DATA_DIR/{e.data.dir}/"
+                       for e in entries[:6])
+    more = f" (and {len(entries) - 6} more tasks)" if len(entries) > 6 else ""
+    raise MissingDataError(
+        f"no local data given and the hub ({effective_hub_endpoint() or 'https://huggingface.co'}) cannot be "
+        f"reached; pass --data-dir DATA_DIR holding {needed}{more} (see docs/offline-data.md), or set "
+        "HF_ENDPOINT to a reachable mirror"
+    )

@@ -135,13 +135,14 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     from quantsweep.snapshot import WeightSnapshot
     from quantsweep.sweep.results import ResultStore
 
-    from quantsweep.eval.suites import check_code_execution, expand_tasks, local_task_configs
+    from quantsweep.eval.suites import check_code_execution, check_data_available, expand_tasks, local_task_configs
 
     recipes = expand_recipes([spec.baseline, *spec.recipes])
     if not spec.tasks:
         raise ValueError("no tasks given; pass at least one task name")
     tasks = expand_tasks(list(spec.tasks))
     check_code_execution(tasks, spec.allow_code_execution)
+    check_data_available(tasks, spec.data_dir)
     # suite tasks get lm-eval configs (local files under --data-dir, renamed tasks); others run by name
     task_configs = local_task_configs(tasks, spec.data_dir)
     check_tasks([t for t in tasks if t not in task_configs], spec.include_path)

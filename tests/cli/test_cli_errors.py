@@ -100,3 +100,10 @@ def test_code_tasks_need_the_opt_in(capsys):
     code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "humaneval_offline")
     assert code == 2
     assert "--allow-code-execution" in err or "allow_code_execution" in err
+
+
+def test_suite_task_without_data_and_without_hub_fails_fast(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "arc_easy,toy_mc4")
+    assert code == 2
+    assert "arc_easy" in err and "--data-dir" in err and "HF_ENDPOINT" in err
