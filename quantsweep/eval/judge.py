@@ -114,3 +114,28 @@ def _nll(samples, metric: str) -> list[float]:
         loglikelihood = pair[0] if isinstance(pair, (list, tuple)) else float("nan")
         out.append(float("nan") if s.nonfinite else -float(loglikelihood))
     return out
+
+
+def judge_all_metrics(task, baseline_task, *, vocab_size: int, config: VerdictConfig | None = None,
+                      is_baseline: bool = False) -> dict[str, dict[str, Any]]:
+    """:func:`judge_task` for every metric of a task, by metric name.
+
+    The perplexity metrics of one task (word, byte, bits per byte) are all judged on
+    the same per-token cross-entropy, so their bootstrap runs once and is shared.
+
+    Example:
+        >>> sorted(judge_all_metrics(task, None, vocab_size=512, is_baseline=True))  # doctest: +SKIP
+        ['bits_per_byte', 'byte_perplexity', 'word_perplexity']
+    """
+    judged: dict[str, dict[str, Any]] = {}
+    shared_perplexity = None
+    for metric in task.metrics:
+        is_perplexity = task.output_type == "loglikelihood_rolling" and metric in PERPLEXITY_METRICS
+        if is_perplexity and shared_perplexity is not None:
+            judged[metric] = dict(shared_perplexity)
+            continue
+        judged[metric] = judge_task(task, baseline_task, metric=metric, vocab_size=vocab_size, config=config,
+                                    is_baseline=is_baseline)
+        if is_perplexity:
+            shared_perplexity = judged[metric]
+    return judged

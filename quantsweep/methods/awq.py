@@ -51,8 +51,8 @@ from torch import nn
 
 from quantsweep.methods.mappings import ResolvedScaling, expand_to_consumer, fold_scales, mappings_for, reduce_to_source
 from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
-from quantsweep.methods.targets import weight_targets
-from quantsweep.quant import check_group_size, fake_quantize
+from quantsweep.methods.targets import check_group_sizes, quantize_extra_targets
+from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -339,23 +339,15 @@ def apply_awq(model, config: AWQConfig, calibration=None):
     Example:
         >>> apply_awq(model, get_recipe("w4-awq"), calibration)  # doctest: +SKIP
     """
-    from quantsweep.layout import decoder_linears
-
     require_calibration(calibration, config)
     pairs_by_layer = mappings_for(model, "awq")
-    targets = weight_targets(model, config)
-    for name, module in targets.items():
-        check_group_size(module.weight.shape[1], config.group_size, name)
+    check_group_sizes(model, config)
     reports = run_sequential(
         model, calibration, compute_device(config.device, model),
         lambda ctx: quantize_layer_awq(ctx, pairs_by_layer[ctx.index], config),
         batch_size=config.calibration_batch_size, desc=f"awq {config.name}",
     )
-    decoder = {id(m) for m in decoder_linears(model).values()}
-    with torch.no_grad():
-        for name, module in targets.items():
-            if id(module) not in decoder:  # embedding table / head when asked: plain RTN
-                module.weight.data.copy_(fake_quantize(module.weight.data, config.bits, config.group_size, config.symmetric, name))
+    quantize_extra_targets(model, config, config.bits)  # embedding table / head when asked: plain RTN
     record_reports(model, "awq", reports)
     logger.info("awq: %d-bit, group %s, %d layers", config.bits, config.group_size, len(reports))
     return model

@@ -47,10 +47,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quantsweep.layout import decoder_linears
 from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep
-from quantsweep.methods.targets import weight_targets
+from quantsweep.methods.targets import extra_targets
 from quantsweep.quant import binarize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
@@ -270,10 +269,8 @@ def apply_billm(model, config: BiLLMConfig, calibration=None):
         )
 
     run_hessian_method(model, config, calibration, "billm", quantize_linear)
-    linears = decoder_linears(model)
     with torch.no_grad():
-        for name, module in weight_targets(model, config).items():
-            if name not in linears:
-                module.weight.data.copy_(binarize(module.weight.data, config.block_size, name))
-                logger.info("%s: %s binarized with RTN (no calibration Hessian)", config.name, name)
+        for name, module in extra_targets(model, config).items():
+            module.weight.data.copy_(binarize(module.weight.data, config.block_size, name))
+            logger.info("%s: %s binarized with RTN (no calibration Hessian)", config.name, name)
     return model

@@ -41,7 +41,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from quantsweep.methods.gptq import GPTQConfig, quantize_extra_targets, run_hessian_method
+from quantsweep.methods.gptq import GPTQConfig, run_hessian_method
+from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.methods.gptq_math import gptq_quantize
 from quantsweep.recipes import RecipeError, register_method
 
@@ -95,15 +96,14 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
             cross=accumulator.cross, layer_name=name, cache=cache,
         )
 
-    after_group = None
-    if config.activation_bits is not None:
+    def attach_activation_quantization(ctx, group):
         from quantsweep.methods.activation import attach_activation_quant
 
-        def after_group(ctx, group):
-            for linear in group.values():
-                attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
+        for linear in group.values():
+            attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
 
+    weight_only = config.activation_bits is None
     run_hessian_method(model, config, calibration, "gptaq", quantize_linear, asymmetric=True,
-                       after_group=after_group)
+                       after_group=None if weight_only else attach_activation_quantization)
     quantize_extra_targets(model, config, config.bits)
     return model

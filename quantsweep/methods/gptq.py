@@ -42,7 +42,6 @@ import copy
 import logging
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
@@ -53,9 +52,7 @@ from quantsweep.methods.sequential import (
     require_calibration,
     run_sequential,
 )
-from quantsweep.methods.targets import weight_targets
-from quantsweep.layout import decoder_linears
-from quantsweep.quant import check_group_size, fake_quantize
+from quantsweep.methods.targets import check_group_sizes, quantize_extra_targets
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -104,32 +101,6 @@ class GPTQConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: dampening_frac must be in [0, 1], got {self.dampening_frac}")
         if self.block_size <= 0 or self.calibration_batch_size <= 0:
             raise RecipeError(f"recipe {self.name!r}: block_size and calibration_batch_size must be positive")
-
-
-def check_targets(model: nn.Module, config) -> None:
-    """Check every group size before any weight changes, so a bad recipe leaves the model intact.
-
-    Example:
-        >>> check_targets(model, get_recipe("w4-gptq"))  # doctest: +SKIP
-    """
-    group_size = getattr(config, "group_size", None)
-    for name, module in weight_targets(model, config).items():
-        check_group_size(module.weight.shape[1], group_size, name)
-
-
-def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
-    """RTN for the embedding table / output head when the recipe asks for them; return how many.
-
-    Example:
-        >>> quantize_extra_targets(model, get_recipe("w4-gptq"), 4)  # doctest: +SKIP
-        0
-    """
-    extra = {name: m for name, m in weight_targets(model, config).items() if name not in decoder_linears(model)}
-    with torch.no_grad():
-        for name, module in extra.items():
-            module.weight.data.copy_(fake_quantize(module.weight.data, bits, config.group_size, config.symmetric, name))
-            logger.info("%s: %s quantized with RTN (no calibration Hessian)", config.name, name)
-    return len(extra)
 
 
 def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, after_group=None):
@@ -197,7 +168,7 @@ def run_hessian_method(model: nn.Module, config, calibration, method: str, quant
         >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)  # doctest: +SKIP
     """
     calibration = require_calibration(calibration, config)
-    check_targets(model, config)
+    check_group_sizes(model, config)
     reports = run_sequential(
         model, calibration, compute_device(config.device, model),
         hessian_quantizer(config, quantize_linear, asymmetric=asymmetric, after_group=after_group),

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from quantsweep.methods.targets import weight_targets
-from quantsweep.quant import binarize, check_group_size, fake_quantize
+from quantsweep.methods.targets import check_group_sizes
+from quantsweep.quant import binarize, fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ def apply_rtn(model, config: RTNConfig, calibration=None):
     Example:
         >>> apply_rtn(model, get_recipe("w4-rtn"))  # doctest: +SKIP
     """
-    targets = weight_targets(model, config)
-    for name, module in targets.items():
-        check_group_size(module.weight.shape[1], config.group_size, name)
+    targets = check_group_sizes(model, config)
     with torch.no_grad():
         for name, module in tqdm(targets.items(), desc=f"quantize {config.name}", unit="layer", leave=False):
             module.weight.data.copy_(quantize_weight(module.weight.data, config, name))

@@ -38,10 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quantsweep.layout import decoder_linears
 from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
-from quantsweep.methods.targets import weight_targets
+from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.quant import binarize, compute_qparams, fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
@@ -231,9 +230,5 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
         )
 
     run_hessian_method(model, config, calibration, "slim-llm", quantize_linear)
-    linears = decoder_linears(model)
-    with torch.no_grad():
-        for name, module in weight_targets(model, config).items():
-            if name not in linears:  # no Hessian: uniform RTN at the average width
-                module.weight.data.copy_(fake_quantize(module.weight.data, config.bits, config.group_size, config.symmetric, name))
+    quantize_extra_targets(model, config, config.bits)  # no Hessian: uniform RTN at the average width
     return model

@@ -46,8 +46,8 @@ from torch import nn
 from quantsweep.methods.activation import ACTIVATION_BITS, attach_activation_quant
 from quantsweep.methods.mappings import ResolvedScaling, fold_scales, mappings_for
 from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
-from quantsweep.methods.targets import weight_targets
-from quantsweep.quant import check_group_size, fake_quantize
+from quantsweep.methods.targets import check_group_sizes, extra_targets
+from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -163,9 +163,7 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
     """
     require_calibration(calibration, config)
     pairs_by_layer = mappings_for(model, "smoothquant")
-    targets = weight_targets(model, config)
-    for name, module in targets.items():
-        check_group_size(module.weight.shape[1], config.group_size, name)
+    targets = check_group_sizes(model, config)
 
     def quantize_layer(ctx) -> dict:
         pairs = pairs_by_layer[ctx.index]
@@ -185,11 +183,8 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
     reports = run_sequential(model, calibration, compute_device(config.device, model), quantize_layer,
                    batch_size=config.calibration_batch_size, desc=f"smoothquant {config.name}")
     # The embedding table / output head, when the recipe asks for them, outside the layers.
-    decoder = set(_decoder_linear_ids(model))
     with torch.no_grad():
-        for name, module in targets.items():
-            if id(module) in decoder:
-                continue
+        for name, module in extra_targets(model, config).items():
             module.weight.data.copy_(fake_quantize(module.weight.data, config.weight_bits, config.group_size, config.symmetric, name))
             if isinstance(module, nn.Linear):
                 attach_activation_quant(module, config.activation_bits, config.activation_symmetric)
@@ -197,8 +192,3 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
     logger.info("smoothquant: W%dA%d, alpha %.2f, %d weights", config.weight_bits, config.activation_bits, config.alpha, len(targets))
     return model
 
-
-def _decoder_linear_ids(model) -> list[int]:
-    from quantsweep.layout import decoder_linears
-
-    return [id(m) for m in decoder_linears(model).values()]

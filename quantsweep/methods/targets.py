@@ -8,9 +8,15 @@ Example:
 
 from __future__ import annotations
 
+import logging
+
+import torch
 from torch import nn
 
 from quantsweep.layout import decoder_linears, input_embeddings, lm_head
+from quantsweep.quant import check_group_size, fake_quantize
+
+logger = logging.getLogger(__name__)
 
 
 def weight_targets(model: nn.Module, config) -> dict[str, nn.Module]:
@@ -35,3 +41,49 @@ def weight_targets(model: nn.Module, config) -> dict[str, nn.Module]:
             return targets  # tied weights: already quantized once through the embedding table
         targets[names[head]] = head
     return targets
+
+
+def check_group_sizes(model: nn.Module, config) -> dict[str, nn.Module]:
+    """Check the recipe's ``group_size`` against every target before any weight changes; return the targets.
+
+    Recipes without a ``group_size`` field (or with ``None``, per channel) always pass.
+
+    Raises:
+        ValueError: naming the first layer whose ``in_features`` the group size does not divide.
+
+    Example:
+        >>> check_group_sizes(model, get_recipe("w4-rtn"))  # doctest: +SKIP
+    """
+    group_size = getattr(config, "group_size", None)
+    targets = weight_targets(model, config)
+    for name, module in targets.items():
+        check_group_size(module.weight.shape[1], group_size, name)
+    return targets
+
+
+def extra_targets(model: nn.Module, config) -> dict[str, nn.Module]:
+    """Targets outside the decoder blocks (embedding table, output head) that the recipe asks for.
+
+    Layer-by-layer methods calibrate only decoder Linears; these get a plain format instead.
+
+    Example:
+        >>> extra_targets(model, get_recipe("w4-gptq"))  # doctest: +SKIP
+        {}
+    """
+    decoder = {id(module) for module in decoder_linears(model).values()}
+    return {name: module for name, module in weight_targets(model, config).items() if id(module) not in decoder}
+
+
+def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
+    """RTN (``config.group_size``, ``config.symmetric``) for :func:`extra_targets`; return how many.
+
+    Example:
+        >>> quantize_extra_targets(model, get_recipe("w4-gptq"), 4)  # doctest: +SKIP
+        0
+    """
+    extra = extra_targets(model, config)
+    with torch.no_grad():
+        for name, module in extra.items():
+            module.weight.data.copy_(fake_quantize(module.weight.data, bits, config.group_size, config.symmetric, name))
+            logger.info("%s: %s quantized with RTN (no calibration data for it)", config.name, name)
+    return len(extra)

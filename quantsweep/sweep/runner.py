@@ -86,18 +86,13 @@ def preflight(model, recipes: list[RecipeConfig]) -> None:
     Example:
         >>> preflight(model, [get_recipe("w4-rtn")])  # doctest: +SKIP
     """
-    from quantsweep.methods.targets import weight_targets
-    from quantsweep.quant import check_group_size
+    from quantsweep.methods.targets import check_group_sizes
 
     for recipe in recipes:
-        group_size = getattr(recipe, "group_size", None)
-        if group_size is None:
-            continue
-        for name, module in weight_targets(model, recipe).items():
-            try:
-                check_group_size(module.weight.shape[1], group_size, name)
-            except ValueError as error:
-                raise ValueError(f"recipe {recipe.name!r}: {error}") from None
+        try:
+            check_group_sizes(model, recipe)
+        except ValueError as error:
+            raise ValueError(f"recipe {recipe.name!r}: {error}") from None
 
 
 def _provenance(spec: RunSpec, device: str, dtype) -> dict[str, Any]:
@@ -240,7 +235,7 @@ def _load_calibration(spec: RunSpec, tokenizer):
 
 def _records(spec, tasks, recipe, outcome, baseline_eval, is_baseline, vocab_size, verdict_config, provenance,
              calibration, diagnosis) -> list[dict[str, Any]]:
-    from quantsweep.eval.judge import judge_task
+    from quantsweep.eval.judge import judge_all_metrics
     from quantsweep.sweep.summary import task_family
 
     base = {"model": spec.model, "recipe": recipe.name, "recipe_config": recipe.to_dict(), **provenance,
@@ -255,9 +250,10 @@ def _records(spec, tasks, recipe, outcome, baseline_eval, is_baseline, vocab_siz
     records = []
     for task in outcome.evaluation.tasks.values():
         baseline_task = baseline_eval.tasks.get(task.task) if baseline_eval is not None else None
+        verdicts = judge_all_metrics(task, baseline_task, vocab_size=vocab_size, config=verdict_config,
+                                     is_baseline=is_baseline)
         for metric in task.metrics.values():
-            judged = judge_task(task, baseline_task, metric=metric.metric, vocab_size=vocab_size,
-                                config=verdict_config, is_baseline=is_baseline)
+            judged = verdicts[metric.metric]
             records.append({**base, "task": task.task, "family": task_family(task.task, task.output_type),
                             "output_type": task.output_type, "metric": metric.metric,
                             "primary": metric.metric == task.primary_metric,

@@ -78,3 +78,15 @@ def test_generation_nonfinite_counted_per_sample(random_toy):
     finally:
         with torch.no_grad():
             bias.copy_(saved)
+
+
+def test_perplexity_metrics_share_one_judgement(random_toy):
+    """word/byte/bits-per-byte perplexity are judged once on per-token cross-entropy, identically."""
+    from quantsweep.eval.judge import judge_all_metrics
+
+    model, tokenizer = random_toy
+    task = evaluate(model, tokenizer, ["toy_ppl"], limit=25).tasks["toy_ppl"]
+    judged = judge_all_metrics(task, task, vocab_size=model.config.vocab_size)
+    assert set(judged) == set(task.metrics) and len(judged) == 3
+    reference = judge_task(task, task, metric="byte_perplexity", vocab_size=model.config.vocab_size)
+    assert all(verdict == reference for verdict in judged.values())

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import quantsweep
 from quantsweep.methods.awq import AWQConfig, apply_clip, search_clip, search_scales
@@ -10,24 +10,13 @@ from quantsweep.methods.mappings import fold_scales, mappings_for
 from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeError
 from quantsweep.snapshot import WeightSnapshot
+from tiny_llama import outlier_llama
 
 CONFIG = AWQConfig(name="test-awq", method="awq", bits=3, group_size=32)
 
 
 def tiny_llama(kv_heads: int = 2, outliers: bool = True) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=kv_heads, vocab_size=96, attention_bias=True, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.uniform_(0.5, 1.5)
-                if outliers:
-                    parameter[:4] *= 20.0  # outlier channels, as in real LLMs
-            elif name.endswith("bias"):
-                parameter.normal_(0, 0.5)
-    return model
+    return outlier_llama(kv_heads=kv_heads, outlier_scale=20.0 if outliers else None)
 
 
 def outlier_inputs(tokens=512, features=128, seed=0):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 import quantsweep
 from quantsweep.methods.activation import activation_bits
@@ -11,22 +11,11 @@ from quantsweep.methods.smoothquant import SmoothQuantConfig, smooth_pairs, smoo
 from quantsweep.quant import fake_quantize, fake_quantize_activation
 from quantsweep.recipes import RecipeError
 from quantsweep.snapshot import WeightSnapshot
+from tiny_llama import outlier_llama
 
 
 def tiny_llama(outliers: bool = False) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=96, attention_bias=True, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.uniform_(0.5, 1.5)
-                if outliers:
-                    parameter[:4] *= 30.0  # a few outlier channels, as in real LLMs
-            elif name.endswith("bias"):
-                parameter.normal_(0, 0.5)
-    return model
+    return outlier_llama(outlier_scale=30.0 if outliers else None)
 
 
 def test_factors_match_formula():

@@ -51,3 +51,22 @@ def layer_inputs(model, input_ids: torch.Tensor) -> list[torch.Tensor]:
         for handle in handles:
             handle.remove()
     return captured
+
+
+def outlier_llama(kv_heads: int = 2, outlier_scale: float | None = 20.0) -> LlamaForCausalLM:
+    """A random 2-layer Llama (hidden 128, biases on q/k/v/o) whose RMSNorm weights carry
+    a few outlier channels (x ``outlier_scale``; None for none), as real LLM activations do.
+    Used by the AWQ and SmoothQuant tests, whose point is those outliers."""
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=kv_heads, vocab_size=96, attention_bias=True, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.uniform_(0.5, 1.5)
+                if outlier_scale is not None:
+                    parameter[:4] *= outlier_scale
+            elif name.endswith("bias"):
+                parameter.normal_(0, 0.5)
+    return model
