@@ -258,7 +258,13 @@ def reset_peak_memory(device: str | torch.device) -> None:
     """
     backend, index = parse_device(device)
     if backend in ("cuda", "npu"):
-        _backend_module(backend).reset_peak_memory_stats(index or 0)
+        module = _backend_module(backend)
+        # Before the backend's first allocation there is no peak to reset, and torch
+        # raises "Invalid device argument" (seen on CUDA, torch 2.11, H200).
+        is_initialized = getattr(module, "is_initialized", None)
+        if is_initialized is not None and not is_initialized():
+            return
+        module.reset_peak_memory_stats(index or 0)
 
 
 def peak_memory_bytes(device: str | torch.device) -> int | None:

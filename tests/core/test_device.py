@@ -151,3 +151,19 @@ def test_cuda_peak_memory_roundtrip():
     x = torch.ones(1024, 1024, device="cuda:0")
     dev.synchronize("cuda:0")
     assert dev.peak_memory_bytes("cuda:0") >= x.numel() * 4
+
+
+def test_reset_peak_memory_before_first_allocation_is_a_no_op(monkeypatch):
+    """torch raises 'Invalid device argument' when resetting an uninitialised CUDA context."""
+    calls = []
+    state = {"initialized": False}
+    backend = types.SimpleNamespace(
+        is_initialized=lambda: state["initialized"],
+        reset_peak_memory_stats=lambda index=0: calls.append(index),
+    )
+    monkeypatch.setattr(dev, "_backend_module", lambda name: backend)
+    dev.reset_peak_memory("cuda:1")
+    assert calls == []
+    state["initialized"] = True
+    dev.reset_peak_memory("cuda:1")
+    assert calls == [1]
