@@ -59,11 +59,11 @@ class TrainConfig:
         16
     """
 
-    steps: int = 2000
+    steps: int = 6000
     seed: int = 0
     batch_size: int = 16
     seq_len: int = 96
-    lr: float = 3e-3
+    lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
     n_entities: int = DEFAULT_N_ENTITIES
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--n-entities", type=int, default=defaults.n_entities)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             seq_len=args.seq_len,
             lr=args.lr,
+            weight_decay=args.weight_decay,
             n_entities=args.n_entities,
         )
     except ValueError as error:

@@ -20,7 +20,8 @@ from quantsweep.toy.world import (
 
 
 def test_world_is_deterministic_and_seed_dependent():
-    assert make_world() == make_world()
+    draw = make_world.__wrapped__  # bypass the cache: two independent draws
+    assert draw() == draw()
     assert make_world(seed=1) != make_world(seed=2)
     assert make_world(n_entities=50).entities == make_world(n_entities=50).entities
 
@@ -41,6 +42,42 @@ def test_values_are_balanced_so_a_forgetful_model_gets_chance():
         counts = collections.Counter(f.value for f in world.facts if f.attribute == attribute)
         assert set(counts) == set(values)
         assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_values_are_balanced_within_every_syllable_group():
+    world = make_world()
+    for attribute, (values, _) in ATTRIBUTES.items():
+        for position in range(NAME_LENGTH):
+            groups = collections.defaultdict(collections.Counter)
+            for fact in world.facts:
+                if fact.attribute == attribute:
+                    groups[fact.entity.split(" ")[position]][fact.value] += 1
+            for counts in groups.values():
+                spread = max(counts[v] for v in values) - min(counts[v] for v in values)
+                assert spread <= 2, (attribute, position, counts)
+
+
+def test_one_syllable_does_not_predict_a_value():
+    """An (attribute, syllable) lookup, the shortcut a damaged model keeps, scores near chance.
+
+    Reference: for each 4-way question, pick the choice seen most often among the
+    entities that share the name's syllable in one position (ties split evenly).
+    """
+    from quantsweep.toy.tasks import mc_docs
+
+    world = make_world()
+    docs = mc_docs(4)
+    for position in range(NAME_LENGTH):
+        counts = collections.defaultdict(collections.Counter)
+        for fact in world.facts:
+            counts[(fact.attribute, fact.entity.split(" ")[position])][fact.value] += 1
+        score = 0.0
+        for doc in docs:
+            group = counts[(doc["attribute"], doc["entity"].split(" ")[position])]
+            seen = [group[choice] for choice in doc["choices"]]
+            best = [k for k, c in enumerate(seen) if c == max(seen)]
+            score += (doc["gold"] in best) / len(best)
+        assert score / len(docs) < 0.30, (position, score / len(docs))
 
 
 def test_facts_of_returns_each_attribute_once():
