@@ -86,3 +86,4 @@ def test_demo_shows_the_expected_pattern(tmp_path, capsys):
     assert acc["fp"] - acc["w2-rtn"] >= 0.10                           # clearly below fp
     assert acc["w1-rtn"] < acc["w2-rtn"] - 0.10                        # binary far below 2-bit
     assert acc["w1-rtn"] <= 0.25 + 0.10                                # binary near chance
+    assert primary(records, "w1-rtn", "toy_mc4")["verdict"] == "collapsed"
