@@ -41,7 +41,7 @@ TASKS = {"toy_mc4": "acc", "toy_ppl": "word_perplexity"}
 N_SAMPLES, SEQ_LEN, SEED = 32, 64, 0
 
 sys.path.insert(0, str(HERE))
-from compare_with_llmcompressor import _patch_pinning_on_cpu_only_hosts, load, run_peer  # noqa: E402
+from compare_with_llmcompressor import _patch_pinning_on_cpu_only_hosts, run_peer  # noqa: E402
 
 
 def peer_gptq_w3(recipe):

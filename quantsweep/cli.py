@@ -111,29 +111,22 @@ def _limit(value: float | None):
     return int(value) if value >= 1 else value
 
 
-def _print_progress_row(outcome, tasks: list[str]) -> None:
+def _print_progress_row(outcome) -> None:
     """One line per finished recipe, so long runs show progress; the aligned table follows at the end."""
-    cells = []
-    for record in outcome.records:
-        if record.get("primary") or record.get("verdict") == "error":
-            cells.append(f"{record['task']}={_short(record)}")
+    from quantsweep.report import format_cell, primary_records
+
+    cells = [f"{record['task']}={format_cell(record)}" for record in primary_records(outcome.records)]
     print(f"[{outcome.recipe.name}] " + "  ".join(cells), flush=True)
 
 
-def _short(record) -> str:
-    from quantsweep.report import _cell
-
-    return _cell(record)
-
-
-def _run(spec, tasks: list[str]) -> int:
+def _run(spec) -> int:
     from quantsweep.report import LEGEND, format_table
     from quantsweep.sweep.runner import run
 
-    outcomes = run(spec, on_outcome=lambda outcome: _print_progress_row(outcome, tasks))
+    outcomes = run(spec, on_outcome=_print_progress_row)
     records = [record for outcome in outcomes for record in outcome.records]
     print()
-    print(format_table(records, tasks))
+    print(format_table(records))  # columns from the records: suites arrive expanded into their tasks
     print()
     print(LEGEND)
     _print_summary(records)
@@ -176,7 +169,7 @@ def _command_demo(args) -> int:
     spec = RunSpec(model="toy", recipes=DEMO_RECIPES[1:], tasks=DEMO_TASKS, limit=_limit(args.limit),
                    device=args.device, dtype=args.dtype, batch_size=args.batch_size, out_dir=args.out,
                    verdict_config=_verdict_config(args))
-    return _run(spec, DEMO_TASKS)
+    return _run(spec)
 
 
 def _command_run(args) -> int:
@@ -193,7 +186,7 @@ def _command_run(args) -> int:
         calibration_seq_len=args.calib_seq_len or (64 if toy else 2048), calibration_seed=args.calib_seed,
         verdict_config=_verdict_config(args),
     )
-    return _run(spec, tasks)
+    return _run(spec)
 
 
 def _command_recipes(args) -> int:

@@ -24,7 +24,13 @@ LEGEND = ("verdicts: base = baseline, ok = lossless, ? = inconclusive, DEGRADED 
           "COLLAPSED = near-random, NON-FINITE = NaN/Inf outputs, ERROR = recipe failed")
 
 
-def _cell(record: dict[str, Any]) -> str:
+def format_cell(record: dict[str, Any]) -> str:
+    """One table cell: the value with its verdict marker (``ERROR`` for a failed recipe).
+
+    Example:
+        >>> format_cell({"value": 0.5, "verdict": "collapsed"})
+        '0.500 COLLAPSED'
+    """
     marker = VERDICT_MARKERS.get(record.get("verdict") or "", record.get("verdict") or "")
     value = record.get("value")
     if record.get("verdict") == "error":
@@ -63,7 +69,7 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     metric_of = {r["task"]: r["metric"] for r in rows if r.get("metric")}
     header = ["recipe"] + [f"{t} ({metric_of[t]})" if t in metric_of else t for t in tasks]
-    cells = {(r["recipe"], r["task"]): _cell(r) for r in rows}
+    cells = {(r["recipe"], r["task"]): format_cell(r) for r in rows}
     body = [[recipe] + [cells.get((recipe, task), "-") for task in tasks] for recipe in recipes]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in [header, ["-" * w for w in widths]] + body]

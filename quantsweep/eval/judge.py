@@ -12,7 +12,10 @@ from the data:
 * rolling log-likelihood metrics (``word_perplexity``, ``byte_perplexity``,
   ``bits_per_byte``): a paired bootstrap of corpus perplexity per token,
   with the uniform distribution over the vocabulary (cross-entropy log V) as chance;
-* any other per-document score: a paired bootstrap of the mean.
+* ``perplexity`` of a ``loglikelihood`` task (e.g. LAMBADA): a paired bootstrap of
+  the mean per-document log-likelihood, which lm-eval logs for that metric;
+* any other per-document score: a paired bootstrap of the mean; metrics with no
+  per-document number (F1, MCC, BLEU score the corpus) are ``inconclusive``.
 
 Example:
     >>> judged = judge_task(task, baseline_task, metric="acc", vocab_size=512)  # doctest: +SKIP
@@ -22,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -31,7 +35,13 @@ from quantsweep.eval.verdicts import Verdict, VerdictConfig, judge_accuracy, jud
 
 __all__ = ["VerdictConfig", "judge_task"]
 
+logger = logging.getLogger(__name__)
+
 PERPLEXITY_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
 def _is_binary(values: list) -> bool:
@@ -95,6 +105,22 @@ def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: Ver
             vocab_size, **common)
         return verdict.to_dict()
     values = _scores(samples, metric)
+    if not all(_is_number(v) for v in values):
+        # e.g. f1/mcc/bleu: lm-eval logs (reference, prediction) per document and scores the corpus,
+        # so there is no per-document number to pair with the baseline's
+        logger.warning("%s/%s: per-document values are not numbers; no paired comparison, verdict inconclusive",
+                       task.task, metric)
+        return Verdict("baseline" if is_baseline else "inconclusive", nonfinite_samples=task.nonfinite_samples,
+                       n=task.n).to_dict()
+    if task.output_type == "loglikelihood" and metric == "perplexity":
+        # lm-eval logs each document's log-likelihood for this metric (higher is better) and reports
+        # exp(-mean). Judge the mean log-likelihood; a drop of log(1 + tolerance) nats is a perplexity
+        # increase of exactly the relative tolerance. delta is in nats per document.
+        verdict = judge_scores(np.asarray(values, dtype=float),
+                               None if baseline_arg is None else np.asarray(_scores(baseline_arg, metric), dtype=float),
+                               higher_is_better=True, chance=None,
+                               tolerance=math.log1p(config.perplexity_relative_tolerance), **common)
+        return verdict.to_dict()
     if _is_binary(values):
         verdict = judge_accuracy(values, None if baseline_arg is None else _scores(baseline_arg, metric),
                                  _chance(task), **common)

@@ -134,7 +134,7 @@ def clopper_pearson_interval(k: int, n: int, level: float = 0.95) -> tuple[float
 
     Conservative: it covers the true accuracy at least ``level`` of the time for
     every n, which is why quantsweep uses it before declaring collapse.
-    Equal to ``scipy.stats.binomtest(k, n).proportion_ci(level, method="exact")``.
+    It is ``scipy.stats.binomtest(k, n).proportion_ci(level, method="exact")``, with input checks.
 
     Example:
         >>> lo, hi = clopper_pearson_interval(0, 5)
@@ -144,16 +144,14 @@ def clopper_pearson_interval(k: int, n: int, level: float = 0.95) -> tuple[float
     k, n = _check_count("k", k), _check_count("n", n)
     if n == 0 or k > n:
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    tail = (1.0 - _check_level(level)) / 2.0
-    low = 0.0 if k == 0 else float(_scipy_stats.beta.ppf(tail, k, n - k + 1))
-    high = 1.0 if k == n else float(_scipy_stats.beta.ppf(1.0 - tail, k + 1, n - k))
-    return low, high
+    ci = _scipy_stats.binomtest(k, n).proportion_ci(_check_level(level), method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score two-sided confidence interval for an accuracy ``k``/``n``.
 
-    Equal to ``scipy.stats.binomtest(k, n).proportion_ci(level, method="wilson")``.
+    It is ``scipy.stats.binomtest(k, n).proportion_ci(level, method="wilson")``, with input checks.
 
     Example:
         >>> [round(x, 4) for x in wilson_interval(5, 5)]
@@ -162,12 +160,8 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     k, n = _check_count("k", k), _check_count("n", n)
     if n == 0 or k > n:
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    z = float(_scipy_stats.norm.ppf(1.0 - (1.0 - _check_level(level)) / 2.0))
-    p = k / n
-    denominator = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
+    ci = _scipy_stats.binomtest(k, n).proportion_ci(_check_level(level), method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass(frozen=True)
@@ -240,7 +234,7 @@ def mcnemar_exact(only_quantized: int, only_baseline: int) -> float:
     m = b + c
     if m == 0:
         return 1.0
-    return float(min(1.0, 2.0 * _scipy_stats.binom.cdf(min(b, c), m, 0.5)))
+    return float(_scipy_stats.binomtest(b, m, 0.5).pvalue)
 
 
 def newcombe_paired_interval(counts: PairedCounts, level: float = 0.95) -> tuple[float, float]:

@@ -474,18 +474,6 @@ def _format_of(path: Path) -> str | None:
     return next((fmt for fmt in sorted(DATA_FORMATS, key=len, reverse=True) if name.endswith(fmt)), None)
 
 
-def expected_files(entry: SuiteEntry, data_dir: str | Path) -> dict[str, list[str]]:
-    """For each split, the file names looked for (any one format is enough).
-
-    Example:
-        >>> expected_files(suite_entry("arc_easy"), "/data")["test"][0]
-        '/data/arc_easy/test.jsonl'
-    """
-    folder = Path(data_dir) / entry.data.dir
-    return {split: [str(folder / f"{stem}{fmt}") for fmt in DATA_FORMATS] + [str(folder / f"{stem}-*.parquet")]
-            for split, stem in entry.data.splits.items()}
-
-
 def find_data_files(entry: SuiteEntry, data_dir: str | Path) -> tuple[str | None, dict[str, list[str]], list[str]]:
     """Locate one suite task's local files.
 
@@ -589,10 +577,11 @@ def _shipped_task_index() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def _builtin_task_index() -> dict[str, str]:
-    # Indexing all of lm-eval's ~15k task YAML takes seconds; only done when a hint fails.
-    from lm_eval.tasks import TaskManager
+    # Indexing all of lm-eval's ~15k task YAML takes seconds; only done when a hint fails, and
+    # the index is the harness's cached full TaskManager's (this repo's tasks are looked up first anyway).
+    from quantsweep.eval.harness import task_manager
 
-    manager = TaskManager(include_path=None)
+    manager = task_manager(include_defaults=True)
     return {name: str(entry.yaml_path) for name, entry in manager.task_index.items() if entry.yaml_path is not None}
 
 

@@ -24,8 +24,16 @@ same order.
   log-likelihood in nats and the number of tokens it is summed over. Corpus
   cross-entropy is `CE = sum(NLL) / sum(tokens)` nats per token and perplexity
   is `exp(CE)`.
-- Any other per-document score (`judge_scores`), such as exact match, F1 or
-  BLEU, with a flag saying whether higher is better.
+- Any other per-document score (`judge_scores`), such as exact match, with a
+  flag saying whether higher is better. Metrics that lm-eval scores on the
+  whole corpus (F1, MCC, BLEU log a (reference, prediction) pair per document)
+  have no per-document number to pair, so they are `inconclusive`.
+- The `perplexity` of a `loglikelihood` task such as LAMBADA: lm-eval logs each
+  document's log-likelihood of the continuation and reports `exp(-mean)`. The
+  mean log-likelihood is judged as a score (higher is better) with a tolerance
+  of `log(1 + perplexity_relative_tolerance)` nats, which is exactly a
+  perplexity increase of that relative tolerance; `delta` is in nats per
+  document, and there is no chance level (no collapse check).
 
 Chance levels come from the data: multiple choice uses the mean over documents
 of `1 / number_of_choices`. Exact-match generation uses 0, or a documented

@@ -14,7 +14,8 @@ the input by ``s_j`` (folded into the previous op, so no runtime cost):
 ``alpha`` is chosen on a grid ``{0, 1/n_grid, ..., (n_grid-1)/n_grid}`` (20 points by
 default, as in the paper) to minimise ``sum_i || X W_i^T - (X/s) Q(W_i s)^T ||^2`` over the
 group's Linears. ``alpha = 0`` is plain RTN, so on the search tokens AWQ is never worse
-than RTN. Then, optionally, a clipping search shrinks each weight group's range
+than RTN (with ``duo_scaling`` the alpha = 0 point is not RTN, and it can be; the
+reported ``error_vs_rtn`` is always against plain RTN). Then, optionally, a clipping search shrinks each weight group's range
 (``max|w| * (1 - k/n_grid)``, k < ``max_shrink * n_grid``) to minimise that group's
 share of the output error, skipping ``q_proj``/``k_proj`` as the authors' code does.
 Finally every Linear of the layer is RTN-quantized with its scaled, clipped weights.
@@ -119,7 +120,7 @@ class ScaleSearch:
         scales: per source channel, positive.
         alpha: the chosen exponent.
         error: squared output error at the chosen alpha (sum over the group's Linears).
-        rtn_error: the same at alpha = 0, i.e. plain RTN.
+        rtn_error: the same for plain RTN (all scales 1).
 
     Example:
         >>> ScaleSearch(torch.ones(2), 0.0, 1.0, 1.0).alpha
@@ -174,26 +175,25 @@ def search_scales(
     mean = reduce((x.abs().mean(dim=0) if x_mean is None else x_mean.float()).to(x.device))
     w_mean = reduce(_weight_mean(weights, config.group_size).to(x.device)) if config.duo_scaling else None
     references = [x @ w.float().T for w in weights]
+
+    def output_error(full: torch.Tensor) -> float:
+        return sum(float((x @ (_quantize(w.float() * full, config) / full).T - reference).pow(2).sum())
+                   for w, reference in zip(weights, references))
+
+    # Plain RTN (all scales 1). Without duo scaling it is also the grid's alpha = 0 point.
+    rtn_error = output_error(torch.ones(x.shape[1], device=x.device))
     best: ScaleSearch | None = None
-    rtn_error = math.nan
     for step in range(config.n_grid):
         alpha = step / config.n_grid
         s = mean.pow(alpha).clamp_min(1e-4)
         if w_mean is not None:
             s = s / w_mean.pow(1.0 - alpha).clamp_min(1e-4)
         s = s / (s.max() * s.min()).sqrt()
-        full = expand(s)
-        error = 0.0
-        for w, reference in zip(weights, references):
-            w_hat = _quantize(w.float() * full, config) / full
-            error += float((x @ w_hat.T - reference).pow(2).sum())
-        if step == 0:
-            rtn_error = error
+        error = output_error(expand(s))
         # Strictly better only: a NaN error never wins, and ties keep the smaller alpha.
         if best is None or error < best.error:
             best = ScaleSearch(scales=s, alpha=alpha, error=error, rtn_error=rtn_error)
     assert best is not None  # n_grid >= 1
-    best.rtn_error = rtn_error
     return best
 
 
@@ -221,7 +221,7 @@ def search_clip(x: torch.Tensor, weight: torch.Tensor, config: AWQConfig, chunk:
         best_bound = original.clone()
         for k in range(max(1, int(config.max_shrink * config.n_grid))):
             bound = original * (1.0 - k / config.n_grid)
-            clipped = torch.maximum(torch.minimum(wg, bound[..., None]), -bound[..., None])
+            clipped = torch.clamp(wg, -bound[..., None], bound[..., None])
             w_hat = _quantize(clipped.reshape(w.shape), config).reshape(wg.shape)
             error = (torch.einsum("tgk,ogk->otg", xg, w_hat) - reference).pow(2).mean(dim=1)
             better = error < best_error
@@ -241,7 +241,7 @@ def apply_clip(weight: torch.Tensor, bound: torch.Tensor, group_size: int | None
     size = group_size or weight.shape[1]
     grouped = weight.reshape(weight.shape[0], -1, size)
     b = bound.to(weight.dtype)[..., None]
-    return torch.maximum(torch.minimum(grouped, b), -b).reshape(weight.shape)
+    return torch.clamp(grouped, -b, b).reshape(weight.shape)
 
 
 class _InputStats:

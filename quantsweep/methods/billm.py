@@ -42,18 +42,15 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep
-from quantsweep.methods.targets import extra_targets
-from quantsweep.quant import binarize
+from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
-logger = logging.getLogger(__name__)
 
 BILLM_BITS = (1,)
 SALIENT_CANDIDATES = (1, 2, 4, 8, 16, 32)
@@ -101,12 +98,6 @@ class BiLLMConfig(RecipeConfig):
 
 def _signs(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values >= 0, 1.0, -1.0).to(values.dtype)
-
-
-def _masked_mean_abs(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-row mean of |values| over ``mask`` (0 for rows with no masked entry); keeps the last dim."""
-    mask = mask.to(values.dtype)
-    return (values.abs() * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
 
 
 def residual_binarize(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -203,7 +194,8 @@ class BiLLMBlockQuantizer(ColumnQuantizer):
                 p, alpha_c, alpha_s = 0.0, torch.zeros_like(alpha1), torch.zeros_like(alpha1)
             if best is None or error < best[0]:
                 best = (float(error), salient, alpha1, alpha2, p, alpha_c, alpha_s, k)
-        _, self.salient, self.alpha1, self.alpha2, self.p, self.alpha_c, self.alpha_s, k = best
+        _, salient, self.alpha1, self.alpha2, self.p, self.alpha_c, self.alpha_s, k = best
+        self.salient = salient.tolist()  # read once per column below: a host list, not a device sync each time
         self.start = start
         self.chosen_salient.append(k)
 
@@ -269,8 +261,5 @@ def apply_billm(model, config: BiLLMConfig, calibration=None):
         )
 
     run_hessian_method(model, config, calibration, "billm", quantize_linear)
-    with torch.no_grad():
-        for name, module in extra_targets(model, config).items():
-            module.weight.data.copy_(binarize(module.weight.data, config.block_size, name))
-            logger.info("%s: %s binarized with RTN (no calibration Hessian)", config.name, name)
+    quantize_extra_targets(model, config, config.bits)  # no Hessian: plain binary per block_size group
     return model

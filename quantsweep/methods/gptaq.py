@@ -28,7 +28,9 @@ Deviations from the paper and its reference code:
   verdict machinery reports whatever happens.
 * The activation quantizer is attached to a group of Linears once their weights
   are quantized: their own Hessians use unquantized inputs, while every later
-  group and layer sees the activation-quantized stream.
+  layer sees the activation-quantized stream, and so does every later group of
+  the same layer with ``true_sequential`` (without it, all groups of a layer take
+  their Hessians in one pass, before any quantizer is attached).
 * The cross term is used at full strength (no extra scaling hyperparameter).
 * Otherwise GPTQ's options apply unchanged (see :mod:`quantsweep.methods.gptq`).
 

@@ -162,7 +162,8 @@ def run_hessian_method(model: nn.Module, config, calibration, method: str, quant
     Checks calibration and group sizes before any weight changes, quantizes layer by
     layer with :func:`hessian_quantizer`, and records the per-layer reports. With
     ``asymmetric`` the full-precision stream is propagated too (GPTAQ's target).
-    Embedding/head targets are left to the caller, whose number format differs.
+    Embedding/head targets are left to the caller (:func:`~quantsweep.methods.targets.quantize_extra_targets`
+    at its bit width).
 
     Example:
         >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)  # doctest: +SKIP

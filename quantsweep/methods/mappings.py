@@ -185,22 +185,6 @@ def mappings_for(model: nn.Module, kind: str) -> list[list[ResolvedScaling]]:
     )
 
 
-def resolve_layer(layer: nn.Module, patterns: tuple[ScalingPattern, ...], prefix: str = "") -> list[ResolvedScaling]:
-    """Resolve ``patterns`` inside one decoder layer.
-
-    Raises:
-        ValueError: some pattern matched no module (or several); the message lists
-            the layer's Linear and norm modules that no pattern matched.
-
-    Example:
-        >>> resolve_layer(layer, ARCHITECTURES["llama"].smoothquant, "model.layers.0")  # doctest: +SKIP
-    """
-    try:
-        return _resolve_layer(layer, patterns, prefix)
-    except _Unmatched as error:
-        raise ValueError(str(error)) from None
-
-
 class _Unmatched(ValueError):
     pass
 

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from quantsweep.methods.targets import check_group_sizes
-from quantsweep.quant import binarize, fake_quantize
+from quantsweep.quant import quantize_weight
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -52,18 +52,6 @@ class RTNConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: group_size must be positive or null, got {self.group_size}")
 
 
-def quantize_weight(weight: torch.Tensor, config: RTNConfig, layer_name: str) -> torch.Tensor:
-    """The RTN fake-quantized copy of one weight matrix.
-
-    Example:
-        >>> quantize_weight(torch.randn(4, 128), RTNConfig(name="w", method="rtn"), "l").shape
-        torch.Size([4, 128])
-    """
-    if config.bits == 1:
-        return binarize(weight, config.group_size, layer_name)
-    return fake_quantize(weight, config.bits, config.group_size, config.symmetric, layer_name)
-
-
 @register_method("rtn", config=RTNConfig)
 def apply_rtn(model, config: RTNConfig, calibration=None):
     """Quantize every target weight of ``model`` in place with RTN.
@@ -77,6 +65,6 @@ def apply_rtn(model, config: RTNConfig, calibration=None):
     targets = check_group_sizes(model, config)
     with torch.no_grad():
         for name, module in tqdm(targets.items(), desc=f"quantize {config.name}", unit="layer", leave=False):
-            module.weight.data.copy_(quantize_weight(module.weight.data, config, name))
+            module.weight.data.copy_(quantize_weight(module.weight.data, config.bits, config.group_size, config.symmetric, name))
     logger.info("rtn: quantized %d weights to %d bits", len(targets), config.bits)
     return model

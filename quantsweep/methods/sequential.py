@@ -242,7 +242,6 @@ class LayerContext:
         observe: InputObserver,
         *,
         with_fp: bool = False,
-        flatten: bool = True,
         fp_layer: nn.Module | None = None,
     ) -> None:
         """Run the layer on every batch and show ``observe`` the input of each module.
@@ -250,7 +249,7 @@ class LayerContext:
         For every batch and every module in ``modules`` (usually from
         :meth:`linears`), ``observe(name, x, x_fp)`` is called with the module's
         first input (positional, or the ``hidden_states`` keyword) on the quantized
-        stream. With ``flatten`` (default) ``x`` is 2-D ``[tokens, features]``.
+        stream, flattened to 2-D ``[tokens, features]``.
         With ``with_fp=True`` (needs ``propagate_fp=True``) the layer first runs on
         the full-precision batch and ``x_fp`` is the same module's input there
         (same shape as ``x``); otherwise ``x_fp`` is None. Nothing is stored
@@ -278,9 +277,7 @@ class LayerContext:
                 x = args[0] if args else kwargs.get("hidden_states")
                 if x is None:
                     raise ValueError(f"cannot find the input of module {self.full_name(name)!r}")
-                x = x.detach()
-                if flatten:
-                    x = x.reshape(-1, x.shape[-1])
+                x = x.detach().reshape(-1, x.shape[-1])
                 if mode["fp"]:
                     recorded[name] = x
                 else:

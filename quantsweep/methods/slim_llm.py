@@ -41,7 +41,7 @@ import torch
 from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
 from quantsweep.methods.targets import quantize_extra_targets
-from quantsweep.quant import binarize, compute_qparams, fake_quantize
+from quantsweep.quant import compute_qparams, quantize_weight
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -87,12 +87,6 @@ class SliMLLMConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: dampening_frac must be in [0, 1], got {self.dampening_frac}")
 
 
-def _rtn_group(values: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    if bits == 1:
-        return binarize(values, None)
-    return fake_quantize(values, bits, None, symmetric)
-
-
 def allocate_bits(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -129,7 +123,7 @@ def allocate_bits(
         row = []
         for g in range(n_groups):
             cols = slice(g * group_size, (g + 1) * group_size)
-            delta = grouped[:, g] - _rtn_group(grouped[:, g], width, symmetric)
+            delta = grouped[:, g] - quantize_weight(grouped[:, g], width, None, symmetric)
             row.append(float(((delta @ hessian[cols, cols]) * delta).sum()))
         errors.append(row)
     best_r, best_error = 0, sum(errors[1])

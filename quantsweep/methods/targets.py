@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from quantsweep.layout import decoder_linears, input_embeddings, lm_head
-from quantsweep.quant import check_group_size, fake_quantize
+from quantsweep.quant import check_group_size, quantize_weight
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def extra_targets(model: nn.Module, config) -> dict[str, nn.Module]:
 
 
 def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
-    """RTN (``config.group_size``, ``config.symmetric``) for :func:`extra_targets`; return how many.
+    """RTN (``config.group_size``, ``config.symmetric``; binary at 1 bit) for :func:`extra_targets`; return how many.
 
     Example:
         >>> quantize_extra_targets(model, get_recipe("w4-gptq"), 4)  # doctest: +SKIP
@@ -84,6 +84,7 @@ def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
     extra = extra_targets(model, config)
     with torch.no_grad():
         for name, module in extra.items():
-            module.weight.data.copy_(fake_quantize(module.weight.data, bits, config.group_size, config.symmetric, name))
+            module.weight.data.copy_(quantize_weight(module.weight.data, bits, config.group_size,
+                                                     getattr(config, "symmetric", True), name))
             logger.info("%s: %s quantized with RTN (no calibration data for it)", config.name, name)
     return len(extra)

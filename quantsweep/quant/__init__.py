@@ -13,6 +13,7 @@ from quantsweep.quant.primitives import (
     fake_quantize,
     fake_quantize_activation,
     quantize_to_int,
+    quantize_weight,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "fake_quantize",
     "fake_quantize_activation",
     "quantize_to_int",
+    "quantize_weight",
 ]

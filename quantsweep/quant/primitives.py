@@ -164,6 +164,22 @@ def binarize(weight: torch.Tensor, group_size: int | None = None, layer_name: st
     return (sign * scale).reshape(weight.shape).to(weight.dtype)
 
 
+def quantize_weight(
+    weight: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True, layer_name: str = "<tensor>"
+) -> torch.Tensor:
+    """Round-to-nearest weights at ``bits`` bits: :func:`binarize` for 1 bit, else :func:`fake_quantize`.
+
+    ``symmetric`` has no effect at 1 bit (binary weights are always ``±scale``).
+
+    Example:
+        >>> quantize_weight(torch.tensor([[1.0, -3.0, 2.0, -2.0]]), bits=1).tolist()
+        [[2.0, -2.0, 2.0, -2.0]]
+    """
+    if bits == 1:
+        return binarize(weight, group_size, layer_name)
+    return fake_quantize(weight, bits, group_size, symmetric, layer_name)
+
+
 def fake_quantize_activation(x: torch.Tensor, bits: int, symmetric: bool = True) -> torch.Tensor:
     """Dynamic per-token fake quantization of activations along the last dimension.
 

@@ -18,11 +18,11 @@ import logging
 import platform
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from quantsweep.recipes import RecipeConfig, expand_recipes, get_method
+from quantsweep.recipes import RecipeConfig, expand_recipes, get_method, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +164,9 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     for recipe in recipes:
         outcome = RecipeOutcome(recipe=recipe)
         snapshot.restore(model)
+        needs_data = get_method(recipe.method).needs_calibration
         try:
             started = time.perf_counter()
-            needs_data = get_method(recipe.method).needs_calibration
-            from quantsweep.recipes import quantize
-
             model.__dict__.pop(LAYER_REPORTS_ATTRIBUTE, None)
             quantize(model, recipe, calibration=calibration if needs_data else None)
             outcome.quantize_seconds = time.perf_counter() - started
@@ -182,7 +180,7 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
             outcome.error = f"{type(error).__name__}: {error}"
             logger.error("recipe %s failed: %s", recipe.name, outcome.error)
             logger.debug("%s", traceback.format_exc())
-        is_baseline = recipe.name == spec.baseline
+        is_baseline = recipe is recipes[0]  # expand_recipes keeps order: the baseline (a name or a path) comes first
         if is_baseline:
             baseline_eval = outcome.evaluation
         diagnosis = None
@@ -190,9 +188,16 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
             from quantsweep.eval.health import diagnose_nonfinite
 
             diagnosis = diagnose_nonfinite(model, tokenizer).to_dict()
-        outcome.records = _records(spec, tasks, recipe, outcome, baseline_eval, is_baseline, vocab_size,
-                                   verdict_config, provenance, calibration if get_method(recipe.method).needs_calibration else None,
-                                   diagnosis)
+        record_args = (spec, tasks, recipe, outcome, baseline_eval, is_baseline, vocab_size, verdict_config,
+                       provenance, calibration if needs_data else None, diagnosis)
+        try:
+            outcome.records = _records(*record_args)
+        except Exception as error:  # noqa: BLE001 - judging one recipe must not end the sweep
+            outcome.error = f"judging failed: {type(error).__name__}: {error}"
+            logger.error("recipe %s: %s", recipe.name, outcome.error)
+            logger.debug("%s", traceback.format_exc())
+            # error records for every task; the per-sample files below are still written
+            outcome.records = _records(*record_args[:3], replace(outcome, evaluation=None), *record_args[4:])
         if store is not None:
             for record in outcome.records:
                 store.append(record)

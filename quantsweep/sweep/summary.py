@@ -31,11 +31,9 @@ def task_family(task: str, output_type: str | None = None) -> str:
         >>> task_family("my_task", "generate_until")
         'generation'
     """
-    try:
-        from quantsweep.eval.suites import suite_entry
-    except ImportError:  # suites are optional for plain tasks
-        suite_entry = None
-    entry = suite_entry(task) if suite_entry is not None else None
+    from quantsweep.eval.suites import suite_entry
+
+    entry = suite_entry(task)
     if entry is not None:
         return entry.family
     return FALLBACK_FAMILIES.get(output_type or "", "other")
@@ -44,6 +42,8 @@ def task_family(task: str, output_type: str | None = None) -> str:
 def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Per-recipe and per-family verdict summaries from result records (primary metrics only).
 
+    Recipes that failed have no verdict; ``failed`` maps each to its error.
+
     Example:
         >>> rows = [{"recipe": "w1", "task": "t", "verdict": "collapsed", "primary": True, "output_type": "generate_until"}]
         >>> summarize_records(rows)["by_recipe"]["w1"]["verdict"]
@@ -51,16 +51,15 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """
     from quantsweep.eval.verdicts import summarize
 
-    rows = []
+    rows, failed = [], {}
     for record in records:
-        if not (record.get("primary") or record.get("verdict") == "error"):
-            continue
         verdict = record.get("verdict")
-        if verdict in (None, "baseline", "error"):
-            continue
-        rows.append((record["recipe"], record["task"], record.get("family") or task_family(record["task"], record.get("output_type")), verdict))
-    if not rows:
-        return {"by_recipe": {}, "by_family": {}}
-    summary = summarize(rows)
+        if verdict == "error":
+            failed.setdefault(record["recipe"], record.get("error"))
+        elif record.get("primary") and verdict not in (None, "baseline"):
+            family = record.get("family") or task_family(record["task"], record.get("output_type"))
+            rows.append((record["recipe"], record["task"], family, verdict))
+    summary = summarize(rows) if rows else {"by_recipe": {}, "by_family": {}}
     return {"by_recipe": summary["by_recipe"],
-            "by_family": {f"{recipe}/{family}": value for (recipe, family), value in summary["by_family"].items()}}
+            "by_family": {f"{recipe}/{family}": value for (recipe, family), value in summary["by_family"].items()},
+            "failed": failed}

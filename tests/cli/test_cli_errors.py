@@ -3,8 +3,6 @@
 import subprocess
 import sys
 
-import pytest
-
 from helpers.checkpoints import write_hf_model
 from quantsweep.cli import main
 
@@ -107,3 +105,27 @@ def test_suite_task_without_data_and_without_hub_fails_fast(capsys, monkeypatch)
     code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "arc_easy,toy_mc4")
     assert code == 2
     assert "arc_easy" in err and "--data-dir" in err and "HF_ENDPOINT" in err
+
+
+def test_bad_limit_and_empty_task_list(capsys):
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", "toy_mc4", "--limit", "0")
+    assert code == 2 and "--limit must be positive" in err
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "fp", "--tasks", ",")
+    assert code == 2 and "--tasks needs at least one task name" in err
+
+
+def test_failed_baseline_exits_1_and_says_so(capsys, monkeypatch):
+    """The run finished but answered nothing: not a user error (2), not success (0)."""
+    from types import SimpleNamespace
+
+    import quantsweep.sweep.runner as runner
+
+    def fake_run(spec, on_outcome=None):
+        record = {"recipe": "fp", "task": "toy_mc4", "metric": None, "value": None, "verdict": "error",
+                  "error": "RuntimeError: out of memory"}
+        return [SimpleNamespace(recipe=SimpleNamespace(name="fp"), records=[record], error=record["error"])]
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "w8-rtn", "--tasks", "toy_mc4")
+    assert code == 1
+    assert "the baseline 'fp' failed (RuntimeError: out of memory)" in err

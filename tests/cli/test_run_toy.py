@@ -87,3 +87,56 @@ def test_demo_shows_the_expected_pattern(tmp_path, capsys):
     assert acc["w1-rtn"] < acc["w2-rtn"] - 0.10                        # binary far below 2-bit
     assert acc["w1-rtn"] <= 0.25 + 0.10                                # binary near chance
     assert primary(records, "w1-rtn", "toy_mc4")["verdict"] == "collapsed"
+
+
+def test_suite_names_print_a_column_per_task(monkeypatch, capsys):
+    """`--tasks openpangu18` arrives expanded in the records; the table shows those tasks, not the suite name."""
+    from types import SimpleNamespace
+
+    import quantsweep.sweep.runner as runner
+
+    def fake_run(spec, on_outcome=None):
+        assert spec.tasks == ["openpangu18"]
+        outcomes = []
+        for recipe, value, verdict in (("fp", 0.9, "baseline"), ("w8-rtn", 0.2, "collapsed")):
+            records = [{"recipe": recipe, "task": task, "metric": "acc", "value": value, "primary": True,
+                        "verdict": verdict} for task in ("arc_easy", "piqa")]
+            outcome = SimpleNamespace(recipe=SimpleNamespace(name=recipe), records=records, error=None)
+            on_outcome(outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    assert main(["run", "--model", "toy", "--recipe", "w8-rtn", "--tasks", "openpangu18"]) == 0
+    out = capsys.readouterr().out
+    assert "[w8-rtn] arc_easy=0.200 COLLAPSED  piqa=0.200 COLLAPSED" in out
+    header = next(line for line in out.splitlines() if line.startswith("recipe "))
+    assert "arc_easy (acc)" in header and "piqa (acc)" in header and "openpangu18" not in header
+
+
+def test_baseline_given_as_a_path_and_a_judging_failure_is_recorded(monkeypatch):
+    """The baseline is recognised when named by its YAML path; a recipe whose judging fails is an error row."""
+    from pathlib import Path
+
+    import quantsweep.eval.judge as judge
+    from quantsweep.sweep.runner import RunSpec, run
+
+    real = judge.judge_all_metrics
+    calls = []
+
+    def judge_all_metrics(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second recipe's only task
+            raise ValueError("per-sample values of an unexpected shape")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(judge, "judge_all_metrics", judge_all_metrics)
+    fp_path = str(Path(__file__).resolve().parents[2] / "recipes" / "fp.yaml")
+    outcomes = run(RunSpec(model="toy", baseline=fp_path, recipes=["w8-rtn", "w1-rtn"], tasks=["toy_mc4"],
+                           limit=100, device="cpu"))
+    records = [r for o in outcomes for r in o.records]
+    assert primary(records, "fp", "toy_mc4")["verdict"] == "baseline"
+    (failed,) = [r for r in records if r["recipe"] == "w8-rtn"]
+    assert failed["verdict"] == "error" and "judging failed" in failed["error"]
+    w1 = primary(records, "w1-rtn", "toy_mc4")
+    assert w1["verdict"] != "error" and w1["delta"] < -0.3  # judged against the path-named baseline

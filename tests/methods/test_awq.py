@@ -151,3 +151,13 @@ def test_openpangu_checkpoint_folds_exactly_and_quantizes(tmp_path):
         assert torch.isfinite(out).all()
         errors[config.name] = float((out - reference).norm() / reference.norm())
     assert 0 < errors["w8a8-smoothquant"] < 0.05 and 0 < errors["awq-g32"] < 0.5
+
+
+def test_rtn_error_is_plain_rtn_also_with_duo_scaling():
+    """With duo scaling the grid's alpha = 0 point is not RTN; the reported baseline must still be plain RTN."""
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 128), torch.randn(16, 128) * torch.linspace(0.1, 3.0, 128)
+    config = AWQConfig(name="a", method="awq", duo_scaling=True)
+    result = search_scales(x, [w], config)
+    plain_rtn = float((x @ fake_quantize(w, config.bits, config.group_size, config.symmetric).T - x @ w.T).pow(2).sum())
+    assert result.rtn_error == pytest.approx(plain_rtn, rel=1e-6)

@@ -13,7 +13,7 @@ from quantsweep.methods.gptaq import GPTAQConfig
 from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
 from quantsweep.methods.sequential import run_sequential
 from quantsweep.recipes import RecipeError
-from tiny_llama import calibration_ids, layer_inputs, tiny_llama
+from tiny_llama import calibration_ids, minmax_asym, layer_inputs, tiny_llama
 
 
 def _streams(tokens=400, features=32, noise=0.3, seed=0):
@@ -24,13 +24,6 @@ def _streams(tokens=400, features=32, noise=0.3, seed=0):
     distortion = torch.eye(features) + noise * torch.randn(features, features, generator=generator) / features**0.5
     x_q = x_fp @ distortion + 0.05 * torch.randn(tokens, features, generator=generator)
     return x_fp, x_q
-
-
-def _minmax_asym(values, bits):
-    lo = values.min(dim=1).values.clamp(max=0)
-    hi = values.max(dim=1).values.clamp(min=0)
-    scale = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
-    return scale, torch.round(-lo / scale)
 
 
 def reference_gptaq(weight, x_fp, x_q, bits, group_size, damp=0.01):
@@ -46,7 +39,7 @@ def reference_gptaq(weight, x_fp, x_q, bits, group_size, damp=0.01):
     out = torch.zeros_like(w)
     for q in range(n):
         if q % group_size == 0:
-            scale, zero = _minmax_asym(w[:, q : q + group_size], bits)
+            scale, zero = minmax_asym(w[:, q : q + group_size], bits)
         quantized = (torch.clamp(torch.round(w[:, q] / scale) + zero, 0, 2**bits - 1) - zero) * scale
         out[:, q] = quantized
         e = w[:, q] - quantized

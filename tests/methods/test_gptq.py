@@ -13,15 +13,7 @@ from quantsweep.methods.gptq_math import HessianAccumulator, damped_inverse_chol
 from quantsweep.methods.sequential import run_sequential
 from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeError
-from tiny_llama import calibration_ids, tiny_llama
-
-
-def _minmax_asym(values: torch.Tensor, bits: int):
-    """Test's own asymmetric min-max quantizer for one group [out, g] -> (scale, zero) per row."""
-    lo = values.min(dim=1).values.clamp(max=0)
-    hi = values.max(dim=1).values.clamp(min=0)
-    scale = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
-    return scale, torch.round(-lo / scale)
+from tiny_llama import calibration_ids, minmax_asym, tiny_llama
 
 
 def _round(column, scale, zero, bits):
@@ -35,7 +27,7 @@ def reference_gptq(weight, hessian, bits, group_size, damp=0.01, order=None):
     n = w.shape[1]
     static = None
     if order is not None:  # act-order with static groups from the original weight
-        static = [_minmax_asym(w[:, g : g + group_size], bits) for g in range(0, n, group_size)]
+        static = [minmax_asym(w[:, g : g + group_size], bits) for g in range(0, n, group_size)]
         w, h = w[:, order], h[order][:, order]
     h += damp * torch.diagonal(h).mean() * torch.eye(n, dtype=h.dtype)
     hinv = torch.linalg.inv(h)
@@ -43,7 +35,7 @@ def reference_gptq(weight, hessian, bits, group_size, damp=0.01, order=None):
     for q in range(n):
         if static is None:
             if q % group_size == 0:
-                scale, zero = _minmax_asym(w[:, q : q + group_size], bits)
+                scale, zero = minmax_asym(w[:, q : q + group_size], bits)
         else:
             scale, zero = static[int(order[q]) // group_size]
         quantized = _round(w[:, q], scale, zero, bits)

@@ -24,6 +24,14 @@ def tiny_llama(seed: int = 0, layers: int = 2, hidden: int = 128, intermediate: 
     return model
 
 
+def minmax_asym(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tests' own asymmetric min-max quantizer for one group ``[out, g]``: (scale, zero) per row."""
+    lo = values.min(dim=1).values.clamp(max=0)
+    hi = values.max(dim=1).values.clamp(min=0)
+    scale = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
+    return scale, torch.round(-lo / scale)
+
+
 def calibration_ids(n_samples: int = 4, seq_len: int = 32, seed: int = 0) -> torch.Tensor:
     """Random token ids ``[n_samples, seq_len]``."""
     generator = torch.Generator().manual_seed(seed)

@@ -118,3 +118,14 @@ def test_activation_fake_quant_is_per_token():
 def test_activation_fake_quant_propagates_nonfinite():
     x = torch.tensor([[1.0, float("inf"), 2.0]])
     assert not torch.isfinite(fake_quantize_activation(x, 4)).all()
+
+
+def test_quantize_weight_is_binary_at_one_bit_and_integer_above():
+    from quantsweep.quant import quantize_weight
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 128)
+    groups = w.reshape(8, 2, 64)
+    reference_binary = (torch.where(groups >= 0, 1.0, -1.0) * groups.abs().mean(-1, keepdim=True)).reshape(8, 128)
+    assert torch.equal(quantize_weight(w, 1, 64), reference_binary)
+    assert torch.equal(quantize_weight(w, 3, 64, False, "l"), fake_quantize(w, 3, 64, False, "l"))

@@ -77,7 +77,7 @@ def test_one_syllable_does_not_predict_a_value():
             seen = [group[choice] for choice in doc["choices"]]
             best = [k for k, c in enumerate(seen) if c == max(seen)]
             score += (doc["gold"] in best) / len(best)
-        assert score / len(docs) < 0.30, (position, score / len(docs))
+        assert score / len(docs) < 0.28, (position, score / len(docs))  # the README quotes this bound
 
 
 def test_facts_of_returns_each_attribute_once():

@@ -1,0 +1,19 @@
+"""summary.json: worst verdict per recipe and per (recipe, family), and the recipes that failed."""
+
+from quantsweep.sweep.summary import summarize_records
+
+
+def test_summary_keeps_verdicts_and_failed_recipes():
+    records = [
+        {"recipe": "fp", "task": "toy_mc4", "verdict": "baseline", "primary": True, "output_type": "multiple_choice"},
+        {"recipe": "w2", "task": "toy_mc4", "verdict": "degraded", "primary": True, "output_type": "multiple_choice"},
+        {"recipe": "w2", "task": "toy_ppl", "verdict": "lossless", "primary": True, "output_type": "loglikelihood_rolling"},
+        {"recipe": "w2", "task": "toy_ppl", "verdict": "collapsed", "primary": False, "output_type": "loglikelihood_rolling"},
+        {"recipe": "bad", "task": "toy_mc4", "verdict": "error", "error": "RuntimeError: boom"},
+        {"recipe": "bad", "task": "toy_ppl", "verdict": "error", "error": "RuntimeError: boom"},
+    ]
+    summary = summarize_records(records)
+    assert set(summary["by_recipe"]) == {"w2"}  # the baseline has no verdict to summarize
+    assert summary["by_recipe"]["w2"]["verdict"] == "degraded"  # worst primary verdict; non-primary rows ignored
+    assert summary["by_family"]["w2/language_modelling"]["verdict"] == "lossless"
+    assert summary["failed"] == {"bad": "RuntimeError: boom"}
