@@ -124,9 +124,8 @@ def run(model_name, model, calibration, recipes, device):
         devices.reset_peak_memory(devices.resolve_device(device))
         start = time.perf_counter()
         with RSSSampler() as sampler:
-            quantsweep.quantize(model, recipe, calibration=calibration)
+            report = quantsweep.apply_recipe(model, recipe, calibration=calibration).report
         total = time.perf_counter() - start
-        report = model.quantsweep_layer_reports
         peaks = [layer["peak_device_bytes"] for layer in report["layers"]]
         rows.append({
             "model": model_name, "recipe": name, "device": devices.resolve_device(device),

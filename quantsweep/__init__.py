@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "quantsweep.models",
     "quantize": "quantsweep.recipes",
+    "apply_recipe": "quantsweep.recipes",
+    "QuantizationResult": "quantsweep.methods.result",
     "get_recipe": "quantsweep.recipes",
     "list_recipes": "quantsweep.recipes",
     "list_methods": "quantsweep.recipes",

@@ -17,7 +17,7 @@ Adding a method takes one new Python file and one YAML file::
     @register_method("my-method", config=MyConfig)
     def apply_my_method(model, config, calibration=None):
         ...  # quantize model in place
-        return model
+        return QuantizationResult(method="my-method")  # or the model, or None
 
 Example:
     >>> import quantsweep
@@ -40,9 +40,11 @@ from typing import Any, Callable
 
 import yaml
 
+from quantsweep._paths import shipped_dir
+
 logger = logging.getLogger(__name__)
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = shipped_dir("recipes")
 
 
 class RecipeError(ValueError):
@@ -375,8 +377,42 @@ def expand_recipes(names: list[str | RecipeConfig]) -> list[RecipeConfig]:
     return resolved
 
 
+def apply_recipe(model, recipe: str | RecipeConfig, calibration=None):
+    """Quantize ``model`` in place with ``recipe`` and return what the method reported.
+
+    Args:
+        model: a Hugging Face causal LM (e.g. from :func:`quantsweep.load_model`).
+        recipe: a recipe name, a path to recipe YAML, or a :class:`RecipeConfig`.
+        calibration: calibration data for methods that need it (GPTQ, AWQ, ...):
+            a :class:`~quantsweep.calibration.CalibrationData` or token ids ``[N, L]``.
+
+    Returns:
+        :class:`~quantsweep.methods.result.QuantizationResult` (report, packed
+        representation, kernel). A method that returns the model or ``None`` gets an
+        empty result.
+
+    Example:
+        >>> model, tokenizer = quantsweep.load_model("toy")  # doctest: +SKIP
+        >>> apply_recipe(model, "w4-rtn").kernel  # doctest: +SKIP
+        'fake-quant'
+    """
+    from quantsweep.methods.result import QuantizationResult
+
+    config = get_recipe(recipe)
+    spec = get_method(config.method)
+    if not isinstance(config, spec.config):
+        raise TypeError(f"recipe {config.name!r} is a {type(config).__name__}, method {spec.name!r} needs {spec.config.__name__}")
+    logger.info("quantizing with recipe %s (method %s)", config.name, spec.name)
+    result = spec.apply(model, config, calibration=calibration)
+    if isinstance(result, QuantizationResult):
+        return result
+    return QuantizationResult(method=spec.name)
+
+
 def quantize(model, recipe: str | RecipeConfig, calibration=None):
     """Quantize ``model`` in place with ``recipe`` and return it.
+
+    Use :func:`apply_recipe` to also get the method's report and packed weights.
 
     Args:
         model: a Hugging Face causal LM (e.g. from :func:`quantsweep.load_model`).
@@ -388,10 +424,5 @@ def quantize(model, recipe: str | RecipeConfig, calibration=None):
         >>> model, tokenizer = quantsweep.load_model("toy")  # doctest: +SKIP
         >>> quantsweep.quantize(model, "w4-rtn")  # doctest: +SKIP
     """
-    config = get_recipe(recipe)
-    spec = get_method(config.method)
-    if not isinstance(config, spec.config):
-        raise TypeError(f"recipe {config.name!r} is a {type(config).__name__}, method {spec.name!r} needs {spec.config.__name__}")
-    logger.info("quantizing with recipe %s (method %s)", config.name, spec.name)
-    result = spec.apply(model, config, calibration=calibration)
-    return model if result is None else result
+    apply_recipe(model, recipe, calibration=calibration)
+    return model

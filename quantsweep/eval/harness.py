@@ -33,9 +33,11 @@ from typing import Any
 
 import torch
 
+from quantsweep._paths import shipped_dir
+
 logger = logging.getLogger(__name__)
 
-TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
+TASKS_DIR = shipped_dir("tasks")
 
 _LOGLIKELIHOOD_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
 

@@ -51,7 +51,8 @@ import torch
 from torch import nn
 
 from quantsweep.methods.mappings import ResolvedScaling, expand_to_consumer, fold_scales, mappings_for, reduce_to_source
-from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
+from quantsweep.methods.result import QuantizationResult, layer_report
+from quantsweep.methods.sequential import compute_device, require_calibration, run_sequential
 from quantsweep.methods.targets import check_group_sizes, quantize_extra_targets
 from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
@@ -348,6 +349,5 @@ def apply_awq(model, config: AWQConfig, calibration=None):
         batch_size=config.calibration_batch_size, desc=f"awq {config.name}",
     )
     quantize_extra_targets(model, config, config.bits)  # embedding table / head when asked: plain RTN
-    record_reports(model, "awq", reports)
     logger.info("awq: %d-bit, group %s, %d layers", config.bits, config.group_size, len(reports))
-    return model
+    return QuantizationResult(method="awq", report=layer_report(reports))

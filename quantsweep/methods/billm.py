@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
+from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep
 from quantsweep.methods.targets import quantize_extra_targets
@@ -260,6 +261,6 @@ def apply_billm(model, config: BiLLMConfig, calibration=None):
             dampening_frac=config.dampening_frac, layer_name=name, cache=cache,
         )
 
-    run_hessian_method(model, config, calibration, "billm", quantize_linear)
+    reports = run_hessian_method(model, config, calibration, "billm", quantize_linear)
     quantize_extra_targets(model, config, config.bits)  # no Hessian: plain binary per block_size group
-    return model
+    return QuantizationResult(method="billm", report=layer_report(reports))

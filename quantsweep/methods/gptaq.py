@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.gptq import GPTQConfig, run_hessian_method
 from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.methods.gptq_math import gptq_quantize
@@ -105,7 +106,7 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
             attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
 
     weight_only = config.activation_bits is None
-    run_hessian_method(model, config, calibration, "gptaq", quantize_linear, asymmetric=True,
+    reports = run_hessian_method(model, config, calibration, "gptaq", quantize_linear, asymmetric=True,
                        after_group=None if weight_only else attach_activation_quantization)
     quantize_extra_targets(model, config, config.bits)
-    return model
+    return QuantizationResult(method="gptaq", report=layer_report(reports))

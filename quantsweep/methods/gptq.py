@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
+from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.sequential import (
     LayerContext,
     compute_device,
-    record_reports,
     require_calibration,
     run_sequential,
 )
@@ -175,7 +175,6 @@ def run_hessian_method(model: nn.Module, config, calibration, method: str, quant
         hessian_quantizer(config, quantize_linear, asymmetric=asymmetric, after_group=after_group),
         propagate_fp=asymmetric, batch_size=config.calibration_batch_size, desc=f"{method} {config.name}",
     )
-    record_reports(model, method, reports)
     return reports
 
 
@@ -197,6 +196,6 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
             cache=cache,
         )
 
-    run_hessian_method(model, config, calibration, "gptq", quantize_linear)
+    reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)
     quantize_extra_targets(model, config, config.bits)
-    return model
+    return QuantizationResult(method="gptq", report=layer_report(reports))

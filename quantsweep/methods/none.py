@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quantsweep.methods.result import QuantizationResult
 from quantsweep.recipes import RecipeConfig, register_method
 
 
@@ -22,7 +23,7 @@ def apply_none(model, config: NoQuantConfig, calibration=None):
     """Leave the model untouched.
 
     Example:
-        >>> apply_none(model, NoQuantConfig(name="fp", method="none")) is model  # doctest: +SKIP
-        True
+        >>> apply_none(model, NoQuantConfig(name="fp", method="none")).kernel  # doctest: +SKIP
+        'none'
     """
-    return model
+    return QuantizationResult(method="none", kernel="none")

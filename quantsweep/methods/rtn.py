@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from quantsweep.methods.targets import check_group_sizes
+from quantsweep.methods.result import QuantizationResult
 from quantsweep.quant import quantize_weight
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
@@ -67,4 +68,4 @@ def apply_rtn(model, config: RTNConfig, calibration=None):
         for name, module in tqdm(targets.items(), desc=f"quantize {config.name}", unit="layer", leave=False):
             module.weight.data.copy_(quantize_weight(module.weight.data, config.bits, config.group_size, config.symmetric, name))
     logger.info("rtn: quantized %d weights to %d bits", len(targets), config.bits)
-    return model
+    return QuantizationResult(method="rtn")

@@ -39,9 +39,11 @@ Helpers a method usually needs:
   order (q/k/v, o, gate/up, down): GPTQ's true-sequential order, AWQ's scaling groups;
 * :meth:`LayerContext.capture_inputs` - stream each module's inputs (and, with
   ``propagate_fp=True``, the full-precision model's inputs to the same module,
-  optionally from an FP copy of the layer, ``fp_layer``) to a callback;
-* :func:`record_reports` - keep the per-layer reports on the model for results
-  (``model.quantsweep_layer_reports``).
+  optionally from an FP copy of the layer, ``fp_layer``) to a callback.
+
+Methods turn the returned reports into plain data with
+:func:`quantsweep.methods.result.layer_report` and return them in their
+:class:`~quantsweep.methods.result.QuantizationResult`.
 
 Memory: only the layer being quantized and the calibration activations (one
 stream, two with ``propagate_fp``; N x L x hidden each, host-side with
@@ -491,27 +493,6 @@ def compute_device(requested: str, model: nn.Module) -> str:
         if home.type != "cpu":
             return devices.resolve_device(str(home))
     return devices.resolve_device(requested)
-
-
-REPORTS_ATTRIBUTE = "quantsweep_layer_reports"
-
-
-def record_reports(model: nn.Module, method: str, reports: list[LayerReport]) -> None:
-    """Keep the per-layer reports on the model (``model.quantsweep_layer_reports``) for results.
-
-    Stored as plain data: ``{"method": ..., "layers": [LayerReport.to_dict(), ...],
-    "total_seconds": ...}``. A later recipe replaces it.
-
-    Example:
-        >>> record_reports(model, "gptq", reports)  # doctest: +SKIP
-        >>> model.quantsweep_layer_reports["total_seconds"]  # doctest: +SKIP
-        1.7
-    """
-    model.__dict__[REPORTS_ATTRIBUTE] = {
-        "method": method,
-        "layers": [report.to_dict() for report in reports],
-        "total_seconds": sum(report.seconds for report in reports),
-    }
 
 
 def _module_device(module: nn.Module) -> torch.device:

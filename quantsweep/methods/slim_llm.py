@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
 from quantsweep.methods.targets import quantize_extra_targets
@@ -223,6 +224,6 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
             block_size=config.block_size, layer_name=name, cache=cache,
         )
 
-    run_hessian_method(model, config, calibration, "slim-llm", quantize_linear)
+    reports = run_hessian_method(model, config, calibration, "slim-llm", quantize_linear)
     quantize_extra_targets(model, config, config.bits)  # no Hessian: uniform RTN at the average width
-    return model
+    return QuantizationResult(method="slim-llm", report=layer_report(reports))

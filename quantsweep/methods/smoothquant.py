@@ -45,7 +45,8 @@ from torch import nn
 
 from quantsweep.methods.activation import ACTIVATION_BITS, attach_activation_quant
 from quantsweep.methods.mappings import ResolvedScaling, fold_scales, mappings_for
-from quantsweep.methods.sequential import compute_device, record_reports, require_calibration, run_sequential
+from quantsweep.methods.result import QuantizationResult, layer_report
+from quantsweep.methods.sequential import compute_device, require_calibration, run_sequential
 from quantsweep.methods.targets import check_group_sizes, extra_targets
 from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
@@ -188,7 +189,6 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
             module.weight.data.copy_(fake_quantize(module.weight.data, config.weight_bits, config.group_size, config.symmetric, name))
             if isinstance(module, nn.Linear):
                 attach_activation_quant(module, config.activation_bits, config.activation_symmetric)
-    record_reports(model, "smoothquant", reports)
     logger.info("smoothquant: W%dA%d, alpha %.2f, %d weights", config.weight_bits, config.activation_bits, config.alpha, len(targets))
-    return model
+    return QuantizationResult(method="smoothquant", report=layer_report(reports))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from quantsweep.recipes import RecipeConfig, expand_recipes, get_method, quantize
+from quantsweep.recipes import RecipeConfig, apply_recipe, expand_recipes, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     """
     from quantsweep.eval.harness import check_tasks, evaluate
     from quantsweep.eval.judge import VerdictConfig
-    from quantsweep.methods.sequential import REPORTS_ATTRIBUTE as LAYER_REPORTS_ATTRIBUTE
     from quantsweep.models import load_model
     from quantsweep.snapshot import WeightSnapshot
     from quantsweep.sweep.results import ResultStore
@@ -167,10 +166,9 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
         needs_data = get_method(recipe.method).needs_calibration
         try:
             started = time.perf_counter()
-            model.__dict__.pop(LAYER_REPORTS_ATTRIBUTE, None)
-            quantize(model, recipe, calibration=calibration if needs_data else None)
+            quantized = apply_recipe(model, recipe, calibration=calibration if needs_data else None)
             outcome.quantize_seconds = time.perf_counter() - started
-            outcome.layer_reports = model.__dict__.pop(LAYER_REPORTS_ATTRIBUTE, None)
+            outcome.layer_reports = quantized.report
             outcome.evaluation = evaluate(
                 model, tokenizer, tasks, limit=spec.limit, batch_size=spec.batch_size,
                 num_fewshot=spec.num_fewshot, include_path=spec.include_path, task_configs=task_configs,

@@ -114,10 +114,12 @@ def test_fp_target_of_later_groups_comes_from_the_unquantized_layer():
 
 def test_quantize_model_weight_only_and_w4a4():
     ids = calibration_ids(2, 16)
-    model = quantsweep.quantize(tiny_llama(), "w4-gptaq", calibration=ids)
+    model = tiny_llama()
+    result = quantsweep.apply_recipe(model, "w4-gptaq", calibration=ids)
     weight = model.model.layers[0].mlp.down_proj.weight
     assert all(g.unique().numel() <= 16 for g in weight.reshape(-1, 128)[:32])
-    assert model.quantsweep_layer_reports["method"] == "gptaq"
+    assert result.method == "gptaq" and len(result.report["layers"]) == 2
+    assert "quantsweep_layer_reports" not in model.__dict__  # no side channel
     assert activation_bits(model.model.layers[0].mlp.down_proj) is None
     w4a4 = quantsweep.quantize(tiny_llama(), "w4a4-gptaq", calibration=ids)
     linears = [m for m in w4a4.model.layers.modules() if isinstance(m, torch.nn.Linear)]

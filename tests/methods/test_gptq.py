@@ -143,7 +143,8 @@ def test_quantize_model_end_to_end():
     fp = tiny_llama()
     with torch.no_grad():
         reference = fp(ids).logits
-    gptq_model = quantsweep.quantize(tiny_llama(), "w3-gptq", calibration=ids)
+    gptq_model = tiny_llama()
+    gptq_result = quantsweep.apply_recipe(gptq_model, "w3-gptq", calibration=ids)
     rtn_model = quantsweep.quantize(tiny_llama(), "w3-rtn")
     q_proj = gptq_model.model.layers[1].self_attn.q_proj.weight
     # Every (row, group of 128) holds at most 2**3 distinct values.
@@ -151,8 +152,8 @@ def test_quantize_model_end_to_end():
         for group in row:
             assert group.unique().numel() <= 8
     assert _logit_error(gptq_model, reference, ids) < _logit_error(rtn_model, reference, ids)
-    reports = gptq_model.quantsweep_layer_reports
-    assert reports["method"] == "gptq" and len(reports["layers"]) == 2
+    reports = gptq_result.report
+    assert gptq_result.method == "gptq" and len(reports["layers"]) == 2
     assert all(layer["seconds"] > 0 for layer in reports["layers"])
     assert set(reports["layers"][0]["info"]["linears"]) == {
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -77,16 +77,15 @@ def test_beats_gptq_at_two_bits():
 
 def test_quantize_model_average_is_two_bits_everywhere():
     config = SliMLLMConfig(name="w2-slim-g32", method="slim-llm", bits=2, group_size=32)
-    model = quantsweep.quantize(tiny_llama(), config, calibration=calibration_ids(4, 32))
-    layers = model.quantsweep_layer_reports["layers"]
+    layers = quantsweep.apply_recipe(tiny_llama(), config, calibration=calibration_ids(4, 32)).report["layers"]
     all_widths = []
     for layer in layers:
         for info in layer["info"]["linears"].values():
             assert info["average_bits"] == 2.0
             all_widths += info["group_bits"]
     assert sum(all_widths) == 2 * len(all_widths) and len(all_widths) == 2 * (6 * 4 + 12)
-    default = quantsweep.quantize(tiny_llama(), "w2-slim-llm", calibration=calibration_ids(2, 16))
-    assert default.quantsweep_layer_reports["method"] == "slim-llm"
+    default = quantsweep.apply_recipe(tiny_llama(), "w2-slim-llm", calibration=calibration_ids(2, 16))
+    assert default.method == "slim-llm" and default.report["layers"]
 
 
 def test_bad_input_errors():
