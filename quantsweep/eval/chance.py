@@ -155,3 +155,27 @@ def perplexity_retention(cross_entropy_nats: float, baseline_cross_entropy_nats:
     if not margin > 0:
         return math.nan
     return (chance_ce - cross_entropy_nats) / margin
+
+
+def unigram_cross_entropy(token_counts) -> float:
+    """Cross-entropy, in nats per token, of the scored text under its own unigram distribution.
+
+    ``-sum_i (c_i / N) log(c_i / N)`` over the distinct tokens ``i`` with counts ``c_i``
+    (``N = sum c_i``): the best any model that ignores context can do on this text.
+    It is the "near-random" level of a perplexity task (the uniform ``log V`` is a
+    much lower bar). Counts are of the tokens actually scored, under the model's
+    tokenizer.
+
+    Args:
+        token_counts: a mapping token id -> count, or a sequence of counts.
+
+    Example:
+        >>> round(unigram_cross_entropy({1: 2, 2: 2}), 6) == round(math.log(2), 6)
+        True
+    """
+    values = list(token_counts.values()) if hasattr(token_counts, "values") else list(token_counts)
+    counts = np.asarray(values, dtype=float)
+    if counts.ndim != 1 or counts.size == 0 or np.any(counts < 0) or not counts.sum() > 0:
+        raise ValueError("token_counts must hold non-negative counts with a positive total")
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

@@ -73,6 +73,8 @@ class SampleOutcome:
         nonfinite: whether any log-likelihood or logit for this doc was NaN/Inf.
         n_choices: number of answer options (multiple choice only).
         n_tokens: tokens scored (rolling log-likelihood only).
+        cluster: the document's cluster (e.g. its subject in MMLU/C-Eval/CMMLU) when the
+            task's documents come in groups; None otherwise. Clustered intervals use it.
 
     Example:
         >>> SampleOutcome(doc_id=0, scores={"acc": 1.0}).nonfinite
@@ -84,11 +86,16 @@ class SampleOutcome:
     nonfinite: bool = False
     n_choices: int | None = None
     n_tokens: int | None = None
+    cluster: str | None = None
 
 
 @dataclass
 class TaskResult:
     """Everything measured for one task.
+
+    ``unigram_chance_nats`` (rolling log-likelihood tasks only): the cross-entropy, in
+    nats per token, of the scored tokens under their own unigram distribution
+    (:func:`quantsweep.eval.chance.unigram_cross_entropy`); the perplexity chance level.
 
     Example:
         >>> result.tasks["toy_mc4"].n  # doctest: +SKIP
@@ -103,6 +110,7 @@ class TaskResult:
     num_fewshot: int | None
     version: Any = None
     primary_metric: str | None = None
+    unigram_chance_nats: float | None = None
 
     @property
     def n(self) -> int:
