@@ -59,7 +59,8 @@ def test_config_from_dict_names_unknown_key():
 def test_verdict_to_dict_has_exactly_the_fields_and_is_json():
     v = Verdict("non-finite", chance=0.25, nonfinite_samples=3, n=100)
     d = v.to_dict()
-    assert list(d) == ["verdict", "chance", "nonfinite_samples", "delta", "ci_low", "ci_high", "p_value", "retained", "n"]
+    assert list(d) == ["verdict", "chance", "nonfinite_samples", "delta", "ci_low", "ci_high", "p_value", "retained", "n",
+                       "reason", "interval", "documents_needed"]
     assert d["delta"] is None and d["p_value"] is None and d["chance"] == 0.25
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     inf = Verdict("degraded", delta=math.inf, n=3).to_dict()
