@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(out="quantsweep-out")
 
     sub.add_parser("recipes", help="list the registered recipes and grids")
+    _add_report_parser(sub)
     return parser
 
 
@@ -202,7 +203,24 @@ def _command_recipes(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _command_demo, "run": _command_run, "recipes": _command_recipes}
+def _add_report_parser(sub) -> None:
+    report = sub.add_parser("report", help="write one self-contained HTML report of a results folder")
+    report.add_argument("results_dir", metavar="DIR", help="a results folder (holding results.jsonl)")
+    report.add_argument("--out", default=None, help="the HTML file to write (default DIR/report.html); "
+                        "results.csv, results.parquet and the PNGs go beside it")
+    report.add_argument("--title", default=None, help="page title (default: names the model)")
+    report.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def _command_report(args) -> int:
+    import quantsweep.report
+
+    path = quantsweep.report(args.results_dir, args.out, title=args.title)
+    print(f"report written to {path} (results.csv, results.parquet and PNGs beside it)")
+    return 0
+
+
+COMMANDS = {"demo": _command_demo, "run": _command_run, "recipes": _command_recipes, "report": _command_report}
 
 
 def main(argv: list[str] | None = None) -> int:
