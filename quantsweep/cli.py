@@ -215,7 +215,11 @@ def _add_report_parser(sub) -> None:
 def _command_report(args) -> int:
     import quantsweep.report
 
-    path = quantsweep.report(args.results_dir, args.out, title=args.title)
+    try:
+        path = quantsweep.report(args.results_dir, args.out, title=args.title)
+    except ImportError as error:
+        raise UserError(f"the report needs the 'report' extra ({error.name or error}): "
+                        "pip install 'quantsweep[report]'") from None
     print(f"report written to {path} (results.csv, results.parquet and PNGs beside it)")
     return 0
 
