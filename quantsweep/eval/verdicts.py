@@ -37,8 +37,11 @@ same order.
 
 Chance levels come from the data: multiple choice uses the mean over documents
 of `1 / number_of_choices`. Exact-match generation uses 0, or a documented
-floor. Perplexity uses the uniform distribution over a vocabulary of `V`
-tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
+floor. Perplexity uses `chance_cross_entropy` nats per token when given:
+:mod:`quantsweep.eval.judge` passes the unigram cross-entropy of the scored
+tokens (the best a model that ignores context can do), so a model worse than a
+frequency table is near-random. Without it, the uniform distribution over a
+vocabulary of `V` tokens: cross-entropy `log V` (perplexity `V`), a much lower bar.
 
 ## The rules, in order (the first that applies wins)
 
@@ -60,7 +63,8 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
    the baseline alone. Retention is the share of the baseline's margin above
    chance that is kept:
    `retained = (acc_q - chance) / (acc_base - chance)`. For perplexity,
-   `retained = (log V - CE_q) / (log V - CE_base)`. The cell is `collapsed` when
+   `retained = (CE_chance - CE_q) / (CE_chance - CE_base)`, with `CE_chance` the
+   unigram cross-entropy or `log V` (see "Inputs"). The cell is `collapsed` when
    either rule holds:
    - *Binomial rule (accuracy only).* The one-sided exact binomial test
      `binomtest(k, n, p=chance, alternative="greater")` is not significant at
@@ -104,7 +108,16 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
    few disagreements, the approximate interval and the exact McNemar test can
    disagree. Take 0/5 against 5/5: the Newcombe interval excludes 0, but
    McNemar gives p = 0.0625.
-7. Otherwise the cell is **inconclusive**.
+7. Otherwise the cell is **inconclusive**, and `documents_needed` estimates how
+   many documents would tell a drop of the tolerance at 80% power: for accuracy
+   from the observed share of discordant documents (Connor 1987, scaled by the
+   design effect when the interval is clustered), otherwise from the width of the
+   interval measured on `n` documents (normal power formula).
+
+Rules 3 to 7 are one ladder (`_decide`), shared by all three judges. Each rule
+writes the verdict's `reason` in words with its numbers, for example
+"n = 4 < min_samples = 20", "upper bound of the drop 0.7% <= tolerance 1%",
+"retention CI upper 0.08 <= 0.15", or "...; about 2,400 documents would decide".
 
 "Drop" always means worse: lower accuracy or score, higher perplexity.
 
@@ -120,6 +133,11 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
     limits for each accuracy, combined by "square and add" with the observed
     correlation between the two models' answers. It behaves well near 0 and 1
     and with few disagreements, unlike the Wald interval.
+  - When documents come in clusters (``clusters=``, e.g. the subjects of MMLU),
+    the interval and `p_value` are instead the cluster-robust paired difference
+    (Miller 2024): CR1 standard error of the mean per-document difference, Student
+    t with `G - 1` degrees of freedom. Documents of one subject are not
+    independent, and the Newcombe interval would be too narrow.
 - **Perplexity.**
   - `delta = ppl_q / ppl_base - 1`, the relative change, positive when worse.
   - The `ci_level` interval is a paired percentile bootstrap. Documents are
@@ -149,6 +167,11 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
 - `retained`: the point estimate of retention. It is empty when the baseline
   is not above chance.
 - `n`: the number of documents.
+- `reason`: why, in words with the numbers (see the rules above).
+- `interval`: which interval the verdict used: `newcombe`, `cluster-robust (G clusters)`,
+  `paired bootstrap`, or `clopper-pearson` (a baseline's margin over chance).
+- `documents_needed`: for an `inconclusive` compared cell, the documents that would
+  decide it (80% power); otherwise `None`.
 - NaN and Inf become `None` (JSON `null`), and every `VerdictConfig` field is
   recorded with each result.
 
