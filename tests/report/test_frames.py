@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import record, write_records
+from helpers.report_records import record, write_records
 
 from quantsweep.report.frames import bits_per_weight, load_records, primary_frame, records_frame
 

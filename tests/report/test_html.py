@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import record, write_records
+from helpers.report_records import record, write_records
 
 import quantsweep
 from quantsweep.cli import main
