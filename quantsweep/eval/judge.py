@@ -14,7 +14,8 @@ from the data:
   the unigram cross-entropy of the scored tokens (``TaskResult.unigram_chance_nats``,
   the best a model that ignores context can do) when the task has it, else the
   uniform distribution over the vocabulary (log V); the record says which
-  (``chance_reference``) and keeps both (``chance_unigram_nats``, ``chance_uniform_nats``);
+  (``chance_reference``), keeps both (``chance_unigram_nats``, ``chance_uniform_nats``)
+  and the cell's own ``cross_entropy_nats`` in the same units;
 * ``perplexity`` of a ``loglikelihood`` task (e.g. LAMBADA): a paired bootstrap of
   the mean per-document log-likelihood, which lm-eval logs for that metric;
 * any other per-document score: a paired bootstrap of the mean; metrics with no
@@ -119,7 +120,7 @@ def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: Ver
             vocab_size, **common,
             # None keeps the uniform chance perplexity exactly V (exp(log V) would round)
             chance_cross_entropy=chance_fields["chance_nats"] if chance_fields["chance_reference"] == "unigram" else None)
-        return {**verdict.to_dict(), **chance_fields}
+        return {**verdict.to_dict(), **chance_fields, "cross_entropy_nats": _cross_entropy(samples, metric)}
     values = _scores(samples, metric)
     if not all(_is_number(v) for v in values):
         # e.g. f1/mcc/bleu: lm-eval logs (reference, prediction) per document and scores the corpus,
@@ -204,6 +205,15 @@ def perplexity_chance(task, baseline_task, vocab_size: int) -> dict[str, Any]:
     used = uniform if unigram is None else float(unigram)
     return {"chance_nats": used, "chance_reference": "uniform" if unigram is None else "unigram",
             "chance_unigram_nats": None if unigram is None else float(unigram), "chance_uniform_nats": uniform}
+
+
+def _cross_entropy(samples, metric: str) -> float | None:
+    """The cell's corpus cross-entropy in nats per token (None when non-finite): comparable with its chance."""
+    nll = np.asarray(_nll(samples, metric), dtype=float)
+    tokens = np.asarray([s.n_tokens or 0 for s in samples], dtype=float)
+    if not (np.isfinite(nll).all() and tokens.sum() > 0):
+        return None
+    return float(nll.sum() / tokens.sum())
 
 
 def _nll(samples, metric: str) -> list[float]:

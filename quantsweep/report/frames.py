@@ -27,13 +27,13 @@ COLUMNS = (
     "model", "model_fingerprint", "recipe", "method", "bits_per_weight", "task", "family", "metric", "primary",
     "value", "stderr", "n", "verdict", "reason", "delta", "ci_low", "ci_high", "p_value", "retained", "chance",
     "interval", "documents_needed", "flips_right_to_wrong", "flips_wrong_to_right", "chance_reference",
-    "chance_unigram_nats", "chance_uniform_nats", "nonfinite_samples", "error", "status", "kernel",
+    "chance_unigram_nats", "chance_uniform_nats", "cross_entropy_nats", "nonfinite_samples", "error", "status", "kernel",
     "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes", "peak_eval_memory_kind",
     "prefill_tokens_per_s", "decode_tokens_per_s", "device", "dtype",
 )
 NUMERIC = ("value", "stderr", "delta", "ci_low", "ci_high", "p_value", "retained", "chance", "bits_per_weight",
            "documents_needed", "flips_right_to_wrong", "flips_wrong_to_right", "chance_unigram_nats",
-           "chance_uniform_nats", "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes",
+           "chance_uniform_nats", "cross_entropy_nats", "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes",
            "prefill_tokens_per_s", "decode_tokens_per_s")
 _DTYPE_BITS = {"float32": 32, "float64": 64, "bfloat16": 16, "float16": 16}
 

@@ -158,9 +158,15 @@ def _problems(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         "non-finite documents": nonfinite["nonfinite_samples"], "n": nonfinite["n"],
         "diagnosis": [_diagnosis_text(d) for d in diagnosis], "reason": nonfinite["reason"]})
     collapsed = cells[cells["verdict"] == "collapsed"]
+    # perplexity cells: compare cross-entropy with the chance cross-entropy, both in nats per token
+    nats = collapsed["chance_reference"].notna() & collapsed["cross_entropy_nats"].notna()
+    chance_nats = collapsed["chance_unigram_nats"].where(collapsed["chance_reference"] == "unigram",
+                                                         collapsed["chance_uniform_nats"])
     collapsed_table = pd.DataFrame({
-        "recipe": collapsed["recipe"], "task": collapsed["task"], "metric": collapsed["metric"],
-        "score": collapsed["value"], "chance": collapsed["chance"], "retained": collapsed["retained"],
+        "recipe": collapsed["recipe"], "task": collapsed["task"],
+        "measure": collapsed["metric"].where(~nats, "cross-entropy (nats/token)"),
+        "score": collapsed["value"].where(~nats, collapsed["cross_entropy_nats"]),
+        "chance": collapsed["chance"].where(~nats, chance_nats), "retained": collapsed["retained"],
         "chance reference": collapsed["chance_reference"].fillna(""), "reason": collapsed["reason"]})
     return nonfinite_table, collapsed_table
 

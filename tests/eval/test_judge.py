@@ -88,6 +88,7 @@ def test_perplexity_collapse_is_judged_against_the_unigram_chance_of_the_scored_
     assert judged["chance_uniform_nats"] == pytest.approx(math.log(vocab))
     assert judged["chance"] == pytest.approx(math.exp(unigram))
     assert "retention CI upper" in judged["reason"]
+    assert judged["cross_entropy_nats"] == pytest.approx(worse_nll.sum() / tokens.sum())
     # the same cell judged against log V keeps a large share of the margin: only degraded
     uniform = judge_task(_rolling(worse_nll, tokens), _rolling(base_nll, tokens), metric="word_perplexity",
                          vocab_size=vocab)

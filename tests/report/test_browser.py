@@ -49,6 +49,7 @@ def test_the_network_log_check_sees_a_page_request(tmp_path):
     assert _page_requests(result.stderr) == ["http://quantsweep-canary.invalid/pixel.png"]
 
 
+@pytest.mark.slow
 def test_report_renders_offline_in_headless_chromium(toy_sweep, tmp_path):
     import matplotlib.image
 

@@ -68,6 +68,17 @@ def test_names_with_html_characters_are_escaped(tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;&amp;" in html
 
 
+def test_collapsed_perplexity_is_shown_in_nats_against_its_chance():
+    rows = [record("fp", "ppl", "baseline", 12.0, method="none", metric="word_perplexity"),
+            record("w1", "ppl", "collapsed", 900.0, bits=1, metric="word_perplexity", chance=38.9,
+                   chance_reference="unigram", chance_unigram_nats=3.66, chance_uniform_nats=4.81,
+                   cross_entropy_nats=3.9, reason="retention CI upper 0.02 <= 0.15")]
+    html, _ = build_report(rows)
+    panel = html[html.index("Collapsed: score"):html.index('id="flips"')]
+    assert "cross-entropy (nats/token)" in panel and "<td>3.9</td>" in panel and "<td>3.66</td>" in panel
+    assert "unigram" in panel
+
+
 def test_missing_baseline_is_reported_not_a_crash(tmp_path):
     rows = [record("w4", "mc", "inconclusive", 0.5), record("w4", "other", "inconclusive", 0.5),
             record("w2", "mc", "degraded", 0.3, bits=2)]
@@ -107,6 +118,7 @@ def test_cli_report_writes_the_file_and_exits_2_without_results(tmp_path, capsys
     assert "no results.jsonl" in error and "nothing-here" in error and error.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_report_of_a_real_toy_sweep_has_reasons_and_flips(toy_sweep):
     html = quantsweep.report(toy_sweep).read_text()
     assert "no reason recorded" not in html
