@@ -297,6 +297,7 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         warnings.append(f"{len(missing)} cell(s) have no record (marked MISSING): "
                         + ", ".join(f"{r} / {t}" for r, t in missing[:20]) + (" ..." if len(missing) > 20 else ""))
     metric_of = {row.task: row.metric for row in cells.itertuples() if isinstance(row.metric, str)}
+    costs = cost_table(frame)
     environment = jinja2.Environment(loader=jinja2.PackageLoader("quantsweep.report", "templates"),
                                      autoescape=True, undefined=jinja2.StrictUndefined)
     html = environment.get_template(TEMPLATE).render(
@@ -315,7 +316,7 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         collapsed_table=_table(collapsed, "no collapsed cells"),
         flips_table=_table(_flips(cells), "no per-document 0/1 task was compared"),
         needed_table=_table(_documents_needed(cells), "no inconclusive cells"),
-        cost=_table(cost_table(frame), ""), has_cost=not cost_table(frame).empty,
+        cost=_table(costs, ""), has_cost=not costs.empty,
         run=_run_record(records, cells),
     )
     return html, figures

@@ -41,7 +41,8 @@ def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
         b'\\x89PNG'
     """
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    # no "Software" metadata: matplotlib's default names its web address inside the PNG
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     return buffer.getvalue()
 
 

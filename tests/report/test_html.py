@@ -47,6 +47,7 @@ def test_report_holds_every_cell_and_nothing_external(tmp_path):
     assert "1 cell(s) failed and have no result: w4-gptq / ppl" in html
     for name in ("results.csv", "results.parquet", "report-verdict-map.png", "report-retention-reasoning.png"):
         assert (folder / name).stat().st_size > 0
+    assert b"://" not in (folder / "report-verdict-map.png").read_bytes()  # no URL even inside the PNGs
 
 
 def test_csv_and_parquet_hold_the_records(tmp_path):
