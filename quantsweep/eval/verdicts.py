@@ -112,7 +112,9 @@ vocabulary of `V` tokens: cross-entropy `log V` (perplexity `V`), a much lower b
    many documents would tell a drop of the tolerance at 80% power: for accuracy
    from the observed share of discordant documents (Connor 1987, scaled by the
    design effect when the interval is clustered), otherwise from the width of the
-   interval measured on `n` documents (normal power formula).
+   interval measured on `n` documents (normal power formula). It is never less
+   than `n + 1`: when the formula says `n` should have been enough, the cell sits
+   at a boundary and more documents are still what would decide it.
 
 Rules 3 to 7 are one ladder (`_decide`), shared by all three judges. Each rule
 writes the verdict's `reason` in words with its numbers, for example
