@@ -150,7 +150,8 @@ def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: Ver
         higher = task.metrics[metric].higher_is_better
         verdict = judge_scores(np.asarray(values, dtype=float),
                                None if baseline_arg is None else np.asarray(_scores(baseline_arg, metric), dtype=float),
-                               higher_is_better=True if higher is None else bool(higher), chance=None, **common)
+                               higher_is_better=True if higher is None else bool(higher), chance=None,
+                               clusters=_clusters(samples), **common)
     return verdict.to_dict()
 
 

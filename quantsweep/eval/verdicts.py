@@ -150,7 +150,8 @@ writes the verdict's `reason` in words with its numbers, for example
     of resampled deltas on either side of 0, with a +1 correction, capped at 1.
 - **Other scores.** `delta = mean_q - mean_base`, with the same paired
   bootstrap. The tolerance is `accuracy_tolerance` in the score's own units,
-  unless `tolerance=` is given.
+  unless `tolerance=` is given. With clusters, the interval and `p_value` are
+  the cluster-robust paired difference, as for accuracy.
 
 ## Fields of a verdict (`Verdict.to_dict()`)
 
@@ -580,10 +581,8 @@ def judge_accuracy(
     counts = stats.paired_counts(q, b)
     baseline_accuracy = float(b.mean())
     delta = accuracy - baseline_accuracy
-    labels = None if clusters is None else list(clusters)
-    if labels is not None and len(labels) != n:
-        raise ValueError(f"clusters must hold one label per document: {len(labels)} labels for {n} documents")
-    if labels is not None and len(set(labels)) >= 2:
+    labels = _cluster_labels(clusters, n)
+    if labels is not None:
         clustered = stats.cluster_robust_paired_difference(q, b, labels, config.ci_level)
         ci_low, ci_high, p_value = clustered.ci_low, clustered.ci_high, clustered.p_value
         interval, test = f"cluster-robust ({clustered.n_clusters} clusters)", "cluster-robust t test"
@@ -591,7 +590,7 @@ def judge_accuracy(
         ci_low, ci_high = stats.newcombe_paired_interval(counts, config.ci_level)
         p_value = stats.mcnemar_exact(counts.only_quantized, counts.only_baseline)
         interval, test = "newcombe", "McNemar"
-        if labels is not None:
+        if clusters is not None:
             interval = "newcombe (one cluster only)"
     retained = _chance.accuracy_retention(accuracy, baseline_accuracy, chance)
     comparison = _Comparison(n, -ci_high, -ci_low, config.accuracy_tolerance, p_value, "drop", test)
@@ -601,13 +600,23 @@ def judge_accuracy(
         discordance = (counts.only_quantized + counts.only_baseline) / n
         needed = stats.documents_needed_paired_proportions(
             discordance, config.accuracy_tolerance, config.alpha, _DECIDING_POWER)
-        if labels is not None and len(set(labels)) >= 2 and not math.isnan(ci_low):
+        if labels is not None and not math.isnan(ci_low):
             # the clustered interval is wider than the independent one: scale by the design effect
             plain_low, plain_high = stats.newcombe_paired_interval(counts, config.ci_level)
             if plain_high > plain_low:
                 needed *= ((ci_high - ci_low) / (plain_high - plain_low)) ** 2
     return _with_documents_needed(
         Verdict(verdict, chance, 0, delta, ci_low, ci_high, p_value, retained, n, reason, interval), needed)
+
+
+def _cluster_labels(clusters, n: int) -> list | None:
+    """The documents' cluster labels when there are at least two clusters, else None."""
+    if clusters is None:
+        return None
+    labels = list(clusters)
+    if len(labels) != n:
+        raise ValueError(f"clusters must hold one label per document: {len(labels)} labels for {n} documents")
+    return labels if len(set(labels)) >= 2 else None
 
 
 _BASELINE_NONFINITE = "the baseline has non-finite per-document values, so there is nothing sound to pair with"
@@ -772,6 +781,7 @@ def judge_scores(
     metric_value: float | None = None,
     tolerance: float | None = None,
     show=None,
+    clusters=None,
 ) -> Verdict:
     """Verdict for any per-document score (exact match, F1, ...) by paired bootstrap of the mean.
 
@@ -789,6 +799,8 @@ def judge_scores(
             ``config.accuracy_tolerance``.
         show: formats a drop in the score's units for the verdict's ``reason``
             (default: 3 significant digits).
+        clusters: one cluster label per document, or None; with two or more clusters the
+            interval and p-value of the difference are cluster-robust, as in :func:`judge_accuracy`.
 
     Example:
         >>> s = np.r_[np.full(60, 0.8), np.full(40, 0.2)]
@@ -843,20 +855,26 @@ def judge_scores(
     delta = mean_q - mean_b
     ci_low, ci_high = stats.percentile_interval(samples[:, 0], config.ci_level)
     p_value = stats.bootstrap_p_value(samples[:, 0])
+    interval, test = "paired bootstrap", "bootstrap"
+    labels = _cluster_labels(clusters, n)
+    if labels is not None:
+        clustered = stats.cluster_robust_paired_difference(q, b, labels, config.ci_level)
+        ci_low, ci_high, p_value = clustered.ci_low, clustered.ci_high, clustered.p_value
+        interval, test = f"cluster-robust ({clustered.n_clusters} clusters)", "cluster-robust t test"
     baseline_margin = sign * (mean_b - chance_value) if chance is not None else math.nan
     retained = sign * (mean_q - chance_value) / baseline_margin if baseline_margin > 0 else math.nan
     # Drop = change for the worse: -delta when higher is better, +delta otherwise.
     drop_high = -ci_low if higher_is_better else ci_high
     drop_low = -ci_high if higher_is_better else ci_low
 
-    comparison = _Comparison(n, drop_low, drop_high, tolerance, p_value, "drop", "bootstrap", show or _plain)
+    comparison = _Comparison(n, drop_low, drop_high, tolerance, p_value, "drop", test, show or _plain)
     verdict, reason = _decide(comparison, config, lambda: _retention_collapse(baseline_margin, samples[:, 1], config))
     needed = None
     if verdict == "inconclusive" and tolerance > 0 and math.isfinite(ci_low) and math.isfinite(ci_high):
         needed = stats.documents_needed_from_interval(n, ci_low, ci_high, tolerance, config.ci_level, config.alpha,
                                                       _DECIDING_POWER)
     return _with_documents_needed(Verdict(verdict, chance_value, 0, delta, ci_low, ci_high, p_value, retained, n,
-                                          reason, "paired bootstrap"), needed)
+                                          reason, interval), needed)
 
 
 def _verdict_name(value) -> str:

@@ -151,3 +151,22 @@ def test_clustered_documents_get_a_cluster_robust_interval_recorded_as_such():
     assert judged["ci_high"] - judged["ci_low"] > 2 * (independent["ci_high"] - independent["ci_low"])
     assert judged["documents_needed"] > independent["n"]
     assert f"about {judged['documents_needed']:,} documents would decide" in judged["reason"]
+
+
+def test_clustered_per_document_scores_use_the_cluster_robust_interval_too():
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(7)
+    subjects = np.repeat(np.arange(8), 30)
+    base = rng.uniform(0.2, 0.9, 240)
+    quant = np.clip(base + rng.normal(0, 0.05, 8)[subjects] + rng.normal(0, 0.02, 240), 0, 1)
+
+    def task(values):
+        samples = [SampleOutcome(doc_id=i, scores={"f1_doc": float(v)}, cluster=f"s{g}")
+                   for i, (v, g) in enumerate(zip(values, subjects))]
+        return TaskResult("f1_like", "generate_until", {"f1_doc": MetricResult("f1_doc", float(np.mean(values)), None,
+                                                                               240, True)}, samples, 0, 0)
+
+    judged = judge_task(task(quant), task(base), metric="f1_doc", vocab_size=10)
+    ref = sm.OLS(quant - base, np.ones((240, 1))).fit(cov_type="cluster", cov_kwds={"groups": subjects}, use_t=True)
+    assert judged["interval"] == "cluster-robust (8 clusters)"
+    assert (judged["ci_low"], judged["ci_high"]) == pytest.approx(tuple(ref.conf_int(0.05)[0]), rel=1e-9)
