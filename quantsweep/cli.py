@@ -1,4 +1,4 @@
-"""The ``quantsweep`` command: ``demo``, ``run``, ``sweep``, ``judge`` and ``recipes``.
+"""The ``quantsweep`` command: ``demo``, ``run``, ``sweep``, ``judge``, ``report`` and ``recipes``.
 
 A user's mistake (unknown recipe or task, missing model path, malformed recipe
 YAML, a group size that does not divide a layer, a missing device) prints one
@@ -9,6 +9,7 @@ Example:
     $ quantsweep run --model toy --recipe fp --recipe w4-rtn --tasks toy_mc4,toy_ppl --limit 200
     $ quantsweep sweep recipes/sweeps/toy.yaml --out toy-sweep
     $ quantsweep judge toy-sweep --alpha 0.01
+    $ quantsweep report toy-sweep
     $ quantsweep recipes
 """
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verdict_options(judge)
 
     sub.add_parser("recipes", help="list the registered recipes and grids")
+    _add_report_parser(sub)
     return parser
 
 
@@ -300,8 +302,25 @@ def _command_recipes(args) -> int:
     return 0
 
 
+def _add_report_parser(sub) -> None:
+    report = sub.add_parser("report", help="write one self-contained HTML report of a results folder")
+    report.add_argument("results_dir", metavar="DIR", help="a results folder (holding results.jsonl)")
+    report.add_argument("--out", default=None, help="the HTML file to write (default DIR/report.html); "
+                        "results.csv, results.parquet and the PNGs go beside it")
+    report.add_argument("--title", default=None, help="page title (default: names the model)")
+    report.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def _command_report(args) -> int:
+    import quantsweep.report
+
+    path = quantsweep.report(args.results_dir, args.out, title=args.title)
+    print(f"report written to {path} (results.csv, results.parquet and PNGs beside it)")
+    return 0
+
+
 COMMANDS = {"demo": _command_demo, "run": _command_run, "sweep": _command_sweep, "judge": _command_judge,
-            "recipes": _command_recipes}
+            "report": _command_report, "recipes": _command_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:
