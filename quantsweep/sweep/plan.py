@@ -243,6 +243,7 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
     baseline = recipes[0]
     versions = _versions()
     cells: list[CellPlan] = []
+    seen_models: dict[tuple, str] = {}
     for model in spec.models:
         needing = [r.name for r in recipes if get_method(r.method).needs_calibration]
         if needing and not model.calibration.source:
@@ -255,6 +256,11 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
         check_shapes(model, recipes)
         fingerprint = model_fingerprint(model.path)
         kind = device_kind_of(model)
+        identity = (fingerprint, _dtype_name(model, kind), kind, model.trust_remote_code)
+        if identity in seen_models:
+            raise ValueError(f"models {seen_models[identity]!r} and {model.name!r} are the same checkpoint with the "
+                             "same dtype and device type, so their cells would be the same; keep one")
+        seen_models[identity] = model.name
         shared = {"model": fingerprint, "dtype": _dtype_name(model, kind), "device_type": kind,
                   "trust_remote_code": model.trust_remote_code, "limit": spec.limit,
                   "num_fewshot": spec.num_fewshot, "seed": spec.seed, "versions": versions}
