@@ -219,7 +219,8 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
 
     Args:
         spec: the sweep.
-        store: a :class:`~quantsweep.sweep.store.CellStore`.
+        store: a :class:`~quantsweep.sweep.store.CellStore`, or a function that makes one
+            (called after every check, so a refused spec creates no folder).
         retry_failed: run failed cells again (else they are kept as findings).
         force: recompute every cell (stored files are replaced one by one as new ones finish).
         device_kind_of: the device type each model's cells will run on (a cluster
@@ -281,6 +282,8 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
                                       baseline_key=baseline_key, key_fields=key_fields,
                                       needs_calibration=get_method(recipe.method).needs_calibration))
     plan = SweepPlan(spec=spec, tasks=tasks, cells=cells)
+    if callable(store):  # the store is created only now, once every check above has passed
+        store = store()
     for cell in cells:
         status = None if force else store.status(cell.key)
         if status == "done":
