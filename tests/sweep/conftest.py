@@ -24,3 +24,18 @@ def ray_cluster():
     yield address
     if started_here:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_reference(tmp_path_factory):
+    """The toy sweep of ``ray_helpers.TOY_SPEC`` on the local backend: what every Ray run must reproduce.
+
+    Returns ``(model, recipe, task, metric) -> (value, verdict)``.
+    """
+    from ray_helpers import TOY_SPEC, judged_rows
+
+    from quantsweep.sweep import api
+
+    out = tmp_path_factory.mktemp("local-reference")
+    api.sweep(TOY_SPEC, out=out, backend="local", progress=False)
+    return judged_rows(out)
