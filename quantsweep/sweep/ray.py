@@ -162,8 +162,8 @@ def connect(address: str | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S)
     except TimeoutError:
         raise ValueError(
             f"the Ray cluster at {address!r} accepted a connection but did not complete Ray's handshake "
-            f"within {timeout_s:g} s: is it a Ray GCS port, the same Ray version, and (Ray >= 2.5x token "
-            "auth) the same ~/.ray/auth_token with RAY_AUTH_MODE=token on this machine?") from None
+            f"within {timeout_s:g} s: is it a Ray GCS port, the same Ray version, and (with Ray's token "
+            "auth) the same ~/.ray/auth_token and RAY_AUTH_MODE=token on this machine?") from None
     except ConnectionError as error:
         raise ValueError(f"cannot join a Ray cluster at {address!r}: {error}") from None
     return ray
@@ -208,6 +208,23 @@ def cluster_device_kind(model, resources: dict | None = None) -> str:
         resources = import_ray().cluster_resources()
     kind = parse_device(model.device)[0]
     return ray_device_kind(resources) if kind == "auto" else kind
+
+
+def planning_device_kinds(address: str | None = None) -> Callable[[Any], str]:
+    """Join the cluster and return ``model -> device kind`` for planning cell keys.
+
+    The driver plans before anything runs; on a cluster the device kind of a cell is
+    the cluster's (a CPU-only head node plans NPU cells for NPU workers). Joining here,
+    first, also makes ``--address`` with no cluster fail within seconds, before the
+    driver fingerprints any checkpoint.
+
+    Example:
+        >>> kind_of = planning_device_kinds("10.0.0.1:6379")  # doctest: +SKIP
+        >>> kind_of(spec.models[0])  # doctest: +SKIP
+        'npu'
+    """
+    resources = dict(connect(address).cluster_resources())
+    return lambda model: cluster_device_kind(model, resources)
 
 
 def slots(kind: str, resources: dict, cpus_per_unit: int = 1) -> int:
