@@ -32,6 +32,7 @@ _EXPORTS = {
     "EvalResult": "quantsweep.eval.harness",
     "resolve_device": "quantsweep.device",
     "WeightSnapshot": "quantsweep.snapshot",
+    "report": "quantsweep.report",  # the subpackage itself: a callable module, quantsweep.report(DIR)
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -39,7 +40,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        module = importlib.import_module(_EXPORTS[name])
+        value = module if _EXPORTS[name] == f"{__name__}.{name}" else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'quantsweep' has no attribute {name!r}")
