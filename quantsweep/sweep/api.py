@@ -90,7 +90,12 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     spec = load_spec(spec_or_path)
     verdicts = verdict_config(spec)
     store = CellStore(out)
-    plan = plan_sweep(spec, store, retry_failed=retry_failed, force=force)
+    planning = {}
+    if backend == "ray":  # join the cluster first (a dead --address fails in seconds); key cells by its devices
+        from quantsweep.sweep.ray import planning_device_kinds
+
+        planning["device_kind_of"] = planning_device_kinds(address)
+    plan = plan_sweep(spec, store, retry_failed=retry_failed, force=force, **planning)
     logger.info("%s", plan.describe())
     if on_plan is not None:
         on_plan(plan)
