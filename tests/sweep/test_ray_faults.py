@@ -110,3 +110,33 @@ def test_a_killed_driver_resumes_with_every_cell_once(ray_cluster, local_referen
     for kept in first:  # the cells stored before the kill were not computed again
         assert cells[kept["key"]]["finished_at"] == kept["finished_at"]
         assert cells[kept["key"]]["ran_on"] == kept["ran_on"]
+
+
+def test_a_unit_whose_retries_are_spent_leaves_failed_cells_not_a_hang(ray_cluster, tmp_path):
+    """With no retries left, the driver stores the dead unit's missing cells as failed, with Ray's error."""
+    from quantsweep.sweep.cell import UnitContext
+    from quantsweep.sweep.plan import plan_sweep
+    from quantsweep.sweep.ray import run_ray
+    from quantsweep.sweep.spec import load_spec
+    from quantsweep.sweep.store import CellStore
+
+    spec = {**TOY_SPEC, "recipes": ["w8-rtn"]}
+    store = CellStore(tmp_path / "out")
+    plan = plan_sweep(load_spec(spec), store)
+    keys = {(c.recipe.name, c.task): c.key for c in plan.cells}
+    outcome = {}
+    driver = threading.Thread(target=lambda: outcome.update(summaries=run_ray(
+        plan, UnitContext.from_plan(plan, store.directory), max_retries=0)), daemon=True)
+    driver.start()
+    target = keys[("w8-rtn", "toy_mc4")]
+    pid = _wait_for(lambda: _claim_pid(store.directory, target), "a worker to claim w8-rtn's cells")
+    os.kill(pid, signal.SIGKILL)
+    driver.join(DEADLINE_S)
+    assert not driver.is_alive()
+    by_key = {s["key"]: s for s in outcome["summaries"]}
+    assert set(by_key) == set(keys.values())  # every cell accounted for, once
+    for task in TOY_SPEC["tasks"]:
+        failed = store.read_cell(keys[("w8-rtn", task)])
+        assert failed["status"] == "failed" and failed["stage"] == "running on Ray"
+        assert "Worker" in failed["error"] or "worker" in failed["error"], failed["error"]
+        assert store.read_cell(keys[("fp", task)])["status"] == "done"
