@@ -429,6 +429,8 @@ class _StoreFollower:
             del self.waiting[key]
             summary = _summary(record)
             self.summaries.append(summary)
+            logger.info("cell %s/%s/%s %s on %s", summary["model"], summary["recipe"], summary["task"],
+                        summary["status"], _where(summary.get("ran_on")) or "?")
             if self.on_cell is not None:
                 self.on_cell(summary)
             if self.progress is not None:
