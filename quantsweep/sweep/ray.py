@@ -50,7 +50,12 @@ _RESOURCE_NAMES = {"npu": "NPU", "cuda": "GPU", "cpu": "CPU"}
 
 
 class RayNotInstalledError(ImportError, ValueError):
-    """Ray is not installed; a user error (the CLI exits 2) that names the extra to install."""
+    """Ray is not installed; a user error (the CLI exits 2) that names the extra to install.
+
+    Example:
+        >>> issubclass(RayNotInstalledError, ValueError) and issubclass(RayNotInstalledError, ImportError)
+        True
+    """
 
 
 def import_ray():
