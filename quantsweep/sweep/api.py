@@ -134,12 +134,11 @@ def _replan(plan, cells):
 
 
 def _stored(store, key: str, context) -> bool:
-    from quantsweep.sweep.cell import _is_finished
-
-    if _is_finished(store, key, context.recompute_before):
-        return True
-    status = store.status(key)
-    return status == "failed" and context.recompute_before is None
+    """Whether ``key`` is stored (done or failed) by this run; under --force, only files written since it began."""
+    if store.status(key) is None:
+        return False
+    before = context.recompute_before
+    return before is None or store.cell_path(key).stat().st_mtime >= before
 
 
 def _wait_for_others(store, missing, context) -> list:

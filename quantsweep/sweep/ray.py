@@ -414,20 +414,11 @@ class _StoreFollower:
         self.waiting = {cell.key: cell for cell in cells}
         self.summaries: list[dict[str, Any]] = []
 
-    def _landed(self, key: str) -> bool:
-        from quantsweep.sweep.cell import _is_finished
-
-        if _is_finished(self.store, key, self.context.recompute_before):
-            return True
-        if self.store.status(key) != "failed":
-            return False
-        recompute_before = self.context.recompute_before
-        return recompute_before is None or self.store.cell_path(key).stat().st_mtime >= recompute_before
-
     def poll(self) -> None:
+        from quantsweep.sweep.api import _stored
         from quantsweep.sweep.cell import _summary
 
-        for key in [k for k in self.waiting if self._landed(k)]:
+        for key in [k for k in self.waiting if _stored(self.store, k, self.context)]:
             record = self.store.read_cell(key)
             if record is None:
                 continue

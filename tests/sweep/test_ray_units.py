@@ -110,3 +110,17 @@ def test_cli_address_with_no_cluster_exits_2_within_seconds(tmp_path):
     assert f"quantsweep: error: no Ray cluster at '127.0.0.1:{port}'" in done.stderr
     assert "Traceback" not in done.stderr
     assert elapsed < 60  # imports included; the probe itself takes at most PROBE_TIMEOUT_S
+
+
+def test_a_cell_failed_again_under_force_counts_as_stored(tmp_path):
+    """--force with a failing recipe: the new failed file ends the wait (no endless recomputing)."""
+    from quantsweep.sweep.api import _stored
+    from quantsweep.sweep.store import CellStore
+
+    store = CellStore(tmp_path)
+    store.write_cell({"key": "k", "status": "failed", "error": "ValueError: bad recipe"})
+    written = store.cell_path("k").stat().st_mtime
+    assert _stored(store, "k", SimpleNamespace(recompute_before=None))
+    assert not _stored(store, "k", SimpleNamespace(recompute_before=written + 10))  # stored before this --force run
+    assert _stored(store, "k", SimpleNamespace(recompute_before=written - 10))      # failed again during it
+    assert not _stored(store, "absent", SimpleNamespace(recompute_before=None))
