@@ -33,7 +33,6 @@ import logging
 import signal
 import socket
 import threading
-import time
 from typing import Any, Callable
 
 from quantsweep.sweep.plan import WorkUnit
