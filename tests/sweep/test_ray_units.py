@@ -124,3 +124,24 @@ def test_a_cell_failed_again_under_force_counts_as_stored(tmp_path):
     assert not _stored(store, "k", SimpleNamespace(recompute_before=written + 10))  # stored before this --force run
     assert _stored(store, "k", SimpleNamespace(recompute_before=written - 10))      # failed again during it
     assert not _stored(store, "absent", SimpleNamespace(recompute_before=None))
+
+
+def test_cli_backend_ray_without_ray_exits_2_naming_the_extra(monkeypatch, tmp_path, capsys):
+    from ray_helpers import write_spec
+
+    from quantsweep.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = main(["sweep", str(write_spec(tmp_path)), "--out", str(tmp_path / "out"), "--backend", "ray"])
+    assert code == 2
+    assert "quantsweep: error: the Ray backend needs Ray: pip install 'quantsweep[ray]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address,current,same", [
+    ("127.0.0.1:6379", "127.0.0.1:6379", True),
+    ("localhost:6379", "127.0.0.1:6379", True),
+    ("10.0.0.2:6379", "10.0.0.1:6379", False),
+    ("127.0.0.1:6380", "127.0.0.1:6379", False),
+])
+def test_same_address(address, current, same):
+    assert ray_backend._same_address(address, current) is same
