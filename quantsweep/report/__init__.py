@@ -20,22 +20,10 @@ Example:
 
 from __future__ import annotations
 
-import sys
-import types
-
+from quantsweep._verbs import make_callable
 from quantsweep.report.text import LEGEND, VERDICT_MARKERS, format_cell, format_reasons, format_table, primary_records
 
 __all__ = ["LEGEND", "VERDICT_MARKERS", "format_cell", "format_reasons", "format_table", "primary_records"]
 
 
-class _CallableModule(types.ModuleType):
-    """``quantsweep.report`` is both this package and the ``report`` verb."""
-
-    def __call__(self, results_dir, out=None, **options):
-        """Write the HTML report of ``results_dir``; see :func:`quantsweep.report.html.write_report`."""
-        from quantsweep.report.html import write_report
-
-        return write_report(results_dir, out, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, "quantsweep.report.html:write_report")

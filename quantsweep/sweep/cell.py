@@ -306,6 +306,7 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
     summaries = []
 
     def finish(record):
+        claimed[record["key"]].release()  # as soon as its file is written: a kill later leaves no claim on it
         summaries.append(_summary(record))
         if on_cell is not None:
             on_cell(summaries[-1])

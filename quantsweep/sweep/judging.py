@@ -8,9 +8,10 @@ re-judges without evaluating anything (``quantsweep judge DIR --alpha 0.01``).
 
 The derived files are rebuilt from every cell in the store: ``results.jsonl`` (one
 record per model, recipe, task and metric) and ``summary.json``. Each record names
-its ``cell_key`` and ``settings`` (a hash of limit, few-shot, seed, task config,
-dtype, device type and versions), so results of two settings are never mixed
-silently: when a store holds more than one, ``summary.json`` lists them.
+its ``cell_key`` and ``settings`` (a hash of limit, few-shot, seed, dtype, device
+type and versions), so results of two settings are never mixed silently: when a
+store holds more than one cell for the same model, recipe and task (another
+setting, or an edited task), ``summary.json`` says so in ``warning``.
 
 Example:
     >>> records = judge_cells(store, VerdictConfig())  # doctest: +SKIP
@@ -28,8 +29,7 @@ from quantsweep.sweep.store import jsonable
 
 logger = logging.getLogger(__name__)
 
-_SETTINGS_FIELDS = ("limit", "num_fewshot", "seed", "task_config", "dtype", "device_type", "versions",
-                    "trust_remote_code")
+_SETTINGS_FIELDS = ("limit", "num_fewshot", "seed", "dtype", "device_type", "versions", "trust_remote_code")
 
 
 def settings_id(cell: dict[str, Any]) -> str:
@@ -206,11 +206,15 @@ def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]
     for model, setting in settings:
         by_model.setdefault(model, []).append(setting)
     summary["settings"] = by_model
-    mixed = {model: values for model, values in by_model.items() if len(values) > 1}
-    if mixed:
-        summary["warning"] = ("the store holds results of more than one setting for "
-                              + ", ".join(f"{m} ({len(v)} settings)" for m, v in mixed.items())
-                              + "; records carry 'settings' and 'cell_key' to tell them apart")
+    cells_per_name: dict[tuple, set] = {}
+    for record in baseline_first:
+        cells_per_name.setdefault((record["model"], record["recipe"], record.get("task")), set()).add(record["cell_key"])
+    repeated = sorted(name for name, keys in cells_per_name.items() if len(keys) > 1)
+    if repeated:
+        shown = ", ".join("/".join(str(part) for part in name) for name in repeated[:5])
+        summary["warning"] = (f"the store holds more than one setting for {len(repeated)} (model, recipe, task): "
+                              f"{shown}{' ...' if len(repeated) > 5 else ''}; records carry 'settings' and "
+                              "'cell_key' to tell them apart")
     store.write_derived("summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
     return baseline_first
 

@@ -278,6 +278,18 @@ def _string_list(value: Any, where: str) -> tuple:
     return tuple(value)
 
 
+def _recipe_list(value: Any, where: str) -> tuple:
+    """Recipe names, grid names, YAML paths, or (from Python) RecipeConfig objects."""
+    from quantsweep.recipes import RecipeConfig
+
+    if isinstance(value, (list, tuple)) and any(isinstance(v, RecipeConfig) for v in value):
+        bad = [v for v in value if not isinstance(v, (str, RecipeConfig)) or v == ""]
+        if bad:
+            raise SpecError(f"{where}: expected recipe names or RecipeConfig objects, got {bad[0]!r}")
+        return tuple(value)
+    return _string_list(value, where)
+
+
 def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
     """Validate a spec mapping and build the :class:`SweepSpec`.
 
@@ -298,7 +310,7 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
         models = [models]
     convert = {
         "models": lambda _: tuple(_model(m, f"{source}: models[{i}]") for i, m in enumerate(models)),
-        "recipes": lambda v: _string_list(v, f"{source}: recipes") if v else (),
+        "recipes": lambda v: _recipe_list(v, f"{source}: recipes") if v else (),
         "tasks": lambda v: _string_list(v, f"{source}: tasks"),
         "include_path": lambda v: _string_list(v, f"{source}: include_path") if v else (),
         "verdict": lambda v: v if isinstance(v, dict) else _raise(SpecError(f"{source}: verdict must be a mapping of thresholds")),

@@ -147,11 +147,13 @@ class Claim:
                 os.utime(self.path)
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the claim file.
+        """Stop the heartbeat and remove the claim file (once; later calls do nothing).
 
         Example:
             >>> claim.release()  # doctest: +SKIP
         """
+        if self._stop.is_set():
+            return  # released already: a second unlink could remove another process's new claim
         self._stop.set()
         with contextlib.suppress(OSError):
             self.path.unlink()
@@ -319,8 +321,11 @@ class CellStore:
             except FileExistsError:
                 if not self._is_stale(path):
                     return None
+                stale = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
                 with contextlib.suppress(OSError):  # only one taker wins this rename
-                    os.replace(path, path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}"))
+                    os.replace(path, stale)
+                    logger.info("took over the stale claim on cell %s (%s)", key, stale.read_text().strip())
+                    stale.unlink()
                 continue
             with os.fdopen(fd, "w") as stream:
                 json.dump(owner, stream)
