@@ -34,8 +34,8 @@ def local_reference(tmp_path_factory):
     """
     from ray_helpers import TOY_SPEC, judged_rows
 
-    from quantsweep.sweep import api
+    import quantsweep
 
     out = tmp_path_factory.mktemp("local-reference")
-    api.sweep(TOY_SPEC, out=out, backend="local", progress=False)
+    quantsweep.sweep(TOY_SPEC, out=out, backend="local", progress=False)
     return judged_rows(out)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_ray_sweep_equals_local_cell_for_cell(ray_cluster, local_reference, tmp_path):
-    from quantsweep.sweep import api as quantsweep
+    import quantsweep
 
     frame = quantsweep.sweep(TOY_SPEC, out=tmp_path, backend="ray", progress=False)
     rows = judged_rows(tmp_path)
@@ -34,7 +34,7 @@ def test_ray_sweep_equals_local_cell_for_cell(ray_cluster, local_reference, tmp_
 
 
 def test_ray_rerun_computes_nothing(ray_cluster, tmp_path):
-    from quantsweep.sweep import api as quantsweep
+    import quantsweep
     from quantsweep.sweep.api import run_sweep
 
     spec = {**TOY_SPEC, "recipes": ["w8-rtn"], "tasks": ["toy_mc4"]}

@@ -58,7 +58,7 @@ def test_a_killed_worker_loses_nothing(ray_cluster, local_reference, tmp_path):
     Ray retries the unit on a new worker; that one skips w8-rtn's stored cells (kept, still
     bearing the killed pid) and takes over the dead worker's claims on w2-rtn.
     """
-    from quantsweep.sweep import api as quantsweep
+    import quantsweep
 
     out = tmp_path / "out"
     keys = keys_by_recipe(TOY_SPEC, out)
