@@ -90,7 +90,12 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     spec = load_spec(spec_or_path)
     verdicts = verdict_config(spec)
     store = CellStore(out)
-    plan = plan_sweep(spec, store, retry_failed=retry_failed, force=force)
+    planning = {}
+    if backend == "ray":  # join the cluster first (a dead --address fails in seconds); key cells by its devices
+        from quantsweep.sweep.ray import planning_device_kinds
+
+        planning["device_kind_of"] = planning_device_kinds(address)
+    plan = plan_sweep(spec, store, retry_failed=retry_failed, force=force, **planning)
     logger.info("%s", plan.describe())
     if on_plan is not None:
         on_plan(plan)
@@ -129,12 +134,11 @@ def _replan(plan, cells):
 
 
 def _stored(store, key: str, context) -> bool:
-    from quantsweep.sweep.cell import _is_finished
-
-    if _is_finished(store, key, context.recompute_before):
-        return True
-    status = store.status(key)
-    return status == "failed" and context.recompute_before is None
+    """Whether ``key`` is stored (done or failed) by this run; under --force, only files written since it began."""
+    if store.status(key) is None:
+        return False
+    before = context.recompute_before
+    return before is None or store.cell_path(key).stat().st_mtime >= before
 
 
 def _wait_for_others(store, missing, context) -> list:
