@@ -202,8 +202,28 @@ class _UnitState:
         return record
 
 
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
+def cell_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The short form of a cell record that progress displays and callbacks get.
+
+    Example:
+        >>> cell_summary({"key": "k", "status": "done"})["status"]
+        'done'
+    """
     return {k: record.get(k) for k in ("key", "status", "model", "recipe", "task", "error", "ran_on", "stage")}
+
+
+def store_failed_cells(unit: WorkUnit, context: UnitContext, keys, stage: str, error: BaseException) -> None:
+    """Store the given cells of ``unit`` as failed with ``error`` (for a unit that died outside any cell).
+
+    Example:
+        >>> store_failed_cells(unit, context, [cell.key], "running on Ray", error)  # doctest: +SKIP
+    """
+    state = _UnitState(unit, context, device=None)
+    state.ran_on = {"host": None, "pid": None, "device": None}
+    wanted = set(keys)
+    for cell in unit.cells:
+        if cell.key in wanted:
+            state.fail(cell, stage, error)
 
 
 def run_unit(unit: WorkUnit, context: UnitContext, *, device: str | None = None,
@@ -307,7 +327,7 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
 
     def finish(record):
         claimed[record["key"]].release()  # as soon as its file is written: a kill later leaves no claim on it
-        summaries.append(_summary(record))
+        summaries.append(cell_summary(record))
         if on_cell is not None:
             on_cell(summaries[-1])
 

@@ -414,15 +414,15 @@ class _StoreFollower:
         self.summaries: list[dict[str, Any]] = []
 
     def poll(self) -> None:
-        from quantsweep.sweep.api import _stored
-        from quantsweep.sweep.cell import _summary
+        from quantsweep.sweep.api import is_stored
+        from quantsweep.sweep.cell import cell_summary
 
-        for key in [k for k in self.waiting if _stored(self.store, k, self.context)]:
+        for key in [k for k in self.waiting if is_stored(self.store, k, self.context)]:
             record = self.store.read_cell(key)
             if record is None:
                 continue
             del self.waiting[key]
-            summary = _summary(record)
+            summary = cell_summary(record)
             self.summaries.append(summary)
             logger.info("cell %s/%s/%s %s on %s", summary["model"], summary["recipe"], summary["task"],
                         summary["status"], _where(summary.get("ran_on")) or "?")
@@ -434,14 +434,11 @@ class _StoreFollower:
             self.progress.running(sum(1 for key in self.waiting if self.store.claim_owner(key) is not None))
 
     def fail_missing(self, unit: WorkUnit, error: BaseException) -> None:
-        from quantsweep.sweep.cell import _UnitState
+        from quantsweep.sweep.cell import store_failed_cells
 
         self.poll()
-        state = _UnitState(unit, self.context, device=None)
-        state.ran_on = {"host": None, "pid": None, "device": None}
-        for cell in unit.cells:
-            if cell.key in self.waiting and self.store.claim_owner(cell.key) is None:
-                state.fail(cell, "running on Ray", error)
+        missing = [c.key for c in unit.cells if c.key in self.waiting and self.store.claim_owner(c.key) is None]
+        store_failed_cells(unit, self.context, missing, "running on Ray", error)
 
 
 def _where(ran_on: dict | None) -> str | None:

@@ -114,16 +114,16 @@ def test_cli_address_with_no_cluster_exits_2_within_seconds(tmp_path):
 
 def test_a_cell_failed_again_under_force_counts_as_stored(tmp_path):
     """--force with a failing recipe: the new failed file ends the wait (no endless recomputing)."""
-    from quantsweep.sweep.api import _stored
+    from quantsweep.sweep.api import is_stored
     from quantsweep.sweep.store import CellStore
 
     store = CellStore(tmp_path)
     store.write_cell({"key": "k", "status": "failed", "error": "ValueError: bad recipe"})
     written = store.cell_path("k").stat().st_mtime
-    assert _stored(store, "k", SimpleNamespace(recompute_before=None))
-    assert not _stored(store, "k", SimpleNamespace(recompute_before=written + 10))  # stored before this --force run
-    assert _stored(store, "k", SimpleNamespace(recompute_before=written - 10))      # failed again during it
-    assert not _stored(store, "absent", SimpleNamespace(recompute_before=None))
+    assert is_stored(store, "k", SimpleNamespace(recompute_before=None))
+    assert not is_stored(store, "k", SimpleNamespace(recompute_before=written + 10))  # stored before this --force run
+    assert is_stored(store, "k", SimpleNamespace(recompute_before=written - 10))      # failed again during it
+    assert not is_stored(store, "absent", SimpleNamespace(recompute_before=None))
 
 
 def test_cli_backend_ray_without_ray_exits_2_naming_the_extra(monkeypatch, tmp_path, capsys):
