@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from quantsweep.sweep.spec import SweepSpec, load_spec, verdict_config
+from quantsweep.sweep.spec import load_spec, verdict_config
 
 logger = logging.getLogger(__name__)
 
