@@ -94,3 +94,21 @@ def test_two_sweeps_into_one_store_compute_each_cell_once(tmp_path, reference):
     for cell in stored_cells(tmp_path).values():  # each cell's log holds exactly one evaluation
         log = (tmp_path / "logs" / f"{cell['key']}.log").read_text()
         assert log.count(f"evaluating task {cell['task']}") == 1, cell["key"]
+
+
+def test_a_cell_that_kills_its_process_every_time_becomes_a_failed_cell(tmp_path, reference):
+    """What the kernel's OOM killer does to a cell too big for the machine: after two deaths it is a finding."""
+    for attempt in (1, 2):
+        killed = _run(tmp_path, QUANTSWEEP_FAULT="kill-evaluating:w8-rtn/toy_ppl")
+        assert killed.returncode == -signal.SIGKILL, attempt
+    third = _run(tmp_path, QUANTSWEEP_FAULT="kill-evaluating:w8-rtn/toy_ppl")
+    assert third.returncode == 0, third.stderr[-2000:]
+    cells = stored_cells(tmp_path)
+    assert set(cells) == EXPECTED
+    failed = cells[("w8-rtn", "toy_ppl")]
+    assert failed["status"] == "failed" and failed["error_kind"] == "killed" and failed["deaths"] == 2
+    assert "died 2 times" in failed["error"] and "--batch-size" in failed["error"]
+    others = {k: c for k, c in cells.items() if k != ("w8-rtn", "toy_ppl")}
+    assert all(c["status"] == "done" for c in others.values())
+    values = result_values(tmp_path)
+    assert all(values[key] == reference[key] for key in values if key[:2] != ("w8-rtn", "toy_ppl"))
