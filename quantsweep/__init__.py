@@ -32,6 +32,7 @@ _EXPORTS = {
     "EvalResult": "quantsweep.eval.harness",
     "resolve_device": "quantsweep.device",
     "WeightSnapshot": "quantsweep.snapshot",
+    "export": "quantsweep.export",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

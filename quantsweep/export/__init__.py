@@ -1,0 +1,113 @@
+"""Export a quantized model in a real low-bit format: the GPTQ checkpoint format.
+
+``quantsweep.export(model, recipe, out)`` loads the model, calibrates exactly as
+``quantsweep run`` does (same sources, defaults and seed), quantizes and writes
+the checkpoint, so the export is the model a run of the same recipe evaluated.
+:func:`export_gptq` writes an already quantized model.
+
+This package is itself callable: ``quantsweep.export(...)`` is
+:func:`export_model`, and ``quantsweep.export.export_gptq`` is the writer.
+
+Example:
+    >>> import quantsweep
+    >>> quantsweep.export("toy", "w4-gptq", "out/toy-w4-gptq")  # doctest: +SKIP
+    PosixPath('out/toy-w4-gptq')
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from pathlib import Path
+
+from quantsweep.export.gptq import check_exportable, check_out_dir, export_gptq, exportable_recipes, is_exportable
+
+logger = logging.getLogger(__name__)
+
+TOY_CALIBRATION = (32, 64)  # samples x tokens, the defaults of `quantsweep run --model toy`
+MODEL_CALIBRATION = (128, 2048)  # the literature's defaults, as in `quantsweep run`
+
+__all__ = ["check_exportable", "export_gptq", "export_model", "exportable_recipes", "is_exportable"]
+
+
+def calibration_defaults(model_name_or_path: str, samples: int | None, seq_len: int | None) -> tuple[int, int]:
+    """``(samples, seq_len)`` as ``quantsweep run`` picks them: 32 x 64 for toy, else 128 x 2048.
+
+    Example:
+        >>> calibration_defaults("toy", None, None)
+        (32, 64)
+    """
+    default = TOY_CALIBRATION if str(model_name_or_path) == "toy" else MODEL_CALIBRATION
+    return samples or default[0], seq_len or default[1]
+
+
+def export_model(
+    model_name_or_path: str | Path,
+    recipe,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    calibration_source: str | None = None,
+    calibration_samples: int | None = None,
+    calibration_seq_len: int | None = None,
+    calibration_seed: int = 0,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    checkpoint_format: str = "gptq",
+) -> Path:
+    """Load, calibrate (like ``quantsweep run``), quantize with ``recipe`` and write a GPTQ checkpoint.
+
+    Args:
+        model_name_or_path: ``toy`` or a local Hugging Face checkpoint.
+        recipe: an exportable recipe name, YAML path or config (see :func:`exportable_recipes`).
+        out: the folder to write; it must be empty or absent unless ``overwrite``.
+        calibration_source: ``toy``, a .txt/.jsonl file, or wikitext2/c4/pile; required
+            for calibrated recipes on any model but ``toy``.
+        calibration_samples, calibration_seq_len: default 32 x 64 for toy, else 128 x 2048.
+        calibration_seed: seed of the calibration windows (default 0, as ``run``).
+        checkpoint_format: ``gptq`` (v1) or ``gptq_v2``.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        ValueError: a recipe with no packed form, a non-empty folder, or missing calibration
+            data, all before the model is loaded.
+
+    Example:
+        >>> export_model("toy", "w4-gptq", "out/toy-w4-gptq")  # doctest: +SKIP
+        PosixPath('out/toy-w4-gptq')
+    """
+    from quantsweep.calibration import load_calibration
+    from quantsweep.models import load_model
+    from quantsweep.recipes import apply_recipe, get_method, get_recipe
+
+    config = get_recipe(recipe)
+    check_exportable(config)
+    check_out_dir(out, overwrite)
+    needs_data = get_method(config.method).needs_calibration
+    if needs_data and calibration_source is None and str(model_name_or_path) != "toy":
+        raise ValueError(f"recipe {config.name} needs calibration data; pass --calib-source "
+                         "(a .txt/.jsonl file, or wikitext2/c4/pile when the hub is reachable)")
+    samples, seq_len = calibration_defaults(model_name_or_path, calibration_samples, calibration_seq_len)
+    model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    calibration = None
+    if needs_data:
+        calibration = load_calibration(calibration_source or "toy", tokenizer, n_samples=samples,
+                                       seq_len=seq_len, seed=calibration_seed)
+    result = apply_recipe(model, config, calibration=calibration)
+    return export_gptq(model, result, out, config=config, tokenizer=tokenizer, overwrite=overwrite,
+                       checkpoint_format=checkpoint_format)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``quantsweep.export(...)`` call :func:`export_model` while ``quantsweep.export.*`` stays a package."""
+
+    def __call__(self, *args, **kwargs):
+        return export_model(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+export = sys.modules[__name__]  # what `quantsweep._EXPORTS["export"]` resolves to: this callable package
