@@ -406,3 +406,14 @@ def check_bitsandbytes_device(device: str | torch.device) -> str:
             "cpu or cuda, or use a fake-quant recipe such as w8-rtn / w4-rtn"
         )
     return version
+
+
+def has_allocator_stats(device: str | torch.device) -> bool:
+    """Whether ``device`` has an allocator peak counter (CUDA, NPU); CPU has none.
+
+    Example:
+        >>> has_allocator_stats("cpu")
+        False
+    """
+    backend, _ = parse_device(device)
+    return backend in ("cuda", "npu")
