@@ -104,6 +104,27 @@ def _bnb_linear(bnb, linear: nn.Linear, config: BitsAndBytesConfig, device: torc
     return module.to(device)  # bitsandbytes quantizes the weight when it is moved to its device
 
 
+class _OnceFilter(logging.Filter):
+    """Let each distinct message through once: bitsandbytes warns on every int8 forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _quiet_repeated_warnings() -> None:
+    noisy = logging.getLogger("bitsandbytes.autograd._functions")  # "inputs will be cast ... to float16"
+    if not any(isinstance(f, _OnceFilter) for f in noisy.filters):
+        noisy.addFilter(_OnceFilter())
+
+
 def import_bitsandbytes(device: torch.device | str):
     """Check the device with :mod:`quantsweep.device`, then import bitsandbytes.
 
@@ -116,6 +137,7 @@ def import_bitsandbytes(device: torch.device | str):
     devices.check_bitsandbytes_device(device)
     import bitsandbytes
 
+    _quiet_repeated_warnings()
     return bitsandbytes
 
 
