@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import statistics
@@ -52,18 +53,24 @@ def _check(prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, model
                          f"max_position_embeddings {limit}; use a shorter prompt or fewer new tokens")
 
 
+def _cache_argument(model) -> str:
+    # transformers 5 renamed the KV-cache argument and output from past_key_values to cache.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _one_run(model, prompt: torch.Tensor, new_tokens: int, device: str) -> tuple[float, float]:
+    cache_name = _cache_argument(model)
     devices.synchronize(device)
     start = time.perf_counter()
     output = model(input_ids=prompt, use_cache=True)
     devices.synchronize(device)
     prefill_s = time.perf_counter() - start
-    past = output.past_key_values
+    past = output[cache_name]
     token = output.logits[:, -1:].argmax(dim=-1)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        output = model(input_ids=token, past_key_values=past, use_cache=True)
-        past = output.past_key_values
+        output = model(input_ids=token, use_cache=True, **{cache_name: past})
+        past = output[cache_name]
         token = output.logits[:, -1:].argmax(dim=-1)
     devices.synchronize(device)
     decode_s = time.perf_counter() - start
