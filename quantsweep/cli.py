@@ -216,35 +216,36 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-seed", type=int, default=0, help="seed for sampling calibration windows")
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype, --trust-remote-code, -v: as ``run`` has them."""
+    parser.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
 def _add_export_parser(sub) -> None:
     export = sub.add_parser("export", help="quantize a model and write it as a GPTQ checkpoint")
-    export.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")
+    _add_model_options(export)
     export.add_argument("--recipe", required=True, help="an exportable recipe (uniform 2/3/4/8-bit weights): name or YAML path")
     export.add_argument("--out", required=True, help="folder to write the checkpoint to (must be empty)")
     export.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     export.add_argument("--checkpoint-format", default="gptq", choices=["gptq", "gptq_v2"],
                         help="gptq (v1: stores zero - 1, what auto-gptq writes) or gptq_v2 (default gptq)")
-    export.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
-    export.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
-    export.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     _add_calibration_options(export)
-    export.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
 
 def _add_measure_parser(sub) -> None:
     measure = sub.add_parser("measure", help="measured cost of recipes: bytes, peak memory, prefill and decode speed")
-    measure.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")
+    _add_model_options(measure)
     measure.add_argument("--recipe", action="append", required=True, help="recipe name, grid or YAML path (repeatable)")
     measure.add_argument("--prompt-tokens", type=int, default=None, help="prefill prompt length (default 512; 256 for toy)")
     measure.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 128; 64 for toy)")
     measure.add_argument("--repeats", type=int, default=5, help="timed runs (default 5)")
     measure.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     measure.add_argument("--out", default=None, help="write the records to this .jsonl file")
-    measure.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
-    measure.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
-    measure.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     _add_calibration_options(measure)
-    measure.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
 
 def _command_export(args) -> int:

@@ -19,6 +19,7 @@ Conventions (those of :mod:`quantsweep.quant.primitives`):
 
 Example:
     >>> import torch
+    >>> from quantsweep.quant import fake_quantize
     >>> w = torch.randn(4, 64)
     >>> packed = rtn_pack(w, bits=4, group_size=32, symmetric=False)
     >>> torch.equal(packed.dequantize(w.dtype), fake_quantize(w, 4, 32, False))
@@ -31,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quantsweep.quant.primitives import QuantParams, check_group_size, compute_qparams, fake_quantize, quantize_to_int
+from quantsweep.quant.primitives import QuantParams, check_group_size, compute_qparams, quantize_to_int
 
-__all__ = ["QuantizedWeight", "rtn_pack", "pack_dequantized", "fake_quantize"]
+__all__ = ["QuantizedWeight", "pack_dequantized", "rtn_pack"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class QuantizedWeight:
         which reproduces the fake-quant weight exactly.
 
         Example:
+            >>> from quantsweep.quant import fake_quantize
             >>> w = torch.randn(3, 16)
             >>> torch.equal(rtn_pack(w, 2, 8, True).dequantize(), fake_quantize(w, 2, 8, True))
             True
@@ -160,9 +162,9 @@ def rtn_pack(
     """Round-to-nearest codes of ``weight``; ``dequantize()`` equals :func:`quantize_weight` exactly.
 
     Example:
-        >>> w = torch.tensor([[-1.0, 0.5, 2.0, 1.0]])
+        >>> w = torch.tensor([[-2.0, 1.0, 7.0, 3.0]])
         >>> rtn_pack(w, bits=4, group_size=None, symmetric=True).codes.tolist()
-        [[-4, 2, 7, 4]]
+        [[-2, 1, 7, 3]]
     """
     if bits == 1:
         return _binary_pack(weight, group_size, layer_name)
