@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,15 +129,40 @@ def _child(variant: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _ratios(records: list[dict]) -> None:
-    by_name = {r["variant"]: r for r in records if "error" not in r}
-    for base in ("fp32", "bf16"):
-        if base not in by_name:
+TIMED = ("peak_memory_bytes", "prefill_tokens_per_s", "decode_tokens_per_s")
+
+
+def combine_rounds(rounds: dict[str, list[dict]]) -> list[dict]:
+    """One record per variant: medians over rounds, and ratios paired within each round.
+
+    The machine is shared, so its load drifts between rounds; a ratio taken within a
+    round (every variant ran back to back) cancels most of that drift, and its median
+    over rounds is what the table reports. ``*_rounds`` keep every round's value.
+    """
+    combined = []
+    for variant, runs in rounds.items():
+        good = [r for r in runs if "error" not in r]
+        if not good:
+            combined.append(runs[0])
             continue
-        for record in by_name.values():
-            for key in ("weights_bytes_in_memory", "peak_memory_bytes", "prefill_tokens_per_s", "decode_tokens_per_s"):
-                if record.get(key) and by_name[base].get(key):
-                    record[f"{key}_vs_{base}"] = record[key] / by_name[base][key]
+        record = dict(good[0])
+        for key in TIMED:
+            values = [r[key] for r in good if r.get(key) is not None]
+            record[f"{key}_rounds"] = values
+            record[key] = statistics.median(values) if values else None
+        for base in ("fp32", "bf16"):
+            base_runs = rounds.get(base, [])
+            for key in TIMED:
+                ratios = [r[key] / b[key] for r, b in zip(runs, base_runs)
+                          if "error" not in r and "error" not in b and r.get(key) and b.get(key)]
+                if ratios:
+                    record[f"{key}_vs_{base}"] = statistics.median(ratios)
+                    record[f"{key}_vs_{base}_rounds"] = ratios
+            if base in rounds and "error" not in rounds[base][0] and record.get("weights_bytes_in_memory"):
+                record[f"weights_bytes_in_memory_vs_{base}"] = (record["weights_bytes_in_memory"]
+                                                                / rounds[base][0]["weights_bytes_in_memory"])
+        combined.append(record)
+    return combined
 
 
 def main(argv=None) -> int:
@@ -145,6 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="every variant once per round; medians and paired ratios over rounds")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -158,18 +185,21 @@ def main(argv=None) -> int:
         print(json.dumps(run_variant(args.child, args)))
         return 0
     args.work = args.work or tempfile.mkdtemp(prefix="bench_kernels_")
-    records = []
-    for variant in args.variants.split(","):
-        print(f"running {variant} ...", file=sys.stderr, flush=True)
-        if variant == "w4-gptq":
-            export = _child("export-w4-gptq", args)
-            if "error" in export:
-                records.append({**export, "variant": variant})
-                continue
-        records.append(_child(variant, args))
-        print(json.dumps({k: records[-1].get(k) for k in ("variant", "prefill_tokens_per_s", "decode_tokens_per_s",
-                                                              "peak_memory_bytes", "error")}), file=sys.stderr, flush=True)
-    _ratios(records)
+    variants = args.variants.split(",")
+    rounds: dict[str, list[dict]] = {variant: [] for variant in variants}
+    if "w4-gptq" in variants:
+        export = _child("export-w4-gptq", args)  # once: every round loads the same checkpoint
+        if "error" in export:
+            rounds["w4-gptq"] = [{**export, "variant": "w4-gptq"}] * args.rounds
+            variants.remove("w4-gptq")
+    for round_index in range(args.rounds):
+        for variant in variants:
+            print(f"round {round_index + 1}/{args.rounds}: {variant} ...", file=sys.stderr, flush=True)
+            rounds[variant].append(_child(variant, args))
+            print(json.dumps({k: rounds[variant][-1].get(k) for k in ("variant", "prefill_tokens_per_s",
+                                                                       "decode_tokens_per_s", "peak_memory_bytes",
+                                                                       "error")}), file=sys.stderr, flush=True)
+    records = combine_rounds(rounds)
     import bitsandbytes  # noqa: F401  (versions below)
 
     versions = {"torch": torch.__version__, "bitsandbytes": _version("bitsandbytes"), "gptqmodel": _version("gptqmodel"),
@@ -180,7 +210,7 @@ def main(argv=None) -> int:
         "model": {"shape": "openPangu-Embedded-1B layer shape", **PANGU_1B, "layers": args.layers, "vocab": args.vocab,
                   "weights": "random"},
         "settings": {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
-                     "warmup": 1, "batch_size": 1},
+                     "rounds": args.rounds, "warmup": 1, "batch_size": 1},
         "versions": versions, "records": records,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +232,7 @@ def format_table(records: list[dict]) -> str:
     """A markdown table of the records (for the README)."""
     lines = ["| variant | kernel | bits/weight (theory) | weights in memory (MB) | peak RSS (MB) | "
              "prefill tok/s (x fp32) | decode tok/s (x fp32) |", "|---|---|---|---|---|---|---|"]
+    # ratios: medians of per-round ratios, so they need not equal the ratio of the median rates
     for r in records:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | |")
