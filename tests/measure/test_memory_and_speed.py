@@ -20,6 +20,7 @@ def test_peak_rss_sees_a_large_allocation_and_resets():
         del block
     assert small.kind == big.kind == "process_rss"
     assert big.peak_bytes - small.peak_bytes >= 60 * 1024 * 1024 if big.reset else big.peak_bytes > 0
+    assert big.eval_fields() == {"peak_eval_bytes": big.peak_bytes, "peak_eval_memory_kind": "process_rss"}
 
 
 def test_speed_record_is_consistent():
