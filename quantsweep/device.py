@@ -282,6 +282,33 @@ def peak_memory_bytes(device: str | torch.device) -> int | None:
     return None
 
 
+_OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",                # CUDA and NPU allocators ("CUDA out of memory", "NPU out of memory")
+    "can't allocate memory",        # torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")
+    "not enough memory",            # other CPU allocators
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says an allocation failed, on any backend.
+
+    CUDA raises ``torch.OutOfMemoryError``; torch-npu raises a ``RuntimeError`` saying
+    "NPU out of memory"; the CPU allocator raises ``RuntimeError`` or ``MemoryError``.
+
+    Example:
+        >>> is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        True
+        >>> is_out_of_memory(ValueError("bad recipe"))
+        False
+    """
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(error, RuntimeError):
+        text = str(error).lower()
+        return any(message in text for message in _OUT_OF_MEMORY_MESSAGES)
+    return False
+
+
 def cholesky_device(device: str | torch.device) -> str:
     """Where GPTQ-family methods should factorise a Hessian.
 
@@ -315,6 +342,92 @@ def describe(device: str | torch.device) -> str:
     except Exception:  # noqa: BLE001
         name = "unknown"
     return f"{backend}:{index or 0} ({name})"
+
+
+# ---------------------------------------------------------------------- Ray workers
+# What a Ray cluster gives a task, turned into a device string (and back into the
+# resources to ask Ray for). Ray's accelerator managers set ASCEND_RT_VISIBLE_DEVICES
+# (NPU) or CUDA_VISIBLE_DEVICES (GPU) for each worker to the ids it was granted, so
+# inside the worker the first visible device is always index 0.
+RAY_DEVICE_KINDS = ("cpu", "cuda", "npu")
+
+
+def worker_device(accelerator_ids: dict | None = None) -> str:
+    """The device a Ray worker should use, from the accelerator ids Ray granted it.
+
+    Args:
+        accelerator_ids: ``ray.get_runtime_context().get_accelerator_ids()``, a mapping
+            such as ``{"NPU": ["3"], "GPU": []}``; ``None`` or no ids means CPU.
+
+    Ray sets ``ASCEND_RT_VISIBLE_DEVICES`` / ``CUDA_VISIBLE_DEVICES`` to the granted ids,
+    so the worker sees its first device as ``npu:0`` / ``cuda:0`` whatever the id was.
+    An NPU wins over a GPU when a task was (unusually) granted both.
+
+    Example:
+        >>> worker_device({"NPU": ["3"], "GPU": []})
+        'npu:0'
+        >>> worker_device({"GPU": ["1"]})
+        'cuda:0'
+        >>> worker_device(None)
+        'cpu'
+    """
+    if accelerator_ids is None:
+        return "cpu"
+    if not isinstance(accelerator_ids, dict):
+        raise TypeError(f"accelerator_ids must be a dict such as {{'NPU': ['0']}}, got {type(accelerator_ids).__name__}")
+    if accelerator_ids.get("NPU"):
+        return "npu:0"
+    if accelerator_ids.get("GPU"):
+        return "cuda:0"
+    return "cpu"
+
+
+def ray_resources(device_kind: str, cpus_per_unit: int = 1) -> dict:
+    """The resources to request from Ray for one work unit on ``device_kind``.
+
+    One unit holds one accelerator: ``{"resources": {"NPU": 1}}`` on Ascend (Ray's
+    built-in NPU resource), ``{"num_gpus": 1}`` on CUDA, else ``cpus_per_unit`` CPUs.
+    The result is passed as ``remote_function.options(**ray_resources(...))``.
+
+    Raises:
+        ValueError: an unknown device kind or a CPU count below 1.
+
+    Example:
+        >>> ray_resources("npu")
+        {'resources': {'NPU': 1}}
+        >>> ray_resources("cuda")
+        {'num_gpus': 1}
+        >>> ray_resources("cpu", cpus_per_unit=2)
+        {'num_cpus': 2}
+    """
+    kind = parse_device(device_kind)[0] if isinstance(device_kind, str) and ":" in device_kind else device_kind
+    if kind not in RAY_DEVICE_KINDS:
+        raise ValueError(f"unknown device kind {device_kind!r} for Ray; expected one of {', '.join(RAY_DEVICE_KINDS)}")
+    if kind == "npu":
+        return {"resources": {"NPU": 1}}
+    if kind == "cuda":
+        return {"num_gpus": 1}
+    if isinstance(cpus_per_unit, bool) or not isinstance(cpus_per_unit, int) or cpus_per_unit < 1:
+        raise ValueError(f"cpus_per_unit must be an integer >= 1, got {cpus_per_unit!r}")
+    return {"num_cpus": cpus_per_unit}
+
+
+def ray_device_kind(resources: dict) -> str:
+    """The device kind a Ray cluster offers, from ``ray.cluster_resources()``.
+
+    An ``NPU`` resource (Ray detects Ascend NPUs itself) wins, then ``GPU``, else CPU.
+
+    Example:
+        >>> ray_device_kind({"CPU": 192.0, "NPU": 16.0})
+        'npu'
+        >>> ray_device_kind({"CPU": 2.0})
+        'cpu'
+    """
+    if resources.get("NPU", 0) > 0:
+        return "npu"
+    if resources.get("GPU", 0) > 0:
+        return "cuda"
+    return "cpu"
 
 
 # --- bitsandbytes: which devices the installed release runs on (issue 11) ------------------

@@ -5,8 +5,9 @@
 the checkpoint, so the export is the model a run of the same recipe evaluated.
 :func:`export_gptq` writes an already quantized model.
 
-This package is itself callable: ``quantsweep.export(...)`` is
-:func:`export_model`, and ``quantsweep.export.export_gptq`` is the writer.
+This package is itself callable (as ``quantsweep.sweep`` and ``quantsweep.report`` are):
+``quantsweep.export(...)`` is :func:`export_model`, and ``quantsweep.export.export_gptq``
+is the writer.
 
 Example:
     >>> import quantsweep
@@ -17,29 +18,31 @@ Example:
 from __future__ import annotations
 
 import logging
-import sys
-import types
 from pathlib import Path
 
+from quantsweep._verbs import make_callable
 from quantsweep.export.gptq import check_exportable, check_out_dir, export_gptq, exportable_recipes, is_exportable
 
 logger = logging.getLogger(__name__)
 
-TOY_CALIBRATION = (32, 64)  # samples x tokens, the defaults of `quantsweep run --model toy`
-MODEL_CALIBRATION = (128, 2048)  # the literature's defaults, as in `quantsweep run`
-
-__all__ = ["check_exportable", "export_gptq", "export_model", "exportable_recipes", "is_exportable"]
+__all__ = ["calibration_settings", "check_exportable", "export_gptq", "export_model", "exportable_recipes",
+           "is_exportable"]
 
 
-def calibration_defaults(model_name_or_path: str, samples: int | None, seq_len: int | None) -> tuple[int, int]:
-    """``(samples, seq_len)`` as ``quantsweep run`` picks them: 32 x 64 for toy, else 128 x 2048.
+def calibration_settings(model_name_or_path, source: str | None, samples: int | None,
+                         seq_len: int | None) -> tuple[str | None, int, int]:
+    """``(source, samples, seq_len)`` as ``quantsweep run`` resolves them (the sweep spec's defaults):
+    toy: 32 x 64 tokens from ``toy``; any other model: 128 x 2048 and no default source.
 
     Example:
-        >>> calibration_defaults("toy", None, None)
-        (32, 64)
+        >>> calibration_settings("toy", None, None, None)
+        ('toy', 32, 64)
     """
-    default = TOY_CALIBRATION if str(model_name_or_path) == "toy" else MODEL_CALIBRATION
-    return samples or default[0], seq_len or default[1]
+    from quantsweep.sweep.spec import default_calibration
+
+    defaults = default_calibration(str(model_name_or_path))
+    return (source if source is not None else defaults["source"], samples or defaults["samples"],
+            seq_len or defaults["seq_len"])
 
 
 def export_model(
@@ -88,26 +91,31 @@ def export_model(
     check_exportable(config)
     check_out_dir(out, overwrite)
     needs_data = get_method(config.method).needs_calibration
-    if needs_data and calibration_source is None and str(model_name_or_path) != "toy":
-        raise ValueError(f"recipe {config.name} needs calibration data; pass --calib-source "
-                         "(a .txt/.jsonl file, or wikitext2/c4/pile when the hub is reachable)")
-    samples, seq_len = calibration_defaults(model_name_or_path, calibration_samples, calibration_seq_len)
+    source, samples, seq_len = calibration_settings(model_name_or_path, calibration_source, calibration_samples,
+                                                    calibration_seq_len)
+    if needs_data:
+        require_calibration_source([config.name], source)
     model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     calibration = None
     if needs_data:
-        calibration = load_calibration(calibration_source or "toy", tokenizer, n_samples=samples,
-                                       seq_len=seq_len, seed=calibration_seed)
+        calibration = load_calibration(source, tokenizer, n_samples=samples, seq_len=seq_len, seed=calibration_seed)
     result = apply_recipe(model, config, calibration=calibration)
     return export_gptq(model, result, out, config=config, tokenizer=tokenizer, overwrite=overwrite,
                        checkpoint_format=checkpoint_format)
 
 
-class _CallableModule(types.ModuleType):
-    """Lets ``quantsweep.export(...)`` call :func:`export_model` while ``quantsweep.export.*`` stays a package."""
+def require_calibration_source(recipes: list[str], source: str | None) -> None:
+    """Refuse calibrated recipes without a calibration source, or with an unknown one, before loading.
 
-    def __call__(self, *args, **kwargs):
-        return export_model(*args, **kwargs)
+    Example:
+        >>> require_calibration_source(["w4-gptq"], "toy")
+    """
+    from quantsweep.calibration import check_calibration_source
+
+    if source is None:
+        raise ValueError(f"recipes {', '.join(recipes)} need calibration data; pass --calib-source "
+                         "(a .txt/.jsonl file, or wikitext2/c4/pile when the hub is reachable)")
+    check_calibration_source(source)
 
 
-sys.modules[__name__].__class__ = _CallableModule
-export = sys.modules[__name__]  # what `quantsweep._EXPORTS["export"]` resolves to: this callable package
+make_callable(__name__, "quantsweep.export:export_model")

@@ -95,3 +95,12 @@ class PeakMemory:
         """
         return {"peak_memory_bytes": self.peak_bytes, "peak_memory_kind": self.kind,
                 "peak_memory_reset": self.reset, "peak_memory_device": self.device}
+
+    def eval_fields(self) -> dict:
+        """The peak while evaluating, as the cell-record fields the report reads.
+
+        Example:
+            >>> PeakMemory("cpu").eval_fields()["peak_eval_memory_kind"]
+            'process_rss'
+        """
+        return {"peak_eval_bytes": self.peak_bytes, "peak_eval_memory_kind": self.kind}

@@ -69,22 +69,22 @@ def measure_recipes(model_name_or_path: str, recipes: list, *, device: str = "au
         ['fp', 'w8-bnb']
     """
     from quantsweep.calibration import load_calibration
-    from quantsweep.export import calibration_defaults
+    from quantsweep.export import calibration_settings, require_calibration_source
     from quantsweep.models import load_model
     from quantsweep.recipes import apply_recipe, expand_recipes, get_method
     from quantsweep.snapshot import WeightSnapshot
 
-    configs = [c for c in expand_recipes(["fp", *recipes])]
+    configs = list(expand_recipes(["fp", *recipes]))
     configs = [c for i, c in enumerate(configs) if c.name not in {d.name for d in configs[:i]}]
     needs_data = [c.name for c in configs if get_method(c.method).needs_calibration]
-    if needs_data and calibration_source is None and str(model_name_or_path) != "toy":
-        raise ValueError(f"recipes {', '.join(needs_data)} need calibration data; pass --calib-source")
-    samples, seq_len = calibration_defaults(model_name_or_path, calibration_samples, calibration_seq_len)
+    source, samples, seq_len = calibration_settings(model_name_or_path, calibration_source, calibration_samples,
+                                                    calibration_seq_len)
+    if needs_data:
+        require_calibration_source(needs_data, source)
     model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     calibration = None
     if needs_data:
-        calibration = load_calibration(calibration_source or "toy", tokenizer, n_samples=samples, seq_len=seq_len,
-                                       seed=calibration_seed)
+        calibration = load_calibration(source, tokenizer, n_samples=samples, seq_len=seq_len, seed=calibration_seed)
     snapshot = WeightSnapshot(model)
     records, fp_measured = [], None
     for config in configs:

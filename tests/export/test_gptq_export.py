@@ -145,5 +145,5 @@ def test_non_empty_folder_needs_overwrite(tmp_path):
 
 
 def test_other_calibrated_models_need_a_source(tmp_path):
-    with pytest.raises(ValueError, match="needs calibration data; pass --calib-source"):
+    with pytest.raises(ValueError, match="need calibration data; pass --calib-source"):
         quantsweep.export(str(tmp_path / "some-model"), "w4-gptq", tmp_path / "out")
