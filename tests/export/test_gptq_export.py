@@ -147,3 +147,10 @@ def test_non_empty_folder_needs_overwrite(tmp_path):
 def test_other_calibrated_models_need_a_source(tmp_path):
     with pytest.raises(ValueError, match="need calibration data; pass --calib-source"):
         quantsweep.export(str(tmp_path / "some-model"), "w4-gptq", tmp_path / "out")
+
+
+def test_export_is_a_verb_and_a_package():
+    import quantsweep.export as package
+
+    assert quantsweep.export is package and callable(quantsweep.export)
+    assert quantsweep.export.export_gptq is export_gptq
