@@ -428,3 +428,105 @@ def ray_device_kind(resources: dict) -> str:
     if resources.get("GPU", 0) > 0:
         return "cuda"
     return "cpu"
+
+
+# --- bitsandbytes: which devices the installed release runs on (issue 11) ------------------
+# bitsandbytes ships one backend folder per device type (bitsandbytes/backends/<type>);
+# CPU kernels are official since 0.48. An Ascend backend is not in its main branch, so
+# "npu" is refused unless an installed release brings a backends/npu folder.
+
+BNB_INSTALL_HINT = "bitsandbytes recipes need the `bnb` extra: pip install 'quantsweep[bnb]'"
+BNB_MIN_VERSION = {"cpu": "0.48"}  # device type -> first release with official kernels for it
+_BNB_NON_DEVICE_FOLDERS = {"default", "triton", "utils", "__pycache__"}
+
+
+def bitsandbytes_version() -> str | None:
+    """The installed bitsandbytes version, or None when it is not installed (nothing is imported).
+
+    Example:
+        >>> bitsandbytes_version() is None or bitsandbytes_version()[0].isdigit()
+        True
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("bitsandbytes")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def bitsandbytes_backends() -> tuple[str, ...]:
+    """Device types the installed bitsandbytes has a backend for (empty when not installed).
+
+    Example:
+        >>> isinstance(bitsandbytes_backends(), tuple)
+        True
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("bitsandbytes")
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    folders = [Path(location) / "backends" for location in spec.submodule_search_locations]
+    found = {p.name for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_dir()}
+    return tuple(sorted(found - _BNB_NON_DEVICE_FOLDERS))
+
+
+def bitsandbytes_supports(device: str | torch.device, version: str | None = None,
+                          backends: tuple[str, ...] | None = None) -> bool:
+    """Whether bitsandbytes (the installed one, or ``version`` / ``backends``) runs on ``device``.
+
+    Example:
+        >>> bitsandbytes_supports("cpu", version="0.47.0", backends=("cpu", "cuda"))
+        False
+        >>> bitsandbytes_supports("npu:0", version="0.50.2", backends=("cpu", "cuda"))
+        False
+    """
+    from packaging.version import Version
+
+    version = bitsandbytes_version() if version is None else version
+    backends = bitsandbytes_backends() if backends is None else backends
+    backend, _ = parse_device(device)
+    if version is None or backend not in backends:
+        return False
+    minimum = BNB_MIN_VERSION.get(backend)
+    return minimum is None or Version(version) >= Version(minimum)
+
+
+def check_bitsandbytes_device(device: str | torch.device) -> str:
+    """Return the bitsandbytes version if it runs on ``device``; else raise naming what is missing.
+
+    Raises:
+        ValueError: bitsandbytes is not installed (names the ``bnb`` extra).
+        DeviceUnavailableError: the installed release has no kernels for this device
+            (names the device and the version).
+
+    Example:
+        >>> check_bitsandbytes_device("cpu")  # doctest: +SKIP
+        '0.50.2'
+    """
+    version = bitsandbytes_version()
+    if version is None:
+        raise ValueError(BNB_INSTALL_HINT)
+    if not bitsandbytes_supports(device, version):
+        backend, _ = parse_device(device)
+        minimum = BNB_MIN_VERSION.get(backend)
+        needs = f"; CPU kernels need bitsandbytes>={minimum}" if minimum else ""
+        raise DeviceUnavailableError(
+            f"bitsandbytes {version} does not support device {str(device)!r} (its backends: "
+            f"{', '.join(bitsandbytes_backends()) or 'none'}{needs}); run bitsandbytes recipes on "
+            "cpu or cuda, or use a fake-quant recipe such as w8-rtn / w4-rtn"
+        )
+    return version
+
+
+def has_allocator_stats(device: str | torch.device) -> bool:
+    """Whether ``device`` has an allocator peak counter (CUDA, NPU); CPU has none.
+
+    Example:
+        >>> has_allocator_stats("cpu")
+        False
+    """
+    backend, _ = parse_device(device)
+    return backend in ("cuda", "npu")

@@ -132,6 +132,7 @@ _BUILTIN_METHOD_MODULES = (
     "quantsweep.methods.gptaq",
     "quantsweep.methods.billm",
     "quantsweep.methods.slim_llm",
+    "quantsweep.methods.bnb",
 )
 _builtins_loaded = False
 
