@@ -33,6 +33,7 @@ from quantsweep.sweep.plan import CellPlan, WorkUnit
 logger = logging.getLogger(__name__)
 
 CELL_FORMAT = 1
+SPEED_PROMPT_TOKENS, SPEED_NEW_TOKENS = 512, 128  # the measure step's prefill prompt and decode length, batch 1
 MAX_DEATHS = 2  # processes that may die computing one cell (kill -9, the OOM killer) before it is a failed cell
 _LOGGED_PACKAGES = ("quantsweep", "lm_eval", "lm-eval")
 
@@ -372,6 +373,8 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
                 "log": quantize_log.name}
     calibration = state.calibration.provenance() if cells[0].needs_calibration else None
     cost = _cost_fields(state, recipe, quantized)
+    if state.context.measure:
+        cost.update(_speed_fields(state, quantized))
     for claim in claimed.values():
         claim.mark_running(False)
     for cell in cells:
@@ -398,9 +401,35 @@ def _cost_fields(state: _UnitState, recipe, quantized) -> dict[str, Any]:
         return {"kernel": quantized.kernel, "cost_error": _error_text(error)}
 
 
+def _speed_fields(state: _UnitState, quantized) -> dict[str, Any]:
+    """Prefill/decode speed and peak memory of a recipe with a real kernel; none for fake-quant.
+
+    A fake-quant model is the fp model with rounded weights: its speed and memory are the
+    fp model's, so no number is recorded for it, only that label.
+    """
+    if quantized.kernel == "fake-quant":
+        return {"speed_measured": False, "speed_note": "fake-quant: memory and speed are the fp model's"}
+    from quantsweep.measure.step import timed
+
+    prompt_tokens, new_tokens = SPEED_PROMPT_TOKENS, SPEED_NEW_TOKENS
+    positions = getattr(state.model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and prompt_tokens + new_tokens > positions:  # e.g. the toy's 512 positions
+        prompt_tokens, new_tokens = positions * 3 // 4, positions // 8
+    try:
+        measured = timed(state.model, state.tokenizer, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    except Exception as error:  # noqa: BLE001 - a timing we could not take is recorded as such
+        return {"speed_measured": False, "speed_note": f"not measured: {_error_text(error)}"}
+    keep = ("prefill_tokens_per_s", "prefill_relative_spread", "decode_tokens_per_s", "decode_relative_spread",
+            "prompt_tokens", "new_tokens", "repeats")
+    return {"speed_measured": True, **{k: measured.get(k) for k in keep}, "speed_device": measured.get("device"),
+            "speed_threads": measured.get("threads"), "speed_peak_memory_bytes": measured.get("peak_memory_bytes"),
+            "speed_peak_memory_kind": measured.get("peak_memory_kind")}
+
+
 def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibration, cost: dict) -> dict[str, Any]:
     from quantsweep import device as devices
     from quantsweep.eval.harness import evaluate
+    from quantsweep.measure.memory import PeakMemory
     from quantsweep.sweep.store import fault_point
 
     context = state.context
@@ -411,12 +440,13 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
     started = time.perf_counter()
     fault_point(f"{cell.recipe.name}/{cell.task}")
     while True:
-        devices.reset_peak_memory(device)
         try:
-            result = evaluate(state.model, state.tokenizer, [cell.task], limit=context.limit, batch_size=batch_size,
-                              num_fewshot=context.num_fewshot, include_path=list(context.include_path) or None,
-                              task_configs=overrides, allow_code_execution=context.allow_code_execution,
-                              seed=context.seed)
+            with PeakMemory(device) as peak:
+                    result = evaluate(state.model, state.tokenizer, [cell.task], limit=context.limit,
+                                  batch_size=batch_size, num_fewshot=context.num_fewshot,
+                                  include_path=list(context.include_path) or None,
+                                  task_configs=overrides, allow_code_execution=context.allow_code_execution,
+                                  seed=context.seed)
             break
         except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
             if not devices.is_out_of_memory(error):
@@ -441,8 +471,7 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
               "provenance": {**cell.key_fields["versions"], "limit": context.limit, "num_fewshot": context.num_fewshot,
                              "seed": context.seed, "device": device},
               "evaluate": {"seconds": time.perf_counter() - started, "batch_size_requested": context.batch_size,
-                           "batch_size_used": batch_size, "oom_retries": retries,
-                           "peak_device_bytes": devices.peak_memory_bytes(device)},
+                           "batch_size_used": batch_size, "oom_retries": retries, **peak.eval_fields()},
               "quantize": quantize, "calibration": calibration, "cost": cost, "diagnosis": diagnosis,
               "finished_at": _now()}
     state.store.write_cell(record)

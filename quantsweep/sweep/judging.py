@@ -57,7 +57,8 @@ def _base(cell: dict[str, Any], verdict_config) -> dict[str, Any]:
             "quantize_seconds": quantize.get("seconds"), "layer_seconds": quantize.get("layer_seconds"),
             "peak_device_bytes": quantize.get("peak_device_bytes"),
             "batch_size_used": evaluate.get("batch_size_used"), "oom_retries": evaluate.get("oom_retries") or None,
-            "evaluate_seconds": evaluate.get("seconds"), "peak_eval_device_bytes": evaluate.get("peak_device_bytes"),
+            "evaluate_seconds": evaluate.get("seconds"), "peak_eval_bytes": evaluate.get("peak_eval_bytes"),
+            "peak_eval_memory_kind": evaluate.get("peak_eval_memory_kind"),
             **(cell.get("cost") or {}), "calibration": cell.get("calibration"),
             "verdict_config": verdict_config.to_dict()}
 
