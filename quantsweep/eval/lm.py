@@ -108,6 +108,20 @@ class ContextCachedLM(HFLM):
         self.oom_halvings: list[tuple[int, int]] = []
         self._cache_reason: str | None | bool = False  # False: not checked yet
         self._head_reason: str | None | bool = False
+        self._positions = positions
+        self.default_max_length = int(self.max_length)
+
+    def use_max_length(self, max_length: int) -> None:
+        """Score later requests in windows of ``max_length`` tokens (at most the model's positions).
+
+        Example:
+            >>> lm.use_max_length(2048)  # doctest: +SKIP
+        """
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+        if self._positions is not None and max_length > self._positions:
+            raise ValueError(f"max_length {max_length} exceeds the model's {self._positions} positions")
+        self._max_length = max_length
 
     # ------------------------------------------------------------ shared helpers
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import quantsweep
+from quantsweep import hub
 from quantsweep.eval import suites
 
 ROWS = 4  # documents per split written; the tests evaluate limit=3 of them
@@ -296,7 +297,7 @@ def test_user_hf_endpoint_is_kept_and_missing_data_falls_back_to_the_mirror(tmp_
     configs = suites.local_task_configs(["piqa"], tmp_path, hub_endpoint="https://other.example")
     assert os.environ["HF_ENDPOINT"] == "https://mirror.user.example"
     assert configs == {}  # no override: piqa loads from the hub, through the user's mirror
-    assert suites.effective_hub_endpoint("https://other.example") == "https://mirror.user.example"
+    assert hub.effective_hub_endpoint("https://other.example") == "https://mirror.user.example"
 
 
 def test_mirror_is_not_used_when_the_hub_is_marked_offline(tmp_path, monkeypatch):
@@ -314,12 +315,12 @@ def test_hub_endpoint_argument_sets_the_mirror_when_the_user_did_not(monkeypatch
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", huggingface_hub.constants.ENDPOINT)
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", datasets.config.HF_ENDPOINT)
     monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", datasets.config.HUB_DATASETS_URL)
-    assert suites.use_hub_mirror("https://hf-mirror.example/") == "https://hf-mirror.example"
+    assert hub.use_hub_mirror("https://hf-mirror.example/") == "https://hf-mirror.example"
     assert os.environ["HF_ENDPOINT"] == "https://hf-mirror.example"
     assert huggingface_hub.constants.ENDPOINT == "https://hf-mirror.example"
     assert datasets.config.HUB_DATASETS_URL.startswith("https://hf-mirror.example/datasets/")
     with pytest.raises(ValueError, match="http"):
-        suites.use_hub_mirror("hf-mirror.example")
+        hub.use_hub_mirror("hf-mirror.example")
 
 
 # ---------------------------------------------------------------- code tasks
