@@ -47,12 +47,14 @@ def _flat(value):
         yield value
 
 
-def assert_same_numbers(model, tokenizer, tasks, limit, task_configs=None, batch_size=4, **kwargs):
+def assert_same_numbers(model, tokenizer, tasks, limit, task_configs=None, batch_size=4, expect_fallback=False,
+                        **kwargs):
     """Run both LMs and compare every response; returns how many numbers were compared."""
     theirs, their_metrics = _responses(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                                             **kwargs), tasks, limit, task_configs)
-    ours, our_metrics = _responses(ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                                                   **kwargs), tasks, limit, task_configs)
+    lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
+    ours, our_metrics = _responses(lm, tasks, limit, task_configs)
+    assert bool(lm.fallbacks) == expect_fallback, lm.fallbacks  # the fast path really ran
     assert sorted(ours) == sorted(theirs)
     compared = 0
     for task in theirs:
@@ -232,7 +234,7 @@ def lm_log():
 
 def test_left_truncation_falls_back_to_lm_eval_and_is_logged(toy, lm_log):
     model, tokenizer = toy
-    assert assert_same_numbers(model, tokenizer, ["toy_mc4"], limit=10, max_length=5) > 0
+    assert assert_same_numbers(model, tokenizer, ["toy_mc4"], limit=10, max_length=5, expect_fallback=True) > 0
     assert sum("left truncation" in r.getMessage() for r in lm_log) == 1  # logged once
 
 
