@@ -49,6 +49,10 @@ _CACHE_KWARGS = ("cache", "past_key_values")
 Request = tuple[Any, list[int], list[int]]  # (cache key, context tokens, continuation tokens)
 
 
+class _NoReorderableCache(Exception):
+    """The model's forward returned no KV cache that can be expanded along the batch."""
+
+
 def model_positions(model) -> int | None:
     """The number of positions a model was built for, from its config (None if it names none).
 
@@ -195,13 +199,23 @@ class ContextCachedLM(HFLM):
             if results[i] is None:
                 assert ctx and cont, "lm-eval gives every request a context and a continuation"
                 groups.setdefault(tuple(ctx), []).append(i)
-        # Longest contexts first (out-of-memory shows at once); a batch holds <= batch_size continuations.
+        # Longest contexts first (out-of-memory shows at once); a batch holds batch_size contexts
+        # (documents) and all their continuations.
         ordered = sorted(groups.items(), key=lambda item: (-len(item[0]), item[0]))
         with_prefix = [g for g in ordered if len(g[0]) > 1]
         no_prefix = [g for g in ordered if len(g[0]) == 1]  # nothing to cache: a plain forward
-        for subset in (with_prefix, no_prefix):
-            units = [(ctx, i) for ctx, ids in subset for i in ids]
-            for (ctx, i), answer in zip(units, self._batches(units, lambda b: self._score_from_cache(b, requests))):
+        try:
+            for subset in (with_prefix, no_prefix):
+                order = [i for _, ids in subset for i in ids]
+                scored = self._batches(subset, lambda batch: self._score_from_cache(
+                    [(ctx, i) for ctx, ids in batch for i in ids], requests))
+                for i, answer in zip(order, scored, strict=True):
+                    results[i] = answer
+        except _NoReorderableCache as err:
+            self._cache_reason = str(err)
+            rest = [i for i, answer in enumerate(results) if answer is None]
+            self._log_fallback(self._cache_reason, len(rest))
+            for i, answer in zip(rest, super()._loglikelihood_tokens([requests[i] for i in rest], True)):
                 results[i] = answer
         for i, answer in enumerate(results):
             key = requests[i][0]
@@ -228,7 +242,7 @@ class ContextCachedLM(HFLM):
                 cache = next((getattr(out, name) for name in _CACHE_KWARGS if getattr(out, name, None) is not None),
                              None)
                 if cache is None or not hasattr(cache, "reorder_cache"):
-                    raise RuntimeError(f"{type(self.model).__name__} returned no reorderable KV cache")
+                    raise _NoReorderableCache(f"{type(self.model).__name__} returned no reorderable KV cache")
                 rows = torch.tensor([row_of[ctx] for ctx, _ in units], device=device)
                 cache.reorder_cache(rows)  # one cache row per continuation
                 mask_before = prefix_mask[rows]

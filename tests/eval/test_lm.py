@@ -287,3 +287,21 @@ def test_nan_weights_still_give_nonfinite_loglikelihoods(toy):
     task = quantsweep.evaluate(broken, tokenizer, ["toy_mc4", "toy_ppl"], limit=5)
     assert task.tasks["toy_mc4"].nonfinite_samples == 5
     assert task.tasks["toy_ppl"].nonfinite_samples == 5
+
+
+class _CacheLessOutputModel(_NoCacheModel):
+    """Takes a ``cache`` argument but returns none (a cache type we cannot expand)."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, **kwargs):
+        return self.inner(input_ids=input_ids, use_cache=False)
+
+
+def test_model_returning_no_cache_falls_back_for_the_remaining_requests(toy, lm_log):
+    model, tokenizer = toy
+    lm = ContextCachedLM(pretrained=_CacheLessOutputModel(model), tokenizer=tokenizer, batch_size=2, backend="causal")
+    pairs = [(f"Q: where does {name} live? A:", f" in {city}") for name in ("Ada", "Bo", "Cy") for city in ("Paris", "Rome")]
+    mine = lm.loglikelihood(_instances(pairs))
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2).loglikelihood(_instances(pairs))
+    assert max(abs(a - b) for (a, _), (b, _) in zip(mine, theirs)) <= TOLERANCE_NATS
+    assert [r.getMessage() for r in lm_log if "reorderable" in r.getMessage()]
+    assert lm.fallbacks == {"_CacheLessOutputModel returned no reorderable KV cache": len(pairs)}
