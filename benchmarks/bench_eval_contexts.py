@@ -16,7 +16,7 @@ openPangu-Embedded-1B's width as assumed here (hidden 1536, intermediate 6144, 1
 6 KV heads, q/k/v/o biases, vocab 153376; no published 1B config is in this
 repository), 2 decoder layers.
 
-Memory (each in a fresh subprocess, peak RSS from ``getrusage``): WikiText-style rolling
+Memory (each in a fresh subprocess, peak RSS = ``VmHWM`` of ``/proc/self/status``): WikiText-style rolling
 log-likelihood at batch 8 of 8 documents that each fill one 512-token window, vocab
 150,000, with lm-eval's HFLM ("before") and ours ("after"). The model is a 2-layer
 hidden-64 Llama, so the logits dominate.
@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -149,6 +148,15 @@ def time_model(name: str, docs: int, batch_size: int, repeats: int) -> dict:
 MEMORY = {"vocab": 150_000, "window": 512, "batch_size": 8, "docs": 8, "hidden": 64, "layers": 2}
 
 
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status (VmHWM: this process's peak RSS). Unlike getrusage's
+    ru_maxrss, VmHWM starts afresh at exec, so the parent's peak does not leak into the child."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def memory_child(which: str) -> dict:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -169,11 +177,11 @@ def memory_child(which: str) -> dict:
              for _ in range(MEMORY["docs"])]
     requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=0, metadata=("wt", i, 1))
                 for i, t in enumerate(texts)]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _status_bytes("VmHWM")
     start = time.perf_counter()
     values = lm.loglikelihood_rolling(requests, disable_tqdm=True)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     return {"which": which, "peak_rss_bytes": peak, "rss_before_scoring_bytes": before,
             "scoring_peak_above_before_bytes": peak - before, "seconds": seconds, "loglikelihoods": values}
 
@@ -200,12 +208,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=0, help="best of (default: toy 3, pangu1b-2l 1)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="measure memory only and replace that part of an existing results file")
     parser.add_argument("--memory-child", choices=["lm-eval", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))
         return
     torch.set_num_threads(args.threads)
+    if args.memory_only:
+        result = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
+        result["perplexity_memory"] = memory_pair()
+        result["perplexity_memory"]["note"] = "measured in a separate invocation from time_4_choice"
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {RESULTS}")
+        return
     default_docs, default_repeats = {"toy": 100, "pangu1b-2l": 8}, {"toy": 3, "pangu1b-2l": 1}
     timings = [time_model(name, args.docs or default_docs.get(name, 8), args.batch_size,
                           args.repeats or default_repeats.get(name, 1)) for name in args.models.split(",")]
