@@ -305,3 +305,33 @@ def test_model_returning_no_cache_falls_back_for_the_remaining_requests(toy, lm_
     assert max(abs(a - b) for (a, _), (b, _) in zip(mine, theirs)) <= TOLERANCE_NATS
     assert [r.getMessage() for r in lm_log if "reorderable" in r.getMessage()]
     assert lm.fallbacks == {"_CacheLessOutputModel returned no reorderable KV cache": len(pairs)}
+
+
+def test_auto_batch_size_halves_on_out_of_memory_and_records_it(toy, monkeypatch):
+    model, tokenizer = toy
+    lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size="auto")
+    score = lm._score_from_cache
+
+    def at_most_two_contexts(units, requests):
+        if len({ctx for ctx, _ in units}) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return score(units, requests)
+
+    monkeypatch.setattr(lm, "_score_from_cache", at_most_two_contexts)
+    requests = [(None, [10 + doc, 20, 30 + doc], option) for doc in range(5) for option in ([40], [41, 42])]
+    mine = lm._loglikelihood_tokens(requests)
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)._loglikelihood_tokens(requests)
+    assert max(abs(a - b) for (a, _), (b, _) in zip(mine, theirs)) <= TOLERANCE_NATS
+    assert lm.oom_halvings == [(64, 32), (32, 16), (16, 8), (8, 4), (4, 2)]
+
+
+def test_fixed_batch_size_does_not_hide_out_of_memory(toy, monkeypatch):
+    model, tokenizer = toy
+    lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+
+    def out_of_memory(units, requests):
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(lm, "_score_from_cache", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        lm.loglikelihood(_instances([("Q: where does Ada live? A:", " in Paris")]))

@@ -92,6 +92,13 @@ def test_choice_counts_come_from_the_data(offline_result):
         assert [s.n_choices for s in samples] == counts, name
 
 
+def test_perplexity_tasks_record_the_suite_window_and_the_unigram_chance(offline_result):
+    for task in ("wikitext", "c4"):
+        assert offline_result.tasks[task].max_length == 2048  # the suite's window (the model has 4096 positions)
+        assert offline_result.tasks[task].unigram_chance_nats > 0
+    assert offline_result.tasks["piqa"].unigram_chance_nats is None
+
+
 def test_subject_columns_become_each_documents_cluster(offline_result):
     mmlu = offline_result.tasks["mmlu_all"].samples
     assert [s.cluster for s in mmlu] == [MMLU_SUBJECTS[s.doc_id % 2] for s in mmlu]
