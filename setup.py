@@ -14,7 +14,7 @@ setup(
     package_dir=SHIPPED,
     package_data={
         "quantsweep": ["assets/**/*", "report/templates/*"],
-        "quantsweep._shipped.recipes": ["*.yaml"],
+        "quantsweep._shipped.recipes": ["*.yaml", "sweeps/*.yaml"],
         "quantsweep._shipped.tasks": ["**/*.yaml", "**/*.py"],
     },
     exclude_package_data={"": ["__pycache__/*", "*.pyc"]},

@@ -1,11 +1,13 @@
 """quantsweep: how far can a causal LM be quantized before it breaks, and how do we know?
 
-The public API is five verbs and the recipe registry::
+The public API is a few verbs and the recipe registry::
 
     import quantsweep
     model, tokenizer = quantsweep.load_model("toy")          # or a local HF directory
     quantsweep.quantize(model, "w4-rtn")                      # in place
     result = quantsweep.evaluate(model, tokenizer, tasks=["toy_mc4"], limit=100)
+    frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")   # resumable, DataFrame
+    quantsweep.report("toy-sweep")                            # one self-contained HTML file
 
 Names are imported lazily so that ``import quantsweep`` stays light and never
 touches torch_npu or an accelerator.
@@ -32,6 +34,10 @@ _EXPORTS = {
     "EvalResult": "quantsweep.eval.harness",
     "resolve_device": "quantsweep.device",
     "WeightSnapshot": "quantsweep.snapshot",
+    "report": "quantsweep.report",  # the subpackage itself: a callable module, quantsweep.report(DIR)
+    "sweep": "quantsweep.sweep",    # likewise: quantsweep.sweep(spec, out=...) -> DataFrame
+    "load_results": "quantsweep.sweep.api",
+    "judge": "quantsweep.sweep.api",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -39,7 +45,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        module = importlib.import_module(_EXPORTS[name])
+        value = module if _EXPORTS[name] == f"{__name__}.{name}" else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'quantsweep' has no attribute {name!r}")

@@ -188,6 +188,25 @@ def _tokenize(text: str, tokenizer) -> torch.Tensor:
     return torch.as_tensor(ids, dtype=torch.long).flatten()
 
 
+def check_calibration_source(source: str) -> None:
+    """Refuse an unknown calibration source or a missing file, before any model loads.
+
+    Example:
+        >>> check_calibration_source("toy")
+    """
+    if source == "toy" or source in HF_SOURCES:
+        return
+    path = Path(source)
+    if path.suffix in LOCAL_SUFFIXES:
+        if not path.is_file():
+            raise ValueError(f"calibration file {source!r} does not exist")
+        return
+    raise ValueError(
+        f"unknown calibration source {source!r}; use one of {', '.join(NAMED_SOURCES)} "
+        f"or a path to a local {' / '.join(LOCAL_SUFFIXES)} file"
+    )
+
+
 def _read_source(source: str) -> str:
     if source in HF_SOURCES:
         return _hf_text(source)

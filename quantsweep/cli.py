@@ -1,4 +1,4 @@
-"""The ``quantsweep`` command: ``demo``, ``run`` and ``recipes``.
+"""The ``quantsweep`` command: ``demo``, ``run``, ``sweep``, ``judge``, ``report`` and ``recipes``.
 
 A user's mistake (unknown recipe or task, missing model path, malformed recipe
 YAML, a group size that does not divide a layer, a missing device) prints one
@@ -7,6 +7,9 @@ line ``quantsweep: error: ...`` and exits with code 2, never a traceback.
 Example:
     $ quantsweep demo --out demo-out
     $ quantsweep run --model toy --recipe fp --recipe w4-rtn --tasks toy_mc4,toy_ppl --limit 200
+    $ quantsweep sweep recipes/sweeps/toy.yaml --out toy-sweep
+    $ quantsweep judge toy-sweep --alpha 0.01
+    $ quantsweep report toy-sweep
     $ quantsweep recipes
 """
 
@@ -32,6 +35,8 @@ class UserError(Exception):
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console; per-cell log files take INFO on their own
+        handler.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("quantsweep").setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("lm_eval", "lm-eval", "transformers", "datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
@@ -49,13 +54,7 @@ def _split_tasks(text: str) -> list[str]:
     return tasks
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=float, default=None,
-                        help="evaluate only the first N documents of each task (a fraction if < 1)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
-    parser.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default 32)")
-    parser.add_argument("--out", default=None, help="folder for results.jsonl and per-sample files")
+def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="significance level of the verdict tests (default 0.05)")
     parser.add_argument("--accuracy-tolerance", type=float, default=None,
                         help="largest accuracy drop still called lossless (default 0.01 = 1 point)")
@@ -64,6 +63,25 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collapse-retention", type=float, default=None,
                         help="share of the baseline's margin above chance at or below which a result is collapsed (default 0.15)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def _add_resume_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retry-failed", action="store_true", help="run cells that failed in an earlier run again")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute every cell (stored cells are replaced one by one as new ones finish)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=float, default=None,
+                        help="evaluate only the first N documents of each task (a fraction if < 1)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="documents per forward pass (default 32; halved on out-of-memory, down to 1)")
+    parser.add_argument("--out", default=None,
+                        help="store folder: one file per cell, results.jsonl and summary.json; a rerun resumes")
+    _add_resume_options(parser)
+    _add_verdict_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.set_defaults(out="quantsweep-out")
 
+    sweep = sub.add_parser("sweep", help="run a sweep spec (models x recipes x tasks) into a store, resumably")
+    sweep.add_argument("spec", help="sweep spec YAML, e.g. recipes/sweeps/toy.yaml")
+    sweep.add_argument("--out", required=True, help="store folder (created if missing; a rerun resumes)")
+    sweep.add_argument("--backend", default="local", choices=["local", "ray"],
+                       help="local: this process; ray: a Ray cluster (pip install 'quantsweep[ray]')")
+    sweep.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    _add_resume_options(sweep)
+    _add_verdict_options(sweep)
+
+    judge = sub.add_parser("judge", help="re-judge a store from disk with new verdict thresholds")
+    judge.add_argument("store", help="store folder written by `quantsweep run` or `quantsweep sweep`")
+    _add_verdict_options(judge)
+
     sub.add_parser("recipes", help="list the registered recipes and grids")
+    _add_report_parser(sub)
     return parser
 
 
@@ -119,11 +151,27 @@ def _print_progress_row(outcome) -> None:
     print(f"[{outcome.recipe.name}] " + "  ".join(cells), flush=True)
 
 
+def _print_plan(plan) -> None:
+    print(plan.describe(), flush=True)
+
+
+def _check_run_numbers(args) -> None:
+    """Refuse impossible numbers before any model loads."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if getattr(args, "num_fewshot", None) is not None and args.num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
+    for name in ("calib_samples", "calib_seq_len"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
 def _run(spec) -> int:
     from quantsweep.report import LEGEND, format_table
     from quantsweep.sweep.runner import run
 
-    outcomes = run(spec, on_outcome=_print_progress_row)
+    outcomes = run(spec, on_outcome=_print_progress_row, on_plan=_print_plan, progress=True)
     records = [record for outcome in outcomes for record in outcome.records]
     print()
     print(format_table(records))  # columns from the records: suites arrive expanded into their tasks
@@ -166,9 +214,10 @@ def _command_demo(args) -> int:
     from quantsweep.sweep.runner import RunSpec
 
     print(f"quantsweep demo: toy model × {', '.join(DEMO_RECIPES)} × {', '.join(DEMO_TASKS)}", flush=True)
+    _check_run_numbers(args)
     spec = RunSpec(model="toy", recipes=DEMO_RECIPES[1:], tasks=DEMO_TASKS, limit=_limit(args.limit),
                    device=args.device, dtype=args.dtype, batch_size=args.batch_size, out_dir=args.out,
-                   verdict_config=_verdict_config(args))
+                   verdict_config=_verdict_config(args), retry_failed=args.retry_failed, force=args.force)
     return _run(spec)
 
 
@@ -176,17 +225,68 @@ def _command_run(args) -> int:
     from quantsweep.sweep.runner import RunSpec
 
     tasks = _split_tasks(args.tasks)
-    toy = args.model == "toy"
+    _check_run_numbers(args)
     spec = RunSpec(
         model=args.model, recipes=args.recipe, tasks=tasks, limit=_limit(args.limit), device=args.device,
         dtype=args.dtype, batch_size=args.batch_size, num_fewshot=args.num_fewshot, out_dir=args.out,
         trust_remote_code=args.trust_remote_code, include_path=args.include_path, data_dir=args.data_dir,
         allow_code_execution=args.allow_code_execution, calibration_source=args.calib_source,
-        calibration_samples=args.calib_samples or (32 if toy else 128),
-        calibration_seq_len=args.calib_seq_len or (64 if toy else 2048), calibration_seed=args.calib_seed,
-        verdict_config=_verdict_config(args),
+        calibration_samples=args.calib_samples, calibration_seq_len=args.calib_seq_len,
+        calibration_seed=args.calib_seed, verdict_config=_verdict_config(args),
+        retry_failed=args.retry_failed, force=args.force,
     )
     return _run(spec)
+
+
+def _command_sweep(args) -> int:
+    import dataclasses
+
+    from quantsweep.report import LEGEND, format_table
+    from quantsweep.sweep.api import run_sweep
+    from quantsweep.sweep.spec import load_spec
+
+    spec = load_spec(args.spec)
+    overrides = {k: v for k, v in _verdict_config(args).to_dict().items() if _verdict_flag_given(args, k)}
+    if overrides:
+        spec = dataclasses.replace(spec, verdict={**spec.verdict, **overrides})
+    result = run_sweep(spec, args.out, backend=args.backend, address=args.address, retry_failed=args.retry_failed,
+                       force=args.force, on_plan=_print_plan)
+    for model in dict.fromkeys(r["model"] for r in result.records):
+        records = [r for r in result.records if r["model"] == model]
+        print(f"\nmodel {model}")
+        print(format_table(records))
+    print()
+    print(LEGEND)
+    _print_summary(result.records)
+    print(f"results written to {result.out / 'results.jsonl'}")
+    return 0
+
+
+_VERDICT_FLAGS = {"alpha": "alpha", "accuracy_tolerance": "accuracy_tolerance",
+                  "perplexity_relative_tolerance": "perplexity_tolerance", "collapse_retention": "collapse_retention"}
+
+
+def _verdict_flag_given(args, field: str) -> bool:
+    return getattr(args, _VERDICT_FLAGS.get(field, field), None) is not None
+
+
+def _command_judge(args) -> int:
+    from quantsweep.report import LEGEND, format_table
+    from quantsweep.sweep.api import judge
+
+    thresholds = {k: v for k, v in _verdict_config(args).to_dict().items() if _verdict_flag_given(args, k)}
+    records = judge(args.store, **thresholds)
+    if not records:
+        raise UserError(f"the store {args.store} holds no finished cells yet")
+    for model in dict.fromkeys(r["model"] for r in records):
+        print(f"model {model}")
+        print(format_table([r for r in records if r["model"] == model]))
+    print()
+    print(LEGEND)
+    _print_summary(records)
+    print(f"re-judged {len({r['cell_key'] for r in records})} cells; results written to "
+          f"{Path(args.store) / 'results.jsonl'}")
+    return 0
 
 
 def _command_recipes(args) -> int:
@@ -202,7 +302,25 @@ def _command_recipes(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _command_demo, "run": _command_run, "recipes": _command_recipes}
+def _add_report_parser(sub) -> None:
+    report = sub.add_parser("report", help="write one self-contained HTML report of a results folder")
+    report.add_argument("results_dir", metavar="DIR", help="a results folder (holding results.jsonl)")
+    report.add_argument("--out", default=None, help="the HTML file to write (default DIR/report.html); "
+                        "results.csv, results.parquet and the PNGs go beside it")
+    report.add_argument("--title", default=None, help="page title (default: names the model)")
+    report.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def _command_report(args) -> int:
+    import quantsweep.report
+
+    path = quantsweep.report(args.results_dir, args.out, title=args.title)
+    print(f"report written to {path} (results.csv, results.parquet and PNGs beside it)")
+    return 0
+
+
+COMMANDS = {"demo": _command_demo, "run": _command_run, "sweep": _command_sweep, "judge": _command_judge,
+            "report": _command_report, "recipes": _command_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -282,6 +282,33 @@ def peak_memory_bytes(device: str | torch.device) -> int | None:
     return None
 
 
+_OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",                # CUDA and NPU allocators ("CUDA out of memory", "NPU out of memory")
+    "can't allocate memory",        # torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")
+    "not enough memory",            # other CPU allocators
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says an allocation failed, on any backend.
+
+    CUDA raises ``torch.OutOfMemoryError``; torch-npu raises a ``RuntimeError`` saying
+    "NPU out of memory"; the CPU allocator raises ``RuntimeError`` or ``MemoryError``.
+
+    Example:
+        >>> is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        True
+        >>> is_out_of_memory(ValueError("bad recipe"))
+        False
+    """
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(error, RuntimeError):
+        text = str(error).lower()
+        return any(message in text for message in _OUT_OF_MEMORY_MESSAGES)
+    return False
+
+
 def cholesky_device(device: str | torch.device) -> str:
     """Where GPTQ-family methods should factorise a Hessian.
 

@@ -86,15 +86,11 @@ def load_model(
         raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
-    path = resolve_model_path(name_or_path)
-    config = read_config(path)
+    path, config = check_checkpoint(name_or_path, trust_remote_code)
 
     from quantsweep import openpangu  # local import: openpangu builds on this module
 
     is_pangu = openpangu.is_openpangu_config(config)
-    if not is_pangu:
-        check_causal_lm_config(config, path, trust_remote_code)
-    find_weight_files(path)  # fail on missing weights before the tokenizer or any tensor is read
     # The tokenizer is cheap; loading it first means a refused remote-code tokenizer
     # fails in a second, not after minutes of reading a 7B checkpoint.
     # openPangu's config class is remote code; AutoTokenizer gets the mapped LlamaConfig instead.
@@ -114,6 +110,51 @@ def load_model(
         resolved_device, resolved_dtype,
     )
     return model, tokenizer
+
+
+def check_checkpoint(name_or_path: str | Path, trust_remote_code: bool = False) -> tuple[Path, dict]:
+    """Check, without reading any tensor, that a path is a loadable causal LM checkpoint.
+
+    Returns its directory and ``config.json``. A sweep calls this for every model before
+    any work starts.
+
+    Raises:
+        ModelLoadError: missing path, no config, not a causal LM, or no weight files.
+
+    Example:
+        >>> check_checkpoint("toy")[0].name
+        'toy'
+    """
+    from quantsweep import openpangu  # local import: openpangu builds on this module
+
+    path = resolve_model_path(name_or_path)
+    config = read_config(path)
+    if not openpangu.is_openpangu_config(config):
+        check_causal_lm_config(config, path, trust_remote_code)
+    find_weight_files(path)  # fail on missing weights before the tokenizer or any tensor is read
+    return path, config
+
+
+def meta_model(name_or_path: str | Path, trust_remote_code: bool = False):
+    """The model's module structure on the meta device: shapes only, no weights read, no memory.
+
+    Used to check recipes against a model's layer shapes before any work starts.
+
+    Example:
+        >>> meta_model("toy").model.layers[0].mlp.down_proj.weight.device.type
+        'meta'
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quantsweep import openpangu
+
+    path, config = check_checkpoint(name_or_path, trust_remote_code)
+    if openpangu.is_openpangu_config(config):
+        hf_config = openpangu.llama_config_from_pangu(config)
+    else:
+        hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:

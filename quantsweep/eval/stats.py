@@ -402,3 +402,136 @@ def paired_bootstrap(
     samples = bootstrap_distribution(statistic, columns, resamples, seed)
     low, high = percentile_interval(samples, level)
     return BootstrapResult(estimate, low, high, bootstrap_p_value(samples, null), samples)
+
+
+@dataclass(frozen=True)
+class ClusteredDifference:
+    """Cluster-robust paired difference of two models' per-document scores.
+
+    Attributes:
+        estimate: mean over documents of ``quantized - baseline``.
+        standard_error: cluster-robust (CR1) standard error of that mean.
+        ci_low, ci_high: two-sided interval, Student t with ``n_clusters - 1`` degrees of freedom.
+        p_value: two-sided t test of "no difference", same degrees of freedom.
+        n_clusters: number of distinct clusters.
+
+    Example:
+        >>> r = cluster_robust_paired_difference([1, 0, 1, 1], [1, 1, 1, 1], ["a", "a", "b", "b"])
+        >>> r.estimate, r.n_clusters
+        (-0.25, 2)
+    """
+
+    estimate: float
+    standard_error: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_clusters: int
+
+
+def cluster_robust_paired_difference(quantized, baseline, clusters, level: float = 0.95) -> ClusteredDifference:
+    """Mean paired difference with a standard error that allows for correlation within clusters.
+
+    In plain words: documents of one subject (an MMLU subject, say) are not independent,
+    so the usual standard error, which counts every document as new evidence, is too small.
+    Following Miller (2024), "Adding Error Bars to Evals", the per-document differences
+    ``d_i = quantized_i - baseline_i`` are summed within each cluster and the variance is
+    taken over the cluster sums:
+    ``SE^2 = G / (G - 1) * sum_g (sum_{i in g} (d_i - mean d))^2 / n^2`` (the CR1 estimator,
+    what ``statsmodels`` OLS of ``d`` on a constant gives with ``cov_type="cluster"``).
+    The interval and the p-value use Student t with ``G - 1`` degrees of freedom.
+
+    Args:
+        quantized, baseline: per-document scores on the same documents, in the same order.
+        clusters: one label per document (any hashable); at least two distinct labels.
+        level: two-sided confidence level.
+
+    Example:
+        >>> r = cluster_robust_paired_difference([0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1])
+        >>> round(r.standard_error, 4)
+        0.5
+    """
+    level = _check_level(level)
+    q, b = np.asarray(quantized, dtype=float), np.asarray(baseline, dtype=float)
+    labels = np.asarray(list(clusters), dtype=object)
+    if q.ndim != 1 or q.shape != b.shape or labels.shape != q.shape or q.size == 0:
+        raise ValueError(f"quantized, baseline and clusters must be 1-D with one entry per document, "
+                         f"got {q.shape}, {b.shape}, {labels.shape}")
+    if not (np.isfinite(q).all() and np.isfinite(b).all()):
+        raise ValueError("per-document scores must be finite for a clustered interval")
+    _, group = np.unique(labels.astype(str), return_inverse=True)
+    n_clusters = int(group.max()) + 1
+    if n_clusters < 2:
+        raise ValueError(f"a clustered interval needs at least 2 clusters, got {n_clusters}")
+    d = q - b
+    n = d.size
+    estimate = float(d.mean())
+    cluster_sums = np.bincount(group, weights=d - estimate, minlength=n_clusters)
+    variance = n_clusters / (n_clusters - 1) * float(np.sum(cluster_sums**2)) / n**2
+    se = math.sqrt(variance)
+    t = _scipy_stats.t(df=n_clusters - 1)
+    half = float(t.ppf(0.5 + level / 2)) * se
+    if se > 0:
+        p_value = float(2 * t.sf(abs(estimate) / se))
+    else:
+        p_value = 1.0 if estimate == 0 else 0.0
+    return ClusteredDifference(estimate, se, estimate - half, estimate + half, p_value, n_clusters)
+
+
+def documents_needed_paired_proportions(discordance: float, difference: float, alpha: float = 0.05,
+                                        power: float = 0.8) -> float:
+    """Documents a paired (McNemar) comparison needs to detect an accuracy change of ``difference``.
+
+    Connor (1987): with ``psi`` the share of discordant documents (right for one model,
+    wrong for the other) and ``delta`` the true difference of accuracies,
+    ``n = (z_{1-alpha/2} sqrt(psi) + z_power sqrt(psi - delta^2))^2 / delta^2``.
+    ``discordance`` is floored at ``difference`` (a change of ``delta`` needs at least that
+    share of documents to change), so a cell with no disagreements still gets an answer.
+
+    Args:
+        discordance: observed share of documents on which the two models disagree, in [0, 1].
+        difference: the accuracy change to detect (the tolerance), in (0, 1).
+        alpha: two-sided significance level.
+        power: probability of detecting it.
+
+    Example:
+        >>> round(documents_needed_paired_proportions(0.1, 0.02))
+        1960
+    """
+    psi = _check_probability("discordance", discordance)
+    delta = float(difference)
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"difference must be in (0, 1), got {difference}")
+    alpha = _check_probability("alpha", alpha)
+    power = _check_probability("power", power)
+    psi = max(psi, delta)
+    z_alpha = float(_scipy_stats.norm.ppf(1 - alpha / 2))
+    z_power = float(_scipy_stats.norm.ppf(power))
+    return (z_alpha * math.sqrt(psi) + z_power * math.sqrt(max(0.0, psi - delta**2))) ** 2 / delta**2
+
+
+def documents_needed_from_interval(n: int, ci_low: float, ci_high: float, difference: float, level: float = 0.95,
+                                   alpha: float = 0.05, power: float = 0.8) -> float:
+    """Documents a paired comparison needs to detect ``difference``, from an interval measured on ``n``.
+
+    The interval's half-width gives the standard error at ``n`` documents,
+    ``se = (ci_high - ci_low) / (2 z_{(1+level)/2})``, so the per-document standard
+    deviation is ``se sqrt(n)``; a two-sided z test at ``alpha`` then needs
+    ``n' = ((z_{1-alpha/2} + z_power) sd / difference)^2`` documents (the one-sample
+    normal power formula, as ``statsmodels.stats.power.NormalIndPower`` with ``ratio=0``).
+
+    Example:
+        >>> round(documents_needed_from_interval(100, -0.196, 0.196, 0.1))
+        785
+    """
+    n = _check_count("n", n)
+    level = _check_level(level)
+    if n == 0 or not (math.isfinite(ci_low) and math.isfinite(ci_high)) or ci_high < ci_low:
+        raise ValueError(f"need n >= 1 and a finite interval, got n={n}, [{ci_low}, {ci_high}]")
+    if not (math.isfinite(difference) and difference > 0):
+        raise ValueError(f"difference must be a positive number, got {difference}")
+    se = (ci_high - ci_low) / (2 * float(_scipy_stats.norm.ppf(0.5 + level / 2)))
+    sd = se * math.sqrt(n)
+    z = float(_scipy_stats.norm.ppf(1 - _check_probability("alpha", alpha) / 2)) + float(
+        _scipy_stats.norm.ppf(_check_probability("power", power)))
+    return (z * sd / difference) ** 2

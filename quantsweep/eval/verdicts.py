@@ -37,8 +37,11 @@ same order.
 
 Chance levels come from the data: multiple choice uses the mean over documents
 of `1 / number_of_choices`. Exact-match generation uses 0, or a documented
-floor. Perplexity uses the uniform distribution over a vocabulary of `V`
-tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
+floor. Perplexity uses `chance_cross_entropy` nats per token when given:
+:mod:`quantsweep.eval.judge` passes the unigram cross-entropy of the scored
+tokens (the best a model that ignores context can do), so a model worse than a
+frequency table is near-random. Without it, the uniform distribution over a
+vocabulary of `V` tokens: cross-entropy `log V` (perplexity `V`), a much lower bar.
 
 ## The rules, in order (the first that applies wins)
 
@@ -60,7 +63,8 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
    the baseline alone. Retention is the share of the baseline's margin above
    chance that is kept:
    `retained = (acc_q - chance) / (acc_base - chance)`. For perplexity,
-   `retained = (log V - CE_q) / (log V - CE_base)`. The cell is `collapsed` when
+   `retained = (CE_chance - CE_q) / (CE_chance - CE_base)`, with `CE_chance` the
+   unigram cross-entropy or `log V` (see "Inputs"). The cell is `collapsed` when
    either rule holds:
    - *Binomial rule (accuracy only).* The one-sided exact binomial test
      `binomtest(k, n, p=chance, alternative="greater")` is not significant at
@@ -104,7 +108,18 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
    few disagreements, the approximate interval and the exact McNemar test can
    disagree. Take 0/5 against 5/5: the Newcombe interval excludes 0, but
    McNemar gives p = 0.0625.
-7. Otherwise the cell is **inconclusive**.
+7. Otherwise the cell is **inconclusive**, and `documents_needed` estimates how
+   many documents would tell a drop of the tolerance at 80% power: for accuracy
+   from the observed share of discordant documents (Connor 1987, scaled by the
+   design effect when the interval is clustered), otherwise from the width of the
+   interval measured on `n` documents (normal power formula). It is never less
+   than `n + 1`: when the formula says `n` should have been enough, the cell sits
+   at a boundary and more documents are still what would decide it.
+
+Rules 3 to 7 are one ladder (`_decide`), shared by all three judges. Each rule
+writes the verdict's `reason` in words with its numbers, for example
+"n = 4 < min_samples = 20", "upper bound of the drop 0.7% <= tolerance 1%",
+"retention CI upper 0.08 <= 0.15", or "...; about 2,400 documents would decide".
 
 "Drop" always means worse: lower accuracy or score, higher perplexity.
 
@@ -120,6 +135,11 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
     limits for each accuracy, combined by "square and add" with the observed
     correlation between the two models' answers. It behaves well near 0 and 1
     and with few disagreements, unlike the Wald interval.
+  - When documents come in clusters (``clusters=``, e.g. the subjects of MMLU),
+    the interval and `p_value` are instead the cluster-robust paired difference
+    (Miller 2024): CR1 standard error of the mean per-document difference, Student
+    t with `G - 1` degrees of freedom. Documents of one subject are not
+    independent, and the Newcombe interval would be too narrow.
 - **Perplexity.**
   - `delta = ppl_q / ppl_base - 1`, the relative change, positive when worse.
   - The `ci_level` interval is a paired percentile bootstrap. Documents are
@@ -130,7 +150,8 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
     of resampled deltas on either side of 0, with a +1 correction, capped at 1.
 - **Other scores.** `delta = mean_q - mean_base`, with the same paired
   bootstrap. The tolerance is `accuracy_tolerance` in the score's own units,
-  unless `tolerance=` is given.
+  unless `tolerance=` is given. With clusters, the interval and `p_value` are
+  the cluster-robust paired difference, as for accuracy.
 
 ## Fields of a verdict (`Verdict.to_dict()`)
 
@@ -149,6 +170,11 @@ tokens, which has cross-entropy `log V` nats per token (perplexity `V`).
 - `retained`: the point estimate of retention. It is empty when the baseline
   is not above chance.
 - `n`: the number of documents.
+- `reason`: why, in words with the numbers (see the rules above).
+- `interval`: which interval the verdict used: `newcombe`, `cluster-robust (G clusters)`,
+  `paired bootstrap`, or `clopper-pearson` (a baseline's margin over chance).
+- `documents_needed`: for an `inconclusive` compared cell, the documents that would
+  decide it (80% power); otherwise `None`.
 - NaN and Inf become `None` (JSON `null`), and every `VerdictConfig` field is
   recorded with each result.
 
@@ -293,6 +319,9 @@ class Verdict:
     p_value: float = math.nan
     retained: float = math.nan
     n: int = 0
+    reason: str = ""
+    interval: str = ""
+    documents_needed: int | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -308,10 +337,12 @@ class Verdict:
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name == "verdict":
+            if field.name in ("verdict", "reason", "interval"):
                 out[field.name] = value
             elif field.name in ("n", "nonfinite_samples"):
                 out[field.name] = int(value)
+            elif field.name == "documents_needed":
+                out[field.name] = None if value is None else int(value)
             else:
                 out[field.name] = _json_number(value)
         return out
@@ -328,7 +359,11 @@ class Verdict:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"unknown Verdict key(s) {unknown}; allowed: {names}")
-        values = {k: (math.nan if v is None else v) for k, v in data.items()}
+        text_or_count = ("reason", "interval", "documents_needed")
+        values = {k: (math.nan if v is None and k not in text_or_count else v) for k, v in data.items()}
+        for key in ("reason", "interval"):
+            if values.get(key, "") is None:
+                values[key] = ""
         return cls(**values)
 
 
@@ -379,15 +414,77 @@ def _is_baseline_row(baseline, is_baseline: bool) -> bool:
     return baseline is None or bool(is_baseline)
 
 
-def _nonfinite_verdict(chance: float, nonfinite: int, n: int) -> Verdict:
-    return Verdict("non-finite", chance=chance, nonfinite_samples=nonfinite, n=n)
+def _nonfinite_verdict(chance: float, nonfinite: int, n: int, metric_value=None) -> Verdict:
+    if nonfinite > 0:
+        reason = f"{nonfinite} of {n} documents had NaN or Inf log-likelihoods, logits or scores"
+    else:
+        reason = f"the reported metric is {metric_value}"
+    return Verdict("non-finite", chance=chance, nonfinite_samples=nonfinite, n=n, reason=reason)
 
 
-def _accuracy_collapsed(k: int, n: int, chance: float, k_base: int, config: VerdictConfig) -> bool:
-    """Binomial rule (with power) or confident retention rule; see the module docstring, rule 4."""
+def percent(value: float) -> str:
+    """A share as a percentage with 3 significant digits (the unit of accuracy drops and tolerances).
+
+    Example:
+        >>> percent(0.007), percent(0.01)
+        ('0.7%', '1%')
+    """
+    return f"{100 * value:.3g}%"
+
+
+def _plain(value: float) -> str:
+    return f"{value:.3g}"
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    """What the shared decision ladder needs about one paired comparison (drop = change for the worse)."""
+
+    n: int
+    drop_low: float
+    drop_high: float
+    tolerance: float
+    p_value: float
+    quantity: str  # "drop", "perplexity increase"
+    test: str  # the paired test behind p_value, in words
+    show: object = percent  # formats a drop in the quantity's units
+
+
+def _decide(comparison: _Comparison, config: VerdictConfig, collapse) -> tuple[str, str]:
+    """The verdict ladder (module docstring, rules 3-7), written once: (verdict, reason).
+
+    ``collapse`` is called only when there are enough documents; it returns the reason
+    the cell is collapsed, or None.
+    """
+    c, show = comparison, comparison.show
+    if c.n < config.min_samples:
+        return "inconclusive", f"n = {c.n} < min_samples = {config.min_samples}"
+    collapse_reason = collapse()
+    if collapse_reason:
+        return "collapsed", collapse_reason
+    if c.drop_high <= c.tolerance:
+        return "lossless", f"upper bound of the {c.quantity} {show(c.drop_high)} <= tolerance {show(c.tolerance)}"
+    if c.drop_low > 0.0 and c.p_value < config.alpha:
+        return "degraded", (f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 and {c.test} "
+                            f"p = {c.p_value:.2g} < alpha = {config.alpha:g}")
+    if not (math.isfinite(c.drop_low) and math.isfinite(c.drop_high)):
+        return "inconclusive", f"the interval of the {c.quantity} is undefined (a resampled value overflowed)"
+    if c.drop_low > 0.0:
+        return "inconclusive", (f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 but {c.test} "
+                                f"p = {c.p_value:.2g} >= alpha = {config.alpha:g}")
+    return "inconclusive", (f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: "
+                            f"its upper bound is above the tolerance {show(c.tolerance)} and its lower bound "
+                            "is not above 0")
+
+
+def _accuracy_collapsed(k: int, n: int, chance: float, k_base: int, config: VerdictConfig) -> str | None:
+    """Binomial rule (with power) or confident retention rule; see the module docstring, rule 4.
+
+    Returns the reason in words when the cell is collapsed, else None.
+    """
     margin = k_base / n - chance
     if not margin > 0:
-        return False
+        return None
     threshold_accuracy = chance + config.collapse_retention * margin
     p_chance = stats.binomial_test_above_chance(k, n, chance)
     power = stats.binomial_power(n, chance, threshold_accuracy, config.alpha)
@@ -402,7 +499,12 @@ def _accuracy_collapsed(k: int, n: int, chance: float, k_base: int, config: Verd
         "collapse check: p_chance=%.3g power=%.3g (vs acc %.4f) retained_high=%.3f -> binomial=%s retention=%s",
         p_chance, power, threshold_accuracy, retained_high, binomial_rule, retention_rule,
     )
-    return binomial_rule or retention_rule
+    if retention_rule:
+        return f"retention CI upper {retained_high:.2f} <= {config.collapse_retention:g}"
+    if binomial_rule:
+        return (f"not above chance {chance:.3g}: binomial p = {p_chance:.2g} > alpha = {config.alpha:g}, "
+                f"with power {power:.2f} >= {config.collapse_power:g}")
+    return None
 
 
 def judge_accuracy(
@@ -414,6 +516,7 @@ def judge_accuracy(
     *,
     is_baseline: bool = False,
     metric_value: float | None = None,
+    clusters=None,
 ) -> Verdict:
     """Verdict for an accuracy task from per-document correctness, paired with the baseline.
 
@@ -428,6 +531,10 @@ def judge_accuracy(
         is_baseline: mark this row as the baseline even though ``baseline`` is given.
         metric_value: the aggregate metric as reported (e.g. by lm-eval); NaN/Inf makes
             the cell non-finite.
+        clusters: one cluster label per document (e.g. its subject), or None. With two or
+            more clusters the interval and p-value of the paired difference are
+            cluster-robust (:func:`~quantsweep.eval.stats.cluster_robust_paired_difference`)
+            instead of Newcombe's and McNemar's, and ``interval`` says so.
 
     Example:
         >>> base = np.r_[np.ones(900), np.zeros(100)]
@@ -444,7 +551,7 @@ def judge_accuracy(
     n = int(q.size)
     nonfinite = max(_nonfinite_count(nonfinite_samples), int(np.sum(~np.isfinite(q))))
     if nonfinite > 0 or _metric_is_nonfinite(metric_value):
-        return _nonfinite_verdict(chance, nonfinite, n)
+        return _nonfinite_verdict(chance, nonfinite, n, metric_value)
     k = int(q.sum())
     accuracy = k / n
 
@@ -460,6 +567,8 @@ def judge_accuracy(
             p_value=stats.binomial_test_above_chance(k, n, chance),
             retained=1.0 if accuracy > chance else math.nan,
             n=n,
+            reason=f"the reference model: accuracy {accuracy:.3g} against chance {chance:.3g}",
+            interval="clopper-pearson",
         )
 
     b = _per_document("baseline", baseline)
@@ -467,26 +576,62 @@ def judge_accuracy(
     _check_binary("baseline", b)
     if not np.isfinite(b).all():
         logger.warning("baseline has non-finite per-document values; the comparison is inconclusive")
-        return Verdict("inconclusive", chance=chance, n=n)
+        return Verdict("inconclusive", chance=chance, n=n, reason=_BASELINE_NONFINITE)
 
     counts = stats.paired_counts(q, b)
     baseline_accuracy = float(b.mean())
     delta = accuracy - baseline_accuracy
-    ci_low, ci_high = stats.newcombe_paired_interval(counts, config.ci_level)
-    p_value = stats.mcnemar_exact(counts.only_quantized, counts.only_baseline)
-    retained = _chance.accuracy_retention(accuracy, baseline_accuracy, chance)
-
-    if n < config.min_samples:
-        verdict = "inconclusive"
-    elif _accuracy_collapsed(k, n, chance, int(b.sum()), config):
-        verdict = "collapsed"
-    elif -ci_low <= config.accuracy_tolerance:  # upper bound of the drop
-        verdict = "lossless"
-    elif ci_high < 0.0 and p_value < config.alpha:  # lower bound of the drop > 0
-        verdict = "degraded"
+    labels = _cluster_labels(clusters, n)
+    if labels is not None:
+        clustered = stats.cluster_robust_paired_difference(q, b, labels, config.ci_level)
+        ci_low, ci_high, p_value = clustered.ci_low, clustered.ci_high, clustered.p_value
+        interval, test = f"cluster-robust ({clustered.n_clusters} clusters)", "cluster-robust t test"
     else:
-        verdict = "inconclusive"
-    return Verdict(verdict, chance, 0, delta, ci_low, ci_high, p_value, retained, n)
+        ci_low, ci_high = stats.newcombe_paired_interval(counts, config.ci_level)
+        p_value = stats.mcnemar_exact(counts.only_quantized, counts.only_baseline)
+        interval, test = "newcombe", "McNemar"
+        if clusters is not None:
+            interval = "newcombe (one cluster only)"
+    retained = _chance.accuracy_retention(accuracy, baseline_accuracy, chance)
+    comparison = _Comparison(n, -ci_high, -ci_low, config.accuracy_tolerance, p_value, "drop", test)
+    verdict, reason = _decide(comparison, config, lambda: _accuracy_collapsed(k, n, chance, int(b.sum()), config))
+    needed = None
+    if verdict == "inconclusive":
+        discordance = (counts.only_quantized + counts.only_baseline) / n
+        needed = stats.documents_needed_paired_proportions(
+            discordance, config.accuracy_tolerance, config.alpha, _DECIDING_POWER)
+        if labels is not None and not math.isnan(ci_low):
+            # the clustered interval is wider than the independent one: scale by the design effect
+            plain_low, plain_high = stats.newcombe_paired_interval(counts, config.ci_level)
+            if plain_high > plain_low:
+                needed *= ((ci_high - ci_low) / (plain_high - plain_low)) ** 2
+    return _with_documents_needed(
+        Verdict(verdict, chance, 0, delta, ci_low, ci_high, p_value, retained, n, reason, interval), needed)
+
+
+def _cluster_labels(clusters, n: int) -> list | None:
+    """The documents' cluster labels when there are at least two clusters, else None."""
+    if clusters is None:
+        return None
+    labels = list(clusters)
+    if len(labels) != n:
+        raise ValueError(f"clusters must hold one label per document: {len(labels)} labels for {n} documents")
+    return labels if len(set(labels)) >= 2 else None
+
+
+_BASELINE_NONFINITE = "the baseline has non-finite per-document values, so there is nothing sound to pair with"
+
+# Power at which "documents needed" is computed for an inconclusive cell.
+_DECIDING_POWER = 0.8
+
+
+def _with_documents_needed(verdict: Verdict, needed: float | None) -> Verdict:
+    """Add the documents an inconclusive cell would need (80% power) to its fields and its reason."""
+    if needed is None or not math.isfinite(needed):
+        return verdict
+    needed = max(int(math.ceil(needed)), verdict.n + 1)
+    reason = f"{verdict.reason}; about {needed:,} documents would decide"
+    return dataclasses.replace(verdict, documents_needed=needed, reason=reason)
 
 
 def _retention_samples(margin_q: np.ndarray, margin_b: np.ndarray) -> np.ndarray:
@@ -560,7 +705,7 @@ def judge_perplexity(
     n = int(q_nll.size)
     nonfinite = max(_nonfinite_count(nonfinite_samples), int(np.sum(~np.isfinite(q_nll))))
     if nonfinite > 0 or _metric_is_nonfinite(metric_value):
-        return _nonfinite_verdict(chance_ppl, nonfinite, n)
+        return _nonfinite_verdict(chance_ppl, nonfinite, n, metric_value)
     ce_q = float(q_nll.sum() / q_tok.sum())
 
     def corpus_ce(nll: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -576,6 +721,7 @@ def judge_perplexity(
         return Verdict(
             "baseline", chance_ppl, 0, ppl - chance_ppl, low - chance_ppl, high - chance_ppl,
             math.nan, 1.0 if ce_q < chance_ce else math.nan, n,
+            f"the reference model: {ce_q:.3g} nats per token against chance {chance_ce:.3g}", "paired bootstrap",
         )
 
     if baseline_tokens is None:
@@ -584,7 +730,7 @@ def judge_perplexity(
     _check_paired("quantized_nll", q_nll, "baseline_nll", b_nll)
     if not np.isfinite(b_nll).all():
         logger.warning("baseline has non-finite per-document NLL; the comparison is inconclusive")
-        return Verdict("inconclusive", chance=chance_ppl, n=n)
+        return Verdict("inconclusive", chance=chance_ppl, n=n, reason=_BASELINE_NONFINITE)
     ce_b = float(b_nll.sum() / b_tok.sum())
 
     def statistic(qn, qt, bn, bt):
@@ -602,17 +748,25 @@ def judge_perplexity(
     baseline_margin = chance_ce - ce_b
     retained = (chance_ce - ce_q) / baseline_margin if baseline_margin > 0 else math.nan
 
-    if n < config.min_samples:
-        verdict = "inconclusive"
-    elif baseline_margin > 0 and _upper_bound(samples[:, 1], config.ci_level) <= config.collapse_retention:
-        verdict = "collapsed"
-    elif ci_high <= config.perplexity_relative_tolerance:  # upper bound of the drop (ppl increase)
-        verdict = "lossless"
-    elif ci_low > 0.0 and p_value < config.alpha:
-        verdict = "degraded"
-    else:
-        verdict = "inconclusive"
-    return Verdict(verdict, chance_ppl, 0, delta, ci_low, ci_high, p_value, retained, n)
+    comparison = _Comparison(n, ci_low, ci_high, config.perplexity_relative_tolerance, p_value,
+                             "perplexity increase", "bootstrap")
+    verdict, reason = _decide(comparison, config, lambda: _retention_collapse(baseline_margin, samples[:, 1], config))
+    needed = None
+    if verdict == "inconclusive" and math.isfinite(ci_low) and math.isfinite(ci_high):
+        needed = stats.documents_needed_from_interval(n, ci_low, ci_high, config.perplexity_relative_tolerance,
+                                                      config.ci_level, config.alpha, _DECIDING_POWER)
+    return _with_documents_needed(Verdict(verdict, chance_ppl, 0, delta, ci_low, ci_high, p_value, retained, n,
+                                          reason, "paired bootstrap"), needed)
+
+
+def _retention_collapse(baseline_margin: float, retained_samples: np.ndarray, config: VerdictConfig) -> str | None:
+    """Retention rule from bootstrap samples of retention: the reason when collapsed, else None."""
+    if not baseline_margin > 0:
+        return None
+    upper = _upper_bound(retained_samples, config.ci_level)
+    if upper <= config.collapse_retention:
+        return f"retention CI upper {upper:.2f} <= {config.collapse_retention:g}"
+    return None
 
 
 def judge_scores(
@@ -626,6 +780,8 @@ def judge_scores(
     is_baseline: bool = False,
     metric_value: float | None = None,
     tolerance: float | None = None,
+    show=None,
+    clusters=None,
 ) -> Verdict:
     """Verdict for any per-document score (exact match, F1, ...) by paired bootstrap of the mean.
 
@@ -641,6 +797,10 @@ def judge_scores(
         metric_value: the aggregate metric as reported; NaN/Inf makes the cell non-finite.
         tolerance: largest drop still lossless, in the score's units; default
             ``config.accuracy_tolerance``.
+        show: formats a drop in the score's units for the verdict's ``reason``
+            (default: 3 significant digits).
+        clusters: one cluster label per document, or None; with two or more clusters the
+            interval and p-value of the difference are cluster-robust, as in :func:`judge_accuracy`.
 
     Example:
         >>> s = np.r_[np.full(60, 0.8), np.full(40, 0.2)]
@@ -659,12 +819,12 @@ def judge_scores(
     n = int(q.size)
     nonfinite = max(_nonfinite_count(nonfinite_samples), int(np.sum(~np.isfinite(q))))
     if nonfinite > 0 or _metric_is_nonfinite(metric_value):
-        return _nonfinite_verdict(chance_value, nonfinite, n)
+        return _nonfinite_verdict(chance_value, nonfinite, n, metric_value)
     mean_q = float(q.mean())
 
     if _is_baseline_row(baseline_scores, is_baseline):
         if chance is None:
-            return Verdict("baseline", n=n)
+            return Verdict("baseline", n=n, reason="the reference model (no chance level for this metric)")
         result = stats.paired_bootstrap(
             lambda x: x.mean(axis=-1) - chance_value, q,
             resamples=config.bootstrap_resamples, seed=config.seed, level=config.ci_level,
@@ -673,13 +833,14 @@ def judge_scores(
         return Verdict(
             "baseline", chance_value, 0, result.estimate, result.ci_low, result.ci_high,
             math.nan, 1.0 if above else math.nan, n,
+            f"the reference model: mean score {mean_q:.3g} against chance {chance_value:.3g}", "paired bootstrap",
         )
 
     b = _per_document("baseline_scores", baseline_scores)
     _check_paired("quantized_scores", q, "baseline_scores", b)
     if not np.isfinite(b).all():
         logger.warning("baseline has non-finite per-document scores; the comparison is inconclusive")
-        return Verdict("inconclusive", chance=chance_value, n=n)
+        return Verdict("inconclusive", chance=chance_value, n=n, reason=_BASELINE_NONFINITE)
     mean_b = float(b.mean())
 
     def statistic(qs, bs):
@@ -694,23 +855,26 @@ def judge_scores(
     delta = mean_q - mean_b
     ci_low, ci_high = stats.percentile_interval(samples[:, 0], config.ci_level)
     p_value = stats.bootstrap_p_value(samples[:, 0])
+    interval, test = "paired bootstrap", "bootstrap"
+    labels = _cluster_labels(clusters, n)
+    if labels is not None:
+        clustered = stats.cluster_robust_paired_difference(q, b, labels, config.ci_level)
+        ci_low, ci_high, p_value = clustered.ci_low, clustered.ci_high, clustered.p_value
+        interval, test = f"cluster-robust ({clustered.n_clusters} clusters)", "cluster-robust t test"
     baseline_margin = sign * (mean_b - chance_value) if chance is not None else math.nan
     retained = sign * (mean_q - chance_value) / baseline_margin if baseline_margin > 0 else math.nan
     # Drop = change for the worse: -delta when higher is better, +delta otherwise.
     drop_high = -ci_low if higher_is_better else ci_high
     drop_low = -ci_high if higher_is_better else ci_low
 
-    if n < config.min_samples:
-        verdict = "inconclusive"
-    elif baseline_margin > 0 and _upper_bound(samples[:, 1], config.ci_level) <= config.collapse_retention:
-        verdict = "collapsed"
-    elif drop_high <= tolerance:
-        verdict = "lossless"
-    elif drop_low > 0.0 and p_value < config.alpha:
-        verdict = "degraded"
-    else:
-        verdict = "inconclusive"
-    return Verdict(verdict, chance_value, 0, delta, ci_low, ci_high, p_value, retained, n)
+    comparison = _Comparison(n, drop_low, drop_high, tolerance, p_value, "drop", test, show or _plain)
+    verdict, reason = _decide(comparison, config, lambda: _retention_collapse(baseline_margin, samples[:, 1], config))
+    needed = None
+    if verdict == "inconclusive" and tolerance > 0 and math.isfinite(ci_low) and math.isfinite(ci_high):
+        needed = stats.documents_needed_from_interval(n, ci_low, ci_high, tolerance, config.ci_level, config.alpha,
+                                                      _DECIDING_POWER)
+    return _with_documents_needed(Verdict(verdict, chance_value, 0, delta, ci_low, ci_high, p_value, retained, n,
+                                          reason, interval), needed)
 
 
 def _verdict_name(value) -> str:

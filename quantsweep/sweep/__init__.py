@@ -1,1 +1,21 @@
-"""Running recipes × tasks on one model and storing the results."""
+"""Sweeps: models x recipes x tasks as cells in a content-keyed store, run by a backend and judged from disk.
+
+- :mod:`~quantsweep.sweep.spec`: the sweep spec (YAML, strict).
+- :mod:`~quantsweep.sweep.plan`: cell keys, what is stored, the work units.
+- :mod:`~quantsweep.sweep.cell`: one unit's cells: restore -> quantize -> evaluate -> store.
+- :mod:`~quantsweep.sweep.store`: one atomic file per cell; claims.
+- :mod:`~quantsweep.sweep.judging`: verdicts from the store; derived results.jsonl/summary.json.
+- :mod:`~quantsweep.sweep.local`, :mod:`~quantsweep.sweep.ray`: the backends.
+- :mod:`~quantsweep.sweep.api`: the driver (:func:`~quantsweep.sweep.api.run_sweep`).
+
+The package itself is callable: ``quantsweep.sweep(spec, out=...)`` runs a sweep and
+returns a DataFrame (:func:`quantsweep.sweep.api.sweep`).
+
+Example:
+    >>> import quantsweep
+    >>> frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
+"""
+
+from quantsweep._verbs import make_callable
+
+make_callable(__name__, "quantsweep.sweep.api:sweep")

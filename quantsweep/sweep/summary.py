@@ -42,7 +42,10 @@ def task_family(task: str, output_type: str | None = None) -> str:
 def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Per-recipe and per-family verdict summaries from result records (primary metrics only).
 
-    Recipes that failed have no verdict; ``failed`` maps each to its error.
+    Recipes that failed have no verdict; ``failed`` maps each to its error. ``reasons``
+    maps ``recipe/task`` of every primary cell that is not lossless to its verdict and
+    reason, and ``documents_needed`` maps each inconclusive cell to the documents that
+    would decide it (when known), e.g. "inconclusive: about 2,400 documents would decide".
 
     Example:
         >>> rows = [{"recipe": "w1", "task": "t", "verdict": "collapsed", "primary": True, "output_type": "generate_until"}]
@@ -51,7 +54,7 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """
     from quantsweep.eval.verdicts import summarize
 
-    rows, failed = [], {}
+    rows, failed, reasons, needed = [], {}, {}, {}
     for record in records:
         verdict = record.get("verdict")
         if verdict == "error":
@@ -59,7 +62,12 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         elif record.get("primary") and verdict not in (None, "baseline"):
             family = record.get("family") or task_family(record["task"], record.get("output_type"))
             rows.append((record["recipe"], record["task"], family, verdict))
+            cell = f"{record['recipe']}/{record['task']}"
+            if verdict != "lossless":
+                reasons[cell] = {"verdict": verdict, "reason": record.get("reason")}
+            if verdict == "inconclusive" and record.get("documents_needed") is not None:
+                needed[cell] = f"inconclusive: about {int(record['documents_needed']):,} documents would decide"
     summary = summarize(rows) if rows else {"by_recipe": {}, "by_family": {}}
     return {"by_recipe": summary["by_recipe"],
             "by_family": {f"{recipe}/{family}": value for (recipe, family), value in summary["by_family"].items()},
-            "failed": failed}
+            "failed": failed, "reasons": reasons, "documents_needed": needed}

@@ -120,7 +120,7 @@ def test_failed_baseline_exits_1_and_says_so(capsys, monkeypatch):
 
     import quantsweep.sweep.runner as runner
 
-    def fake_run(spec, on_outcome=None):
+    def fake_run(spec, on_outcome=None, **kwargs):
         record = {"recipe": "fp", "task": "toy_mc4", "metric": None, "value": None, "verdict": "error",
                   "error": "RuntimeError: out of memory"}
         return [SimpleNamespace(recipe=SimpleNamespace(name="fp"), records=[record], error=record["error"])]

@@ -51,11 +51,16 @@ def test_run_verdicts_are_correct(run_records):
     assert w1["retained"] < 0.2  # keeps under a fifth of fp's margin above chance
 
 
-def test_run_writes_samples_and_summary(run_records):
+def test_run_stores_one_cell_file_per_cell_with_every_document(run_records):
     out, records = run_records
-    fp_samples = read_jsonl(out / "samples" / "fp" / "toy_mc4.jsonl")
+    cells = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
+    assert sorted((c["recipe"], c["task"]) for c in cells) == sorted(
+        (recipe, task) for recipe in ("fp", "w8-rtn", "w1-rtn") for task in ("toy_mc4", "toy_ppl"))
+    (fp_cell,) = [c for c in cells if c["recipe"] == "fp" and c["task"] == "toy_mc4"]
+    fp_samples = fp_cell["tasks"]["toy_mc4"]["samples"]
     assert len(fp_samples) == primary(records, "fp", "toy_mc4")["n"]
     assert all(s["n_choices"] == 4 for s in fp_samples)
+    assert primary(records, "fp", "toy_mc4")["cell_key"] == fp_cell["key"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["by_recipe"]["w8-rtn"]["verdict"] == "lossless"
     assert summary["by_recipe"]["w1-rtn"]["verdict"] == "collapsed"
@@ -95,7 +100,7 @@ def test_suite_names_print_a_column_per_task(monkeypatch, capsys):
 
     import quantsweep.sweep.runner as runner
 
-    def fake_run(spec, on_outcome=None):
+    def fake_run(spec, on_outcome=None, **kwargs):
         assert spec.tasks == ["openpangu18"]
         outcomes = []
         for recipe, value, verdict in (("fp", 0.9, "baseline"), ("w8-rtn", 0.2, "collapsed")):

@@ -184,3 +184,80 @@ def test_percentile_interval_equals_numpy_quantile():
     assert stats.percentile_interval(s, 0.95) == pytest.approx(tuple(np.quantile(s, [0.025, 0.975])))
     with pytest.raises(ValueError, match="NaN"):
         stats.percentile_interval(np.array([1.0, np.nan]))
+
+
+# --- clustered intervals and documents needed --------------------------------------------------
+
+def test_cluster_robust_paired_difference_matches_statsmodels_ols_with_clustered_errors():
+    sm = pytest.importorskip("statsmodels.api")
+    from quantsweep.eval.stats import cluster_robust_paired_difference
+
+    rng = np.random.default_rng(3)
+    n, groups = 400, rng.integers(0, 15, 400)
+    subject_skill = rng.uniform(0.3, 0.9, 15)[groups]  # documents of one subject are correlated
+    baseline = (rng.uniform(size=n) < subject_skill).astype(float)
+    quantized = np.where(rng.uniform(size=n) < 0.2, 1 - baseline, baseline)
+    ours = cluster_robust_paired_difference(quantized, baseline, [f"s{g}" for g in groups], level=0.9)
+    ref = sm.OLS(quantized - baseline, np.ones((n, 1))).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    assert ours.n_clusters == 15
+    assert ours.estimate == pytest.approx(ref.params[0], abs=1e-12)
+    assert ours.standard_error == pytest.approx(ref.bse[0], rel=1e-10)
+    assert (ours.ci_low, ours.ci_high) == pytest.approx(tuple(ref.conf_int(0.1)[0]), rel=1e-10)
+    assert ours.p_value == pytest.approx(ref.pvalues[0], rel=1e-10)
+
+
+def test_cluster_robust_interval_is_wider_than_the_independent_one_when_clusters_move_together():
+    from quantsweep.eval.stats import cluster_robust_paired_difference
+
+    # whole subjects flip together: 10 subjects of 20 documents, 3 subjects lose every answer
+    clusters = np.repeat(np.arange(10), 20)
+    baseline = np.ones(200)
+    quantized = np.where(np.isin(clusters, [0, 1, 2]), 0.0, 1.0)
+    clustered = cluster_robust_paired_difference(quantized, baseline, clusters)
+    d = quantized - baseline
+    independent_se = d.std(ddof=1) / np.sqrt(d.size)
+    assert clustered.standard_error > 3 * independent_se
+
+
+def test_cluster_robust_needs_two_clusters_and_matching_lengths():
+    from quantsweep.eval.stats import cluster_robust_paired_difference
+
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        cluster_robust_paired_difference([1, 0], [1, 1], ["a", "a"])
+    with pytest.raises(ValueError, match="one entry per document"):
+        cluster_robust_paired_difference([1, 0], [1, 1], ["a"])
+
+
+def test_documents_needed_for_mcnemar_gives_80_percent_power_by_simulation():
+    from quantsweep.eval.stats import documents_needed_paired_proportions
+
+    discordance, tolerance = 0.12, 0.03
+    n = int(np.ceil(documents_needed_paired_proportions(discordance, tolerance, alpha=0.05, power=0.8)))
+    # reference: simulate the 2x2 table at that n with the true drop equal to the tolerance and run
+    # the exact McNemar test (two-sided binomial on the discordant pairs) on every replicate
+    rng = np.random.default_rng(0)
+    p_lost, p_gained = (discordance + tolerance) / 2, (discordance - tolerance) / 2
+
+    def power_at(size, reps=4000):
+        tables = rng.multinomial(size, [p_lost, p_gained, 1 - discordance], size=reps)
+        lost, gained = tables[:, 0], tables[:, 1]
+        m = lost + gained
+        tail = sps.binom.cdf(np.minimum(lost, gained), m, 0.5)
+        p = np.minimum(1.0, 2 * tail)
+        return float(np.mean(p < 0.05))
+
+    assert 0.75 <= power_at(n) <= 0.85
+    assert power_at(n // 3) < 0.5  # a third of the documents is clearly not enough
+
+
+def test_documents_needed_from_interval_matches_statsmodels_normal_power():
+    power_module = pytest.importorskip("statsmodels.stats.power")
+    from quantsweep.eval.stats import documents_needed_from_interval
+
+    n, sd, difference = 250, 0.4, 0.02
+    half = sps.norm.ppf(0.975) * sd / np.sqrt(n)
+    ours = documents_needed_from_interval(n, 0.01 - half, 0.01 + half, difference, level=0.95, alpha=0.05, power=0.8)
+    ref = power_module.NormalIndPower().solve_power(effect_size=difference / sd, alpha=0.05, power=0.8, ratio=0)
+    # statsmodels also counts the (negligible) far tail of the two-sided test: agreement to ~1e-5
+    assert ours == pytest.approx(ref, rel=1e-4)
+    assert ours > 3000  # sd 0.4 against a 0.02 difference needs thousands of documents

@@ -59,7 +59,8 @@ def test_config_from_dict_names_unknown_key():
 def test_verdict_to_dict_has_exactly_the_fields_and_is_json():
     v = Verdict("non-finite", chance=0.25, nonfinite_samples=3, n=100)
     d = v.to_dict()
-    assert list(d) == ["verdict", "chance", "nonfinite_samples", "delta", "ci_low", "ci_high", "p_value", "retained", "n"]
+    assert list(d) == ["verdict", "chance", "nonfinite_samples", "delta", "ci_low", "ci_high", "p_value", "retained", "n",
+                       "reason", "interval", "documents_needed"]
     assert d["delta"] is None and d["p_value"] is None and d["chance"] == 0.25
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     inf = Verdict("degraded", delta=math.inf, n=3).to_dict()
@@ -437,3 +438,57 @@ def test_documented_power_thresholds(chance, baseline, quoted):
 
     assert power(quoted) >= 0.8 and power(quoted - 1) < 0.8
     assert f"n >= {quoted}" in " ".join(V.__doc__.split())
+
+
+# --- every verdict carries its reason ---------------------------------------------------------
+
+def test_every_rule_gives_its_reason_with_the_numbers():
+    base = np.r_[np.ones(900), np.zeros(100)]
+    tiny = judge_accuracy([1, 0, 1, 1], [1, 1, 1, 1], chance=0.25)
+    assert tiny.verdict == "inconclusive" and tiny.reason.startswith("n = 4 < min_samples = 20")
+    same = judge_accuracy(base.copy(), base, chance=0.25)
+    upper_drop = -same.ci_low
+    assert same.verdict == "lossless"
+    assert same.reason == f"upper bound of the drop {100 * upper_drop:.3g}% <= tolerance 1%"
+    worse = base.copy()
+    worse[:200] = 0
+    degraded = judge_accuracy(worse, base, chance=0.25)
+    assert degraded.verdict == "degraded"
+    assert degraded.reason.startswith(f"lower bound of the drop {100 * -degraded.ci_high:.3g}% > 0 and McNemar p = ")
+    random = (np.arange(1000) % 4 == 0).astype(float)
+    collapsed = judge_accuracy(random, base, chance=0.25)
+    assert collapsed.verdict == "collapsed" and "retention CI upper" in collapsed.reason
+    broken = judge_accuracy(base, base, chance=0.25, nonfinite_samples=3)
+    assert broken.verdict == "non-finite" and broken.reason.startswith("3 of 1000 documents")
+    assert judge_accuracy(base, None, chance=0.25).reason.startswith("the reference model")
+    for verdict in (tiny, same, degraded, collapsed, broken):
+        assert verdict.to_dict()["reason"] == verdict.reason
+
+
+def test_inconclusive_accuracy_says_how_many_documents_would_decide():
+    rng = np.random.default_rng(5)
+    base = (rng.uniform(size=300) < 0.8).astype(float)
+    quant = base.copy()
+    quant[np.flatnonzero(base == 1)[:18]] = 0.0  # 18 answers lost, 12 gained: a small, unclear drop
+    quant[np.flatnonzero(base == 0)[:12]] = 1.0
+    verdict = judge_accuracy(quant, base, chance=0.25)
+    assert verdict.verdict == "inconclusive"
+    discordance = np.mean(quant != base)  # reference: Connor (1987), written out here
+    z_a, z_b = sps.norm.ppf(0.975), sps.norm.ppf(0.8)
+    expected = (z_a * math.sqrt(discordance) + z_b * math.sqrt(discordance - 0.01**2)) ** 2 / 0.01**2
+    assert verdict.documents_needed == math.ceil(expected)
+    assert verdict.reason.endswith(f"about {math.ceil(expected):,} documents would decide")
+    assert judge_accuracy(base.copy(), base, chance=0.25).documents_needed is None  # decided cells need none
+
+
+def test_inconclusive_perplexity_reports_documents_needed_and_the_interval():
+    rng = np.random.default_rng(6)
+    tokens = np.full(40, 100)
+    base_nll = 300.0 * rng.uniform(0.5, 1.5, 40)
+    quant_nll = base_nll * rng.uniform(0.95, 1.06, 40)  # per-token NLL up about 0.5%, noisily
+    verdict = judge_perplexity(quant_nll, tokens, base_nll, tokens, vocab_size=1000)
+    assert verdict.verdict == "inconclusive" and verdict.interval == "paired bootstrap"
+    se = (verdict.ci_high - verdict.ci_low) / (2 * sps.norm.ppf(0.975))
+    expected = ((sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * se * math.sqrt(40) / 0.01) ** 2
+    assert verdict.documents_needed == max(math.ceil(expected), 41)
+    assert "perplexity increase" in verdict.reason

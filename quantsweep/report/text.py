@@ -1,6 +1,8 @@
 """Plain-text tables of results: rows are recipes, columns are tasks.
 
-Each cell shows the task's primary metric and a marker for its verdict.
+Each cell shows the task's primary metric and a marker for its verdict; under
+the table, every cell that is not lossless (or the baseline) gets a line saying
+why, in words with the numbers (the verdict's ``reason``).
 
 Example:
     >>> print(format_table(records))  # doctest: +SKIP
@@ -54,8 +56,31 @@ def primary_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("primary") or r.get("verdict") == "error"]
 
 
-def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = None) -> str:
+def format_reasons(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per primary cell that is not lossless or the baseline: ``recipe / task: verdict: reason``.
+
+    Failed recipes give their error instead of a reason.
+
+    Example:
+        >>> format_reasons([{"recipe": "w2", "task": "t", "primary": True, "verdict": "inconclusive",
+        ...                  "reason": "n = 4 < min_samples = 20"}])
+        ['w2 / t: inconclusive: n = 4 < min_samples = 20']
+    """
+    lines = []
+    for record in primary_records(records):
+        verdict = record.get("verdict")
+        if verdict in ("lossless", "baseline"):
+            continue
+        why = record.get("error") if verdict == "error" else record.get("reason")
+        lines.append(f"{record['recipe']} / {record['task']}: {verdict}: {why or 'no reason recorded'}")
+    return lines
+
+
+def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = None, *, reasons: bool = True) -> str:
     """Render recipes × tasks as an aligned text table of primary metrics with verdicts.
+
+    With ``reasons`` (the default), the reason of every cell that is not lossless
+    follows the table (:func:`format_reasons`).
 
     Example:
         >>> print(format_table([{"recipe": "fp", "task": "toy_mc4", "metric": "acc", "value": 0.91,
@@ -73,4 +98,7 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     body = [[recipe] + [cells.get((recipe, task), "-") for task in tasks] for recipe in recipes]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in [header, ["-" * w for w in widths]] + body]
+    why = format_reasons(rows) if reasons else []
+    if why:
+        lines += ["", "why:"] + [f"  {line}" for line in why]
     return "\n".join(lines)

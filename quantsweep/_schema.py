@@ -1,0 +1,119 @@
+"""Strict mapping -> frozen dataclass: unknown keys are named, with "did you mean".
+
+One mechanism for every file format quantsweep reads by hand (sweep specs today;
+recipes and suites keep their own richer checks). Field types are checked against
+the dataclass's annotations, so ``limit: "ten"`` fails with the field's name.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Point:
+    ...     x: int = 0
+    >>> build(Point, {"x": 3}, "point").x
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+
+class SchemaError(ValueError):
+    """A mapping does not fit its schema; the message names the key and where it was."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for close matches of ``name``, else an empty string.
+
+    Example:
+        >>> did_you_mean("recipies", ["recipes", "tasks"])
+        " (did you mean 'recipes'?)"
+    """
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(expected) if a is not Ellipsis]
+        return isinstance(value, (tuple, list)) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin in (dict, Mapping):
+        return isinstance(value, Mapping)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True
+
+
+def _type_name(expected: Any) -> str:
+    text = getattr(expected, "__name__", None) or str(expected)
+    return text.replace("NoneType", "null").replace("typing.", "")
+
+
+def build(cls, data: Any, where: str, *, convert: Mapping[str, Any] | None = None):
+    """Build dataclass ``cls`` from mapping ``data``, strictly.
+
+    Args:
+        cls: a dataclass type.
+        data: the mapping read from YAML or JSON.
+        where: where the mapping came from, for messages (``"spec.yaml: models[0]"``).
+        convert: field name -> function applied to that field's raw value before the
+            type check (for nested dataclasses and lists of them).
+
+    Raises:
+        SchemaError: ``data`` is not a mapping, has an unknown key (named, with
+            "did you mean" and the allowed keys), lacks a required key, or a value
+            has the wrong type.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Box:
+        ...     size: int = 1
+        >>> build(Box, {"sise": 2}, "box.yaml")
+        Traceback (most recent call last):
+        ...
+        quantsweep._schema.SchemaError: box.yaml: unknown key 'sise' (did you mean 'size'?); allowed keys: size
+    """
+    if not isinstance(data, Mapping):
+        raise SchemaError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
+    allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in data:
+        if key not in allowed:
+            raise SchemaError(f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; "
+                              f"allowed keys: {', '.join(allowed)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        if field.name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise SchemaError(f"{where}: missing required key {field.name!r}")
+            continue
+        value = data[field.name]
+        if convert and field.name in convert:
+            value = convert[field.name](value)
+        elif not _type_ok(value, hints.get(field.name, Any)):
+            raise SchemaError(f"{where}: {field.name!r} must be {_type_name(hints.get(field.name))}, got {value!r}")
+        values[field.name] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        raise SchemaError(message if message.startswith(where) else f"{where}: {message}") from None

@@ -1,0 +1,357 @@
+"""One self-contained HTML report of a results folder, with CSV, Parquet and PNGs beside it.
+
+``write_report(DIR)`` reads the records (:func:`~quantsweep.report.frames.load_records`),
+builds every table with pandas and every figure with matplotlib, and renders
+``templates/report.html.j2`` with jinja2 (autoescaped: recipe and task names with
+HTML characters are shown, never interpreted). Figures are inline PNG data URIs and
+the CSS is inline, so the file opens offline and can be mailed or put on a wiki.
+
+The report holds the verdict map (recipes grouped by method, ordered by bits; tasks
+grouped by family; value, delta with its interval and n per cell, the reason on
+hover and listed below), the worst verdict and mean retained margin per family,
+retained margin against bits per weight per family, the non-finite and collapsed
+cells, answer flips, the documents inconclusive cells would need, a cost table when
+cost fields are recorded, and the record of the run (model, fingerprint, device,
+dtype, versions, calibration, thresholds, failed cells with their errors).
+
+Example:
+    >>> write_report("quantsweep-demo")  # doctest: +SKIP
+    PosixPath('quantsweep-demo/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from quantsweep.report import frames, plots
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = "report.html.j2"
+# Verdicts from least to most severe; "error" (a failed cell) ranks above all.
+SEVERITY = ("baseline", "lossless", "inconclusive", "degraded", "collapsed", "non-finite", "error")
+MARKERS = {"baseline": "base", "lossless": "ok", "inconclusive": "?", "degraded": "DEGRADED",
+           "collapsed": "COLLAPSED", "non-finite": "NON-FINITE", "error": "FAILED", "missing": "MISSING"}
+_PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "word_perplexity", "byte_perplexity", "bits_per_byte"}
+_COST_FIELDS = ("kernel", "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes",
+                "prefill_tokens_per_s", "decode_tokens_per_s")
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _format_value(value) -> str:
+    if _missing(value):
+        return "nan"
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.3g}"
+
+
+def _format_delta(row) -> str:
+    """Delta and its interval in the metric's units: percent for accuracies and perplexity ratios."""
+    if row.verdict in ("baseline", "error", "non-finite") or _missing(row.delta):
+        return ""
+    if row.metric in _PERCENT_METRICS:
+        show = lambda x: "?" if _missing(x) else f"{100 * x:+.1f}"  # noqa: E731 - local formatter
+        return f"{show(row.delta)}% [{show(row.ci_low)}, {show(row.ci_high)}]"
+    show = lambda x: "?" if _missing(x) else f"{x:+.3g}"  # noqa: E731
+    return f"{show(row.delta)} [{show(row.ci_low)}, {show(row.ci_high)}]"
+
+
+def _recipe_order(cells: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(method, recipes) groups: the baseline's group first, methods in order of appearance, bits descending."""
+    per_recipe = cells.groupby("recipe", sort=False).agg(
+        method=("method", "first"), bits=("bits_per_weight", "first"),
+        baseline=("verdict", lambda v: bool((v == "baseline").any()))).reset_index()
+    methods = list(dict.fromkeys(per_recipe.sort_values("baseline", ascending=False, kind="stable")["method"]))
+    groups = []
+    for method in methods:
+        group = per_recipe[per_recipe["method"] == method].copy()
+        group["sort_bits"] = group["bits"].fillna(-1.0)
+        group = group.sort_values(["baseline", "sort_bits"], ascending=[False, False], kind="stable")
+        groups.append((method, list(group["recipe"])))
+    return groups
+
+
+def _task_order(cells: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    families = cells.assign(family=cells["family"].fillna("other"))
+    out = []
+    for family in dict.fromkeys(families["family"]):
+        out.append((family, list(dict.fromkeys(families.loc[families["family"] == family, "task"]))))
+    return out
+
+
+def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str, Any]]:
+    lookup = {(row.recipe, row.task): row for row in cells.itertuples()}
+    bits_of = cells.groupby("recipe", sort=False)["bits_per_weight"].first().to_dict()
+    tasks = [task for _, group in task_groups for task in group]
+    rows = []
+    for method, recipes in recipe_groups:
+        for index, recipe in enumerate(recipes):
+            entries = []
+            for task in tasks:
+                row = lookup.get((recipe, task))
+                if row is None:
+                    entries.append({"verdict": "missing", "marker": MARKERS["missing"], "value": "",
+                                    "delta": "", "n": "", "reason": "no record for this cell"})
+                    continue
+                verdict = row.verdict if row.verdict in MARKERS else "missing"
+                reason = row.error if verdict == "error" else row.reason
+                entries.append({"verdict": verdict, "marker": MARKERS[verdict],
+                                "value": "" if verdict == "error" else _format_value(row.value),
+                                "delta": _format_delta(row), "n": "" if _missing(row.n) else int(row.n),
+                                "reason": reason if isinstance(reason, str) else ""})
+            bits = bits_of.get(recipe)
+            rows.append({"method": method, "method_rows": len(recipes) if index == 0 else 0, "recipe": recipe,
+                         "bits": "" if _missing(bits) else f"{bits:g}", "cells": entries})
+    return rows
+
+
+def _worst(verdicts) -> str:
+    present = [v for v in verdicts if v in SEVERITY]
+    return max(present, key=SEVERITY.index) if present else "missing"
+
+
+def family_summary(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per recipe and family: the worst verdict and the mean retained margin above chance.
+
+    Example:
+        >>> cells = pd.DataFrame([{"recipe": "w4", "family": "mc", "verdict": "lossless", "retained": 0.9},
+        ...                       {"recipe": "w4", "family": "mc", "verdict": "degraded", "retained": 0.5}])
+        >>> family_summary(cells).iloc[0].to_dict()
+        {'recipe': 'w4', 'family': 'mc', 'worst verdict': 'degraded', 'mean retained': 0.7, 'cells': 2}
+    """
+    compared = cells[cells["verdict"] != "baseline"].assign(family=lambda f: f["family"].fillna("other"))
+    grouped = compared.groupby(["recipe", "family"], sort=False)
+    return grouped.agg(**{"worst verdict": ("verdict", _worst), "mean retained": ("retained", "mean"),
+                          "cells": ("verdict", "size")}).reset_index()
+
+
+def _table(frame: pd.DataFrame, empty: str) -> str:
+    if frame.empty:
+        return f'<p class="empty">{empty}</p>'
+    return frame.to_html(index=False, escape=True, na_rep="", border=0, classes="data", float_format=lambda x: f"{x:.3g}")
+
+
+def _percent(value) -> str:
+    return "" if _missing(value) else f"{100 * value:.1f}%"
+
+
+def _problems(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    nonfinite = cells[cells["verdict"] == "non-finite"]
+    diagnosis = nonfinite.get("diagnosis", pd.Series([None] * len(nonfinite), index=nonfinite.index))
+    nonfinite_table = pd.DataFrame({
+        "recipe": nonfinite["recipe"], "task": nonfinite["task"],
+        "non-finite documents": nonfinite["nonfinite_samples"], "n": nonfinite["n"],
+        "diagnosis": [_diagnosis_text(d) for d in diagnosis], "reason": nonfinite["reason"]})
+    collapsed = cells[cells["verdict"] == "collapsed"]
+    # perplexity cells: compare cross-entropy with the chance cross-entropy, both in nats per token
+    nats = collapsed["chance_reference"].notna() & collapsed["cross_entropy_nats"].notna()
+    chance_nats = collapsed["chance_unigram_nats"].where(collapsed["chance_reference"] == "unigram",
+                                                         collapsed["chance_uniform_nats"])
+    collapsed_table = pd.DataFrame({
+        "recipe": collapsed["recipe"], "task": collapsed["task"],
+        "measure": collapsed["metric"].where(~nats, "cross-entropy (nats/token)"),
+        "score": collapsed["value"].where(~nats, collapsed["cross_entropy_nats"]),
+        "chance": collapsed["chance"].where(~nats, chance_nats), "retained": collapsed["retained"],
+        "chance reference": collapsed["chance_reference"].fillna(""), "reason": collapsed["reason"]})
+    return nonfinite_table, collapsed_table
+
+
+def _diagnosis_text(diagnosis) -> str:
+    if _missing(diagnosis) or diagnosis in ("", "null"):
+        return "no diagnosis recorded"
+    data = json.loads(diagnosis) if isinstance(diagnosis, str) else diagnosis
+    if not isinstance(data, dict):
+        return str(data)
+    parts = [f"{key}: {value}" for key, value in data.items() if value not in (None, [], {})]
+    return "; ".join(parts) or "no diagnosis recorded"
+
+
+def _flips(cells: pd.DataFrame) -> pd.DataFrame:
+    have = cells[cells["flips_right_to_wrong"].notna()]
+    return pd.DataFrame({"recipe": have["recipe"], "task": have["task"], "delta": have["delta"].map(_percent),
+                         "right → wrong": have["flips_right_to_wrong"].map(_percent),
+                         "wrong → right": have["flips_wrong_to_right"].map(_percent), "interval": have["interval"]})
+
+
+def _documents_needed(cells: pd.DataFrame) -> pd.DataFrame:
+    have = cells[(cells["verdict"] == "inconclusive")]
+    needed = have["documents_needed"].map(lambda v: "" if _missing(v) else f"about {int(v):,}")
+    return pd.DataFrame({"recipe": have["recipe"], "task": have["task"], "n": have["n"],
+                         "documents that would decide": needed, "reason": have["reason"]})
+
+
+def cost_table(records_frame: pd.DataFrame) -> pd.DataFrame:
+    """Theory against measured cost per recipe, when any cost field is recorded (else empty).
+
+    Fake-quant recipes run the fp model's kernels on dequantized weights, so their memory
+    and speed columns say "memory and speed are the fp model's" instead of a misleading number.
+
+    Example:
+        >>> cost_table(pd.DataFrame([{"recipe": "w4", "kernel": "fake-quant", "theoretical_bits_per_weight": 4.25,
+        ...     "stored_bytes": None, "peak_eval_bytes": 1e9, "peak_eval_memory_kind": "cpu-rss",
+        ...     "prefill_tokens_per_s": None, "decode_tokens_per_s": None}]))["measured"].iloc[0]
+        "memory and speed are the fp model's"
+    """
+    if not any(field in records_frame and records_frame[field].notna().any() for field in _COST_FIELDS):
+        return pd.DataFrame()
+    rows = []
+    for recipe, group in records_frame.groupby("recipe", sort=False):
+        first = group.iloc[0]
+        kernel = first.get("kernel")
+        row = {"recipe": recipe, "kernel": "" if _missing(kernel) else kernel,
+               "theoretical bits/weight": first.get("theoretical_bits_per_weight"),
+               "stored MiB": _mib(first.get("stored_bytes"))}
+        if kernel == "fake-quant":
+            row["measured"] = "memory and speed are the fp model's"
+        else:
+            kind = first.get("peak_eval_memory_kind")
+            peak = _mib(first.get("peak_eval_bytes"))
+            row["measured"] = "; ".join(part for part in (
+                f"peak eval {peak} MiB ({'' if _missing(kind) else kind})" if peak != "" else "",
+                _rate("prefill", first.get("prefill_tokens_per_s")), _rate("decode", first.get("decode_tokens_per_s")),
+            ) if part)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mib(value) -> str:
+    return "" if _missing(value) else f"{float(value) / 2**20:,.1f}"
+
+
+def _rate(name: str, value) -> str:
+    return "" if _missing(value) else f"{name} {float(value):,.0f} tokens/s"
+
+
+def _run_record(records: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str, Any]:
+    def distinct(key):
+        values = [r.get(key) for r in records if r.get(key) is not None]
+        return ", ".join(dict.fromkeys(str(v) for v in values)) or "not recorded"
+
+    versions = {key.removesuffix("_version"): distinct(key) for key in
+                ("quantsweep_version", "torch_version", "transformers_version", "lm_eval_version", "python_version")}
+    calibration = {}
+    for record in records:
+        if record.get("calibration"):
+            calibration.setdefault(record["recipe"], json.dumps(record["calibration"], sort_keys=True))
+    thresholds = next((r["verdict_config"] for r in records if r.get("verdict_config")), {})
+    failed = frame[frame["verdict"] == "error"][["recipe", "task", "error"]]
+    return {"model": distinct("model"), "fingerprint": distinct("model_fingerprint"), "device": distinct("device"),
+            "dtype": distinct("dtype"), "limit": distinct("limit"), "seed": distinct("seed"), "versions": versions,
+            "calibration": calibration, "thresholds": thresholds,
+            "failed": _table(failed, "no failed cells")}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "family"
+
+
+def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> tuple[str, dict[str, bytes]]:
+    """The report's HTML text and its figures (file name -> PNG bytes), from result records.
+
+    Example:
+        >>> html, figures = build_report(load_records("quantsweep-demo"))  # doctest: +SKIP
+        >>> sorted(figures)[0]  # doctest: +SKIP
+        'report-retention-language_modelling.png'
+    """
+    import jinja2
+
+    frame = frames.records_frame(records)
+    cells = frame[frame["primary"] | (frame["verdict"] == "error")].drop_duplicates(["recipe", "task"], keep="first")
+    recipe_groups, task_groups = _recipe_order(cells), _task_order(cells)
+    recipes = [r for _, group in recipe_groups for r in group]
+    tasks = [t for _, group in task_groups for t in group]
+    figures = {"report-verdict-map.png": plots.png_bytes(plots.verdict_heatmap(cells, recipes, tasks))}
+    retention_figures = []
+    for family, _ in task_groups:
+        name = f"report-retention-{_slug(family)}.png"
+        figures[name] = plots.png_bytes(plots.retention_vs_bits(cells[cells["family"].fillna("other") == family], family))
+        retention_figures.append({"family": family, "uri": _data_uri(figures[name]), "file": name})
+    summary = family_summary(cells)
+    nonfinite, collapsed = _problems(cells)
+    warnings = []
+    if not (cells["verdict"] == "baseline").any():
+        warnings.append("No baseline result: no cell could be compared, so no cell has a delta or a verdict "
+                        "against the baseline.")
+    failed = cells[cells["verdict"] == "error"]
+    if not failed.empty:
+        warnings.append(f"{len(failed)} cell(s) failed and have no result: "
+                        + ", ".join(f"{r} / {t}" for r, t in zip(failed["recipe"], failed["task"])) + ".")
+    present = set(zip(cells["recipe"], cells["task"]))
+    missing = [(r, t) for r in recipes for t in tasks if (r, t) not in present]
+    if missing:
+        warnings.append(f"{len(missing)} cell(s) have no record (marked MISSING): "
+                        + ", ".join(f"{r} / {t}" for r, t in missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    metric_of = {row.task: row.metric for row in cells.itertuples() if isinstance(row.metric, str)}
+    costs = cost_table(frame)
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("quantsweep.report", "templates"),
+                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    html = environment.get_template(TEMPLATE).render(
+        title=title or f"quantsweep report: {', '.join(dict.fromkeys(frame['model'].dropna().astype(str)))}",
+        generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        colours=plots.VERDICT_COLOURS, markers=MARKERS, warnings=warnings,
+        task_groups=[(family, [(t, metric_of.get(t, "")) for t in group]) for family, group in task_groups],
+        map_rows=_map_rows(cells, recipe_groups, task_groups),
+        reasons=[{"recipe": r.recipe, "task": r.task, "verdict": r.verdict,
+                  "reason": (r.error if r.verdict == "error" else r.reason) or "no reason recorded"}
+                 for r in cells.itertuples() if r.verdict not in ("lossless", "baseline")],
+        family_table=_table(summary.assign(**{"mean retained": summary["mean retained"].round(3)}),
+                            "no compared cells"),
+        verdict_map_uri=_data_uri(figures["report-verdict-map.png"]), retention_figures=retention_figures,
+        nonfinite_table=_table(nonfinite, "no non-finite cells"),
+        collapsed_table=_table(collapsed, "no collapsed cells"),
+        flips_table=_table(_flips(cells), "no per-document 0/1 task was compared"),
+        needed_table=_table(_documents_needed(cells), "no inconclusive cells"),
+        cost=_table(costs, ""), has_cost=not costs.empty,
+        run=_run_record(records, cells),
+    )
+    return html, figures
+
+
+def write_report(results_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Write ``report.html`` (self-contained), ``results.csv``, ``results.parquet`` and the PNGs.
+
+    Args:
+        results_dir: a results folder (holding ``results.jsonl``).
+        out: the HTML file to write; default ``results_dir/report.html``. The CSV, Parquet
+            and PNG files go beside it.
+        title: the page title; default names the model(s).
+
+    Returns:
+        The path of the HTML file.
+
+    Raises:
+        FileNotFoundError, ValueError: no results in ``results_dir`` (the message says where it looked).
+
+    Example:
+        >>> write_report("quantsweep-demo", "demo.html")  # doctest: +SKIP
+        PosixPath('demo.html')
+    """
+    records = frames.load_records(results_dir)
+    out = Path(results_dir) / "report.html" if out is None else Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out must name an .html file, got {str(out)!r}")
+    html, figures = build_report(records, title=title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    table = frames.records_frame(records)
+    table.to_csv(out.with_name("results.csv"), index=False)
+    table.to_parquet(out.with_name("results.parquet"), index=False)
+    for name, png in figures.items():
+        out.with_name(name).write_bytes(png)
+    logger.info("report written to %s (%d records)", out, len(records))
+    return out

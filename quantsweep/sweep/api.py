@@ -1,0 +1,227 @@
+"""The sweep driver: plan from the store, run what is missing, judge from disk, rebuild the derived files.
+
+``quantsweep sweep SPEC`` and ``quantsweep run`` both come here. The data flow reads
+left to right: spec -> cells (keyed by content) -> units (load once per model) ->
+store (one file per cell) -> judge from the store -> results.jsonl / summary.json.
+
+Running the same command again skips every stored cell and says so; ``retry_failed``
+runs failed cells again, ``force`` recomputes everything. Two sweeps into one store
+never compute a cell twice at once: a cell claimed by a live process elsewhere is
+waited for.
+
+Example:
+    >>> frame = sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
+    >>> frame[frame.verdict != "lossless"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from quantsweep.sweep.spec import SweepSpec, load_spec, verdict_config
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("local", "ray")
+WAIT_POLL_S = 2.0
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: its plan, the records of its cells, and where they are stored.
+
+    Attributes:
+        plan: the :class:`~quantsweep.sweep.plan.SweepPlan` (done, failed, to_run).
+        records: judged records of this sweep's cells, baseline first.
+        out: the store folder.
+        computed: summaries of the cells computed by this run.
+
+    Example:
+        >>> result.plan.describe()  # doctest: +SKIP
+        '14 of 20 cells already done; 6 to run'
+    """
+
+    plan: Any
+    records: list[dict[str, Any]]
+    out: Path
+    computed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+
+
+def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None = None,
+              retry_failed: bool = False, force: bool = False, progress: bool = True,
+              on_plan: Callable | None = None, on_recipe: Callable | None = None) -> SweepResult:
+    """Run a sweep into the store ``out`` and return what it did.
+
+    Args:
+        spec_or_path: a :class:`SweepSpec`, a mapping, or a YAML path.
+        out: the store folder (created if missing; never emptied).
+        backend: ``local`` (this process) or ``ray`` (a Ray cluster; ``address`` picks it).
+        retry_failed: run failed cells again.
+        force: recompute every cell.
+        progress: show a progress bar over cells.
+        on_plan: called with the plan before any cell runs (e.g. to print "14 of 20 done").
+        on_recipe: called with ``(model, recipe, records)`` as each recipe's cells are judged
+            (local backend), for a row-per-recipe display.
+
+    Raises:
+        ValueError: a bad spec, unknown recipe/task/backend, missing model path or
+            calibration source, or an incompatible store: all before any model loads.
+
+    Example:
+        >>> result = run_sweep({"models": ["toy"], "recipes": ["w8-rtn"], "tasks": ["toy_mc4"]}, "out")  # doctest: +SKIP
+    """
+    from quantsweep.sweep.cell import UnitContext
+    from quantsweep.sweep.judging import Judge
+    from quantsweep.sweep.plan import plan_sweep
+    from quantsweep.sweep.progress import CellProgress
+    from quantsweep.sweep.store import CellStore
+
+    _check_backend(backend)
+    spec = load_spec(spec_or_path)
+    verdicts = verdict_config(spec)
+    store = CellStore(out)
+    plan = plan_sweep(spec, store, retry_failed=retry_failed, force=force)
+    logger.info("%s", plan.describe())
+    if on_plan is not None:
+        on_plan(plan)
+    context = UnitContext.from_plan(plan, store.directory, force=force)
+    bar = CellProgress(total=len(plan.to_run), skipped=len(plan.done) + len(plan.failed), enabled=progress)
+    computed: list[dict[str, Any]] = []
+
+    judge = Judge(store, verdicts)
+
+    def judged_recipe(recipe_name, summaries):
+        if on_recipe is not None and summaries:
+            on_recipe(summaries[0]["model"], recipe_name, judge.records([s["key"] for s in summaries]))
+
+    try:
+        pending = list(plan.to_run)
+        while pending:
+            if backend == "local":
+                from quantsweep.sweep.local import run_local
+
+                computed += run_local(_replan(plan, pending), context, bar, on_cell=lambda _: judge.rebuild(),
+                                      on_recipe=judged_recipe)
+            else:
+                from quantsweep.sweep.ray import run_ray
+
+                computed += run_ray(_replan(plan, pending), context, bar, address=address, on_cell=lambda _: judge.rebuild())
+            pending = _wait_for_others(store, [c for c in pending if not _stored(store, c.key, context)], context)
+    finally:
+        bar.close()
+    judge.rebuild()
+    records = judge.records([c.key for c in plan.cells])
+    return SweepResult(plan=plan, records=records, out=store.directory, computed=computed)
+
+
+def _replan(plan, cells):
+    return dataclasses.replace(plan, to_run=list(cells))
+
+
+def _stored(store, key: str, context) -> bool:
+    from quantsweep.sweep.cell import _is_finished
+
+    if _is_finished(store, key, context.recompute_before):
+        return True
+    status = store.status(key)
+    return status == "failed" and context.recompute_before is None
+
+
+def _wait_for_others(store, missing, context) -> list:
+    """Wait while cells are computed by another live process; return those left to do here."""
+    announced = False
+    while missing:
+        owned = [c for c in missing if store.claim_owner(c.key) is not None]
+        if not owned:
+            return missing  # nobody holds them (their owner died): compute them here
+        if not announced:
+            owners = {f"{o.get('host')}:{o.get('pid')}" for o in (store.claim_owner(c.key) or {} for c in owned)}
+            logger.warning("waiting for %d cells being computed by another process (%s)", len(owned),
+                           ", ".join(sorted(owners)))
+            announced = True
+        time.sleep(WAIT_POLL_S)
+        missing = [c for c in missing if not _stored(store, c.key, context)]
+    return []
+
+
+def sweep(spec_or_path, out, *, backend: str = "local", address: str | None = None, retry_failed: bool = False,
+          force: bool = False, progress: bool = True):
+    """Run a sweep and return its results as a pandas DataFrame, one row per cell and metric.
+
+    The columns are those of ``results.jsonl``: model, recipe, task, family, metric, value,
+    stderr, n, verdict, delta, ci_low, ci_high, p_value, retained, chance, ... A rerun into
+    the same ``out`` computes only what is missing.
+
+    Example:
+        >>> frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
+        >>> frame.query("primary and verdict != 'lossless'")[["recipe", "task", "verdict"]]  # doctest: +SKIP
+    """
+    result = run_sweep(spec_or_path, out, backend=backend, address=address, retry_failed=retry_failed,
+                       force=force, progress=progress)
+    return records_frame(result.records)
+
+
+def records_frame(records: list[dict[str, Any]]):
+    """Records as a DataFrame (nested fields such as ``recipe_config`` stay as dicts).
+
+    Example:
+        >>> records_frame([{"recipe": "fp", "value": 1.0}]).loc[0, "recipe"]
+        'fp'
+    """
+    import pandas as pd
+
+    return pd.DataFrame.from_records(records)
+
+
+def load_results(directory):
+    """Every stored cell of a store, judged, as a DataFrame (one row per cell and metric).
+
+    It reads ``results.jsonl``, the file derived from the cells after every cell.
+
+    Raises:
+        ValueError: the folder has no results (the message says where it looked).
+
+    Example:
+        >>> frame = quantsweep.load_results("toy-sweep")  # doctest: +SKIP
+    """
+    import json
+
+    path = Path(directory)
+    results = path / "results.jsonl" if path.is_dir() else path
+    if not results.is_file():
+        raise ValueError(f"no results at {str(results)!r}: run `quantsweep sweep` or `quantsweep run` with "
+                         f"--out {path} first")
+    return records_frame([json.loads(line) for line in results.read_text().splitlines() if line.strip()])
+
+
+def judge(directory, **thresholds) -> list[dict[str, Any]]:
+    """Re-judge a store from disk with new verdict thresholds (nothing is evaluated again).
+
+    Rewrites ``results.jsonl`` and ``summary.json`` and returns the records.
+
+    Raises:
+        ValueError: not a store, or an unknown threshold name.
+
+    Example:
+        >>> records = quantsweep.judge("toy-sweep", alpha=0.01)  # doctest: +SKIP
+    """
+    from quantsweep._schema import build
+    from quantsweep.eval.verdicts import VerdictConfig
+    from quantsweep.sweep.judging import rebuild_derived
+    from quantsweep.sweep.store import CellStore
+
+    path = Path(directory)
+    if not (path / "store.json").is_file():
+        raise ValueError(f"{str(path)!r} is not a quantsweep store (no store.json there)")
+    config = build(VerdictConfig, thresholds, "verdict thresholds")
+    return rebuild_derived(CellStore(path), config)

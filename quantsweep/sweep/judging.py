@@ -1,0 +1,223 @@
+"""Judging from disk: verdict records from stored cells, paired with their stored baseline.
+
+The driver judges; workers only evaluate. A recipe's cell is paired with the
+baseline cell of the same model, task and settings (its ``baseline_key``) document
+by document, exactly as if both had run in one process, so a cell evaluated on
+another node or yesterday is judged the same. Changing the verdict thresholds
+re-judges without evaluating anything (``quantsweep judge DIR --alpha 0.01``).
+
+The derived files are rebuilt from every cell in the store: ``results.jsonl`` (one
+record per model, recipe, task and metric) and ``summary.json``. Each record names
+its ``cell_key`` and ``settings`` (a hash of limit, few-shot, seed, dtype, device
+type and versions), so results of two settings are never mixed silently: when a
+store holds more than one cell for the same model, recipe and task (another
+setting, or an edited task), ``summary.json`` says so in ``warning``.
+
+Example:
+    >>> records = judge_cells(store, VerdictConfig())  # doctest: +SKIP
+    >>> rebuild_derived(store, VerdictConfig())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable
+
+from quantsweep.sweep.fingerprint import text_fingerprint
+from quantsweep.sweep.store import jsonable
+
+logger = logging.getLogger(__name__)
+
+_SETTINGS_FIELDS = ("limit", "num_fewshot", "seed", "dtype", "device_type", "versions", "trust_remote_code")
+
+
+def settings_id(cell: dict[str, Any]) -> str:
+    """A short hash of the settings a cell shares with its baseline (not its recipe or model).
+
+    Example:
+        >>> settings_id({"key_fields": {"limit": 100}}) == settings_id({"key_fields": {"limit": 100}})
+        True
+    """
+    fields = cell.get("key_fields", {})
+    return text_fingerprint({name: fields.get(name) for name in _SETTINGS_FIELDS})[:8]
+
+
+def _base(cell: dict[str, Any], verdict_config) -> dict[str, Any]:
+    quantize = cell.get("quantize") or {}
+    evaluate = cell.get("evaluate") or {}
+    fields = cell.get("key_fields", {})
+    provenance = cell.get("provenance") or {}
+    versions = {f"{name}_version": value for name, value in (fields.get("versions") or {}).items()}
+    return {"model": cell["model"], "model_fingerprint": cell.get("model_fingerprint"), "recipe": cell["recipe"],
+            "recipe_config": cell.get("recipe_config"), "cell_key": cell["key"], "settings": settings_id(cell),
+            "status": cell["status"], **versions, "limit": fields.get("limit"), "num_fewshot": fields.get("num_fewshot"),
+            "seed": fields.get("seed"), "device": provenance.get("device") or (cell.get("ran_on") or {}).get("device"),
+            "dtype": cell.get("dtype") or fields.get("dtype"), "ran_on": cell.get("ran_on"),
+            "quantize_seconds": quantize.get("seconds"), "layer_seconds": quantize.get("layer_seconds"),
+            "peak_device_bytes": quantize.get("peak_device_bytes"),
+            "batch_size_used": evaluate.get("batch_size_used"), "oom_retries": evaluate.get("oom_retries") or None,
+            "evaluate_seconds": evaluate.get("seconds"), "peak_eval_device_bytes": evaluate.get("peak_device_bytes"),
+            **(cell.get("cost") or {}), "calibration": cell.get("calibration"),
+            "verdict_config": verdict_config.to_dict()}
+
+
+def _error_records(cell: dict[str, Any], base: dict[str, Any], error: str) -> list[dict[str, Any]]:
+    from quantsweep.sweep.summary import task_family
+
+    return [{**base, "task": cell["task"], "family": task_family(cell["task"]), "metric": None, "value": None,
+             "stderr": None, "n": 0, "primary": True, "verdict": "error", "error": error,
+             "stage": cell.get("stage")}]
+
+
+def judge_cell(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_config) -> list[dict[str, Any]]:
+    """The records of one stored cell, judged against its stored baseline cell.
+
+    A failed cell gives one ``error`` record carrying its error; a judging failure
+    gives the same, saying "judging failed", and never stops the others.
+
+    Example:
+        >>> judge_cell(cell, baseline_cell, VerdictConfig())[0]["verdict"]  # doctest: +SKIP
+        'lossless'
+    """
+    from quantsweep.eval.judge import judge_all_metrics
+    from quantsweep.sweep.cell import task_result_from_dict
+    from quantsweep.sweep.summary import task_family
+
+    base = _base(cell, verdict_config)
+    if cell["status"] != "done":
+        return _error_records(cell, base, cell.get("error") or "failed")
+    is_baseline = bool(cell.get("is_baseline"))
+    baseline_tasks = {}
+    if baseline is not None and baseline.get("status") == "done" and not is_baseline:
+        baseline_tasks = {name: task_result_from_dict(t) for name, t in baseline["tasks"].items()}
+    records = []
+    try:
+        for name, stored in cell["tasks"].items():
+            task = task_result_from_dict(stored)
+            verdicts = judge_all_metrics(task, baseline_tasks.get(name), vocab_size=cell["vocab_size"],
+                                         config=verdict_config, is_baseline=is_baseline)
+            for metric in task.metrics.values():
+                records.append({**base, "task": task.task, "family": task_family(task.task, task.output_type),
+                                "output_type": task.output_type, "metric": metric.metric,
+                                "primary": metric.metric == task.primary_metric, "value": metric.value,
+                                "stderr": metric.stderr, "n": metric.n, "num_fewshot": task.num_fewshot,
+                                "task_version": task.version, "diagnosis": cell.get("diagnosis"), "error": None,
+                                **verdicts[metric.metric]})
+    except Exception as error:  # noqa: BLE001 - judging one cell must not end the sweep
+        logger.error("judging %s/%s failed: %s", cell["recipe"], cell["task"], error)
+        return _error_records(cell, base, f"judging failed: {type(error).__name__}: {error}")
+    if baseline is None and not is_baseline:
+        for record in records:
+            record["baseline_missing"] = True
+    return records
+
+
+class Judge:
+    """Judges stored cells and keeps the derived files current, re-judging only what changed.
+
+    Judged records are cached per cell (by the cell's and its baseline's file times), so
+    rebuilding ``results.jsonl`` after every finished cell costs one judgement, not a
+    re-judgement of the whole store.
+
+    Example:
+        >>> judge = Judge(store, VerdictConfig())  # doctest: +SKIP
+        >>> judge.rebuild()  # doctest: +SKIP
+    """
+
+    def __init__(self, store, verdict_config):
+        self.store, self.verdict_config = store, verdict_config
+        self._cache: dict[str, tuple[tuple, list[dict[str, Any]]]] = {}
+
+    def _mtime(self, key: str | None) -> float | None:
+        if not key:
+            return None
+        try:
+            return self.store.cell_path(key).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def records(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Records of the given cells (default: every stored cell), in the order given.
+
+        Example:
+            >>> len(judge.records())  # doctest: +SKIP
+            12
+        """
+        keys = list(keys) if keys is not None else self.store.keys()
+        out = []
+        for key in keys:
+            stamp = self._mtime(key)
+            if stamp is None:
+                continue
+            cached = self._cache.get(key)
+            if cached is not None and cached[0][0] == stamp and cached[0][1] == self._mtime(cached[0][2]):
+                out += cached[1]
+                continue
+            cell = self.store.read_cell(key)
+            if cell is None:
+                continue
+            baseline_key = None if cell.get("is_baseline") else cell.get("baseline_key")
+            baseline = self.store.read_cell(baseline_key) if baseline_key else None
+            records = judge_cell(cell, baseline, self.verdict_config)
+            self._cache[key] = ((stamp, self._mtime(baseline_key), baseline_key), records)
+            out += records
+        return out
+
+    def rebuild(self) -> list[dict[str, Any]]:
+        """Rewrite ``results.jsonl`` and ``summary.json`` from every stored cell; returns the records.
+
+        Example:
+            >>> records = judge.rebuild()  # doctest: +SKIP
+        """
+        return _write_derived(self.store, self.records())
+
+
+def judge_cells(store, verdict_config, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Records of the given stored cells (default: every cell in the store), in order.
+
+    Example:
+        >>> len(judge_cells(store, VerdictConfig()))  # doctest: +SKIP
+        12
+    """
+    return Judge(store, verdict_config).records(keys)
+
+
+def rebuild_derived(store, verdict_config) -> list[dict[str, Any]]:
+    """Re-judge every stored cell and rewrite ``results.jsonl`` and ``summary.json`` atomically.
+
+    Returns the records written.
+
+    Example:
+        >>> records = rebuild_derived(store, VerdictConfig())  # doctest: +SKIP
+    """
+    return Judge(store, verdict_config).rebuild()
+
+
+def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from quantsweep.sweep.summary import summarize_records
+
+    baseline_first = sorted(records, key=lambda r: (r["model"], not _is_baseline_record(r), r["recipe"],
+                                                     r.get("task") or "", str(r.get("metric"))))
+    store.write_derived("results.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in baseline_first))
+    summary = summarize_records(baseline_first)
+    settings = sorted({(r["model"], r["settings"]) for r in baseline_first})
+    by_model: dict[str, list[str]] = {}
+    for model, setting in settings:
+        by_model.setdefault(model, []).append(setting)
+    summary["settings"] = by_model
+    cells_per_name: dict[tuple, set] = {}
+    for record in baseline_first:
+        cells_per_name.setdefault((record["model"], record["recipe"], record.get("task")), set()).add(record["cell_key"])
+    repeated = sorted(name for name, keys in cells_per_name.items() if len(keys) > 1)
+    if repeated:
+        shown = ", ".join("/".join(str(part) for part in name) for name in repeated[:5])
+        summary["warning"] = (f"the store holds more than one setting for {len(repeated)} (model, recipe, task): "
+                              f"{shown}{' ...' if len(repeated) > 5 else ''}; records carry 'settings' and "
+                              "'cell_key' to tell them apart")
+    store.write_derived("summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
+    return baseline_first
+
+
+def _is_baseline_record(record: dict[str, Any]) -> bool:
+    return record.get("verdict") == "baseline"

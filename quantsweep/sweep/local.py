@@ -1,0 +1,41 @@
+"""The local backend: every work unit in this process, one after the other.
+
+Each model is one unit: it is loaded once, its baseline runs first, and the
+full-precision weights are restored between recipes.
+
+Example:
+    >>> run_local(plan, context, progress)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from quantsweep.sweep.cell import UnitContext, run_unit
+
+
+def run_local(plan, context: UnitContext, progress=None, *, on_cell: Callable | None = None,
+              on_recipe: Callable | None = None) -> list[dict]:
+    """Run the plan's units here; returns the summaries of the cells computed.
+
+    ``on_cell`` is called after each cell is stored (the driver rebuilds the derived
+    files there), ``on_recipe`` after each recipe.
+
+    Example:
+        >>> summaries = run_local(plan, UnitContext.from_plan(plan, "out"))  # doctest: +SKIP
+    """
+    summaries = []
+
+    def cell_finished(summary):
+        if on_cell is not None:
+            on_cell(summary)
+        if progress is not None:
+            progress.finished(summary["status"])
+
+    for unit in plan.units(chunks=1):
+        if progress is not None:
+            progress.running(1)
+        summaries += run_unit(unit, context, on_cell=cell_finished, on_recipe=on_recipe)
+        if progress is not None:
+            progress.running(0)
+    return summaries

@@ -1,0 +1,348 @@
+"""From a spec to cells and work units: every cell's content key, what is already stored, what to run.
+
+A **cell** is one (model, recipe) evaluated on one task. Its key hashes everything
+that changes its result (STYLE.md: a cell is a pure function of its key):
+
+* the model's fingerprint (config and weight files) and the resolved dtype and device type;
+* the resolved recipe config (its description aside);
+* the task's configuration (YAML and helpers, or the local override), ``limit``,
+  ``num_fewshot`` and ``seed``;
+* the calibration source, size and seed (for recipes that calibrate; a local file's
+  contents are hashed too);
+* the versions of quantsweep, lm-eval, transformers and torch.
+
+A **work unit** is one model with the recipes to run on it: the worker loads the model
+once and restores its full-precision weights between recipes. The baseline's cells
+come first, since every verdict compares with them.
+
+Example:
+    >>> plan = plan_sweep(spec, store)  # doctest: +SKIP
+    >>> plan.describe()  # doctest: +SKIP
+    '14 of 20 cells already done; 6 to run'
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from quantsweep.sweep.fingerprint import file_digest, model_fingerprint, task_fingerprint, text_fingerprint
+from quantsweep.sweep.spec import ModelSpec, SweepSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """The resolved tasks of a sweep: names (suites expanded), local overrides, fingerprints.
+
+    Example:
+        >>> setup = resolve_tasks(spec)  # doctest: +SKIP
+        >>> setup.names  # doctest: +SKIP
+        ('toy_mc4', 'toy_ppl')
+    """
+
+    names: tuple[str, ...]
+    configs: dict[str, dict]
+    fingerprints: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One cell to look up or compute.
+
+    Example:
+        >>> cell.recipe.name, cell.task  # doctest: +SKIP
+        ('w4-rtn', 'toy_mc4')
+    """
+
+    key: str
+    model: ModelSpec
+    recipe: Any  # RecipeConfig
+    task: str
+    is_baseline: bool
+    baseline_key: str
+    key_fields: dict[str, Any]
+    needs_calibration: bool
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One model and the cells to compute on it, recipe by recipe (baseline first).
+
+    Example:
+        >>> [r.name for r in unit.recipes]  # doctest: +SKIP
+        ['fp', 'w4-rtn']
+    """
+
+    model: ModelSpec
+    cells: tuple[CellPlan, ...]
+
+    @property
+    def recipes(self) -> list:
+        seen, out = set(), []
+        for cell in self.cells:
+            if cell.recipe.name not in seen:
+                seen.add(cell.recipe.name)
+                out.append(cell.recipe)
+        return out
+
+    @property
+    def is_baseline_unit(self) -> bool:
+        return all(cell.is_baseline for cell in self.cells)
+
+
+@dataclass
+class SweepPlan:
+    """Every cell of a sweep, what is stored, and the units left to run.
+
+    Attributes:
+        cells: every cell in spec order (model, recipe, task).
+        done, failed: keys already stored as finished or failed (and not to be rerun).
+        to_run: cells to compute.
+        units: ``to_run`` grouped per model (see :func:`group_units`).
+
+    Example:
+        >>> plan.describe()  # doctest: +SKIP
+        '14 of 20 cells already done; 6 to run'
+    """
+
+    spec: SweepSpec
+    tasks: TaskSetup
+    cells: list[CellPlan]
+    done: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    to_run: list[CellPlan] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line: how many cells are done, failed (kept) and to run.
+
+        Example:
+            >>> plan.describe()  # doctest: +SKIP
+            '2 of 6 cells already done; 4 to run'
+        """
+        parts = [f"{len(self.done)} of {len(self.cells)} cells already done"]
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed earlier (kept; --retry-failed runs them again)")
+        parts.append(f"{len(self.to_run)} to run")
+        return "; ".join(parts)
+
+    def units(self, chunks: int = 1) -> list[WorkUnit]:
+        """The cells to run as work units; see :func:`group_units`.
+
+        Example:
+            >>> [len(u.cells) for u in plan.units()]  # doctest: +SKIP
+            [6]
+        """
+        return group_units(self.to_run, chunks=chunks)
+
+
+def _versions() -> dict[str, str]:
+    import lm_eval
+    import torch
+    import transformers
+
+    import quantsweep
+
+    return {"quantsweep": quantsweep.__version__, "lm_eval": getattr(lm_eval, "__version__", "?"),
+            "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def resolve_tasks(spec: SweepSpec) -> TaskSetup:
+    """Expand suites and check every task before any model loads.
+
+    Raises:
+        ValueError: an unknown task, code tasks without ``allow_code_execution``, or suite
+            tasks without local data while the hub is unreachable.
+
+    Example:
+        >>> resolve_tasks(spec).names  # doctest: +SKIP
+        ('toy_mc4',)
+    """
+    from quantsweep.eval.harness import check_tasks
+    from quantsweep.eval.suites import check_code_execution, check_data_available, expand_tasks, local_task_configs
+
+    names = expand_tasks(list(spec.tasks))
+    check_code_execution(names, spec.allow_code_execution)
+    check_data_available(names, spec.data_dir)
+    configs = local_task_configs(names, spec.data_dir)
+    include = list(spec.include_path) or None
+    check_tasks([t for t in names if t not in configs], include)
+    fingerprints = {name: task_fingerprint(name, configs.get(name), include) for name in names}
+    return TaskSetup(names=tuple(names), configs=configs, fingerprints=fingerprints)
+
+
+def resolve_recipes(spec: SweepSpec) -> list:
+    """The baseline followed by the spec's recipes, grids expanded, without duplicates.
+
+    Example:
+        >>> [r.name for r in resolve_recipes(spec)]  # doctest: +SKIP
+        ['fp', 'w4-rtn']
+    """
+    from quantsweep.recipes import expand_recipes
+
+    return expand_recipes([spec.baseline, *spec.recipes])
+
+
+def _calibration_fields(model: ModelSpec) -> dict[str, Any]:
+    fields = model.calibration.to_dict()
+    source = model.calibration.source
+    if source and Path(source).is_file():
+        fields["source_sha256"] = file_digest(source)
+    return fields
+
+
+def device_kind(model: ModelSpec) -> str:
+    """The device type a model's cells run on here (``cpu``, ``cuda`` or ``npu``).
+
+    Example:
+        >>> device_kind(ModelSpec(path="toy", device="cpu"))
+        'cpu'
+    """
+    from quantsweep.device import parse_device, resolve_device
+
+    return parse_device(resolve_device(model.device))[0]
+
+
+def _dtype_name(model: ModelSpec, kind: str) -> str:
+    from quantsweep.device import resolve_dtype
+
+    return str(resolve_dtype(model.dtype, kind)).replace("torch.", "")
+
+
+def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: bool = False,
+               device_kind_of: Callable[[ModelSpec], str] = device_kind,
+               tasks: TaskSetup | None = None) -> SweepPlan:
+    """Key every cell of ``spec`` and sort it into done, failed and to run.
+
+    Args:
+        spec: the sweep.
+        store: a :class:`~quantsweep.sweep.store.CellStore`.
+        retry_failed: run failed cells again (else they are kept as findings).
+        force: recompute every cell (stored files are replaced one by one as new ones finish).
+        device_kind_of: the device type each model's cells will run on (a cluster
+            backend passes the kind it schedules on); part of the key.
+        tasks: resolved tasks, when the caller already has them.
+
+    Raises:
+        ValueError: unknown recipe or task, a calibrated recipe without a calibration
+            source, or a model path that does not exist: all before any model loads.
+
+    Example:
+        >>> plan_sweep(spec, store).describe()  # doctest: +SKIP
+        '0 of 4 cells already done; 4 to run'
+    """
+    from quantsweep.calibration import check_calibration_source
+    from quantsweep.models import check_checkpoint
+    from quantsweep.recipes import get_method
+
+    tasks = tasks or resolve_tasks(spec)
+    recipes = resolve_recipes(spec)
+    baseline = recipes[0]
+    versions = _versions()
+    cells: list[CellPlan] = []
+    for model in spec.models:
+        needing = [r.name for r in recipes if get_method(r.method).needs_calibration]
+        if needing and not model.calibration.source:
+            raise ValueError(
+                f"model {model.name!r}: recipes {', '.join(needing)} need calibration data; pass --calib-source "
+                "(or calibration.source in the spec): a .txt/.jsonl file, or wikitext2/c4/pile when the hub is reachable")
+        check_checkpoint(model.path, model.trust_remote_code)
+        if needing:
+            check_calibration_source(model.calibration.source)
+        check_shapes(model, recipes)
+        fingerprint = model_fingerprint(model.path)
+        kind = device_kind_of(model)
+        shared = {"model": fingerprint, "dtype": _dtype_name(model, kind), "device_type": kind,
+                  "trust_remote_code": model.trust_remote_code, "limit": spec.limit,
+                  "num_fewshot": spec.num_fewshot, "seed": spec.seed, "versions": versions}
+        calibration = _calibration_fields(model)
+        for task in tasks.names:
+            task_fields = {"task": task, "task_config": tasks.fingerprints[task]}
+
+            def fields_for(recipe) -> dict[str, Any]:
+                config = {k: v for k, v in recipe.to_dict().items() if k != "description"}
+                calibrated = get_method(recipe.method).needs_calibration
+                return {**shared, **task_fields, "recipe": config, "calibration": calibration if calibrated else None}
+
+            baseline_key = text_fingerprint(fields_for(baseline)) + fingerprint[:8]
+            for recipe in recipes:
+                key_fields = fields_for(recipe)
+                key = text_fingerprint(key_fields) + fingerprint[:8]
+                cells.append(CellPlan(key=key, model=model, recipe=recipe, task=task, is_baseline=recipe is baseline,
+                                      baseline_key=baseline_key, key_fields=key_fields,
+                                      needs_calibration=get_method(recipe.method).needs_calibration))
+    plan = SweepPlan(spec=spec, tasks=tasks, cells=cells)
+    for cell in cells:
+        status = None if force else store.status(cell.key)
+        if status == "done":
+            plan.done.add(cell.key)
+        elif status == "failed" and not retry_failed:
+            plan.failed.add(cell.key)
+        else:
+            plan.to_run.append(cell)
+    return plan
+
+
+def check_shapes(model: ModelSpec, recipes: list) -> None:
+    """Check every recipe against the model's layer shapes (built on the meta device: no weights read).
+
+    Raises:
+        ValueError: a recipe's group size does not divide a target layer's in_features,
+            naming the recipe, the layer and both sizes.
+
+    Example:
+        >>> check_shapes(ModelSpec(path="toy"), resolve_recipes(spec))  # doctest: +SKIP
+    """
+    from quantsweep.methods.targets import check_group_sizes
+    from quantsweep.models import meta_model
+
+    try:
+        structure = meta_model(model.path, model.trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - the same check runs again when the recipe is applied
+        logger.info("model %s: shapes not checked up front (%s); each recipe checks them when applied",
+                    model.name, error)
+        return
+    for recipe in recipes:
+        try:
+            check_group_sizes(structure, recipe)
+        except ValueError as error:
+            raise ValueError(f"recipe {recipe.name!r}: {error}") from None
+
+
+def group_units(cells: list[CellPlan], chunks: int = 1) -> list[WorkUnit]:
+    """Group cells per model, recipe by recipe, baseline first.
+
+    With ``chunks == 1`` each model is one unit (load once, run every recipe). With more,
+    each model's baseline cells form their own unit, scheduled first, and its other
+    recipes are split into up to ``chunks`` units of whole recipes, so that no unit loads
+    a model it does not need and a recipe is quantized once.
+
+    Example:
+        >>> [len(u.cells) for u in group_units(cells, chunks=2)]  # doctest: +SKIP
+        [2, 4, 4]
+    """
+    if chunks < 1:
+        raise ValueError(f"chunks must be >= 1, got {chunks}")
+    units: list[WorkUnit] = []
+    by_model: dict[str, list[CellPlan]] = {}
+    for cell in cells:
+        by_model.setdefault(cell.model.name, []).append(cell)
+    for model_cells in by_model.values():
+        model = model_cells[0].model
+        ordered = sorted(model_cells, key=lambda c: not c.is_baseline)  # stable: baseline first
+        if chunks == 1:
+            units.append(WorkUnit(model=model, cells=tuple(ordered)))
+            continue
+        base = [c for c in ordered if c.is_baseline]
+        rest = [c for c in ordered if not c.is_baseline]
+        if base:
+            units.append(WorkUnit(model=model, cells=tuple(base)))
+        names = list(dict.fromkeys(c.recipe.name for c in rest))
+        size = max(1, -(-len(names) // chunks))
+        for start in range(0, len(names), size):
+            chosen = set(names[start:start + size])
+            units.append(WorkUnit(model=model, cells=tuple(c for c in rest if c.recipe.name in chosen)))
+    return units

@@ -1,0 +1,365 @@
+"""The store: one file per finished cell, written atomically, and claims for cells in progress.
+
+Layout of a store folder::
+
+    store.json                 format version and the quantsweep that created it
+    cells/<key>.json           one finished cell (done or failed): metrics, per-document
+                               outcomes, provenance, cost; the source of truth
+    claims/<key>.claim         a cell being computed right now, and by whom
+    logs/<key>.log             each cell's log
+    results.jsonl, summary.json   derived from the cells, rebuilt after every cell
+
+A cell file is written to a temporary file in the same folder, fsynced, then renamed
+over its final name, so a reader sees either the whole file or none (a kill at any
+moment leaves at most a stray ``*.tmp``, never a partial cell). Claims are created
+with ``O_CREAT | O_EXCL``, so two sweeps writing into one store (two processes, or Ray
+workers on a shared filesystem) never compute the same cell at once. A claim whose
+owner died (same host and its pid gone, or no heartbeat for ``stale_after_s``) is
+taken over.
+
+Example:
+    >>> store = CellStore(tmp_path)  # doctest: +SKIP
+    >>> with store.claim("abc") as claim:  # doctest: +SKIP
+    ...     store.write_cell({"key": "abc", "status": "done"})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+HEARTBEAT_S = 20.0
+STALE_AFTER_S = 120.0
+FAULT_ENV = "QUANTSWEEP_FAULT"  # test hook: "kill-before-rename:N" SIGKILLs this process mid-write of its N-th cell
+
+
+class StoreError(ValueError):
+    """The folder is not a store this quantsweep can use; the message says why."""
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON data: NaN becomes None, +-Inf the strings "inf"/"-inf", numpy scalars floats.
+
+    Example:
+        >>> jsonable({"a": float("inf"), "b": [float("nan")]})
+        {'a': 'inf', 'b': [None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        try:
+            return jsonable(value.item())
+        except (TypeError, ValueError):
+            return str(value)
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: temporary file, fsync, rename, fsync of the folder.
+
+    Example:
+        >>> atomic_write_text(Path(tmp) / "x.json", "{}")  # doctest: +SKIP
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        _fault_point(path)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_cell_writes = 0
+
+
+def _fault_point(path: Path) -> None:
+    """Fault injection for the kill -9 tests: die between the fsync and the rename of a cell file."""
+    global _cell_writes
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec.startswith("kill-before-rename:") or path.parent.name != "cells":
+        return
+    _cell_writes += 1
+    if _cell_writes == int(spec.split(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Claim:
+    """A held claim on one cell; a heartbeat thread keeps it fresh until released.
+
+    Example:
+        >>> with store.claim(key) as claim:  # doctest: +SKIP
+        ...     claim.key
+    """
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"claim-{key[:8]}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the claim file.
+
+        Example:
+            >>> claim.release()  # doctest: +SKIP
+        """
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class CellStore:
+    """A folder of cell files; see the module docstring for the layout and guarantees.
+
+    Args:
+        directory: the store folder (created if missing).
+        stale_after_s: a claim without a heartbeat for this long is taken over.
+
+    Raises:
+        StoreError: the path is a file, the store was written by an incompatible
+            quantsweep, or the folder holds results of a quantsweep before stores
+            (a ``results.jsonl`` and no ``store.json``): nothing there is touched.
+
+    Example:
+        >>> store = CellStore(tmp_path)  # doctest: +SKIP
+        >>> store.status("no-such-key") is None  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, directory: str | Path, *, stale_after_s: float = STALE_AFTER_S):
+        import quantsweep
+
+        self.directory = Path(directory)
+        self.stale_after_s = stale_after_s
+        if self.directory.exists() and not self.directory.is_dir():
+            raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
+        meta_path = self.directory / "store.json"
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except ValueError:
+                raise StoreError(f"{meta_path} is not valid JSON; is {self.directory} a quantsweep store?") from None
+            if meta.get("format") != STORE_FORMAT:
+                raise StoreError(
+                    f"{self.directory} was written by quantsweep {meta.get('quantsweep_version', '?')} in store "
+                    f"format {meta.get('format')!r}; this quantsweep {quantsweep.__version__} reads format "
+                    f"{STORE_FORMAT}. Nothing was changed; use another --out folder")
+        elif (self.directory / "results.jsonl").is_file():
+            raise StoreError(
+                f"{self.directory} holds a results.jsonl from a quantsweep without cell stores (no store.json); "
+                "it is left untouched: use another --out folder")
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(meta_path, json.dumps({"format": STORE_FORMAT,
+                                                     "quantsweep_version": quantsweep.__version__}) + "\n")
+        for name in ("cells", "claims", "logs"):
+            (self.directory / name).mkdir(exist_ok=True)
+
+    # ------------------------------------------------------------------ cells
+    def cell_path(self, key: str) -> Path:
+        """The file of cell ``key``.
+
+        Example:
+            >>> store.cell_path("abc").name  # doctest: +SKIP
+            'abc.json'
+        """
+        return self.directory / "cells" / f"{key}.json"
+
+    def log_path(self, key: str) -> Path:
+        """The log file of cell ``key``.
+
+        Example:
+            >>> store.log_path("abc").name  # doctest: +SKIP
+            'abc.log'
+        """
+        return self.directory / "logs" / f"{key}.log"
+
+    def read_cell(self, key: str) -> dict[str, Any] | None:
+        """The stored cell, or None if absent. A file that is not valid JSON (edited by hand,
+        say) is reported, kept aside as ``<key>.json.corrupt-<time>``, and read as absent,
+        so the cell is computed again.
+
+        Example:
+            >>> store.read_cell("abc") is None  # doctest: +SKIP
+            True
+        """
+        path = self.cell_path(key)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            cell = json.loads(text)
+            if not isinstance(cell, dict) or cell.get("key") != key or cell.get("status") not in ("done", "failed"):
+                raise ValueError("not a cell record")
+            return cell
+        except ValueError as error:
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            logger.warning("cell file %s is unreadable (%s); kept as %s and the cell will be computed again",
+                           path, error, aside.name)
+            return None
+
+    def status(self, key: str) -> str | None:
+        """``done``, ``failed`` or None (not stored).
+
+        Example:
+            >>> store.status("abc")  # doctest: +SKIP
+            'done'
+        """
+        cell = self.read_cell(key)
+        return None if cell is None else cell["status"]
+
+    def write_cell(self, cell: dict[str, Any]) -> Path:
+        """Store one finished cell atomically (replacing an earlier version of the same key).
+
+        Example:
+            >>> store.write_cell({"key": "abc", "status": "done"})  # doctest: +SKIP
+        """
+        if cell.get("status") not in ("done", "failed") or not cell.get("key"):
+            raise ValueError("a cell needs a 'key' and a status of 'done' or 'failed'")
+        path = self.cell_path(cell["key"])
+        atomic_write_text(path, json.dumps(jsonable(cell), separators=(",", ":")) + "\n")
+        return path
+
+    def keys(self) -> list[str]:
+        """Keys of every stored cell file.
+
+        Example:
+            >>> store.keys()  # doctest: +SKIP
+            ['0a1b...', ...]
+        """
+        return sorted(p.stem for p in (self.directory / "cells").glob("*.json"))
+
+    def cells(self) -> Iterator[dict[str, Any]]:
+        """Every readable stored cell.
+
+        Example:
+            >>> [c["recipe"] for c in store.cells()]  # doctest: +SKIP
+            ['fp', 'w8-rtn']
+        """
+        for key in self.keys():
+            cell = self.read_cell(key)
+            if cell is not None:
+                yield cell
+
+    # ------------------------------------------------------------------ claims
+    def _claim_path(self, key: str) -> Path:
+        return self.directory / "claims" / f"{key}.claim"
+
+    def claim(self, key: str) -> Claim | None:
+        """Claim cell ``key`` for this process, or None if a live claim is held elsewhere.
+
+        A stale claim (owner dead, or no heartbeat for ``stale_after_s``) is taken over.
+
+        Example:
+            >>> claim = store.claim("abc")  # doctest: +SKIP
+        """
+        path = self._claim_path(key)
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._is_stale(path):
+                    return None
+                with contextlib.suppress(OSError):  # only one taker wins this rename
+                    os.replace(path, path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}"))
+                continue
+            with os.fdopen(fd, "w") as stream:
+                json.dump(owner, stream)
+            return Claim(path, key)
+        return None
+
+    def claim_owner(self, key: str) -> dict[str, Any] | None:
+        """Who holds a live claim on ``key`` (host, pid, started), or None.
+
+        Example:
+            >>> store.claim_owner("abc")  # doctest: +SKIP
+        """
+        path = self._claim_path(key)
+        if not path.exists() or self._is_stale(path):
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(path.read_text())
+        return {}
+
+    def _is_stale(self, path: Path) -> bool:
+        try:
+            age = time.time() - path.stat().st_mtime
+            owner = json.loads(path.read_text() or "{}")
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            return False  # being written right now
+        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+            if not _pid_alive(owner["pid"]):
+                return True
+        return age > self.stale_after_s
+
+    # ------------------------------------------------------------------ derived files
+    def write_derived(self, name: str, text: str) -> Path:
+        """Write a derived file (``results.jsonl``, ``summary.json``) atomically.
+
+        Example:
+            >>> store.write_derived("summary.json", "{}")  # doctest: +SKIP
+        """
+        path = self.directory / name
+        atomic_write_text(path, text)
+        return path

@@ -1,0 +1,117 @@
+"""The store: atomic cell files, readable-or-absent, claims that exclude, and refusals that touch nothing."""
+
+import json
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from quantsweep.sweep import store as store_module
+from quantsweep.sweep.store import CellStore, StoreError
+
+
+def test_a_cell_file_is_whole_or_absent(tmp_path):
+    store = CellStore(tmp_path)
+    store.write_cell({"key": "k1", "status": "done", "value": float("inf"), "nan": float("nan")})
+    assert store.read_cell("k1") == {"key": "k1", "status": "done", "value": "inf", "nan": None}
+    assert [p.name for p in (tmp_path / "cells").iterdir()] == ["k1.json"]  # no temporary file left
+    assert store.read_cell("k2") is None and store.status("k2") is None
+    with pytest.raises(ValueError, match="status of 'done' or 'failed'"):
+        store.write_cell({"key": "k3", "status": "running"})
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    store = CellStore(tmp_path)
+    store.write_cell({"key": "k", "status": "done", "version": 1})
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_cell({"key": "k", "status": "done", "version": 2})
+    monkeypatch.undo()
+    assert store.read_cell("k")["version"] == 1
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["k.json"]  # the temporary file is gone
+
+
+def test_a_hand_edited_invalid_cell_is_kept_aside_and_read_as_absent(tmp_path, caplog):
+    store = CellStore(tmp_path)
+    store.write_cell({"key": "k", "status": "done"})
+    store.cell_path("k").write_text('{"key": "k", "status": "do')
+    assert store.read_cell("k") is None
+    assert "unreadable" in caplog.text and "computed again" in caplog.text
+    (aside,) = list((tmp_path / "cells").glob("k.json.corrupt-*"))
+    assert aside.read_text() == '{"key": "k", "status": "do'  # nothing is deleted
+    store.write_cell({"key": "wrong", "status": "done"})
+    os.replace(store.cell_path("wrong"), store.cell_path("other"))  # a file whose key does not match its name
+    assert store.read_cell("other") is None
+
+
+def test_a_claim_excludes_others_until_released(tmp_path):
+    store = CellStore(tmp_path)
+    first = store.claim("k")
+    assert first is not None and store.claim("k") is None
+    assert store.claim_owner("k")["pid"] == os.getpid()
+    first.release()
+    assert store.claim_owner("k") is None
+    second = store.claim("k")
+    assert second is not None
+    second.release()
+
+
+def test_a_dead_owners_claim_is_taken_over(tmp_path):
+    store = CellStore(tmp_path)
+    child = multiprocessing.get_context("fork").Process(target=lambda: None)
+    child.start()
+    child.join()  # a pid that no longer runs
+    path = tmp_path / "claims" / "k.claim"
+    path.write_text(json.dumps({"host": os.uname().nodename, "pid": child.pid, "started": time.time()}))
+    claim = store.claim("k")
+    assert claim is not None
+    claim.release()
+    # another host's claim: taken over only once its heartbeat is older than stale_after_s
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": time.time()}))
+    assert CellStore(tmp_path, stale_after_s=60).claim("k") is None
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    taken = CellStore(tmp_path, stale_after_s=60).claim("k")
+    assert taken is not None
+    taken.release()
+
+
+def _try_claim(directory, key, queue):
+    claim = CellStore(directory).claim(key)
+    queue.put(claim is not None)
+    time.sleep(1.0)  # hold it while the others try
+
+
+def test_one_of_many_processes_wins_a_claim(tmp_path):
+    CellStore(tmp_path)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_try_claim, args=(tmp_path, "k", queue)) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    wins = [queue.get(timeout=30) for _ in workers]
+    for worker in workers:
+        worker.join()
+    assert sum(wins) == 1
+
+
+def test_incompatible_or_pre_store_folders_are_refused_untouched(tmp_path):
+    (tmp_path / "future").mkdir()
+    (tmp_path / "future" / "store.json").write_text(json.dumps({"format": 99, "quantsweep_version": "9.0"}))
+    with pytest.raises(StoreError, match="written by quantsweep 9.0 in store format 99"):
+        CellStore(tmp_path / "future")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.jsonl").write_text('{"recipe": "fp"}\n')
+    with pytest.raises(StoreError, match="left untouched"):
+        CellStore(old)
+    assert sorted(p.name for p in old.iterdir()) == ["results.jsonl"]
+    assert (old / "results.jsonl").read_text() == '{"recipe": "fp"}\n'
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is not a directory"):
+        CellStore(tmp_path / "file")
