@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.models.huggingface import HFLM
 
+from quantsweep import device as devices
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_TOKENS = 256  # target positions per lm_head call: 256 x 150k vocab x 4 B = 150 MB
@@ -149,9 +151,10 @@ class ContextCachedLM(HFLM):
             size = int(self.batch_size)
             try:
                 out.extend(run(items[start:start + size]))
-            except torch.OutOfMemoryError:
-                if size == 1 or not self._auto_batch:
+            except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+                if size == 1 or not self._auto_batch or not devices.is_out_of_memory(error):
                     raise
+                devices.empty_cache(self.device)
                 self.oom_halvings.append((size, size // 2))
                 logger.warning("out of memory at batch size %d; retrying at %d", size, size // 2)
                 self.batch_size_per_gpu = size // 2
