@@ -280,13 +280,15 @@ def evaluate(
     """
     import lm_eval
 
-    from quantsweep.eval.lm import ContextCachedLM, model_positions
+    from quantsweep.eval.lm import ContextCachedLM, check_batch_size, check_max_length, model_positions
 
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+    check_batch_size(batch_size)
+    positions = model_positions(model)
+    if max_length is not None:
+        check_max_length(max_length, positions)  # before any task is loaded
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     overrides = task_configs or {}
     check_tasks([n for n in names if n not in overrides], include_path)
@@ -297,7 +299,6 @@ def evaluate(
     try:
         lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, counter=counter,
                              max_length=max_length)
-        positions = model_positions(model)
         for name in names:
             spec = overrides.get(name, name)
             generated_before = counter.total

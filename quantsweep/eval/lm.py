@@ -70,6 +70,30 @@ def model_positions(model) -> int | None:
     return None
 
 
+def check_max_length(max_length, positions: int | None) -> None:
+    """Raise ValueError unless ``max_length`` is an integer >= 2 within the model's ``positions``.
+
+    Example:
+        >>> check_max_length(4096, 512)
+        Traceback (most recent call last):
+        ValueError: max_length 4096 exceeds the model's 512 positions
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+    if positions is not None and max_length > positions:
+        raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
+
+
+def check_batch_size(batch_size) -> None:
+    """Raise ValueError unless ``batch_size`` is an integer >= 1 or ``"auto"``.
+
+    Example:
+        >>> check_batch_size("auto")
+    """
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+
+
 class ContextCachedLM(HFLM):
     """lm-eval ``HFLM`` that computes each context once and scores perplexity in bounded memory.
 
@@ -95,15 +119,10 @@ class ContextCachedLM(HFLM):
                  max_length: int | None = None, batch_size: int | str = 32, **kwargs):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
-        model = kwargs.get("pretrained", args[0] if args else None)
-        positions = model_positions(model)
+        positions = model_positions(kwargs.get("pretrained", args[0] if args else None))
         if max_length is not None:
-            if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-                raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-            if positions is not None and max_length > positions:
-                raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
-        if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+            check_max_length(max_length, positions)
+        check_batch_size(batch_size)
         self._auto_batch = batch_size == "auto"
         super().__init__(*args, max_length=max_length, batch_size=MAX_AUTO_BATCH_SIZE if self._auto_batch
                          else batch_size, **kwargs)
@@ -123,10 +142,7 @@ class ContextCachedLM(HFLM):
         Example:
             >>> lm.use_max_length(2048)  # doctest: +SKIP
         """
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-        if self._positions is not None and max_length > self._positions:
-            raise ValueError(f"max_length {max_length} exceeds the model's {self._positions} positions")
+        check_max_length(max_length, self._positions)
         self._max_length = max_length
 
     # ------------------------------------------------------------ shared helpers
