@@ -30,8 +30,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
+import os
 from collections import Counter
 from typing import Any
 
@@ -45,6 +47,7 @@ from quantsweep import device as devices
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_TOKENS = 256  # target positions per lm_head call: 256 x 150k vocab x 4 B = 150 MB
+MIN_SHARED_PREAMBLE = 16  # tokens: a shorter common prefix is not worth a separate forward
 MAX_AUTO_BATCH_SIZE = 64  # batch_size="auto" starts here and halves on out-of-memory
 
 _CACHE_KWARGS = ("cache", "past_key_values")
@@ -224,10 +227,10 @@ class ContextCachedLM(HFLM):
         with_prefix = [g for g in ordered if len(g[0]) > 1]
         no_prefix = [g for g in ordered if len(g[0]) == 1]  # nothing to cache: a plain forward
         try:
-            for subset in (with_prefix, no_prefix):
+            for subset, preamble in ((with_prefix, self._preamble([ctx for ctx, _ in with_prefix])), (no_prefix, None)):
                 order = [i for _, ids in subset for i in ids]
                 scored = self._batches(subset, lambda batch: self._score_from_cache(
-                    [(ctx, i) for ctx, ids in batch for i in ids], requests))
+                    [(ctx, i) for ctx, ids in batch for i in ids], requests, preamble))
                 for i, answer in zip(order, scored, strict=True):
                     results[i] = answer
         except _NoReorderableCache as err:
@@ -242,40 +245,68 @@ class ContextCachedLM(HFLM):
                 self.cache_hook.add_partial("loglikelihood", key, answer)
         return results
 
-    def _score_from_cache(self, units: list[tuple[tuple[int, ...], int]], requests: list[Request]):
-        """Score one batch of (context, request index): each distinct context runs once."""
+    def _cached(self, out):
+        cache = next((getattr(out, name) for name in _CACHE_KWARGS if getattr(out, name, None) is not None), None)
+        if cache is None or not hasattr(cache, "reorder_cache"):
+            raise _NoReorderableCache(f"{type(self.model).__name__} returned no reorderable KV cache")
+        return cache
+
+    def _preamble(self, contexts: list[tuple[int, ...]]):
+        """The contexts' longest common token prefix (few-shot examples), run once: ``(length, cache)`` or None."""
+        shared = os.path.commonprefix([list(c[:-1]) for c in contexts]) if len(contexts) > 1 else []
+        if len(shared) < MIN_SHARED_PREAMBLE:
+            return None
+        logger.info("shared preamble of %d tokens computed once for %d contexts", len(shared), len(contexts))
+        with self._no_grad():
+            out = self.model(input_ids=torch.tensor([shared], device=self.device), use_cache=True,
+                             **self._keep_last_logits())
+        return len(shared), self._cached(out)
+
+    def _score_from_cache(self, units: list[tuple[tuple[int, ...], int]], requests: list[Request], preamble=None):
+        """Score one batch of (context, request index): each distinct context runs once.
+
+        ``preamble``: ``(length, cache)`` of a token prefix every context starts with; it is
+        expanded to the batch and only the rest of each context runs.
+        """
         contexts = list(dict.fromkeys(ctx for ctx, _ in units))
         row_of = {ctx: row for row, ctx in enumerate(contexts)}
         device = self.device
-        prefix_len = torch.tensor([len(c) - 1 for c in contexts], device=device)
-        width = int(prefix_len.max())
-        cache = None
+        shared, cache, mask_before = 0, None, None
+        if preamble is not None:
+            shared, cache = preamble[0], copy.deepcopy(preamble[1])
+            cache.reorder_cache(torch.zeros(len(contexts), dtype=torch.long, device=device))
+            mask_before = torch.ones(len(contexts), shared, dtype=torch.long)
+        rest_len = torch.tensor([len(c) - 1 - shared for c in contexts])
+        width = int(rest_len.max())
         with self._no_grad():
             if width > 0:
                 # right padding (repeating each row's last token): causal attention keeps every real
                 # position exact, and the padded slots are masked out for the continuations below
-                ids = torch.stack([torch.tensor(list(c[:-1]) + [c[-2]] * (width + 1 - len(c))) for c in contexts])
-                prefix_mask = (torch.arange(width)[None, :] < prefix_len.cpu()[:, None]).long().to(device)
-                out = self.model(input_ids=ids.to(device), attention_mask=prefix_mask, use_cache=True,
-                                 **self._keep_last_logits())
-                cache = next((getattr(out, name) for name in _CACHE_KWARGS if getattr(out, name, None) is not None),
-                             None)
-                if cache is None or not hasattr(cache, "reorder_cache"):
-                    raise _NoReorderableCache(f"{type(self.model).__name__} returned no reorderable KV cache")
+                ids = torch.stack([torch.tensor(list(c[shared:-1]) + [c[-2]] * (width - int(n)))
+                                   for c, n in zip(contexts, rest_len)])
+                rest_mask = (torch.arange(width)[None, :] < rest_len[:, None]).long()
+                mask = rest_mask if mask_before is None else torch.cat([mask_before, rest_mask], dim=1)
+                kwargs = {} if cache is None else {
+                    self._cache_kwarg: cache, "position_ids": (shared + torch.arange(width, device=device)).expand(
+                        len(contexts), -1)}
+                out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                                 **kwargs, **self._keep_last_logits())
+                cache, mask_before = self._cached(out), mask
+            if cache is not None:
                 rows = torch.tensor([row_of[ctx] for ctx, _ in units], device=device)
                 cache.reorder_cache(rows)  # one cache row per continuation
-                mask_before = prefix_mask[rows]
+                mask_before = mask_before.to(device)[rows]
             inputs = [[ctx[-1]] + requests[i][2][:-1] for ctx, i in units]
             targets = [requests[i][2] for _, i in units]
             cont_width = max(len(x) for x in inputs)
             ids = torch.tensor([x + [x[-1]] * (cont_width - len(x)) for x in inputs], device=device)
             cont_mask = torch.tensor([[1] * len(x) + [0] * (cont_width - len(x)) for x in inputs], device=device)
-            start = prefix_len[rows] if width > 0 else torch.zeros(len(units), dtype=torch.long, device=device)
             kwargs = {}
-            if width > 0:
+            if cache is not None:
+                start = torch.tensor([len(ctx) - 1 for ctx, _ in units], device=device)  # position of ctx[-1]
                 kwargs = {self._cache_kwarg: cache, "attention_mask": torch.cat([mask_before, cont_mask], dim=1),
                           "position_ids": start[:, None] + torch.arange(cont_width, device=device)[None, :]}
-            logits = self.model(input_ids=ids, use_cache=width > 0, **kwargs).logits
+            logits = self.model(input_ids=ids, use_cache=cache is not None, **kwargs).logits
             logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
         answers = []
         for row, target in enumerate(targets):

@@ -312,10 +312,10 @@ def test_auto_batch_size_halves_on_out_of_memory_and_records_it(toy, monkeypatch
     lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size="auto")
     score = lm._score_from_cache
 
-    def at_most_two_contexts(units, requests):
+    def at_most_two_contexts(units, requests, preamble=None):
         if len({ctx for ctx, _ in units}) > 2:
             raise torch.OutOfMemoryError("simulated")
-        return score(units, requests)
+        return score(units, requests, preamble)
 
     monkeypatch.setattr(lm, "_score_from_cache", at_most_two_contexts)
     requests = [(None, [10 + doc, 20, 30 + doc], option) for doc in range(5) for option in ([40], [41, 42])]
@@ -329,9 +329,34 @@ def test_fixed_batch_size_does_not_hide_out_of_memory(toy, monkeypatch):
     model, tokenizer = toy
     lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
 
-    def out_of_memory(units, requests):
+    def out_of_memory(units, requests, preamble=None):
         raise torch.OutOfMemoryError("simulated")
 
     monkeypatch.setattr(lm, "_score_from_cache", out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         lm.loglikelihood(_instances([("Q: where does Ada live? A:", " in Paris")]))
+
+
+def test_shared_preamble_runs_once_and_gives_the_same_numbers(pangu_shaped):
+    """Few-shot style: every context starts with the same 40 tokens; they run in one forward only."""
+    model, tokenizer = pangu_shaped
+    generator = torch.Generator().manual_seed(0)
+    preamble = torch.randint(4, len(tokenizer), (40,), generator=generator).tolist()
+    requests = []
+    for doc in range(6):  # the rest of the context: 0 to 10 tokens after the preamble's copy
+        rest = torch.randint(4, len(tokenizer), (2 * doc,), generator=generator).tolist()
+        for option in range(3):
+            cont = torch.randint(4, len(tokenizer), (1 + option,), generator=generator).tolist()
+            requests.append((None, preamble + rest + [5 + doc], cont))
+    lengths = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+                                             with_kwargs=True)
+    try:
+        mine = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4)._loglikelihood_tokens(requests)
+    finally:
+        handle.remove()
+    assert lengths.count(40) == 1 and max(lengths) == 40  # the preamble once; everything else is shorter
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, logits_cache=False)._loglikelihood_tokens(requests)
+    for (a, greedy_a), (b, greedy_b), request in zip(mine, theirs, requests, strict=True):
+        assert abs(a - b) <= TOLERANCE_NATS and greedy_a == greedy_b
+        assert abs(a - _direct_loglikelihood(model, request[1], request[2])) <= TOLERANCE_NATS
