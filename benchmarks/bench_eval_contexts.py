@@ -11,7 +11,9 @@ model, ``N`` four-choice questions with 100-200-token contexts and 3-5-token opt
 * ``raw``: a raw padded forward (``model(ids)``, full logits) over the same 4N
   sequences, context + option, in batches of the same size; the naive baseline.
 
-Models: ``toy`` (hidden 128, 4 layers, vocab 123) and ``pangu1b-2l``: random weights with
+Models: ``toy`` (hidden 128, 4 layers, vocab 123); ``toy-fewshot``: the toy model on
+questions that all start with the same 300-token preamble (few-shot examples) followed by
+40-80 tokens of their own, also timed with the shared-preamble step switched off; and ``pangu1b-2l``: random weights with
 openPangu-Embedded-1B's width as assumed here (hidden 1536, intermediate 6144, 12 heads,
 6 KV heads, q/k/v/o biases, vocab 153376; no published 1B config is in this
 repository), 2 decoder layers.
@@ -65,20 +67,25 @@ def _model(name: str):
     import quantsweep
 
     toy, tokenizer = quantsweep.load_model("toy", device="cpu", dtype="float32")
-    if name == "toy":
+    if name in ("toy", "toy-fewshot"):
         return toy, tokenizer
     if name == "pangu1b-2l":
         return _random_llama(2, 4096, **PANGU_1B), tokenizer
-    raise ValueError(f"unknown model {name!r}; allowed: toy, pangu1b-2l")
+    raise ValueError(f"unknown model {name!r}; allowed: toy, toy-fewshot, pangu1b-2l")
 
 
-def _requests(vocab: int, docs: int, seed: int = 0):
-    """4 options per question: context 100-200 tokens, options 3-5 tokens (ids 3.. avoid specials)."""
+def _requests(vocab: int, docs: int, seed: int = 0, preamble: int = 0, context_tokens=(100, 200)):
+    """4 options per question: context 100-200 tokens, options 3-5 tokens (ids 3.. avoid specials).
+
+    ``preamble``: tokens every context starts with (few-shot examples shared by all questions).
+    """
     generator = torch.Generator().manual_seed(seed)
+    shared = torch.randint(3, vocab, (preamble,), generator=generator).tolist()
     requests = []
     for _ in range(docs):
-        context = torch.randint(3, vocab, (int(torch.randint(100, 201, (1,), generator=generator)),),
-                                generator=generator).tolist()
+        low, high = context_tokens
+        context = shared + torch.randint(3, vocab, (int(torch.randint(low, high + 1, (1,), generator=generator)),),
+                                         generator=generator).tolist()
         for _ in range(4):
             option = torch.randint(3, vocab, (int(torch.randint(3, 6, (1,), generator=generator)),),
                                    generator=generator).tolist()
@@ -110,8 +117,12 @@ def time_model(name: str, docs: int, batch_size: int, repeats: int) -> dict:
 
     from quantsweep.eval.lm import ContextCachedLM
 
+    from quantsweep.eval import lm as lm_module
+
     model, tokenizer = _model(name)
-    requests = _requests(model.config.vocab_size, docs)
+    # toy-fewshot: a 300-token preamble shared by every question, then 40-80 tokens of its own
+    fewshot = {"preamble": 300, "context_tokens": (40, 80)} if name == "toy-fewshot" else {}
+    requests = _requests(model.config.vocab_size, docs, **fewshot)
     ours = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     for warm_up in (lambda: _raw_forward(model, requests[:8], batch_size),  # first-call costs out of the timings
@@ -121,6 +132,14 @@ def time_model(name: str, docs: int, batch_size: int, repeats: int) -> dict:
     paths = {"raw": lambda: _raw_forward(model, requests, batch_size),
              "lm-eval": lambda: theirs._loglikelihood_tokens(requests, disable_tqdm=True),
              "ours": lambda: ours._loglikelihood_tokens(requests, disable_tqdm=True)}
+    if fewshot:
+        def without_preamble():
+            saved, lm_module.MIN_SHARED_PREAMBLE = lm_module.MIN_SHARED_PREAMBLE, 10**9
+            try:
+                ours._loglikelihood_tokens(requests, disable_tqdm=True)
+            finally:
+                lm_module.MIN_SHARED_PREAMBLE = saved
+        paths["ours-no-preamble"] = without_preamble
     runs: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
     for _ in range(repeats):  # interleaved, best of `repeats`
         for path, fn in paths.items():
@@ -130,7 +149,8 @@ def time_model(name: str, docs: int, batch_size: int, repeats: int) -> dict:
     ours_ll = ours._loglikelihood_tokens(requests[:40], disable_tqdm=True)
     theirs_ll = theirs._loglikelihood_tokens(requests[:40], disable_tqdm=True)
     tokens_all = sum(len(ctx) + len(cont) - 1 for _, ctx, cont in requests)
-    unique = sum(len(ctx) for _, ctx, _ in requests[::4]) + sum(len(cont) for _, _, cont in requests)
+    unique = sum(len(ctx) - fewshot.get("preamble", 0) for _, ctx, _ in requests[::4]) \
+        + fewshot.get("preamble", 0) + sum(len(cont) for _, _, cont in requests)
     row = {"model": name, "docs": docs, "choices": 4, "batch_size": batch_size, "repeats": repeats,
            "cpu_seconds": seconds, "wall_seconds": wall_seconds,
            "ours_vs_raw": seconds["ours"] / seconds["raw"], "lm_eval_vs_raw": seconds["lm-eval"] / seconds["raw"],
@@ -140,6 +160,10 @@ def time_model(name: str, docs: int, batch_size: int, repeats: int) -> dict:
     print(f"{name:12s} CPU seconds: raw {seconds['raw']:7.2f} s  lm-eval {seconds['lm-eval']:7.2f} s "
           f"({row['lm_eval_vs_raw']:.2f}x raw)  ours {seconds['ours']:7.2f} s ({row['ours_vs_raw']:.2f}x raw, "
           f"{row['ours_vs_lm_eval']:.2f}x lm-eval)  token limit {row['unique_token_ratio']:.2f}x", flush=True)
+    if fewshot:
+        row["ours_no_preamble_vs_raw"] = seconds["ours-no-preamble"] / seconds["raw"]
+        print(f"{'':12s} without the shared preamble: ours {seconds['ours-no-preamble']:7.2f} s "
+              f"({row['ours_no_preamble_vs_raw']:.2f}x raw)", flush=True)
     return row
 
 
@@ -202,7 +226,7 @@ def memory_pair() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="toy,pangu1b-2l")
+    parser.add_argument("--models", default="toy,toy-fewshot,pangu1b-2l")
     parser.add_argument("--docs", type=int, default=0, help="questions per model (default: toy 100, pangu1b-2l 8)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
@@ -223,7 +247,8 @@ def main() -> None:
         RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {RESULTS}")
         return
-    default_docs, default_repeats = {"toy": 100, "pangu1b-2l": 8}, {"toy": 3, "pangu1b-2l": 1}
+    default_docs = {"toy": 100, "toy-fewshot": 40, "pangu1b-2l": 8}
+    default_repeats = {"toy": 3, "toy-fewshot": 3, "pangu1b-2l": 1}
     timings = [time_model(name, args.docs or default_docs.get(name, 8), args.batch_size,
                           args.repeats or default_repeats.get(name, 1)) for name in args.models.split(",")]
     result = {"machine": f"{platform.machine()} CPU, {args.threads} thread(s), torch {torch.__version__}",
