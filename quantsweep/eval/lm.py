@@ -308,13 +308,12 @@ class ContextCachedLM(HFLM):
                           "position_ids": start[:, None] + torch.arange(cont_width, device=device)[None, :]}
             logits = self.model(input_ids=ids, use_cache=cache is not None, **kwargs).logits
             logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-        answers = []
-        for row, target in enumerate(targets):
-            scored = logprobs[row, :len(target)]
-            target_ids = torch.tensor(target, device=device)
-            greedy = bool((scored.argmax(dim=-1) == target_ids).all())
-            answers.append((float(scored.gather(1, target_ids[:, None]).sum()), greedy))
-        return answers
+        # every row at once; padded positions add exactly 0 and are always "greedy"
+        target_ids = torch.tensor([t + [0] * (cont_width - len(t)) for t in targets], device=device)
+        valid = cont_mask.bool()
+        picked = logprobs.gather(2, target_ids[..., None])[..., 0].masked_fill(~valid, 0.0)
+        greedy = ((logprobs.argmax(dim=-1) == target_ids) | ~valid).all(dim=-1)
+        return list(zip(picked.sum(dim=-1).tolist(), greedy.tolist()))
 
     # ------------------------------------------------------------ rolling log-likelihood
 
