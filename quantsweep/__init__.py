@@ -38,6 +38,7 @@ _EXPORTS = {
     "sweep": "quantsweep.sweep",    # likewise: quantsweep.sweep(spec, out=...) -> DataFrame
     "load_results": "quantsweep.sweep.api",
     "judge": "quantsweep.sweep.api",
+    "export": "quantsweep.export",  # likewise: quantsweep.export(model, recipe, out) -> folder
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

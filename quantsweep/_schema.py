@@ -38,17 +38,23 @@ def did_you_mean(name: str, choices) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def _type_ok(value: Any, expected: Any) -> bool:
+def type_matches(value: Any, expected: Any) -> bool:
+    """Whether ``value`` fits the annotation ``expected`` (unions, lists, dicts; ints are not bools).
+
+    Example:
+        >>> type_matches(3, int | None), type_matches(True, int)
+        (True, False)
+    """
     origin = typing.get_origin(expected)
     if expected is Any:
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(expected))
+        return any(type_matches(value, arg) for arg in typing.get_args(expected))
     if expected is type(None):
         return value is None
     if origin in (tuple, list):
         args = [a for a in typing.get_args(expected) if a is not Ellipsis]
-        return isinstance(value, (tuple, list)) and (not args or all(_type_ok(v, args[0]) for v in value))
+        return isinstance(value, (tuple, list)) and (not args or all(type_matches(v, args[0]) for v in value))
     if origin in (dict, Mapping):
         return isinstance(value, Mapping)
     if expected is float:
@@ -109,7 +115,7 @@ def build(cls, data: Any, where: str, *, convert: Mapping[str, Any] | None = Non
         value = data[field.name]
         if convert and field.name in convert:
             value = convert[field.name](value)
-        elif not _type_ok(value, hints.get(field.name, Any)):
+        elif not type_matches(value, hints.get(field.name, Any)):
             raise SchemaError(f"{where}: {field.name!r} must be {_type_name(hints.get(field.name))}, got {value!r}")
         values[field.name] = value
     try:

@@ -1,4 +1,4 @@
-"""The ``quantsweep`` command: ``demo``, ``run``, ``sweep``, ``judge``, ``report`` and ``recipes``.
+"""The ``quantsweep`` command: ``demo``, ``run``, ``sweep``, ``judge``, ``report``, ``export``, ``measure`` and ``recipes``.
 
 A user's mistake (unknown recipe or task, missing model path, malformed recipe
 YAML, a group size that does not divide a layer, a missing device) prints one
@@ -10,6 +10,8 @@ Example:
     $ quantsweep sweep recipes/sweeps/toy.yaml --out toy-sweep
     $ quantsweep judge toy-sweep --alpha 0.01
     $ quantsweep report toy-sweep
+    $ quantsweep export --model toy --recipe w4-gptq --out toy-w4-gptq
+    $ quantsweep measure --model toy --recipe w8-bnb --recipe w4-bnb-nf4
     $ quantsweep recipes
 """
 
@@ -109,11 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None, help="folder of local dataset files for suite tasks (offline)")
     run.add_argument("--allow-code-execution", action="store_true",
                      help="let code tasks (HumanEval, MBPP) execute model-written code, with a time-out")
-    run.add_argument("--calib-source", default=None,
-                     help="calibration text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: toy for the toy model)")
-    run.add_argument("--calib-samples", type=int, default=None, help="calibration samples N (default 128; 32 for toy)")
-    run.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample L (default 2048; 64 for toy)")
-    run.add_argument("--calib-seed", type=int, default=0, help="seed for sampling calibration windows")
+    _add_calibration_options(run)
     _add_run_options(run)
     run.set_defaults(out="quantsweep-out")
 
@@ -132,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list the registered recipes and grids")
     _add_report_parser(sub)
+    _add_export_parser(sub)
+    _add_measure_parser(sub)
     return parser
 
 
@@ -319,8 +319,97 @@ def _command_report(args) -> int:
     return 0
 
 
+# --- export and measure (issue 11) ------------------------------------------------------
+
+
+def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    """The calibration flags of ``run``, with the same defaults (shared by export and measure)."""
+    parser.add_argument("--calib-source", default=None,
+                        help="calibration text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: toy for the toy model)")
+    parser.add_argument("--calib-samples", type=int, default=None, help="calibration samples N (default 128; 32 for toy)")
+    parser.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample L (default 2048; 64 for toy)")
+    parser.add_argument("--calib-seed", type=int, default=0, help="seed for sampling calibration windows")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype, --trust-remote-code, -v: as ``run`` has them."""
+    parser.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser("export", help="quantize a model and write it as a GPTQ checkpoint")
+    _add_model_options(export)
+    export.add_argument("--recipe", required=True, help="an exportable recipe (uniform 2/3/4/8-bit weights): name or YAML path")
+    export.add_argument("--out", required=True, help="folder to write the checkpoint to (must be empty)")
+    export.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    export.add_argument("--checkpoint-format", default="gptq", choices=["gptq", "gptq_v2"],
+                        help="gptq (v1: stores zero - 1, what auto-gptq writes) or gptq_v2 (default gptq)")
+    _add_calibration_options(export)
+
+
+def _add_measure_parser(sub) -> None:
+    measure = sub.add_parser("measure", help="measured cost of recipes: bytes, peak memory, prefill and decode speed")
+    _add_model_options(measure)
+    measure.add_argument("--recipe", action="append", required=True, help="recipe name, grid or YAML path (repeatable)")
+    measure.add_argument("--prompt-tokens", type=int, default=None, help="prefill prompt length (default 512; 256 for toy)")
+    measure.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 128; 64 for toy)")
+    measure.add_argument("--repeats", type=int, default=5, help="timed runs (default 5)")
+    measure.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    measure.add_argument("--out", default=None, help="write the records to this .jsonl file")
+    _add_calibration_options(measure)
+
+
+def _command_export(args) -> int:
+    from quantsweep.export import export_model
+
+    out = export_model(args.model, args.recipe, args.out, device=args.device, dtype=args.dtype,
+                       calibration_source=args.calib_source, calibration_samples=args.calib_samples,
+                       calibration_seq_len=args.calib_seq_len, calibration_seed=args.calib_seed,
+                       trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
+                       checkpoint_format=args.checkpoint_format)
+    print(f"GPTQ checkpoint of {args.model} with {args.recipe} written to {out}")
+    return 0
+
+
+def _format_rate(record, key) -> str:
+    value = record.get(key)
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _command_measure(args) -> int:
+    from quantsweep.measure.step import measure_recipes
+
+    toy = args.model == "toy"
+    records = measure_recipes(
+        args.model, args.recipe, device=args.device, dtype=args.dtype, calibration_source=args.calib_source,
+        calibration_samples=args.calib_samples, calibration_seq_len=args.calib_seq_len,
+        calibration_seed=args.calib_seed, trust_remote_code=args.trust_remote_code, out=args.out,
+        prompt_tokens=args.prompt_tokens or (256 if toy else 512), new_tokens=args.new_tokens or (64 if toy else 128),
+        repeats=args.repeats, warmup=args.warmup,
+    )
+    print(f"{'recipe':<20} {'kernel':<13} {'bits/w':>7} {'theory MB':>10} {'stored MB':>10} "
+          f"{'peak MB':>9} {'prefill t/s':>12} {'decode t/s':>11}  measured on")
+    for r in records:
+        peak = r.get("peak_memory_bytes")
+        print(f"{r['recipe']:<20} {r['kernel']:<13} {r['theoretical_bits_per_weight']:>7.2f} "
+              f"{r['theoretical_bytes'] / 1e6:>10.2f} {r['stored_bytes'] / 1e6:>10.2f} "
+              f"{'-' if peak is None else f'{peak / 1e6:.0f}':>9} {_format_rate(r, 'prefill_tokens_per_s'):>12} "
+              f"{_format_rate(r, 'decode_tokens_per_s'):>11}  {r['speed_measured_on']}")
+    first = records[0]
+    print(f"\nwhere: {first.get('device_name')}, {first.get('threads')} threads; peak memory is "
+          f"{first.get('peak_memory_kind')}; fake-quant rows repeat the fp model's memory and speed")
+    if args.out:
+        print(f"records written to {args.out}")
+    return 0
+
+
 COMMANDS = {"demo": _command_demo, "run": _command_run, "sweep": _command_sweep, "judge": _command_judge,
-            "report": _command_report, "recipes": _command_recipes}
+            "report": _command_report, "recipes": _command_recipes, "export": _command_export,
+            "measure": _command_measure}
 
 
 def main(argv: list[str] | None = None) -> int:

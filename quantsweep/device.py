@@ -342,3 +342,191 @@ def describe(device: str | torch.device) -> str:
     except Exception:  # noqa: BLE001
         name = "unknown"
     return f"{backend}:{index or 0} ({name})"
+
+
+# ---------------------------------------------------------------------- Ray workers
+# What a Ray cluster gives a task, turned into a device string (and back into the
+# resources to ask Ray for). Ray's accelerator managers set ASCEND_RT_VISIBLE_DEVICES
+# (NPU) or CUDA_VISIBLE_DEVICES (GPU) for each worker to the ids it was granted, so
+# inside the worker the first visible device is always index 0.
+RAY_DEVICE_KINDS = ("cpu", "cuda", "npu")
+
+
+def worker_device(accelerator_ids: dict | None = None) -> str:
+    """The device a Ray worker should use, from the accelerator ids Ray granted it.
+
+    Args:
+        accelerator_ids: ``ray.get_runtime_context().get_accelerator_ids()``, a mapping
+            such as ``{"NPU": ["3"], "GPU": []}``; ``None`` or no ids means CPU.
+
+    Ray sets ``ASCEND_RT_VISIBLE_DEVICES`` / ``CUDA_VISIBLE_DEVICES`` to the granted ids,
+    so the worker sees its first device as ``npu:0`` / ``cuda:0`` whatever the id was.
+    An NPU wins over a GPU when a task was (unusually) granted both.
+
+    Example:
+        >>> worker_device({"NPU": ["3"], "GPU": []})
+        'npu:0'
+        >>> worker_device({"GPU": ["1"]})
+        'cuda:0'
+        >>> worker_device(None)
+        'cpu'
+    """
+    if accelerator_ids is None:
+        return "cpu"
+    if not isinstance(accelerator_ids, dict):
+        raise TypeError(f"accelerator_ids must be a dict such as {{'NPU': ['0']}}, got {type(accelerator_ids).__name__}")
+    if accelerator_ids.get("NPU"):
+        return "npu:0"
+    if accelerator_ids.get("GPU"):
+        return "cuda:0"
+    return "cpu"
+
+
+def ray_resources(device_kind: str, cpus_per_unit: int = 1) -> dict:
+    """The resources to request from Ray for one work unit on ``device_kind``.
+
+    One unit holds one accelerator: ``{"resources": {"NPU": 1}}`` on Ascend (Ray's
+    built-in NPU resource), ``{"num_gpus": 1}`` on CUDA, else ``cpus_per_unit`` CPUs.
+    The result is passed as ``remote_function.options(**ray_resources(...))``.
+
+    Raises:
+        ValueError: an unknown device kind or a CPU count below 1.
+
+    Example:
+        >>> ray_resources("npu")
+        {'resources': {'NPU': 1}}
+        >>> ray_resources("cuda")
+        {'num_gpus': 1}
+        >>> ray_resources("cpu", cpus_per_unit=2)
+        {'num_cpus': 2}
+    """
+    kind = parse_device(device_kind)[0] if isinstance(device_kind, str) and ":" in device_kind else device_kind
+    if kind not in RAY_DEVICE_KINDS:
+        raise ValueError(f"unknown device kind {device_kind!r} for Ray; expected one of {', '.join(RAY_DEVICE_KINDS)}")
+    if kind == "npu":
+        return {"resources": {"NPU": 1}}
+    if kind == "cuda":
+        return {"num_gpus": 1}
+    if isinstance(cpus_per_unit, bool) or not isinstance(cpus_per_unit, int) or cpus_per_unit < 1:
+        raise ValueError(f"cpus_per_unit must be an integer >= 1, got {cpus_per_unit!r}")
+    return {"num_cpus": cpus_per_unit}
+
+
+def ray_device_kind(resources: dict) -> str:
+    """The device kind a Ray cluster offers, from ``ray.cluster_resources()``.
+
+    An ``NPU`` resource (Ray detects Ascend NPUs itself) wins, then ``GPU``, else CPU.
+
+    Example:
+        >>> ray_device_kind({"CPU": 192.0, "NPU": 16.0})
+        'npu'
+        >>> ray_device_kind({"CPU": 2.0})
+        'cpu'
+    """
+    if resources.get("NPU", 0) > 0:
+        return "npu"
+    if resources.get("GPU", 0) > 0:
+        return "cuda"
+    return "cpu"
+
+
+# --- bitsandbytes: which devices the installed release runs on (issue 11) ------------------
+# bitsandbytes ships one backend folder per device type (bitsandbytes/backends/<type>);
+# CPU kernels are official since 0.48. An Ascend backend is not in its main branch, so
+# "npu" is refused unless an installed release brings a backends/npu folder.
+
+BNB_INSTALL_HINT = "bitsandbytes recipes need the `bnb` extra: pip install 'quantsweep[bnb]'"
+BNB_MIN_VERSION = {"cpu": "0.48"}  # device type -> first release with official kernels for it
+_BNB_NON_DEVICE_FOLDERS = {"default", "triton", "utils", "__pycache__"}
+
+
+def bitsandbytes_version() -> str | None:
+    """The installed bitsandbytes version, or None when it is not installed (nothing is imported).
+
+    Example:
+        >>> bitsandbytes_version() is None or bitsandbytes_version()[0].isdigit()
+        True
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("bitsandbytes")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def bitsandbytes_backends() -> tuple[str, ...]:
+    """Device types the installed bitsandbytes has a backend for (empty when not installed).
+
+    Example:
+        >>> isinstance(bitsandbytes_backends(), tuple)
+        True
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("bitsandbytes")
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    folders = [Path(location) / "backends" for location in spec.submodule_search_locations]
+    found = {p.name for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_dir()}
+    return tuple(sorted(found - _BNB_NON_DEVICE_FOLDERS))
+
+
+def bitsandbytes_supports(device: str | torch.device, version: str | None = None,
+                          backends: tuple[str, ...] | None = None) -> bool:
+    """Whether bitsandbytes (the installed one, or ``version`` / ``backends``) runs on ``device``.
+
+    Example:
+        >>> bitsandbytes_supports("cpu", version="0.47.0", backends=("cpu", "cuda"))
+        False
+        >>> bitsandbytes_supports("npu:0", version="0.50.2", backends=("cpu", "cuda"))
+        False
+    """
+    from packaging.version import Version
+
+    version = bitsandbytes_version() if version is None else version
+    backends = bitsandbytes_backends() if backends is None else backends
+    backend, _ = parse_device(device)
+    if version is None or backend not in backends:
+        return False
+    minimum = BNB_MIN_VERSION.get(backend)
+    return minimum is None or Version(version) >= Version(minimum)
+
+
+def check_bitsandbytes_device(device: str | torch.device) -> str:
+    """Return the bitsandbytes version if it runs on ``device``; else raise naming what is missing.
+
+    Raises:
+        ValueError: bitsandbytes is not installed (names the ``bnb`` extra).
+        DeviceUnavailableError: the installed release has no kernels for this device
+            (names the device and the version).
+
+    Example:
+        >>> check_bitsandbytes_device("cpu")  # doctest: +SKIP
+        '0.50.2'
+    """
+    version = bitsandbytes_version()
+    if version is None:
+        raise ValueError(BNB_INSTALL_HINT)
+    if not bitsandbytes_supports(device, version):
+        backend, _ = parse_device(device)
+        minimum = BNB_MIN_VERSION.get(backend)
+        needs = f"; CPU kernels need bitsandbytes>={minimum}" if minimum else ""
+        raise DeviceUnavailableError(
+            f"bitsandbytes {version} does not support device {str(device)!r} (its backends: "
+            f"{', '.join(bitsandbytes_backends()) or 'none'}{needs}); run bitsandbytes recipes on "
+            "cpu or cuda, or use a fake-quant recipe such as w8-rtn / w4-rtn"
+        )
+    return version
+
+
+def has_allocator_stats(device: str | torch.device) -> bool:
+    """Whether ``device`` has an allocator peak counter (CUDA, NPU); CPU has none.
+
+    Example:
+        >>> has_allocator_stats("cpu")
+        False
+    """
+    backend, _ = parse_device(device)
+    return backend in ("cuda", "npu")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, Callable
 import yaml
 
 from quantsweep._paths import shipped_dir
+from quantsweep._schema import type_matches
 
 logger = logging.getLogger(__name__)
 
@@ -100,31 +100,12 @@ def _check_field_types(config: RecipeConfig) -> None:
     for field in fields(config):
         value = getattr(config, field.name)
         expected = hints.get(field.name)
-        if expected is None or _matches(value, expected):
+        if expected is None or type_matches(value, expected):
             continue
         raise RecipeError(
             f"recipe {getattr(config, 'name', '?')!r}: field {field.name!r} must be "
             f"{_type_name(expected)}, got {value!r}"
         )
-
-
-def _matches(value: Any, expected: Any) -> bool:
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(expected))
-    if expected is type(None):
-        return value is None
-    if origin in (tuple, list):
-        return isinstance(value, (tuple, list))
-    if origin is dict:
-        return isinstance(value, dict)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(expected, type):
-        return isinstance(value, expected)
-    return True
 
 
 def _type_name(expected: Any) -> str:
@@ -151,6 +132,7 @@ _BUILTIN_METHOD_MODULES = (
     "quantsweep.methods.gptaq",
     "quantsweep.methods.billm",
     "quantsweep.methods.slim_llm",
+    "quantsweep.methods.bnb",
 )
 _builtins_loaded = False
 

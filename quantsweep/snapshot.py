@@ -1,8 +1,9 @@
 """Keep a full-precision copy of a model's weights so recipes can be applied one after another.
 
 ``quantsweep run`` loads a model once; before each recipe it restores the
-weights captured here and removes any activation-quantization hooks a previous
-recipe attached.
+weights captured here, removes any activation-quantization hooks a previous
+recipe attached, and puts back any module a recipe swapped out (bitsandbytes
+recipes replace Linears with bitsandbytes modules: see :func:`swap_module`).
 
 Example:
     >>> snapshot = WeightSnapshot(model)  # doctest: +SKIP
@@ -43,6 +44,26 @@ def remove_hooks(model: nn.Module) -> int:
     return removed
 
 
+def swap_module(model: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
+    """Put ``replacement`` at ``name`` in ``model`` and return the module it replaced.
+
+    The replaced module's own tensors are released (set to empty) so the swap really
+    frees their memory; :meth:`WeightSnapshot.restore` puts the module back and
+    refills them from the snapshot.
+
+    Example:
+        >>> swap_module(model, "model.layers.0.mlp.down_proj", bnb_linear)  # doctest: +SKIP
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    original = getattr(parent, child)
+    setattr(parent, child, replacement)
+    with torch.no_grad():
+        for tensor in list(original.parameters(recurse=False)) + list(original.buffers(recurse=False)):
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return original
+
+
 class WeightSnapshot:
     """A host-memory copy of every parameter and buffer of a model.
 
@@ -59,14 +80,27 @@ class WeightSnapshot:
                 name: tensor.detach().to("cpu", copy=True)
                 for name, tensor in list(model.named_parameters()) + list(model.named_buffers())
             }
+        # References only (no copies): which module object sat at each path, to undo swaps.
+        self._modules = dict(model.named_modules())
+
+    def _undo_swaps(self, model: nn.Module) -> int:
+        current = dict(model.named_modules())
+        swapped = [name for name, module in self._modules.items()
+                   if name and name in current and current[name] is not module]
+        for name in sorted(swapped, key=lambda n: n.count(".")):  # outermost first
+            parent_name, _, child = name.rpartition(".")
+            parent = self._modules[parent_name] if parent_name else model
+            setattr(parent, child, self._modules[name])
+        return len(swapped)
 
     def restore(self, model: nn.Module) -> None:
-        """Copy the saved values back in place and remove quantsweep hooks.
+        """Put swapped modules back, copy the saved values back in place and remove quantsweep hooks.
 
         Example:
             >>> snapshot.restore(model)  # doctest: +SKIP
         """
         remove_hooks(model)
+        self._undo_swaps(model)
         current = dict(model.named_parameters())
         current.update(dict(model.named_buffers()))
         missing = set(self._tensors) ^ set(current)
@@ -74,4 +108,8 @@ class WeightSnapshot:
             raise ValueError(f"model structure changed since the snapshot: {sorted(missing)[:5]}")
         with torch.no_grad():
             for name, saved in self._tensors.items():
-                current[name].copy_(saved.to(current[name].device))
+                target = current[name]
+                if target.shape != saved.shape:  # released by swap_module: refill it
+                    target.data = saved.to(target.device, copy=True)
+                else:
+                    target.copy_(saved.to(target.device))

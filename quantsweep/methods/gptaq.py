@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.gptq import GPTQConfig, run_hessian_method
 from quantsweep.methods.targets import quantize_extra_targets
-from quantsweep.methods.gptq_math import gptq_quantize
+from quantsweep.methods.gptq_math import gptq_quantize_packed
 from quantsweep.recipes import RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
         >>> apply_gptaq(model, get_recipe("w4a4-gptaq"), calibration=calibration)  # doctest: +SKIP
     """
     def quantize_linear(name, weight, accumulator, cache):
-        return gptq_quantize(
+        return gptq_quantize_packed(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
             symmetric=config.symmetric, act_order=config.act_order,
             dampening_frac=config.dampening_frac, block_size=config.block_size,
@@ -106,7 +106,8 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
             attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
 
     weight_only = config.activation_bits is None
+    packed: dict = {}
     reports = run_hessian_method(model, config, calibration, "gptaq", quantize_linear, asymmetric=True,
-                       after_group=None if weight_only else attach_activation_quantization)
-    quantize_extra_targets(model, config, config.bits)
-    return QuantizationResult(method="gptaq", report=layer_report(reports))
+                       after_group=None if weight_only else attach_activation_quantization, packed=packed)
+    quantize_extra_targets(model, config, config.bits, packed=packed)
+    return QuantizationResult(method="gptaq", report=layer_report(reports), packed=packed)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
+from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize_packed
 from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.sequential import (
     LayerContext,
@@ -103,7 +103,8 @@ class GPTQConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: block_size and calibration_batch_size must be positive")
 
 
-def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, after_group=None):
+def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, after_group=None,
+                      packed: dict | None = None):
     """A :data:`~quantsweep.methods.sequential.LayerQuantizer` for Hessian-based methods.
 
     The Linears of a decoder layer are grouped by shared input
@@ -113,7 +114,9 @@ def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, afte
     ``config.true_sequential`` the groups are calibrated one after another, each
     after the previous ones were quantized; otherwise all from one pass.
     For each Linear, ``quantize_linear(full_name, weight, accumulator, cache) ->
-    (new_weight, info)`` is called. ``after_group(ctx, group)``, if given, runs once
+    (new_weight, info)`` or ``(new_weight, info, quantized_weight)`` is called; the
+    third item, a :class:`~quantsweep.quant.packed.QuantizedWeight`, goes into
+    ``packed[full_name]`` when ``packed`` is given. ``after_group(ctx, group)``, if given, runs once
     a group's weights are set (GPTAQ W4A4 attaches activation quantization there).
 
     Example:
@@ -142,8 +145,11 @@ def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, afte
             for leader, group in leaders.items():
                 cache: dict = {}
                 for name, linear in group.items():
-                    new_weight, info = quantize_linear(ctx.full_name(name), linear.weight.data, accumulators[leader], cache)
+                    new_weight, info, *representation = quantize_linear(
+                        ctx.full_name(name), linear.weight.data, accumulators[leader], cache)
                     linear.weight.data.copy_(new_weight)
+                    if packed is not None and representation:
+                        packed[ctx.full_name(name)] = representation[0]
                     infos[name] = info
                 accumulators[leader] = None  # free the Hessian and its factor before the next group's
                 del cache
@@ -156,14 +162,15 @@ def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, afte
 
 
 def run_hessian_method(model: nn.Module, config, calibration, method: str, quantize_linear, *,
-                       asymmetric: bool = False, after_group=None):
+                       asymmetric: bool = False, after_group=None, packed: dict | None = None):
     """The shared driver of the Hessian-based methods (GPTQ, GPTAQ, BiLLM, SliM-LLM).
 
     Checks calibration and group sizes before any weight changes, quantizes layer by
     layer with :func:`hessian_quantizer`, and records the per-layer reports. With
     ``asymmetric`` the full-precision stream is propagated too (GPTAQ's target).
     Embedding/head targets are left to the caller (:func:`~quantsweep.methods.targets.quantize_extra_targets`
-    at its bit width).
+    at its bit width). ``packed``, if given, receives each Linear's quantized
+    representation by full module name (see :func:`hessian_quantizer`).
 
     Example:
         >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)  # doctest: +SKIP
@@ -172,7 +179,7 @@ def run_hessian_method(model: nn.Module, config, calibration, method: str, quant
     check_group_sizes(model, config)
     reports = run_sequential(
         model, calibration, compute_device(config.device, model),
-        hessian_quantizer(config, quantize_linear, asymmetric=asymmetric, after_group=after_group),
+        hessian_quantizer(config, quantize_linear, asymmetric=asymmetric, after_group=after_group, packed=packed),
         propagate_fp=asymmetric, batch_size=config.calibration_batch_size, desc=f"{method} {config.name}",
     )
     return reports
@@ -189,13 +196,14 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
         >>> apply_gptq(model, get_recipe("w4-gptq"), calibration=calibration)  # doctest: +SKIP
     """
     def quantize_linear(name, weight, accumulator, cache):
-        return gptq_quantize(
+        return gptq_quantize_packed(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
             symmetric=config.symmetric, act_order=config.act_order,
             dampening_frac=config.dampening_frac, block_size=config.block_size, layer_name=name,
             cache=cache,
         )
 
-    reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)
-    quantize_extra_targets(model, config, config.bits)
-    return QuantizationResult(method="gptq", report=layer_report(reports))
+    packed: dict = {}
+    reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear, packed=packed)
+    quantize_extra_targets(model, config, config.bits, packed=packed)
+    return QuantizationResult(method="gptq", report=layer_report(reports), packed=packed)

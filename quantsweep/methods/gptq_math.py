@@ -36,6 +36,7 @@ import torch
 
 from quantsweep import device as devices
 from quantsweep.quant import compute_qparams, dequantize, quantize_to_int
+from quantsweep.quant.packed import QuantizedWeight, pack_dequantized
 from quantsweep.quant.primitives import QuantParams
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,13 @@ class ColumnQuantizer:
     def prepare(self, start: int, values: torch.Tensor) -> None:
         """Called with columns ``[start, start + span)`` before the first of them is quantized."""
 
+    def group_params(self) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]] | None:
+        """``(scales [out, G], zeros [out, G], bits per group)`` of contiguous groups, after the sweep.
+
+        None when the quantizer has no integer grid (then no packed form is built).
+        """
+        return None
+
     def quantize(self, column: int, values: torch.Tensor) -> torch.Tensor:
         """The quantized value of column ``column`` (position in sweep order), given its current values."""
         raise NotImplementedError
@@ -215,13 +223,19 @@ class UniformGroupQuantizer(ColumnQuantizer):
         self.bits, self.symmetric = bits, symmetric
         self.span = group_size
         self.params: QuantParams | None = None
+        self.history: list[QuantParams] = []  # one entry per group, in column order
         if group_size is None:
             if weight is None:
                 raise ValueError("per-channel quantization needs the weight to set its scales")
             self.params = compute_qparams(weight, bits, None, symmetric)
+            self.history.append(self.params)
 
     def prepare(self, start: int, values: torch.Tensor) -> None:
         self.params = compute_qparams(values, self.bits, None, self.symmetric)
+        self.history.append(self.params)
+
+    def group_params(self):
+        return stack_group_params(self.history)
 
     def quantize(self, column: int, values: torch.Tensor) -> torch.Tensor:
         return quantize_column(values, self.params)
@@ -253,6 +267,22 @@ class StaticGroupQuantizer(ColumnQuantizer):
 
     def quantize(self, column: int, values: torch.Tensor) -> torch.Tensor:
         return quantize_column(values, self.groups[self.order[column] // self.group_size])
+
+    def group_params(self):
+        return stack_group_params(self.groups)
+
+
+def stack_group_params(groups: list[QuantParams]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """Per-group :class:`QuantParams` (scale ``[out, 1, 1]`` each) as ``(scales, zeros, bits)`` ``[out, G]``.
+
+    Example:
+        >>> p = compute_qparams(torch.randn(3, 4), bits=4)
+        >>> stack_group_params([p, p])[0].shape
+        torch.Size([3, 2])
+    """
+    scales = torch.cat([p.scale.reshape(-1, 1) for p in groups], dim=1)
+    zeros = torch.cat([p.zero.reshape(-1, 1) for p in groups], dim=1)
+    return scales, zeros, tuple(p.bits for p in groups)
 
 
 @dataclass
@@ -401,7 +431,23 @@ def factorize(
     return factor
 
 
-def gptq_quantize(
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, **options) -> tuple[torch.Tensor, dict]:
+    """GPTQ (or, with ``cross``, GPTAQ) fake-quantized copy of ``weight`` given its Hessian.
+
+    The same as :func:`gptq_quantize_packed` without the packed form; see it for the arguments.
+
+    Example:
+        >>> x = torch.randn(512, 64)
+        >>> q, info = gptq_quantize(torch.randn(8, 64), 2 * x.T @ x / 512, bits=4, group_size=32,
+        ...                         symmetric=False, act_order=True)
+        >>> q.shape, info["dampening_frac"]
+        (torch.Size([8, 64]), 0.01)
+    """
+    quantized, info, _ = gptq_quantize_packed(weight, hessian, **options)
+    return quantized, info
+
+
+def gptq_quantize_packed(
     weight: torch.Tensor,
     hessian: torch.Tensor,
     *,
@@ -414,8 +460,8 @@ def gptq_quantize(
     cross: torch.Tensor | None = None,
     layer_name: str = "<layer>",
     cache: dict | None = None,
-) -> tuple[torch.Tensor, dict]:
-    """GPTQ (or, with ``cross``, GPTAQ) fake-quantized copy of ``weight`` given its Hessian.
+) -> tuple[torch.Tensor, dict, QuantizedWeight]:
+    """GPTQ (or, with ``cross``, GPTAQ) fake-quantized copy of ``weight``, and its packed form.
 
     Args:
         weight: ``[out, in]`` weight (any float dtype; the result has the same dtype).
@@ -429,14 +475,17 @@ def gptq_quantize(
             factorisation of their common Hessian is computed once (see :func:`factorize`).
 
     Returns:
-        ``(quantized weight, info)`` with info ``{"loss", "dampening_frac", "dead_inputs"}``.
+        ``(quantized weight, info, packed)`` with info ``{"loss", "dampening_frac", "dead_inputs"}``
+        and ``packed`` the :class:`~quantsweep.quant.packed.QuantizedWeight` whose
+        ``dequantize(weight.dtype)`` is the quantized weight exactly. With act-order the
+        groups are static (contiguous in the stored layout), so ``g_idx[c] = c // group_size``.
 
     Example:
         >>> x = torch.randn(512, 64)
-        >>> q, info = gptq_quantize(torch.randn(8, 64), 2 * x.T @ x / 512, bits=4, group_size=32,
-        ...                         symmetric=False, act_order=True)
-        >>> q.shape, info["dampening_frac"]
-        (torch.Size([8, 64]), 0.01)
+        >>> q, info, packed = gptq_quantize_packed(torch.randn(8, 64), 2 * x.T @ x / 512, bits=4,
+        ...                                        group_size=32, symmetric=False, act_order=True)
+        >>> torch.equal(packed.dequantize(q.dtype), q)
+        True
     """
     w = weight.detach().to(torch.float32).clone()
     factor = factorize(hessian, dampening_frac, w.device, layer_name, act_order=act_order, cross=cross, cache=cache)
@@ -454,4 +503,6 @@ def gptq_quantize(
     if act_order:
         quantized = quantized[:, torch.argsort(order)]
     info = {"loss": result.loss, "dampening_frac": frac, "dead_inputs": int(dead.sum())}
-    return quantized.to(weight.dtype), info
+    scales, zeros, widths = quantizer.group_params()
+    packed = pack_dequantized(quantized, scales, zeros, widths, symmetric=symmetric, group_size=group_size)
+    return quantized.to(weight.dtype), info, packed

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from quantsweep.methods.targets import check_group_sizes
 from quantsweep.methods.result import QuantizationResult
-from quantsweep.quant import quantize_weight
+from quantsweep.quant.packed import rtn_pack
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -58,14 +58,17 @@ def apply_rtn(model, config: RTNConfig, calibration=None):
     """Quantize every target weight of ``model`` in place with RTN.
 
     Group sizes are checked for every layer before any weight changes, so a bad
-    group size leaves the model intact.
+    group size leaves the model intact. The result's ``packed`` holds each
+    weight's codes, scales and zero points (:func:`~quantsweep.quant.packed.rtn_pack`).
 
     Example:
         >>> apply_rtn(model, get_recipe("w4-rtn"))  # doctest: +SKIP
     """
     targets = check_group_sizes(model, config)
+    packed = {}
     with torch.no_grad():
         for name, module in tqdm(targets.items(), desc=f"quantize {config.name}", unit="layer", leave=False):
-            module.weight.data.copy_(quantize_weight(module.weight.data, config.bits, config.group_size, config.symmetric, name))
+            packed[name] = rtn_pack(module.weight.data, config.bits, config.group_size, config.symmetric, name)
+            module.weight.data.copy_(packed[name].dequantize(module.weight.dtype))
     logger.info("rtn: quantized %d weights to %d bits", len(targets), config.bits)
-    return QuantizationResult(method="rtn")
+    return QuantizationResult(method="rtn", packed=packed)

@@ -43,6 +43,7 @@ from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
 from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.quant import compute_qparams, quantize_weight
+from quantsweep.quant.packed import QuantizedWeight, pack_dequantized
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -154,13 +155,22 @@ class MixedGroupQuantizer(ColumnQuantizer):
 
     def __init__(self, widths: list[int], group_size: int, symmetric: bool):
         self.widths, self.span, self.symmetric = widths, group_size, symmetric
+        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (scale, zero) [out] per group
 
     def prepare(self, start: int, values: torch.Tensor) -> None:
         self.width = self.widths[start // self.span]
         if self.width == 1:
             self.alpha = values.abs().mean(dim=1)
+            # Binary as codes 0/1 with zero 0.5 and scale 2 alpha: (code - 0.5) * 2 alpha = ±alpha exactly.
+            self.history.append((2 * self.alpha, torch.full_like(self.alpha, 0.5)))
         else:
             self.params = compute_qparams(values, self.width, None, self.symmetric)
+            self.history.append((self.params.scale.reshape(-1), self.params.zero.reshape(-1)))
+
+    def group_params(self):
+        scales = torch.stack([scale for scale, _ in self.history], dim=1)
+        zeros = torch.stack([zero for _, zero in self.history], dim=1)
+        return scales, zeros, tuple(self.widths)
 
     def quantize(self, column: int, values: torch.Tensor) -> torch.Tensor:
         if self.width == 1:
@@ -168,7 +178,20 @@ class MixedGroupQuantizer(ColumnQuantizer):
         return quantize_column(values, self.params)
 
 
-def slim_llm_quantize(
+def slim_llm_quantize(weight: torch.Tensor, hessian: torch.Tensor, **options) -> tuple[torch.Tensor, dict]:
+    """SliM-LLM fake-quantized copy of ``weight [out, in]``: :func:`slim_llm_quantize_packed` without the packed form.
+
+    Example:
+        >>> x = torch.randn(512, 256)
+        >>> q, info = slim_llm_quantize(torch.randn(8, 256), 2 * x.T @ x / 512, group_size=64)
+        >>> info["average_bits"]
+        2.0
+    """
+    quantized, info, _ = slim_llm_quantize_packed(weight, hessian, **options)
+    return quantized, info
+
+
+def slim_llm_quantize_packed(
     weight: torch.Tensor,
     hessian: torch.Tensor,
     *,
@@ -179,18 +202,19 @@ def slim_llm_quantize(
     block_size: int = 128,
     layer_name: str = "<layer>",
     cache: dict | None = None,
-) -> tuple[torch.Tensor, dict]:
-    """SliM-LLM fake-quantized copy of ``weight [out, in]`` given its Hessian.
+) -> tuple[torch.Tensor, dict, QuantizedWeight]:
+    """SliM-LLM fake-quantized copy of ``weight [out, in]`` given its Hessian, and its packed form.
 
     Returns:
-        ``(weight, info)``; info has ``group_bits`` (per group), ``average_bits``
-        (exactly ``bits``), ``promoted`` (= demoted groups), ``loss``, ``dampening_frac``.
+        ``(weight, info, packed)``; info has ``group_bits`` (per group), ``average_bits``
+        (exactly ``bits``), ``promoted`` (= demoted groups), ``loss``, ``dampening_frac``;
+        ``packed`` is a mixed-width :class:`~quantsweep.quant.packed.QuantizedWeight`.
 
     Example:
         >>> x = torch.randn(512, 256)
-        >>> q, info = slim_llm_quantize(torch.randn(8, 256), 2 * x.T @ x / 512, group_size=64)
-        >>> info["average_bits"]
-        2.0
+        >>> q, info, packed = slim_llm_quantize_packed(torch.randn(8, 256), 2 * x.T @ x / 512, group_size=64)
+        >>> torch.equal(packed.dequantize(q.dtype), q)
+        True
     """
     w = weight.detach().to(torch.float32).clone()
     factor = factorize(hessian, dampening_frac, w.device, layer_name, cache=cache, keep_damped=True)
@@ -199,12 +223,15 @@ def slim_llm_quantize(
     widths, promoted = allocate_bits(
         w, factor.damped, torch.diagonal(upper), bits=bits, group_size=group_size, symmetric=symmetric
     )
-    result = obs_sweep(w, upper, MixedGroupQuantizer(widths, group_size, symmetric), block_size=block_size)
+    quantizer = MixedGroupQuantizer(widths, group_size, symmetric)
+    result = obs_sweep(w, upper, quantizer, block_size=block_size)
     info = {
         "group_bits": widths, "average_bits": sum(widths) / len(widths), "promoted": promoted,
         "loss": result.loss, "dampening_frac": frac,
     }
-    return result.weight.to(weight.dtype), info
+    scales, zeros, group_bits = quantizer.group_params()
+    packed = pack_dequantized(result.weight, scales, zeros, group_bits, symmetric=symmetric, group_size=group_size)
+    return result.weight.to(weight.dtype), info, packed
 
 
 @register_method("slim-llm", config=SliMLLMConfig, needs_calibration=True)
@@ -218,12 +245,13 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
         >>> apply_slim_llm(model, get_recipe("w2-slim-llm"), calibration=calibration)  # doctest: +SKIP
     """
     def quantize_linear(name, weight, accumulator, cache):
-        return slim_llm_quantize(
+        return slim_llm_quantize_packed(
             weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
             symmetric=config.symmetric, dampening_frac=config.dampening_frac,
             block_size=config.block_size, layer_name=name, cache=cache,
         )
 
-    reports = run_hessian_method(model, config, calibration, "slim-llm", quantize_linear)
-    quantize_extra_targets(model, config, config.bits)  # no Hessian: uniform RTN at the average width
-    return QuantizationResult(method="slim-llm", report=layer_report(reports))
+    packed: dict = {}
+    reports = run_hessian_method(model, config, calibration, "slim-llm", quantize_linear, packed=packed)
+    quantize_extra_targets(model, config, config.bits, packed=packed)  # no Hessian: uniform RTN at the average width
+    return QuantizationResult(method="slim-llm", report=layer_report(reports), packed=packed)

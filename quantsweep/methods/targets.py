@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from quantsweep.layout import decoder_linears, input_embeddings, lm_head
-from quantsweep.quant import check_group_size, quantize_weight
+from quantsweep.quant import check_group_size
+from quantsweep.quant.packed import rtn_pack
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,10 @@ def extra_targets(model: nn.Module, config) -> dict[str, nn.Module]:
     return {name: module for name, module in weight_targets(model, config).items() if id(module) not in decoder}
 
 
-def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
+def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | None = None) -> int:
     """RTN (``config.group_size``, ``config.symmetric``; binary at 1 bit) for :func:`extra_targets`; return how many.
+
+    ``packed``, if given, receives each target's :class:`~quantsweep.quant.packed.QuantizedWeight`.
 
     Example:
         >>> quantize_extra_targets(model, get_recipe("w4-gptq"), 4)  # doctest: +SKIP
@@ -84,7 +87,9 @@ def quantize_extra_targets(model: nn.Module, config, bits: int) -> int:
     extra = extra_targets(model, config)
     with torch.no_grad():
         for name, module in extra.items():
-            module.weight.data.copy_(quantize_weight(module.weight.data, bits, config.group_size,
-                                                     getattr(config, "symmetric", True), name))
+            representation = rtn_pack(module.weight.data, bits, config.group_size, getattr(config, "symmetric", True), name)
+            module.weight.data.copy_(representation.dequantize(module.weight.dtype))
+            if packed is not None:
+                packed[name] = representation
             logger.info("%s: %s quantized with RTN (no calibration data for it)", config.name, name)
     return len(extra)

@@ -1,4 +1,4 @@
-"""Pure tensor math for number formats: int-k, binary and activation fake-quant.
+"""Pure tensor math for number formats: int-k, binary and activation fake-quant, and packed codes.
 
 Algorithms (RTN, GPTQ, AWQ, ...) live in :mod:`quantsweep.methods` and decide how
 to call these functions; nothing here knows about models or devices.
@@ -15,15 +15,19 @@ from quantsweep.quant.primitives import (
     quantize_to_int,
     quantize_weight,
 )
+from quantsweep.quant.packed import QuantizedWeight, pack_dequantized, rtn_pack
 
 __all__ = [
     "QuantParams",
+    "QuantizedWeight",
     "binarize",
     "check_group_size",
     "compute_qparams",
     "dequantize",
     "fake_quantize",
     "fake_quantize_activation",
+    "pack_dequantized",
     "quantize_to_int",
     "quantize_weight",
+    "rtn_pack",
 ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from quantsweep.sweep.spec import SweepSpec, load_spec, verdict_config
+from quantsweep.sweep.spec import load_spec, verdict_config
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,21 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     _check_backend(backend)
     spec = load_spec(spec_or_path)
     verdicts = verdict_config(spec)
-    store = CellStore(out)
-    plan = plan_sweep(spec, store, retry_failed=retry_failed, force=force)
+    made: list = []
+
+    def make_store():  # only after the spec, models, recipes and tasks passed their checks
+        made.append(CellStore(out))
+        return made[0]
+
+    if Path(out).exists():
+        made.append(CellStore(out))  # an incompatible store is refused before anything else
+    planning = {}
+    if backend == "ray":  # join the cluster first (a dead --address fails in seconds); key cells by its devices
+        from quantsweep.sweep.ray import planning_device_kinds
+
+        planning["device_kind_of"] = planning_device_kinds(address)
+    plan = plan_sweep(spec, made[0] if made else make_store, retry_failed=retry_failed, force=force, **planning)
+    store = made[0]
     logger.info("%s", plan.describe())
     if on_plan is not None:
         on_plan(plan)
@@ -116,7 +129,7 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
                 from quantsweep.sweep.ray import run_ray
 
                 computed += run_ray(_replan(plan, pending), context, bar, address=address, on_cell=lambda _: judge.rebuild())
-            pending = _wait_for_others(store, [c for c in pending if not _stored(store, c.key, context)], context)
+            pending = _wait_for_others(store, [c for c in pending if not is_stored(store, c.key, context)], context)
     finally:
         bar.close()
     judge.rebuild()
@@ -128,13 +141,17 @@ def _replan(plan, cells):
     return dataclasses.replace(plan, to_run=list(cells))
 
 
-def _stored(store, key: str, context) -> bool:
-    from quantsweep.sweep.cell import _is_finished
+def is_stored(store, key: str, context) -> bool:
+    """Whether ``key`` is stored (done or failed) for this run; under --force, only files written since it began.
 
-    if _is_finished(store, key, context.recompute_before):
-        return True
-    status = store.status(key)
-    return status == "failed" and context.recompute_before is None
+    Example:
+        >>> is_stored(store, cell.key, context)  # doctest: +SKIP
+        True
+    """
+    if store.status(key) is None:
+        return False
+    before = context.recompute_before
+    return before is None or store.cell_path(key).stat().st_mtime >= before
 
 
 def _wait_for_others(store, missing, context) -> list:
@@ -150,7 +167,7 @@ def _wait_for_others(store, missing, context) -> list:
                            ", ".join(sorted(owners)))
             announced = True
         time.sleep(WAIT_POLL_S)
-        missing = [c for c in missing if not _stored(store, c.key, context)]
+        missing = [c for c in missing if not is_stored(store, c.key, context)]
     return []
 
 

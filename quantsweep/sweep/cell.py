@@ -33,6 +33,7 @@ from quantsweep.sweep.plan import CellPlan, WorkUnit
 logger = logging.getLogger(__name__)
 
 CELL_FORMAT = 1
+MAX_DEATHS = 2  # processes that may die computing one cell (kill -9, the OOM killer) before it is a failed cell
 _LOGGED_PACKAGES = ("quantsweep", "lm_eval", "lm-eval")
 
 
@@ -202,8 +203,28 @@ class _UnitState:
         return record
 
 
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
+def cell_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The short form of a cell record that progress displays and callbacks get.
+
+    Example:
+        >>> cell_summary({"key": "k", "status": "done"})["status"]
+        'done'
+    """
     return {k: record.get(k) for k in ("key", "status", "model", "recipe", "task", "error", "ran_on", "stage")}
+
+
+def store_failed_cells(unit: WorkUnit, context: UnitContext, keys, stage: str, error: BaseException) -> None:
+    """Store the given cells of ``unit`` as failed with ``error`` (for a unit that died outside any cell).
+
+    Example:
+        >>> store_failed_cells(unit, context, [cell.key], "running on Ray", error)  # doctest: +SKIP
+    """
+    state = _UnitState(unit, context, device=None)
+    state.ran_on = {"host": None, "pid": None, "device": None}
+    wanted = set(keys)
+    for cell in unit.cells:
+        if cell.key in wanted:
+            state.fail(cell, stage, error)
 
 
 def run_unit(unit: WorkUnit, context: UnitContext, *, device: str | None = None,
@@ -236,7 +257,7 @@ def run_unit(unit: WorkUnit, context: UnitContext, *, device: str | None = None,
     try:
         for recipe in unit.recipes:
             cells = [c for c in unit.cells if c.recipe.name == recipe.name]
-            claimed = _claim_cells(state.store, cells, context.recompute_before)
+            claimed = _claim_cells(state, cells, context.recompute_before)
             if not claimed:
                 continue
             summaries = []
@@ -260,7 +281,16 @@ def _is_finished(store, key: str, recompute_before: float | None) -> bool:
     return recompute_before is None or store.cell_path(key).stat().st_mtime >= recompute_before
 
 
-def _claim_cells(store, cells: list[CellPlan], recompute_before: float | None) -> dict[str, Any]:
+def _store_killed(store, state, cell: CellPlan, deaths: int) -> None:
+    error = RuntimeError(
+        f"the process computing this cell died {deaths} times without finishing it (killed: by kill -9 or the "
+        f"kernel's out-of-memory killer, at batch size {state.context.batch_size} or less); rerun with a smaller "
+        "--batch-size and --retry-failed")
+    state.fail(cell, "evaluating", error, error_kind="killed", deaths=deaths)
+
+
+def _claim_cells(state, cells: list[CellPlan], recompute_before: float | None) -> dict[str, Any]:
+    store, unit_state = state.store, state
     claimed = {}
     for cell in cells:
         if _is_finished(store, cell.key, recompute_before):
@@ -270,6 +300,10 @@ def _claim_cells(store, cells: list[CellPlan], recompute_before: float | None) -
             logger.info("cell %s is being computed by another worker; left to it", cell.key)
             continue
         if _is_finished(store, cell.key, recompute_before):  # finished by another worker meanwhile
+            claim.release()
+            continue
+        if claim.attempts >= MAX_DEATHS:
+            _store_killed(store, unit_state, cell, claim.attempts)
             claim.release()
             continue
         claimed[cell.key] = claim
@@ -306,7 +340,8 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
     summaries = []
 
     def finish(record):
-        summaries.append(_summary(record))
+        claimed[record["key"]].release()  # as soon as its file is written: a kill later leaves no claim on it
+        summaries.append(cell_summary(record))
         if on_cell is not None:
             on_cell(summaries[-1])
 
@@ -321,6 +356,8 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
         return summaries
     quantize_log = state.store.log_path(cells[0].key)
     started = time.perf_counter()
+    for claim in claimed.values():  # a death while quantizing counts against every cell of the recipe
+        claim.mark_running(True)
     try:
         with cell_log(quantize_log):
             state.snapshot.restore(state.model)
@@ -335,7 +372,10 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
                 "log": quantize_log.name}
     calibration = state.calibration.provenance() if cells[0].needs_calibration else None
     cost = _cost_fields(state, recipe, quantized)
+    for claim in claimed.values():
+        claim.mark_running(False)
     for cell in cells:
+        claimed[cell.key].mark_running(True)  # from here a death counts against this cell alone
         try:
             with cell_log(state.store.log_path(cell.key)):
                 record = _evaluate_cell(state, cell, quantize, calibration, cost)
@@ -361,6 +401,7 @@ def _cost_fields(state: _UnitState, recipe, quantized) -> dict[str, Any]:
 def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibration, cost: dict) -> dict[str, Any]:
     from quantsweep import device as devices
     from quantsweep.eval.harness import evaluate
+    from quantsweep.sweep.store import fault_point
 
     context = state.context
     batch_size = context.batch_size
@@ -368,6 +409,7 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
     device = state.ran_on["device"]
     overrides = {cell.task: context.task_configs[cell.task]} if cell.task in context.task_configs else None
     started = time.perf_counter()
+    fault_point(f"{cell.recipe.name}/{cell.task}")
     while True:
         devices.reset_peak_memory(device)
         try:

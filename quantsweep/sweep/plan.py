@@ -219,7 +219,8 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
 
     Args:
         spec: the sweep.
-        store: a :class:`~quantsweep.sweep.store.CellStore`.
+        store: a :class:`~quantsweep.sweep.store.CellStore`, or a function that makes one
+            (called after every check, so a refused spec creates no folder).
         retry_failed: run failed cells again (else they are kept as findings).
         force: recompute every cell (stored files are replaced one by one as new ones finish).
         device_kind_of: the device type each model's cells will run on (a cluster
@@ -243,6 +244,7 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
     baseline = recipes[0]
     versions = _versions()
     cells: list[CellPlan] = []
+    seen_models: dict[tuple, str] = {}
     for model in spec.models:
         needing = [r.name for r in recipes if get_method(r.method).needs_calibration]
         if needing and not model.calibration.source:
@@ -255,6 +257,11 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
         check_shapes(model, recipes)
         fingerprint = model_fingerprint(model.path)
         kind = device_kind_of(model)
+        identity = (fingerprint, _dtype_name(model, kind), kind, model.trust_remote_code)
+        if identity in seen_models:
+            raise ValueError(f"models {seen_models[identity]!r} and {model.name!r} are the same checkpoint with the "
+                             "same dtype and device type, so their cells would be the same; keep one")
+        seen_models[identity] = model.name
         shared = {"model": fingerprint, "dtype": _dtype_name(model, kind), "device_type": kind,
                   "trust_remote_code": model.trust_remote_code, "limit": spec.limit,
                   "num_fewshot": spec.num_fewshot, "seed": spec.seed, "versions": versions}
@@ -275,6 +282,8 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
                                       baseline_key=baseline_key, key_fields=key_fields,
                                       needs_calibration=get_method(recipe.method).needs_calibration))
     plan = SweepPlan(spec=spec, tasks=tasks, cells=cells)
+    if callable(store):  # the store is created only now, once every check above has passed
+        store = store()
     for cell in cells:
         status = None if force else store.status(cell.key)
         if status == "done":

@@ -44,7 +44,9 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = 1
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = 120.0
-FAULT_ENV = "QUANTSWEEP_FAULT"  # test hook: "kill-before-rename:N" SIGKILLs this process mid-write of its N-th cell
+# Test hooks for the kill -9 tests: "kill-before-rename:N" SIGKILLs this process mid-write of its N-th cell
+# file; "kill-evaluating:RECIPE/TASK" SIGKILLs it while that cell is being evaluated (as the OOM killer would).
+FAULT_ENV = "QUANTSWEEP_FAULT"
 
 
 class StoreError(ValueError):
@@ -117,6 +119,16 @@ def _fault_point(path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def fault_point(name: str) -> None:
+    """SIGKILL this process here if ``QUANTSWEEP_FAULT`` is ``kill-evaluating:<name>`` (a test hook).
+
+    Example:
+        >>> fault_point("w8-rtn/toy_ppl")  # does nothing unless the variable says so
+    """
+    if os.environ.get(FAULT_ENV, "") == f"kill-evaluating:{name}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -130,37 +142,103 @@ def _pid_alive(pid: int) -> bool:
 class Claim:
     """A held claim on one cell; a heartbeat thread keeps it fresh until released.
 
+    The claim file holds its owner (host, pid), a random ``token`` and ``attempts``:
+    how many owners before this one died while computing the cell (see
+    :meth:`mark_running`). Only the owner whose token is in the file may release it.
+
     Example:
         >>> with store.claim(key) as claim:  # doctest: +SKIP
         ...     claim.key
     """
 
-    def __init__(self, path: Path, key: str):
-        self.path, self.key = path, key
+    def __init__(self, path: Path, key: str, owner: dict[str, Any]):
+        self.path, self.key, self.owner = path, key, owner
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"claim-{key[:8]}", daemon=True)
         self._thread.start()
 
+    @property
+    def attempts(self) -> int:
+        """How many earlier owners died while computing this cell.
+
+        Example:
+            >>> claim.attempts  # doctest: +SKIP
+            0
+        """
+        return int(self.owner.get("attempts", 0))
+
+    def holds(self) -> bool:
+        """Whether the claim file is still this owner's (not taken over by another process).
+
+        Example:
+            >>> claim.holds()  # doctest: +SKIP
+            True
+        """
+        return _read_owner(self.path).get("token") == self.owner["token"]
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
+            if not self.holds():
+                logger.warning("the claim on cell %s was taken over by another process", self.key)
+                return
             with contextlib.suppress(OSError):
                 os.utime(self.path)
 
+    def mark_running(self, running: bool = True) -> None:
+        """Record in the claim whether the cell is being computed now, so that a death then counts.
+
+        Example:
+            >>> claim.mark_running()  # doctest: +SKIP
+        """
+        if self.holds():
+            self.owner = {**self.owner, "running": running}
+            _write_claim_file(self.path, self.owner, replace=True)
+
     def release(self) -> None:
-        """Stop the heartbeat and remove the claim file.
+        """Stop the heartbeat and remove the claim file if it is still this owner's (once).
 
         Example:
             >>> claim.release()  # doctest: +SKIP
         """
+        if self._stop.is_set():
+            return  # released already
         self._stop.set()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        if self.holds():  # never remove a claim another process took over meanwhile
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
     def __enter__(self) -> Claim:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _read_owner(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_claim_file(path: Path, owner: dict[str, Any], *, replace: bool = False) -> bool:
+    """Create (or, with ``replace``, rewrite) a claim file that holds its content from the start."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(owner, stream)
+    try:
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # atomic and exclusive: fails if the claim exists
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class CellStore:
@@ -306,25 +384,40 @@ class CellStore:
     def claim(self, key: str) -> Claim | None:
         """Claim cell ``key`` for this process, or None if a live claim is held elsewhere.
 
-        A stale claim (owner dead, or no heartbeat for ``stale_after_s``) is taken over.
+        A stale claim (owner dead, or no heartbeat for ``stale_after_s``) is taken over;
+        if its owner had started computing the cell, the new claim's ``attempts`` is one
+        more than the old one's.
 
         Example:
             >>> claim = store.claim("abc")  # doctest: +SKIP
         """
         path = self._claim_path(key)
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        attempts = 0
         for _ in range(3):
+            owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                     "token": uuid.uuid4().hex, "attempts": attempts}
+            if _write_claim_file(path, owner):
+                return Claim(path, key, owner)
+            seen = _read_owner(path)
+            if not self._is_stale(path, seen):
+                return None
+            stale = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._is_stale(path):
-                    return None
-                with contextlib.suppress(OSError):  # only one taker wins this rename
-                    os.replace(path, path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}"))
-                continue
-            with os.fdopen(fd, "w") as stream:
-                json.dump(owner, stream)
-            return Claim(path, key)
+                os.replace(path, stale)
+            except OSError:
+                continue  # another taker moved it first
+            moved = _read_owner(stale)
+            if moved.get("token") != seen.get("token"):
+                # between our look and our move another process took the claim over: give it back
+                with contextlib.suppress(OSError):
+                    os.link(stale, path)
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+                return None
+            logger.info("took over the stale claim on cell %s (%s)", key, json.dumps(moved))
+            with contextlib.suppress(OSError):
+                stale.unlink()
+            attempts = int(moved.get("attempts", 0)) + (1 if moved.get("running") else 0)
         return None
 
     def claim_owner(self, key: str) -> dict[str, Any] | None:
@@ -334,20 +427,17 @@ class CellStore:
             >>> store.claim_owner("abc")  # doctest: +SKIP
         """
         path = self._claim_path(key)
-        if not path.exists() or self._is_stale(path):
+        owner = _read_owner(path)
+        if not path.exists() or self._is_stale(path, owner):
             return None
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(path.read_text())
-        return {}
+        return owner
 
-    def _is_stale(self, path: Path) -> bool:
+    def _is_stale(self, path: Path, owner: dict[str, Any] | None = None) -> bool:
         try:
             age = time.time() - path.stat().st_mtime
-            owner = json.loads(path.read_text() or "{}")
         except FileNotFoundError:
             return True
-        except (OSError, ValueError):
-            return False  # being written right now
+        owner = _read_owner(path) if owner is None else owner
         if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
             if not _pid_alive(owner["pid"]):
                 return True

@@ -169,3 +169,32 @@ def test_force_recomputes_every_cell(tmp_path, monkeypatch):
     result = run_toy_sweep(tmp_path, recipes=[], tasks=["toy_mc4"], force=True)
     assert calls == [("toy_mc4",)] and len(result.computed) == 1
     assert stored_cells(tmp_path)[("fp", "toy_mc4")]["finished_at"] >= before
+
+
+def test_many_models_per_spec_each_loaded_once_and_judged_against_its_own_baseline(tmp_path, monkeypatch):
+    import quantsweep.models as models
+    from quantsweep.sweep.api import run_sweep
+
+    loads = []
+    real = models.load_model
+
+    def counting(path, *args, **kwargs):
+        loads.append((str(path), kwargs.get("dtype")))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", counting)
+    spec = {"models": [{"name": "toy-fp32", "path": "toy", "device": "cpu", "dtype": "float32"},
+                       {"name": "toy-bf16", "path": "toy", "device": "cpu", "dtype": "bfloat16"}],
+            "recipes": ["w8-rtn", "w4-rtn"], "tasks": ["toy_mc4"], "limit": 30}
+    result = run_sweep(spec, tmp_path, progress=False)
+    assert sorted(loads) == [("toy", "bfloat16"), ("toy", "float32")]  # once per model, not per recipe
+    primary = {(r["model"], r["recipe"]): r for r in result.records if r["primary"]}
+    assert set(primary) == {(m, r) for m in ("toy-fp32", "toy-bf16") for r in ("fp", "w8-rtn", "w4-rtn")}
+    assert primary[("toy-bf16", "fp")]["dtype"] == "bfloat16" and primary[("toy-fp32", "fp")]["dtype"] == "float32"
+    cells = {json.loads(p.read_text())["key"]: json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")}
+    for cell in cells.values():
+        if not cell["is_baseline"]:
+            assert cells[cell["baseline_key"]]["model"] == cell["model"]  # its own model's baseline
+    spec["models"][1]["dtype"] = "float32"
+    with pytest.raises(ValueError, match="are the same checkpoint with the same dtype"):
+        run_sweep(spec, tmp_path, progress=False)

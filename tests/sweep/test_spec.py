@@ -88,3 +88,10 @@ def test_batch_size_0_and_num_fewshot_minus_3_are_refused_before_the_model_loads
     assert "--batch-size must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["run", "--model", "toy", "--recipe", "w8-rtn", "--tasks", "toy_mc4", "--num-fewshot", "-3"]) == 2
     assert "--num-fewshot must be 0 or more, got -3" in capsys.readouterr().err
+
+
+def test_a_refused_run_creates_no_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["run", "--model", "toy", "--recipe", "w4-gptq", "--tasks", "toy_mc4", "--calib-source",
+                 str(tmp_path / "absent.txt"), "--out", str(out)]) == 2
+    assert "absent.txt" in capsys.readouterr().err and not out.exists()

@@ -115,3 +115,13 @@ def test_incompatible_or_pre_store_folders_are_refused_untouched(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="is not a directory"):
         CellStore(tmp_path / "file")
+
+
+def test_releasing_twice_never_removes_a_later_claim(tmp_path):
+    store = CellStore(tmp_path)
+    first = store.claim("k")
+    first.release()
+    second = store.claim("k")
+    first.release()  # a stale handle released again
+    assert store.claim_owner("k") is not None and store.claim("k") is None
+    second.release()
