@@ -32,11 +32,9 @@ import hashlib
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
@@ -266,26 +264,15 @@ def _offline_hint(source: str, reason: str) -> str:
 
 
 def hub_reachable(timeout_s: float = _PROBE_TIMEOUT_S) -> bool:
-    """Whether the Hugging Face Hub answers a TCP connect within ``timeout_s`` seconds.
-
-    Honours ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` (then False without probing)
-    and ``HF_ENDPOINT``.
+    """Whether the Hugging Face Hub answers within ``timeout_s`` seconds (:func:`quantsweep.hub.hub_reachable`).
 
     Example:
         >>> isinstance(hub_reachable(0.01), bool)
         True
     """
-    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
-            return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (443 if endpoint.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    from quantsweep.hub import hub_reachable as probe
+
+    return probe(timeout_s=timeout_s)
 
 
 def _hf_text(source: str) -> str:

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import math
 import os
@@ -31,20 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from quantsweep._paths import shipped_dir
+from quantsweep.eval.chance import unigram_cross_entropy
+from quantsweep.eval.health import NonFiniteLogitCounter
+from quantsweep.eval.suites import SuiteEntry, suite_entry
+from quantsweep.eval.tasks import (LOGLIKELIHOOD_TYPES, TASKS_DIR, TaskNotFoundError, check_tasks,  # noqa: F401
+                                   manager_for, task_manager, task_search_paths)
 
 logger = logging.getLogger(__name__)
-
-TASKS_DIR = shipped_dir("tasks")
-
-_LOGLIKELIHOOD_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
-
-
-class TaskNotFoundError(ValueError):
-    """A task name matched nothing in the searched task folders."""
-
 
 @dataclass(frozen=True)
 class MetricResult:
@@ -96,6 +88,7 @@ class TaskResult:
     ``unigram_chance_nats`` (rolling log-likelihood tasks only): the cross-entropy, in
     nats per token, of the scored tokens under their own unigram distribution
     (:func:`quantsweep.eval.chance.unigram_cross_entropy`); the perplexity chance level.
+    ``max_length``: the window (tokens) log-likelihoods were scored in.
 
     Example:
         >>> result.tasks["toy_mc4"].n  # doctest: +SKIP
@@ -111,6 +104,7 @@ class TaskResult:
     version: Any = None
     primary_metric: str | None = None
     unigram_chance_nats: float | None = None
+    max_length: int | None = None
 
     @property
     def n(self) -> int:
@@ -121,6 +115,9 @@ class TaskResult:
 class EvalResult:
     """Per-task results of one :func:`evaluate` call.
 
+    ``batch_size_halvings``: ``(from, to)`` for every out-of-memory halving of
+    ``batch_size="auto"``; ``fallbacks``: reason -> requests scored by lm-eval's own path.
+
     Example:
         >>> sorted(result.tasks)  # doctest: +SKIP
         ['toy_mc4', 'toy_ppl']
@@ -128,6 +125,8 @@ class EvalResult:
 
     tasks: dict[str, TaskResult] = field(default_factory=dict)
     limit: int | float | None = None
+    batch_size_halvings: list[tuple[int, int]] = field(default_factory=list)
+    fallbacks: dict[str, int] = field(default_factory=dict)
 
     def metric_rows(self) -> list[dict[str, Any]]:
         """One plain dict per (task, metric): task, metric, value, stderr, n.
@@ -143,124 +142,6 @@ class EvalResult:
                              "stderr": metric.stderr, "n": metric.n,
                              "nonfinite_samples": task.nonfinite_samples})
         return rows
-
-
-def task_search_paths(include_path: str | Path | list | None = None) -> list[Path]:
-    """Folders searched for task YAML, besides lm-eval's own registry.
-
-    This repository's ``tasks/`` folder comes first, then any user folders.
-
-    Example:
-        >>> task_search_paths()[0].name
-        'tasks'
-    """
-    paths = [TASKS_DIR]
-    extra = include_path if isinstance(include_path, (list, tuple)) else [include_path] if include_path else []
-    for entry in extra:
-        path = Path(entry)
-        if not path.is_dir():
-            raise ValueError(f"task folder {str(path)!r} does not exist")
-        paths.append(path)
-    return paths
-
-
-_MANAGERS: dict[tuple, Any] = {}
-
-
-def task_manager(include_path: str | Path | list | None = None, *, include_defaults: bool = True):
-    """An lm-eval ``TaskManager`` over this repo's tasks, user folders and (optionally) lm-eval's registry.
-
-    Indexing lm-eval's registry of ~15,000 tasks takes several seconds, so managers
-    are cached per process, and :func:`manager_for` only builds the full index
-    when a task is not found in this repository's or the user's folders.
-
-    Example:
-        >>> "toy_mc4" in task_manager(include_defaults=False).all_tasks
-        True
-    """
-    from lm_eval.tasks import TaskManager
-
-    paths = [str(p) for p in task_search_paths(include_path)]
-    key = (tuple(paths), include_defaults)
-    if key not in _MANAGERS:
-        _MANAGERS[key] = TaskManager(include_path=paths, include_defaults=include_defaults)
-    return _MANAGERS[key]
-
-
-def manager_for(names: list[str], include_path: str | Path | list | None = None):
-    """The cheapest cached ``TaskManager`` that knows every name, or the full one.
-
-    Example:
-        >>> manager_for(["toy_mc4"]).include_path[0].endswith("tasks")
-        True
-    """
-    local = task_manager(include_path, include_defaults=False)
-    if all(name in local.all_tasks for name in names):
-        return local
-    return task_manager(include_path, include_defaults=True)
-
-
-def check_tasks(names: list[str], include_path: str | Path | list | None = None) -> None:
-    """Raise :class:`TaskNotFoundError` for a name that no searched folder nor lm-eval defines.
-
-    Example:
-        >>> check_tasks(["toy_mc4"])
-    """
-    manager = manager_for(names, include_path)
-    known = set(manager.all_tasks)
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            searched = ", ".join(str(p) for p in task_search_paths(include_path))
-            raise TaskNotFoundError(
-                f"unknown task {name!r}{hint}; searched {searched} and lm-eval's built-in registry"
-            )
-
-
-class _NonFiniteLogitCounter:
-    """Counts generated sequences whose logits contain NaN or Inf (a forward hook on the model)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.row_flags: torch.Tensor | None = None
-        self.total = 0
-        self._handle = model.register_forward_hook(self._hook)
-
-    def _hook(self, module, args, output):
-        logits = getattr(output, "logits", None)
-        if logits is None or self.row_flags is None:
-            return
-        bad = ~torch.isfinite(logits.detach()).reshape(logits.shape[0], -1).all(dim=-1)
-        if bad.shape[0] == self.row_flags.shape[0]:
-            self.row_flags |= bad.to(self.row_flags.device)
-        elif bad.any():  # batch changed shape mid-generation (beam search): count the call
-            self.row_flags[:] = True
-
-    @contextlib.contextmanager
-    def tracking(self, batch_size: int):
-        self.row_flags = torch.zeros(batch_size, dtype=torch.bool)
-        try:
-            yield
-        finally:
-            self.total += int(self.row_flags.sum())
-            self.row_flags = None
-
-    def close(self) -> None:
-        self._handle.remove()
-
-
-def _make_lm(model, tokenizer, batch_size: int, counter: _NonFiniteLogitCounter):
-    from lm_eval.models.huggingface import HFLM
-
-    class _TrackedHFLM(HFLM):
-        """HFLM that lets the non-finite counter see each generation batch."""
-
-        def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            with counter.tracking(context.shape[0]):
-                return super()._model_generate(context, max_length, stop, **generation_kwargs)
-
-    lm = _TrackedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return lm
 
 
 @contextlib.contextmanager
@@ -293,19 +174,35 @@ def _is_finite_response(response) -> bool:
     return True
 
 
-def _sample_outcomes(output_type: str, raw_samples: list[dict], metric_names: list[str], tokenizer) -> list[SampleOutcome]:
+def _cluster_of(sample: dict, entry: SuiteEntry | None, subtask_of_group: str | None) -> str | None:
+    """The document's cluster: the entry's ``cluster_column``, else its ``subject``, else its subtask."""
+    doc = sample.get("doc") if isinstance(sample.get("doc"), dict) else {}
+    column = entry.cluster_column if entry is not None and entry.cluster_column else None
+    if column is not None:
+        if column not in doc:
+            raise ValueError(f"task {entry.task!r}: cluster_column {column!r} is not a document column; "
+                             f"columns: {', '.join(map(str, doc)) or 'none'}")
+        return str(doc[column])
+    if "subject" in doc:
+        return str(doc["subject"])
+    return subtask_of_group
+
+
+def _sample_outcomes(output_type: str, raw_samples: list[dict], metric_names: list[str], tokenizer,
+                     entry: SuiteEntry | None = None, subtask_of_group: str | None = None) -> list[SampleOutcome]:
     outcomes = []
     for sample in raw_samples:
         scores = {name: sample[name] for name in metric_names if name in sample}
         resps = sample.get("resps", [])
-        nonfinite = output_type in _LOGLIKELIHOOD_TYPES and not _is_finite_response(resps)
+        nonfinite = output_type in LOGLIKELIHOOD_TYPES and not _is_finite_response(resps)
         n_choices = len(resps) if output_type == "multiple_choice" else None
         n_tokens = None
         if output_type == "loglikelihood_rolling":
             text = sample["target"]
             n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         outcomes.append(SampleOutcome(doc_id=int(sample["doc_id"]), scores=scores, nonfinite=nonfinite,
-                                      n_choices=n_choices, n_tokens=n_tokens))
+                                      n_choices=n_choices, n_tokens=n_tokens,
+                                      cluster=_cluster_of(sample, entry, subtask_of_group)))
     outcomes.sort(key=lambda outcome: outcome.doc_id)
     return outcomes
 
@@ -317,20 +214,38 @@ def _as_float(value) -> float:
         return float("nan")
 
 
+def _task_window(lm, entry: SuiteEntry | None, max_length: int | None, positions: int | None) -> int:
+    """The scoring window for one task: the caller's ``max_length``, else the suite's, capped by the model."""
+    if max_length is not None:
+        return max_length
+    if entry is not None and entry.max_length is not None:
+        if positions is not None and entry.max_length > positions:
+            logger.info("task %s: suite window %d exceeds the model's %d positions; using %d",
+                        entry.task, entry.max_length, positions, positions)
+            return positions
+        return entry.max_length
+    return lm.default_max_length
+
+
 def evaluate(
     model,
     tokenizer,
     tasks: list[str] | str,
     limit: int | float | None = None,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     num_fewshot: int | None = None,
     *,
     include_path: str | Path | list | None = None,
     task_configs: dict[str, dict] | None = None,
     allow_code_execution: bool = False,
     seed: int = 1234,
+    max_length: int | None = None,
 ) -> EvalResult:
     """Evaluate an in-memory causal LM on lm-eval tasks and keep every sample's outcome.
+
+    Scoring goes through :class:`quantsweep.eval.lm.ContextCachedLM`: each
+    multiple-choice context is computed once, and perplexity runs in bounded memory,
+    with the same numbers as lm-eval's ``HFLM``.
 
     Args:
         model: a Hugging Face causal LM, already on its device (not reloaded).
@@ -338,7 +253,8 @@ def evaluate(
         tasks: task names (or one comma-separated string) from ``tasks/``, a user
             ``include_path`` or lm-eval's registry.
         limit: evaluate only the first ``limit`` documents of each task.
-        batch_size: documents per forward pass.
+        batch_size: documents per forward pass, or ``"auto"`` (start at 64 and halve on
+            out-of-memory; halvings are recorded in ``EvalResult.batch_size_halvings``).
         num_fewshot: override every task's few-shot count.
         include_path: extra folder(s) of task YAML.
         task_configs: per-task config overrides (e.g. local data files), as
@@ -346,12 +262,16 @@ def evaluate(
         allow_code_execution: let tasks that execute model-written code run
             (HumanEval, MBPP). Off by default.
         seed: seeds lm-eval's samplers, numpy and torch for reproducibility.
+        max_length: the scoring window in tokens for every task (default: a suite
+            entry's ``max_length``, else the model's positions). Above the model's
+            positions, or below a task's longest continuation, is an error.
 
     Returns:
         :class:`EvalResult` with metrics (value, stderr, n) and per-sample outcomes.
 
     Raises:
         TaskNotFoundError: a task name is unknown (the message lists where tasks were searched).
+        ValueError: bad ``batch_size`` or ``max_length`` (naming the numbers).
 
     Example:
         >>> result = evaluate(model, tokenizer, tasks=["toy_mc4"], limit=100)  # doctest: +SKIP
@@ -360,22 +280,31 @@ def evaluate(
     """
     import lm_eval
 
+    from quantsweep.eval.lm import ContextCachedLM, check_batch_size, check_max_length, model_positions
+
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
+    positions = model_positions(model)
+    if max_length is not None:
+        check_max_length(max_length, positions)  # before any task is loaded
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     overrides = task_configs or {}
     check_tasks([n for n in names if n not in overrides], include_path)
     manager = manager_for([n for n in names if n not in overrides], include_path)
-    counter = _NonFiniteLogitCounter(model)
+    entries = {name: suite_entry(name) for name in names}
+    counter = NonFiniteLogitCounter(model)
     result = EvalResult(limit=limit)
     try:
-        lm = _make_lm(model, tokenizer, batch_size, counter)
+        lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, counter=counter,
+                             max_length=max_length)
         for name in names:
             spec = overrides.get(name, name)
             generated_before = counter.total
+            window = _task_window(lm, entries[name], max_length, positions)
+            lm.use_max_length(window)
+            lm.rolling_target_counts.clear()
             logger.info("evaluating task %s%s", name, f" (limit {limit})" if limit else "")
             with _without_environment_report():
                 output = lm_eval.simple_evaluate(
@@ -384,16 +313,18 @@ def evaluate(
                     torch_random_seed=seed, fewshot_random_seed=seed,
                     confirm_run_unsafe_code=allow_code_execution, verbosity="ERROR",
                 )
-            result.tasks.update(_task_results(output, tokenizer, counter.total - generated_before))
+            found = _task_results(output, tokenizer, counter.total - generated_before, entries.get(name))
+            for task_name, task_result in found.items():
+                task_result.max_length = window
+                counts = lm.rolling_target_counts.get(task_name)
+                if task_result.output_type == "loglikelihood_rolling" and counts:
+                    task_result.unigram_chance_nats = unigram_cross_entropy(counts)
+            result.tasks.update(found)
+        result.batch_size_halvings = list(lm.oom_halvings)
+        result.fallbacks = dict(lm.fallbacks)
     finally:
         counter.close()
     return result
-
-
-def _suite_entry(task_name: str):
-    from quantsweep.eval.suites import suite_entry
-
-    return suite_entry(task_name)
 
 
 def _chosen_filter(config: dict, raw_samples: list[dict], entry) -> str:
@@ -408,11 +339,13 @@ def _chosen_filter(config: dict, raw_samples: list[dict], entry) -> str:
     return present[0] if present else "none"
 
 
-def _task_results(output: dict, tokenizer, generated_nonfinite: int) -> dict[str, TaskResult]:
+def _task_results(output: dict, tokenizer, generated_nonfinite: int,
+                  requested_entry: SuiteEntry | None = None) -> dict[str, TaskResult]:
     found = {}
+    in_group = {sub for subs in (output.get("group_subtasks") or {}).values() for sub in subs}
     for task_name, all_samples in output["samples"].items():
         config = output["configs"][task_name]
-        entry = _suite_entry(task_name)
+        entry = requested_entry if requested_entry is not None and requested_entry.task == task_name else None
         chosen = _chosen_filter(config, all_samples, entry)
         # lm-eval logs one sample per filter; keep one outcome per document
         raw_samples = [s for s in all_samples if s.get("filter", "none") == chosen]
@@ -421,7 +354,8 @@ def _task_results(output: dict, tokenizer, generated_nonfinite: int) -> dict[str
         higher = output.get("higher_is_better", {}).get(task_name, {})
         values = output["results"][task_name]
         n = int(output.get("n-samples", {}).get(task_name, {}).get("effective", len(raw_samples)))
-        samples = _sample_outcomes(output_type, raw_samples, metric_names, tokenizer)
+        samples = _sample_outcomes(output_type, raw_samples, metric_names, tokenizer, entry,
+                                   task_name if task_name in in_group else None)
         metrics = {}
         for key, value in values.items():
             if "," not in key or key.startswith("alias"):

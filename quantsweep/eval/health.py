@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -103,3 +104,48 @@ def diagnose_nonfinite(model: nn.Module, tokenizer, text: str = DEFAULT_PROBE_TE
         match = re.match(rf"^{re.escape(decoder_layer_prefix(model))}\.(\d+)\.", order[0] + ".")
         report.first_layer = int(match.group(1)) if match else None
     return report
+
+
+class NonFiniteLogitCounter:
+    """Counts generated sequences whose logits contain NaN or Inf (a forward hook on the model).
+
+    Generation batches are wrapped in :meth:`tracking`; outside it the hook does nothing,
+    so log-likelihood scoring (whose NaN/Inf shows in the log-likelihoods themselves) is
+    not counted twice.
+
+    Example:
+        >>> counter = NonFiniteLogitCounter(model)  # doctest: +SKIP
+        >>> with counter.tracking(batch_size=4):  # doctest: +SKIP
+        ...     model.generate(ids)
+        >>> counter.total  # doctest: +SKIP
+        0
+    """
+
+    def __init__(self, model: nn.Module):
+        self.row_flags: torch.Tensor | None = None
+        self.total = 0
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        logits = getattr(output, "logits", None)
+        if logits is None or self.row_flags is None:
+            return
+        bad = ~torch.isfinite(logits.detach()).reshape(logits.shape[0], -1).all(dim=-1)
+        if bad.shape[0] == self.row_flags.shape[0]:
+            self.row_flags |= bad.to(self.row_flags.device)
+        elif bad.any():  # batch changed shape mid-generation (beam search): count the call
+            self.row_flags[:] = True
+
+    @contextlib.contextmanager
+    def tracking(self, batch_size: int):
+        """Count the rows of one generation batch of ``batch_size`` sequences."""
+        self.row_flags = torch.zeros(batch_size, dtype=torch.bool)
+        try:
+            yield
+        finally:
+            self.total += int(self.row_flags.sum())
+            self.row_flags = None
+
+    def close(self) -> None:
+        """Remove the hook."""
+        self._handle.remove()

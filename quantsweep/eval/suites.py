@@ -1,4 +1,4 @@
-"""Task suites (``openpangu18``) and offline local data for their tasks.
+"""Task suites (``openpangu18``): the suite schema, suite lookup, and each task's chance rule.
 
 A *suite* is a YAML file in ``tasks/suites/`` (or any path) listing tasks with what
 the verdicts need to know about each: the lm-eval task it runs, the metric, the
@@ -6,12 +6,9 @@ few-shot count, the family, the chance rule, a version, whether it executes
 model-written code, and the local files ``--data-dir`` expects. Suite files are
 validated like recipes: an unknown key is an error naming it and the allowed keys.
 
-Local data: :func:`local_task_configs` turns suite task names and a data folder into
-lm-eval task config dicts that read ``DATA_DIR/<dir>/<split>.{jsonl,json,parquet,csv}``
-through the ``datasets`` packaged builders (``json``/``parquet``/``csv`` with
-``data_files``), keeping the rest of the lm-eval task (prompts, metrics) identical.
-Missing files are reported up front, naming the task, the files expected and where
-they were looked for; nothing waits on the network.
+Local data and the code-execution gate live in :mod:`quantsweep.eval.offline`, hub
+access in :mod:`quantsweep.hub`, task lookup in :mod:`quantsweep.eval.tasks`; their
+public names are re-exported here (lazily, so that no import cycle forms).
 
 Example:
     >>> expand_tasks(["openpangu18"])[:2]
@@ -22,15 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import csv
 import dataclasses
 import difflib
 import functools
-import json
-import logging
+import importlib
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,27 +31,27 @@ from typing import Any
 
 import yaml
 
-from quantsweep.eval.harness import TASKS_DIR
-
-logger = logging.getLogger(__name__)
+from quantsweep.eval.tasks import OUTPUT_TYPES, TASKS_DIR, TaskNotFoundError, task_config, task_yaml
 
 SUITES_DIR = TASKS_DIR / "suites"
 FAMILIES = ("language_modelling", "commonsense_reasoning", "knowledge", "math", "code")
 CHANCE_RULES = ("choices", "zero", "uniform_vocab")
-# File name endings accepted for local data, and the ``datasets`` builder that reads each.
-DATA_FORMATS = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
-                ".parquet": "parquet", ".csv": "csv"}
-DEFAULT_CODE_TIMEOUT_S = 10.0  # seconds per executed program (HF's code_eval default is 3 s)
-_SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
+
+# Names that moved to their own modules, still importable from here.
+_MOVED = {name: "quantsweep.eval.offline" for name in (
+    "MissingDataError", "DATA_FORMATS", "DEFAULT_CODE_TIMEOUT_S", "check_code_execution", "check_data_available",
+    "local_task_configs", "find_data_files", "check_columns")}
+_MOVED.update({name: "quantsweep.hub" for name in ("effective_hub_endpoint", "use_hub_mirror", "hub_reachable")})
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SuiteError(ValueError):
     """A suite name, file or entry is wrong; the message says which."""
-
-
-class MissingDataError(ValueError):
-    """Local data files for one or more suite tasks are missing (the message lists them)."""
-
 
 # ---------------------------------------------------------------- schema
 
@@ -116,6 +109,10 @@ class SuiteEntry:
         chance_floor: the documented floor for ``zero`` (default 0).
         version: bump when anything that changes scores changes.
         executes_code: the task runs model-written code (needs the explicit opt-in).
+        cluster_column: the document column whose value is its cluster (e.g. ``subject``)
+            for clustered standard errors; None: the doc's ``subject`` key when it has one.
+        max_length: the scoring window in tokens (perplexity tasks: the literature's 2048),
+            recorded with the result; None: the model's positions.
         data: the local files ``--data-dir`` expects (:class:`DataSpec`).
         description: free text.
 
@@ -135,6 +132,8 @@ class SuiteEntry:
     chance_floor: float = 0.0
     version: int | str = 1
     executes_code: bool = False
+    cluster_column: str | None = None
+    max_length: int | None = None
     data: DataSpec
     description: str = ""
 
@@ -162,6 +161,11 @@ class SuiteEntry:
             raise SuiteError(f"task {self.task!r}: executes_code must be true or false, got {self.executes_code!r}")
         if isinstance(self.version, bool) or not isinstance(self.version, (int, str)):
             raise SuiteError(f"task {self.task!r}: version must be an integer or string, got {self.version!r}")
+        if self.cluster_column is not None and (not isinstance(self.cluster_column, str) or not self.cluster_column):
+            raise SuiteError(f"task {self.task!r}: cluster_column must be a column name, got {self.cluster_column!r}")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 2):
+            raise SuiteError(f"task {self.task!r}: max_length must be an integer >= 2, got {self.max_length!r}")
         if not isinstance(self.data, DataSpec):
             raise SuiteError(f"task {self.task!r}: data must be a DataSpec, got {type(self.data).__name__}")
 
@@ -368,222 +372,7 @@ def suite_entry(task: str) -> SuiteEntry | None:
     return None
 
 
-# ---------------------------------------------------------------- code execution
-
-def _code_task_names(names: list[str]) -> list[str]:
-    found = []
-    for name in expand_tasks(names):
-        entry = suite_entry(name)
-        # lm-eval's own code tasks (humaneval*, mbpp*) execute code as well.
-        if (entry is not None and entry.executes_code) or (entry is None and name.startswith(("humaneval", "mbpp"))):
-            found.append(name)
-    return found
-
-
-def check_code_execution(task_names: list[str] | str, allow: bool, *,
-                         timeout_s: float = DEFAULT_CODE_TIMEOUT_S) -> list[str]:
-    """Refuse code-executing tasks without the opt-in; with it, enable execution with a time-out.
-
-    With ``allow=True`` and at least one such task, sets ``HF_ALLOW_CODE_EVAL=1`` (the
-    switch the hub's ``code_eval`` metric and quantsweep's executor both check) and
-    ``QUANTSWEEP_CODE_TIMEOUT_S`` (seconds per program, read by the shipped code tasks).
-    lm-eval's ``unsafe_code`` guard is lifted separately by passing
-    ``allow_code_execution=True`` to :func:`quantsweep.evaluate`.
-
-    Returns:
-        the requested tasks that execute model-written code.
-
-    Raises:
-        ValueError: such a task was requested without ``allow``; or ``timeout_s`` <= 0.
-
-    Example:
-        >>> check_code_execution(["arc_easy"], allow=False)
-        []
-    """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    code_tasks = _code_task_names(task_names if not isinstance(task_names, str) else [task_names])
-    if not code_tasks:
-        return []
-    if not allow:
-        raise ValueError(
-            f"task(s) {', '.join(code_tasks)} execute model-written code, which is off by default; "
-            "pass --allow-code-execution (API: allow_code_execution=True) to run them, "
-            f"each program with a {timeout_s:g} s time-out"
-        )
-    os.environ["HF_ALLOW_CODE_EVAL"] = "1"
-    os.environ["QUANTSWEEP_CODE_TIMEOUT_S"] = f"{float(timeout_s):g}"
-    logger.warning("executing model-written code for %s (time-out %g s per program)", ", ".join(code_tasks), timeout_s)
-    return code_tasks
-
-
-# ---------------------------------------------------------------- hub mirror
-
-def effective_hub_endpoint(endpoint: str | None = None) -> str | None:
-    """The hub mirror in effect: the user's ``HF_ENDPOINT`` if set, else ``endpoint``, else None.
-
-    Example:
-        >>> effective_hub_endpoint("https://hf-mirror.example")  # with HF_ENDPOINT unset  # doctest: +SKIP
-        'https://hf-mirror.example'
-    """
-    return os.environ.get("HF_ENDPOINT") or endpoint or None
-
-
-def use_hub_mirror(endpoint: str) -> str:
-    """Point ``huggingface_hub`` and ``datasets`` at a hub mirror, unless the user set ``HF_ENDPOINT``.
-
-    A user-set ``HF_ENDPOINT`` always wins and is never overwritten. Both libraries
-    read the variable when first imported, so when they are already imported their
-    module-level endpoint constants are updated as well.
-
-    Returns:
-        the endpoint in effect.
-
-    Example:
-        >>> use_hub_mirror("https://hf-mirror.example")  # doctest: +SKIP
-        'https://hf-mirror.example'
-    """
-    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-        raise ValueError(f"hub endpoint must be an http(s) URL, got {endpoint!r}")
-    user = os.environ.get("HF_ENDPOINT")
-    if user:
-        if user.rstrip("/") != endpoint.rstrip("/"):
-            logger.warning("HF_ENDPOINT=%s is set; keeping it rather than %s", user, endpoint)
-        return user
-    endpoint = endpoint.rstrip("/")
-    os.environ["HF_ENDPOINT"] = endpoint
-    hub_constants = sys.modules.get("huggingface_hub.constants")
-    if hub_constants is not None:
-        hub_constants.ENDPOINT = endpoint
-    datasets_config = sys.modules.get("datasets.config")
-    if datasets_config is not None:
-        datasets_config.HF_ENDPOINT = endpoint
-        datasets_config.HUB_DATASETS_URL = endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
-    return endpoint
-
-
-def _hub_offline() -> bool:
-    return any(os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE")
-               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-# ---------------------------------------------------------------- local data
-
-def _format_of(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((fmt for fmt in sorted(DATA_FORMATS, key=len, reverse=True) if name.endswith(fmt)), None)
-
-
-def find_data_files(entry: SuiteEntry, data_dir: str | Path) -> tuple[str | None, dict[str, list[str]], list[str]]:
-    """Locate one suite task's local files.
-
-    Looks for ``DATA_DIR/<dir>/<stem><format>`` for each split, or hub-style parquet
-    shards ``<stem>-00000-of-0000N.parquet``.
-
-    Returns:
-        ``(builder, files, missing)``: the ``datasets`` builder (``json``, ``parquet``,
-        ``csv``), split -> file paths found, and the splits with no file.
-
-    Raises:
-        MissingDataError: one split has files in several formats, or splits mix formats.
-
-    Example:
-        >>> find_data_files(suite_entry("piqa"), "/nonexistent")[2]
-        ['validation']
-    """
-    folder = Path(data_dir) / entry.data.dir
-    files: dict[str, list[str]] = {}
-    missing: list[str] = []
-    builders: dict[str, str] = {}
-    for split, stem in entry.data.splits.items():
-        found = [folder / f"{stem}{fmt}" for fmt in DATA_FORMATS if (folder / f"{stem}{fmt}").is_file()]
-        if len(found) > 1:
-            raise MissingDataError(f"task {entry.task!r}: split {split!r} has several candidate files "
-                                   f"{[p.name for p in found]} in {folder}; keep exactly one")
-        if not found:  # hub-style shards: test-00000-of-00002.parquet, test-00001-of-00002.parquet
-            found = sorted(folder.glob(f"{stem}-*.parquet"))
-        if not found:
-            missing.append(split)
-            continue
-        builders[split] = DATA_FORMATS[_format_of(found[0])]
-        files[split] = [str(path) for path in found]
-    if len(set(builders.values())) > 1:
-        raise MissingDataError(f"task {entry.task!r}: all splits must use one format, found "
-                               f"{', '.join(f'{s}: {b}' for s, b in builders.items())} in {folder}")
-    builder = next(iter(builders.values()), None)
-    return builder, files, missing
-
-
-def _first_record_columns(path: str) -> list[str] | None:
-    """Top-level column names of a data file, reading as little as possible; None if unknown."""
-    fmt = _format_of(Path(path))
-    if fmt == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    if fmt == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            return next(csv.reader(handle), [])
-    if fmt == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    record = json.loads(line)
-                    return list(record) if isinstance(record, dict) else None
-        return []
-    if fmt == ".json" and os.path.getsize(path) < 64 * 2**20:  # 64 MiB: a full parse is cheap below that
-        with open(path, encoding="utf-8") as handle:
-            first = handle.read(1)
-            handle.seek(0)
-            if first != "[":  # JSON Lines saved as .json, which `datasets` also accepts
-                line = handle.readline()
-                record = json.loads(line) if line.strip() else {}
-            else:
-                records = json.load(handle)
-                record = records[0] if records else {}
-        return list(record) if isinstance(record, dict) else None
-    return None  # compressed files: let `datasets` report problems
-
-
-def check_columns(entry: SuiteEntry, files: Mapping[str, list[str]]) -> None:
-    """Raise :class:`MissingDataError` when a file lacks a column the task's prompts use.
-
-    Example:
-        >>> check_columns(suite_entry("piqa"), {})
-    """
-    for split, paths in files.items():
-        for path in paths[:1]:
-            try:
-                columns = _first_record_columns(path)
-            except (OSError, ValueError, UnicodeDecodeError) as err:
-                raise MissingDataError(f"task {entry.task!r}: cannot read {path}: {err}") from None
-            if columns is None:
-                continue
-            absent = [c for c in entry.data.columns if c not in columns]
-            if absent:
-                raise MissingDataError(
-                    f"task {entry.task!r}: {path} lacks column(s) {', '.join(absent)}; "
-                    f"expected columns {', '.join(entry.data.columns)} (found {', '.join(columns) or 'none'})"
-                )
-
-
-@functools.lru_cache(maxsize=1)
-def _shipped_task_index() -> dict[str, str]:
-    from lm_eval.tasks._index import TaskIndex
-
-    return {name: str(entry.yaml_path) for name, entry in TaskIndex.build([TASKS_DIR]).items()
-            if entry.yaml_path is not None}
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_task_index() -> dict[str, str]:
-    # Indexing all of lm-eval's ~15k task YAML takes seconds; only done when a hint fails, and
-    # the index is the harness's cached full TaskManager's (this repo's tasks are looked up first anyway).
-    from quantsweep.eval.harness import task_manager
-
-    manager = task_manager(include_defaults=True)
-    return {name: str(entry.yaml_path) for name, entry in manager.task_index.items() if entry.yaml_path is not None}
-
+# ---------------------------------------------------------------- the lm-eval task behind an entry
 
 def lm_eval_task_yaml(entry: SuiteEntry) -> Path:
     """The YAML file defining the entry's lm-eval task (this repo's ``tasks/`` first, then lm-eval's).
@@ -592,24 +381,10 @@ def lm_eval_task_yaml(entry: SuiteEntry) -> Path:
         >>> lm_eval_task_yaml(suite_entry("arc_easy")).name
         'arc_easy.yaml'
     """
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    name = entry.lm_eval_task
-    shipped = _shipped_task_index()
-    if name in shipped:
-        return Path(shipped[name])
-    if entry.lm_eval_yaml:
-        import lm_eval.tasks
-
-        hint = Path(lm_eval.tasks.__file__).parent / entry.lm_eval_yaml
-        if hint.is_file() and load_yaml(hint, resolve_func=False).get("task") == name:
-            return hint
-        logger.info("lm_eval_yaml hint %s does not define %s; searching lm-eval's registry", hint, name)
-    builtin = _builtin_task_index()
-    if name not in builtin:
-        raise SuiteError(f"suite task {entry.task!r}: lm-eval task {name!r} is not defined in {TASKS_DIR} "
-                         "nor in lm-eval's registry")
-    return Path(builtin[name])
+    try:
+        return task_yaml(entry.lm_eval_task, entry.lm_eval_yaml)
+    except TaskNotFoundError as err:
+        raise SuiteError(f"suite task {entry.task!r}: {err}") from None
 
 
 def lm_eval_task_config(entry: SuiteEntry) -> dict:
@@ -619,115 +394,19 @@ def lm_eval_task_config(entry: SuiteEntry) -> dict:
         >>> lm_eval_task_config(suite_entry("boolq"))["output_type"]
         'multiple_choice'
     """
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    config = copy.deepcopy(load_yaml(lm_eval_task_yaml(entry), resolve_func=True))
-    if config.get("group") is not None or "task" not in config or isinstance(config.get("task"), list):
-        raise SuiteError(f"suite task {entry.task!r}: lm-eval {entry.lm_eval_task!r} is a group, not a single task")
-    for key in ("tag", "group", "task_list", "include"):
-        config.pop(key, None)
+    lm_eval_task_yaml(entry)  # the error names the suite task
+    try:
+        config = task_config(entry.lm_eval_task, entry.lm_eval_yaml)
+    except ValueError as err:
+        raise SuiteError(f"suite task {entry.task!r}: {err}") from None
     config["task"] = entry.task
     config["num_fewshot"] = entry.num_fewshot
     return config
 
 
-def _local_config(entry: SuiteEntry, builder: str, files: dict[str, list[str]], folder: Path) -> dict:
-    config = lm_eval_task_config(entry)
-    eval_split = config.get("test_split") or config.get("validation_split")
-    if eval_split not in files:
-        raise SuiteError(f"suite task {entry.task!r}: data.splits {sorted(files)} lacks the task's evaluation "
-                         f"split {eval_split!r}")
-    fewshot_split = config.get("fewshot_split")
-    if entry.num_fewshot > 0 and fewshot_split is not None and fewshot_split not in files:
-        raise SuiteError(f"suite task {entry.task!r}: {entry.num_fewshot}-shot needs the {fewshot_split!r} split "
-                         f"in data.splits (has {sorted(files)})")
-    for key in _SPLIT_KEYS:
-        # A split with no local file must not be opened by lm-eval (it would raise KeyError).
-        if config.get(key) is not None and config[key] not in files:
-            config[key] = None
-    if config.get("test_split") is None and config.get("validation_split") is None:
-        config["test_split"] = eval_split
-    config.pop("custom_dataset", None)
-    config["dataset_path"] = builder
-    config["dataset_name"] = None
-    config["dataset_kwargs"] = {"data_files": {split: list(paths) for split, paths in files.items()}}
-    metadata = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
-    config["metadata"] = {**metadata, "quantsweep_data_dir": str(folder), "quantsweep_suite_version": entry.version}
-    return config
-
-
-def local_task_configs(task_names: list[str] | str, data_dir: str | Path | None = None, *,
-                       hub_endpoint: str | None = None) -> dict[str, dict]:
-    """lm-eval task configs that read suite tasks' data from local files.
-
-    For every requested task (suite names are expanded) that a suite describes,
-    finds its files under ``data_dir`` (see :func:`find_data_files`), checks their
-    columns, and returns lm-eval's own task config with only the dataset swapped for
-    the local files. Tasks no suite describes are left alone (not in the result).
-
-    Missing files are an error raised before anything runs, naming each task, the
-    files expected and the folder searched. The one exception: with a hub mirror
-    configured (``HF_ENDPOINT`` set by the user, or ``hub_endpoint``) and the hub not
-    marked offline, tasks whose files are missing fall back to the hub through that
-    mirror (logged). A user-set ``HF_ENDPOINT`` is never overridden.
-
-    With ``data_dir=None`` only entries whose results name differs from their
-    lm-eval task get a (renaming) config.
-
-    Raises:
-        MissingDataError: files missing (and no mirror), unreadable, or lacking columns.
-        SuiteError: a suite entry inconsistent with its lm-eval task.
-
-    Example:
-        >>> configs = local_task_configs(["arc_easy"], "data")  # doctest: +SKIP
-        >>> configs["arc_easy"]["dataset_kwargs"]["data_files"]  # doctest: +SKIP
-        {'test': ['data/arc_easy/test.jsonl']}
-    """
-    names = expand_tasks(task_names)
-    if hub_endpoint is not None:
-        use_hub_mirror(hub_endpoint)
-    mirror = effective_hub_endpoint()
-    configs: dict[str, dict] = {}
-    problems: list[str] = []
-    if data_dir is not None:
-        data_dir = Path(data_dir).expanduser()
-        if not data_dir.is_dir():
-            raise MissingDataError(f"--data-dir {str(data_dir)!r} is not a folder")
-    for name in names:
-        entry = suite_entry(name)
-        if entry is None:
-            logger.debug("task %s is in no suite; it runs from its own lm-eval definition", name)
-            continue
-        if data_dir is None:
-            if entry.lm_eval_task != entry.task:
-                configs[name] = lm_eval_task_config(entry)
-            continue
-        builder, files, missing = find_data_files(entry, data_dir)
-        folder = data_dir / entry.data.dir
-        if missing:
-            if mirror and not _hub_offline():
-                logger.warning("no local data for %s in %s; loading it from the hub mirror %s", name, folder, mirror)
-                if entry.lm_eval_task != entry.task:
-                    configs[name] = lm_eval_task_config(entry)
-                continue
-            wanted = ", ".join(f"{entry.data.splits[s]}{{{','.join(DATA_FORMATS)}}}" for s in missing)
-            problems.append(f"  {name}: expected {wanted} (split(s) {', '.join(missing)}; columns "
-                            f"{', '.join(entry.data.columns) or 'as the public dataset'}) in {folder}")
-            continue
-        check_columns(entry, files)
-        configs[name] = _local_config(entry, builder, files, folder)
-    if problems:
-        raise MissingDataError(
-            "local data missing for {} task(s) (no hub mirror configured, so nothing is downloaded; "
-            "see docs/offline-data.md):\n{}".format(len(problems), "\n".join(problems))
-        )
-    return configs
-
-
 # ---------------------------------------------------------------- chance level inputs
 
-_RULE_BY_OUTPUT_TYPE = {"multiple_choice": "choices", "loglikelihood_rolling": "uniform_vocab",
-                        "loglikelihood": "zero", "generate_until": "zero"}
+_RULE_BY_OUTPUT_TYPE = {name: kind.chance for name, kind in OUTPUT_TYPES.items()}
 
 
 def chance_rule(task: str, output_type: str | None = None) -> tuple[str, float]:
@@ -795,54 +474,3 @@ def chance_level(task_result, vocab_size: int | None = None) -> float:
         raise ValueError(f"task {task_result.task!r}: chance rule 'uniform_vocab' needs vocab_size")
     return _chance.chance_perplexity(vocab_size)
 
-
-def hub_reachable(endpoint: str | None = None, timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (or the user's ``HF_ENDPOINT`` mirror) answers a TCP connect.
-
-    Offline switches (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``) answer False without
-    touching the network; otherwise one connection attempt with a short time-out, so a
-    closed network is found in seconds instead of after datasets' retries.
-
-    Example:
-        >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-        >>> hub_reachable()
-        False
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if _hub_offline():
-        return False
-    url = urlparse(effective_hub_endpoint(endpoint) or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def check_data_available(task_names: list[str], data_dir: str | Path | None) -> None:
-    """Refuse up front to run suite tasks that have no local data and no reachable hub.
-
-    With ``data_dir`` given, :func:`local_task_configs` checks the files. Without it,
-    suite tasks would download from the hub; if the hub (or mirror) cannot be reached
-    this raises a :class:`MissingDataError` naming each task and the files ``--data-dir``
-    would need, instead of failing later inside lm-eval.
-
-    Example:
-        >>> check_data_available(["toy_mc4"], None)  # not a suite task: nothing to check
-    """
-    if data_dir is not None:
-        return
-    entries = [e for e in (suite_entry(t) for t in expand_tasks(task_names)) if e is not None]
-    if not entries or hub_reachable():
-        return
-    needed = "; ".join(f"{e.task}: {', '.join(sorted(e.data.splits.values()))} file(s) in DATA_DIR/{e.data.dir}/"
-                       for e in entries[:6])
-    more = f" (and {len(entries) - 6} more tasks)" if len(entries) > 6 else ""
-    raise MissingDataError(
-        f"no local data given and the hub ({effective_hub_endpoint() or 'https://huggingface.co'}) cannot be "
-        f"reached; pass --data-dir DATA_DIR holding {needed}{more} (see docs/offline-data.md), or set "
-        "HF_ENDPOINT to a reachable mirror"
-    )

@@ -1,0 +1,397 @@
+"""quantsweep's lm-eval LM: each context computed once, perplexity in bounded memory.
+
+:class:`ContextCachedLM` is lm-eval's ``HFLM`` over a model already in memory, with
+two of its scoring loops replaced; lm-eval still owns prompts, tokenisation
+(``_encode_pair``), rolling windows, metrics and filters.
+
+* **Log-likelihood** (multiple choice, LAMBADA-style): requests are grouped by their
+  context tokens. The context (all but its last token) runs once, batched across
+  documents, keeping its KV cache; the cache is expanded along the batch to one row
+  per continuation, and the continuations (with the context's last token in front)
+  run from it, batched across continuations and documents. ``lm_head`` and the
+  log-softmax therefore only see the positions whose log-probability is needed.
+  lm-eval runs the whole context again for every multi-token option.
+* **Rolling log-likelihood** (perplexity): the decoder's hidden states are taken once
+  per window and ``lm_head`` + log-softmax run ``chunk_tokens`` target positions at a
+  time, gathering the targets. Memory is bounded by the chunk (chunk x vocab floats),
+  not by batch x window x vocab.
+
+Where the fast path cannot apply it falls back to lm-eval's own code, logging the
+reason once: a context that must be truncated from the left to fit ``max_length``, a
+model whose ``forward`` takes no ``past_key_values`` (or returns no reorderable cache),
+or a model whose logits are not ``lm_head(decoder hidden states)`` (logit scaling or
+soft-capping, found by a check on the first call).
+
+Example:
+    >>> lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8)  # doctest: +SKIP
+    >>> lm.loglikelihood(requests)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.models.huggingface import HFLM
+
+from quantsweep import device as devices
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_TOKENS = 256  # target positions per lm_head call: 256 x 150k vocab x 4 B = 150 MB
+MIN_SHARED_PREAMBLE = 16  # tokens: a shorter common prefix is not worth a separate forward
+MAX_AUTO_BATCH_SIZE = 64  # batch_size="auto" starts here and halves on out-of-memory
+
+_CACHE_KWARGS = ("cache", "past_key_values")
+Request = tuple[Any, list[int], list[int]]  # (cache key, context tokens, continuation tokens)
+
+
+class _NoReorderableCache(Exception):
+    """The model's forward returned no KV cache that can be expanded along the batch."""
+
+
+def model_positions(model) -> int | None:
+    """The number of positions a model was built for, from its config (None if it names none).
+
+    Example:
+        >>> model_positions(model)  # doctest: +SKIP
+        512
+    """
+    config = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_max_length(max_length, positions: int | None) -> None:
+    """Raise ValueError unless ``max_length`` is an integer >= 2 within the model's ``positions``.
+
+    Example:
+        >>> check_max_length(4096, 512)
+        Traceback (most recent call last):
+        ValueError: max_length 4096 exceeds the model's 512 positions
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+    if positions is not None and max_length > positions:
+        raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
+
+
+def check_batch_size(batch_size) -> None:
+    """Raise ValueError unless ``batch_size`` is an integer >= 1 or ``"auto"``.
+
+    Example:
+        >>> check_batch_size("auto")
+    """
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+
+
+class ContextCachedLM(HFLM):
+    """lm-eval ``HFLM`` that computes each context once and scores perplexity in bounded memory.
+
+    Args (besides ``HFLM``'s):
+        counter: optional :class:`quantsweep.eval.health.NonFiniteLogitCounter`; it sees
+            every generation batch so that NaN/Inf generation logits are counted.
+        chunk_tokens: target positions per ``lm_head`` call in rolling log-likelihood.
+        max_length: the window (tokens); default the model's positions. Above them is an error.
+        batch_size: documents per forward, or ``"auto"`` (start at 64, halve on out-of-memory;
+            every halving is recorded in :attr:`oom_halvings`).
+
+    Attributes:
+        rolling_target_counts: task name -> Counter of the token ids scored by rolling
+            log-likelihood (the targets of its windows), for the unigram chance level.
+        fallbacks: reason -> number of requests sent to lm-eval's own path.
+        oom_halvings: ``(from, to)`` batch sizes, one per out-of-memory halving.
+
+    Example:
+        >>> lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8)  # doctest: +SKIP
+    """
+
+    def __init__(self, *args, counter=None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                 max_length: int | None = None, batch_size: int | str = 32, **kwargs):
+        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
+        positions = model_positions(kwargs.get("pretrained", args[0] if args else None))
+        if max_length is not None:
+            check_max_length(max_length, positions)
+        check_batch_size(batch_size)
+        self._auto_batch = batch_size == "auto"
+        super().__init__(*args, max_length=max_length, batch_size=MAX_AUTO_BATCH_SIZE if self._auto_batch
+                         else batch_size, **kwargs)
+        self._counter = counter
+        self.chunk_tokens = chunk_tokens
+        self.rolling_target_counts: dict[str, Counter] = {}
+        self.fallbacks: Counter = Counter()
+        self.oom_halvings: list[tuple[int, int]] = []
+        self._cache_reason: str | None | bool = False  # False: not checked yet
+        self._head_reason: str | None | bool = False
+        self._positions = positions
+        self.default_max_length = int(self.max_length)
+
+    def use_max_length(self, max_length: int) -> None:
+        """Score later requests in windows of ``max_length`` tokens (at most the model's positions).
+
+        Example:
+            >>> lm.use_max_length(2048)  # doctest: +SKIP
+        """
+        check_max_length(max_length, self._positions)
+        self._max_length = max_length
+
+    # ------------------------------------------------------------ shared helpers
+
+    def _log_fallback(self, reason: str, count: int) -> None:
+        if reason not in self.fallbacks:
+            logger.warning("lm-eval's own scoring path used: %s", reason)
+        self.fallbacks[reason] += count
+
+    def _no_grad(self):
+        autocast = torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                  enabled=self.mixed_precision_dtype is not None)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(autocast)
+        return stack
+
+    def _batches(self, items: list, run) -> list:
+        """Run ``run(batch)`` over ``items`` in batches, halving the batch size on out-of-memory."""
+        out, start = [], 0
+        while start < len(items):
+            size = int(self.batch_size)
+            try:
+                out.extend(run(items[start:start + size]))
+            except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+                if size == 1 or not self._auto_batch or not devices.is_out_of_memory(error):
+                    raise
+                devices.empty_cache(self.device)
+                self.oom_halvings.append((size, size // 2))
+                logger.warning("out of memory at batch size %d; retrying at %d", size, size // 2)
+                self.batch_size_per_gpu = size // 2
+                continue
+            start += size
+        return out
+
+    def _cache_unsupported(self) -> str | None:
+        if self._cache_reason is False:
+            params = inspect.signature(self.model.forward).parameters
+            if self.backend != "causal":
+                self._cache_reason = f"backend {self.backend!r} is not a causal LM"
+            else:
+                # older transformers name the KV cache `past_key_values`, 5.2x names it `cache`
+                self._cache_kwarg = next((name for name in _CACHE_KWARGS if name in params), None)
+                self._cache_reason = None if self._cache_kwarg else (
+                    f"{type(self.model).__name__}.forward takes no past_key_values")
+        return self._cache_reason
+
+    def _keep_last_logits(self) -> dict:
+        # the prefix's logits are never used: ask for one position only where the model allows it
+        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+
+    # ------------------------------------------------------------ log-likelihood
+
+    def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
+                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+        if not requests:
+            return []
+        longest = max(len(cont) for _, _, cont in requests)
+        if longest > self.max_length:
+            raise ValueError(f"max_length {self.max_length} is below the longest continuation ({longest} tokens)")
+        reason = self._cache_unsupported()
+        if reason is not None:
+            self._log_fallback(reason, len(requests))
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        long_ids = [i for i, (_, ctx, cont) in enumerate(requests) if len(ctx) + len(cont) > self.max_length + 1]
+        if long_ids:
+            self._log_fallback(f"context needs left truncation to fit max_length {self.max_length}", len(long_ids))
+            for i, answer in zip(long_ids, super()._loglikelihood_tokens([requests[i] for i in long_ids], True)):
+                results[i] = answer
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, ctx, cont) in enumerate(requests):
+            if results[i] is None:
+                assert ctx and cont, "lm-eval gives every request a context and a continuation"
+                groups.setdefault(tuple(ctx), []).append(i)
+        # Longest contexts first (out-of-memory shows at once); a batch holds batch_size contexts
+        # (documents) and all their continuations.
+        ordered = sorted(groups.items(), key=lambda item: (-len(item[0]), item[0]))
+        with_prefix = [g for g in ordered if len(g[0]) > 1]
+        no_prefix = [g for g in ordered if len(g[0]) == 1]  # nothing to cache: a plain forward
+        try:
+            for subset, preamble in ((with_prefix, self._preamble([ctx for ctx, _ in with_prefix])), (no_prefix, None)):
+                order = [i for _, ids in subset for i in ids]
+                scored = self._batches(subset, lambda batch: self._score_from_cache(
+                    [(ctx, i) for ctx, ids in batch for i in ids], requests, preamble))
+                for i, answer in zip(order, scored, strict=True):
+                    results[i] = answer
+        except _NoReorderableCache as err:
+            self._cache_reason = str(err)
+            rest = [i for i, answer in enumerate(results) if answer is None]
+            self._log_fallback(self._cache_reason, len(rest))
+            for i, answer in zip(rest, super()._loglikelihood_tokens([requests[i] for i in rest], True)):
+                results[i] = answer
+        for i, answer in enumerate(results):
+            key = requests[i][0]
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+        return results
+
+    def _cached(self, out):
+        cache = next((getattr(out, name) for name in _CACHE_KWARGS if getattr(out, name, None) is not None), None)
+        if cache is None or not hasattr(cache, "reorder_cache"):
+            raise _NoReorderableCache(f"{type(self.model).__name__} returned no reorderable KV cache")
+        return cache
+
+    def _preamble(self, contexts: list[tuple[int, ...]]):
+        """The contexts' longest common token prefix (few-shot examples), run once: ``(length, cache)`` or None."""
+        shared = os.path.commonprefix([list(c[:-1]) for c in contexts]) if len(contexts) > 1 else []
+        if len(shared) < MIN_SHARED_PREAMBLE:
+            return None
+        logger.info("shared preamble of %d tokens computed once for %d contexts", len(shared), len(contexts))
+        with self._no_grad():
+            out = self.model(input_ids=torch.tensor([shared], device=self.device), use_cache=True,
+                             **self._keep_last_logits())
+        return len(shared), self._cached(out)
+
+    def _score_from_cache(self, units: list[tuple[tuple[int, ...], int]], requests: list[Request], preamble=None):
+        """Score one batch of (context, request index): each distinct context runs once.
+
+        ``preamble``: ``(length, cache)`` of a token prefix every context starts with; it is
+        expanded to the batch and only the rest of each context runs.
+        """
+        contexts = list(dict.fromkeys(ctx for ctx, _ in units))
+        row_of = {ctx: row for row, ctx in enumerate(contexts)}
+        device = self.device
+        shared, cache, mask_before = 0, None, None
+        if preamble is not None:
+            shared, cache = preamble[0], copy.deepcopy(preamble[1])
+            cache.reorder_cache(torch.zeros(len(contexts), dtype=torch.long, device=device))
+            mask_before = torch.ones(len(contexts), shared, dtype=torch.long)
+        rest_len = torch.tensor([len(c) - 1 - shared for c in contexts])
+        width = int(rest_len.max())
+        with self._no_grad():
+            if width > 0:
+                # right padding (repeating each row's last token): causal attention keeps every real
+                # position exact, and the padded slots are masked out for the continuations below
+                ids = torch.stack([torch.tensor(list(c[shared:-1]) + [c[-2]] * (width - int(n)))
+                                   for c, n in zip(contexts, rest_len)])
+                rest_mask = (torch.arange(width)[None, :] < rest_len[:, None]).long()
+                mask = rest_mask if mask_before is None else torch.cat([mask_before, rest_mask], dim=1)
+                kwargs = {} if cache is None else {
+                    self._cache_kwarg: cache, "position_ids": (shared + torch.arange(width, device=device)).expand(
+                        len(contexts), -1)}
+                out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                                 **kwargs, **self._keep_last_logits())
+                cache, mask_before = self._cached(out), mask
+            if cache is not None:
+                rows = torch.tensor([row_of[ctx] for ctx, _ in units], device=device)
+                cache.reorder_cache(rows)  # one cache row per continuation
+                mask_before = mask_before.to(device)[rows]
+            inputs = [[ctx[-1]] + requests[i][2][:-1] for ctx, i in units]
+            targets = [requests[i][2] for _, i in units]
+            cont_width = max(len(x) for x in inputs)
+            ids = torch.tensor([x + [x[-1]] * (cont_width - len(x)) for x in inputs], device=device)
+            cont_mask = torch.tensor([[1] * len(x) + [0] * (cont_width - len(x)) for x in inputs], device=device)
+            kwargs = {}
+            if cache is not None:
+                start = torch.tensor([len(ctx) - 1 for ctx, _ in units], device=device)  # position of ctx[-1]
+                kwargs = {self._cache_kwarg: cache, "attention_mask": torch.cat([mask_before, cont_mask], dim=1),
+                          "position_ids": start[:, None] + torch.arange(cont_width, device=device)[None, :]}
+            logits = self.model(input_ids=ids, use_cache=cache is not None, **kwargs).logits
+            logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        # every row at once; padded positions add exactly 0 and are always "greedy"
+        target_ids = torch.tensor([t + [0] * (cont_width - len(t)) for t in targets], device=device)
+        valid = cont_mask.bool()
+        picked = logprobs.gather(2, target_ids[..., None])[..., 0].masked_fill(~valid, 0.0)
+        greedy = ((logprobs.argmax(dim=-1) == target_ids) | ~valid).all(dim=-1)
+        return list(zip(picked.sum(dim=-1).tolist(), greedy.tolist()))
+
+    # ------------------------------------------------------------ rolling log-likelihood
+
+    def _decoder_and_head(self):
+        prefix = getattr(self.model, "base_model_prefix", "")
+        decoder = getattr(self.model, prefix, None) if prefix else None
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        return decoder, head
+
+    def _head_unsupported(self, probe: list[int]) -> str | None:
+        """Check once that the model's logits are ``lm_head(decoder(x))`` (no scaling, no soft-cap)."""
+        if self._head_reason is False:
+            decoder, head = self._decoder_and_head()
+            if self.backend != "causal" or decoder is None or head is None:
+                self._head_reason = f"{type(self.model).__name__} has no separable decoder and lm_head"
+            else:
+                ids = torch.tensor([probe[:8]], device=self.device)
+                with self._no_grad():
+                    full = self.model(input_ids=ids).logits
+                    split = head(decoder(input_ids=ids).last_hidden_state)
+                same = full.shape == split.shape and torch.allclose(full.float(), split.float(), rtol=1e-4,
+                                                                    atol=1e-4, equal_nan=True)
+                self._head_reason = None if same else \
+                    f"{type(self.model).__name__}'s logits are not lm_head(decoder hidden states)"
+        return self._head_reason
+
+    def _windows(self, text: str) -> list[tuple[list[int], list[int]]]:
+        # lm-eval's own windowing (HFLM.loglikelihood_rolling), so the scored tokens are identical
+        return list(map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
+            token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+            max_seq_len=self.max_length, context_len=1)))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        per_request = [self._windows(req.args[0]) for req in requests]
+        for req, windows in zip(requests, per_request):
+            counts = self.rolling_target_counts.setdefault(req.task_name or "", Counter())
+            for _, targets in windows:
+                counts.update(targets)
+        probe = next((ctx + cont for windows in per_request for ctx, cont in windows), None)
+        reason = "no windows" if probe is None else self._head_unsupported(probe)
+        if reason is not None:
+            if probe is not None:
+                self._log_fallback(reason, len(requests))
+            return super().loglikelihood_rolling(requests, disable_tqdm)
+        flat = [(r, window) for r, windows in enumerate(per_request) for window in windows]
+        totals = [0.0] * len(requests)
+        for (r, _), value in zip(flat, self._batches([w for _, w in flat], self._score_windows)):
+            totals[r] += value
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), total)
+        return totals
+
+    def _score_windows(self, windows: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Sum of target log-probabilities per window, lm_head applied chunk_tokens positions at a time."""
+        decoder, head = self._decoder_and_head()
+        device = self.device
+        inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in windows]
+        width = max(len(x) for x in inputs)
+        ids = torch.tensor([x + [x[-1]] * (width - len(x)) for x in inputs], device=device)
+        rows = torch.cat([torch.full((len(cont),), r) for r, (_, cont) in enumerate(windows)]).to(device)
+        cols = torch.cat([torch.arange(len(x) - len(cont), len(x)) for x, (_, cont) in zip(inputs, windows)]).to(device)
+        targets = torch.tensor([t for _, cont in windows for t in cont], device=device)
+        with self._no_grad():
+            # right padding needs no mask under causal attention (lm-eval passes none either)
+            hidden = decoder(input_ids=ids).last_hidden_state[rows, cols]  # [targets, hidden]
+            del ids
+            picked = torch.empty(len(targets), dtype=self.softmax_dtype or hidden.dtype, device=device)
+            for start in range(0, len(targets), self.chunk_tokens):
+                end = start + self.chunk_tokens
+                logprobs = F.log_softmax(head(hidden[start:end]), dim=-1, dtype=self.softmax_dtype)
+                picked[start:end] = logprobs.gather(1, targets[start:end, None])[:, 0]
+        sizes = [len(cont) for _, cont in windows]
+        return [float(part.sum()) for part in torch.split(picked, sizes)]
+
+    # ------------------------------------------------------------ generation
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        if self._counter is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        with self._counter.tracking(context.shape[0]):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
