@@ -78,6 +78,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="evaluate only the first N documents of each task (a fraction if < 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="scoring window in tokens (default: the suite's, e.g. 2048 for WikiText/C4, else the model's)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="documents per forward pass (default 32; halved on out-of-memory, down to 1)")
     parser.add_argument("--out", default=None,
@@ -136,10 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _limit(value: float | None):
+    import math
+
     if value is None:
         return None
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise UserError(f"--limit must be positive, got {value:g}")
+    if value >= 1 and value != int(value):
+        raise UserError(f"--limit above 1 must be a whole number of documents, got {value:g}")
     return int(value) if value >= 1 else value
 
 
@@ -159,6 +165,8 @@ def _check_run_numbers(args) -> None:
     """Refuse impossible numbers before any model loads."""
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if getattr(args, "max_length", None) is not None and args.max_length < 1:
+        raise UserError(f"--max-length must be a positive number of tokens, got {args.max_length}")
     if getattr(args, "num_fewshot", None) is not None and args.num_fewshot < 0:
         raise UserError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
     for name in ("calib_samples", "calib_seq_len"):
@@ -217,7 +225,8 @@ def _command_demo(args) -> int:
     _check_run_numbers(args)
     spec = RunSpec(model="toy", recipes=DEMO_RECIPES[1:], tasks=DEMO_TASKS, limit=_limit(args.limit),
                    device=args.device, dtype=args.dtype, batch_size=args.batch_size, out_dir=args.out,
-                   verdict_config=_verdict_config(args), retry_failed=args.retry_failed, force=args.force)
+                   verdict_config=_verdict_config(args), retry_failed=args.retry_failed, force=args.force,
+                   max_length=args.max_length)
     return _run(spec)
 
 
@@ -233,7 +242,7 @@ def _command_run(args) -> int:
         allow_code_execution=args.allow_code_execution, calibration_source=args.calib_source,
         calibration_samples=args.calib_samples, calibration_seq_len=args.calib_seq_len,
         calibration_seed=args.calib_seed, verdict_config=_verdict_config(args),
-        retry_failed=args.retry_failed, force=args.force,
+        retry_failed=args.retry_failed, force=args.force, max_length=args.max_length,
     )
     return _run(spec)
 

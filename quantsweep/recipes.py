@@ -353,6 +353,11 @@ def expand_recipes(names: list[str | RecipeConfig]) -> list[RecipeConfig]:
             if config.name not in seen:
                 seen.add(config.name)
                 resolved.append(config)
+            else:
+                earlier = next(r for r in resolved if r.name == config.name)
+                if earlier.to_dict() != config.to_dict():
+                    raise RecipeError(f"two different recipes are named {config.name!r}; rename one "
+                                      f"(they differ in {', '.join(k for k, v in config.to_dict().items() if earlier.to_dict().get(k) != v)})")
 
     for name in names:
         visit(name, ())

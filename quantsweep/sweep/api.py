@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from quantsweep.sweep.spec import load_spec, verdict_config
+from quantsweep.sweep.spec import absolute_paths, load_spec, verdict_config
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     from quantsweep.sweep.store import CellStore
 
     _check_backend(backend)
-    spec = load_spec(spec_or_path)
+    spec = absolute_paths(load_spec(spec_or_path))
+    out = Path(out).expanduser().resolve()  # a Ray worker starts in another folder than this driver
     verdicts = verdict_config(spec)
     made: list = []
 
@@ -107,11 +108,11 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     logger.info("%s", plan.describe())
     if on_plan is not None:
         on_plan(plan)
-    context = UnitContext.from_plan(plan, store.directory, force=force)
+    context = UnitContext.from_plan(plan, store.directory, force=force, retry_failed=retry_failed)
     bar = CellProgress(total=len(plan.to_run), skipped=len(plan.done) + len(plan.failed), enabled=progress)
     computed: list[dict[str, Any]] = []
 
-    judge = Judge(store, verdicts)
+    judge = Judge(store, verdicts, plan=plan)
 
     def judged_recipe(recipe_name, summaries):
         if on_recipe is not None and summaries:
@@ -120,6 +121,7 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     try:
         pending = list(plan.to_run)
         while pending:
+            before = len(pending)
             if backend == "local":
                 from quantsweep.sweep.local import run_local
 
@@ -130,6 +132,16 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
 
                 computed += run_ray(_replan(plan, pending), context, bar, address=address, on_cell=lambda _: judge.rebuild())
             pending = _wait_for_others(store, [c for c in pending if not is_stored(store, c.key, context)], context)
+            if pending and len(pending) >= before:  # a round that stored nothing would repeat forever
+                from quantsweep.sweep.cell import store_failed_cells
+                from quantsweep.sweep.plan import group_units
+
+                error = RuntimeError("the backend finished without storing this cell; is the store the same path on "
+                                     "every node (an absolute path on a shared filesystem)?")
+                for unit in group_units(pending):
+                    store_failed_cells(unit, context, [c.key for c in unit.cells], "running", error)
+                logger.error("%d cells were not stored by the %s backend; recorded as failed", len(pending), backend)
+                pending = []
     finally:
         bar.close()
     judge.rebuild()
@@ -142,16 +154,15 @@ def _replan(plan, cells):
 
 
 def is_stored(store, key: str, context) -> bool:
-    """Whether ``key`` is stored (done or failed) for this run; under --force, only files written since it began.
+    """Whether ``key`` needs nothing more in this run (see :func:`quantsweep.sweep.cell.is_settled`).
 
     Example:
         >>> is_stored(store, cell.key, context)  # doctest: +SKIP
         True
     """
-    if store.status(key) is None:
-        return False
-    before = context.recompute_before
-    return before is None or store.cell_path(key).stat().st_mtime >= before
+    from quantsweep.sweep.cell import is_settled
+
+    return is_settled(store, key, context)
 
 
 def _wait_for_others(store, missing, context) -> list:
@@ -240,5 +251,13 @@ def judge(directory, **thresholds) -> list[dict[str, Any]]:
     path = Path(directory)
     if not (path / "store.json").is_file():
         raise ValueError(f"{str(path)!r} is not a quantsweep store (no store.json there)")
-    config = build(VerdictConfig, thresholds, "verdict thresholds")
+    # start from the thresholds the store was last judged with (the sweep's own), then apply the new ones
+    previous = {}
+    results = path / "results.jsonl"
+    if results.is_file():
+        import json
+
+        first = next((line for line in results.read_text().splitlines() if line.strip()), None)
+        previous = (json.loads(first).get("verdict_config") or {}) if first else {}
+    config = build(VerdictConfig, {**previous, **thresholds}, "verdict thresholds")
     return rebuild_derived(CellStore(path), config)

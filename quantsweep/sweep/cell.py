@@ -56,10 +56,13 @@ class UnitContext:
     include_path: tuple = ()
     allow_code_execution: bool = False
     measure: bool = False
-    recompute_before: float | None = None  # --force: cells stored before this time (epoch s) are computed again
+    started_at: float = 0.0      # when the driver began this run (epoch s); cells written since are this run's
+    force: bool = False          # recompute cells stored before this run
+    retry_failed: bool = False   # compute cells stored as failed before this run again (else they are kept)
+    max_length: int | None = None
 
     @classmethod
-    def from_plan(cls, plan, store_dir, *, force: bool = False) -> UnitContext:
+    def from_plan(cls, plan, store_dir, *, force: bool = False, retry_failed: bool = False) -> UnitContext:
         """The context of a :class:`~quantsweep.sweep.plan.SweepPlan` writing into ``store_dir``.
 
         Example:
@@ -70,7 +73,8 @@ class UnitContext:
         return cls(store_dir=str(store_dir), task_configs=dict(plan.tasks.configs), limit=spec.limit,
                    num_fewshot=spec.num_fewshot, seed=spec.seed, batch_size=spec.batch_size,
                    include_path=tuple(spec.include_path), allow_code_execution=spec.allow_code_execution,
-                   measure=spec.measure, recompute_before=time.time() if force else None)
+                   measure=spec.measure, started_at=time.time(), force=force, retry_failed=retry_failed,
+                   max_length=spec.max_length)
 
 
 # ---------------------------------------------------------------------- serialisation
@@ -258,7 +262,7 @@ def run_unit(unit: WorkUnit, context: UnitContext, *, device: str | None = None,
     try:
         for recipe in unit.recipes:
             cells = [c for c in unit.cells if c.recipe.name == recipe.name]
-            claimed = _claim_cells(state, cells, context.recompute_before)
+            claimed = _claim_cells(state, cells)
             if not claimed:
                 continue
             summaries = []
@@ -276,10 +280,30 @@ def run_unit(unit: WorkUnit, context: UnitContext, *, device: str | None = None,
     return done
 
 
-def _is_finished(store, key: str, recompute_before: float | None) -> bool:
-    if store.status(key) != "done":
+def is_settled(store, key: str, context: UnitContext) -> bool:
+    """Whether a cell needs no computing in this run.
+
+    It is settled when it is stored and either it was written during this run
+    (``context.started_at`` or later), or it is a stored result the run keeps: a done
+    cell unless ``--force``, a failed cell unless ``--retry-failed`` or ``--force``.
+    So a cell that fails again during a retry is final for that run, never retried forever.
+
+    Example:
+        >>> is_settled(store, cell.key, context)  # doctest: +SKIP
+        True
+    """
+    status = store.status(key)
+    if status is None:
         return False
-    return recompute_before is None or store.cell_path(key).stat().st_mtime >= recompute_before
+    try:
+        written_now = store.cell_path(key).stat().st_mtime >= context.started_at
+    except FileNotFoundError:
+        return False
+    if written_now:
+        return True
+    if context.force:
+        return False
+    return status == "done" or not context.retry_failed
 
 
 def _store_killed(store, state, cell: CellPlan, deaths: int) -> None:
@@ -290,17 +314,17 @@ def _store_killed(store, state, cell: CellPlan, deaths: int) -> None:
     state.fail(cell, "evaluating", error, error_kind="killed", deaths=deaths)
 
 
-def _claim_cells(state, cells: list[CellPlan], recompute_before: float | None) -> dict[str, Any]:
+def _claim_cells(state, cells: list[CellPlan]) -> dict[str, Any]:
     store, unit_state = state.store, state
     claimed = {}
     for cell in cells:
-        if _is_finished(store, cell.key, recompute_before):
+        if is_settled(store, cell.key, state.context):
             continue
         claim = store.claim(cell.key)
         if claim is None:
             logger.info("cell %s is being computed by another worker; left to it", cell.key)
             continue
-        if _is_finished(store, cell.key, recompute_before):  # finished by another worker meanwhile
+        if is_settled(store, cell.key, state.context):  # finished by another worker meanwhile
             claim.release()
             continue
         if claim.attempts >= MAX_DEATHS:
@@ -446,7 +470,7 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
                                   batch_size=batch_size, num_fewshot=context.num_fewshot,
                                   include_path=list(context.include_path) or None,
                                   task_configs=overrides, allow_code_execution=context.allow_code_execution,
-                                  seed=context.seed)
+                                  seed=context.seed, max_length=context.max_length)
             break
         except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
             if not devices.is_out_of_memory(error):

@@ -97,7 +97,9 @@ def model_fingerprint(name_or_path: str | Path) -> str:
 
     path = resolve_model_path(name_or_path)
     files = [path / "config.json", *find_weight_files(path)]
-    index = [p for p in path.glob("*.index.json")]
+    # what else changes a result: the tokenizer, generation defaults, and remote code shipped as Python
+    index = [p for pattern in ("*.index.json", "tokenizer*", "special_tokens_map.json", "*.model", "vocab*",
+                               "merges.txt", "generation_config.json", "*.py") for p in path.glob(pattern) if p.is_file()]
     digest = hashlib.sha256()
     for file in sorted(set(files + index)):
         digest.update(file.name.encode() + b"\0" + file_digest(file).encode() + b"\0")
@@ -115,8 +117,18 @@ def text_fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _file_strings(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return {value} if len(value) < 4096 and Path(value).is_file() else set()
+    if isinstance(value, dict):
+        return set().union(*(_file_strings(v) for v in value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_file_strings(v) for v in value)) if value else set()
+    return set()
+
+
 def task_fingerprint(name: str, override: dict | None, include_path=None) -> str:
-    """A short hash of a task's configuration: its local override, or its YAML and helpers.
+    """A short hash of a task's configuration: its local override (with its data files' contents), or its YAML and helpers.
 
     For a task found by name the YAML file (and the Python helpers beside it, which
     ``!function`` entries load) is hashed, so editing a task changes its cells' keys.
@@ -126,7 +138,9 @@ def task_fingerprint(name: str, override: dict | None, include_path=None) -> str
         True
     """
     if override is not None:
-        return text_fingerprint("override", override)
+        # the override names local data files: their contents count, not only their paths
+        contents = sorted((path, file_digest(path)) for path in _file_strings(override))
+        return text_fingerprint("override", override, contents)
     from quantsweep.eval.harness import manager_for
 
     entry = manager_for([name], include_path).task_index.get(name, {})

@@ -126,9 +126,12 @@ class Judge:
         >>> judge.rebuild()  # doctest: +SKIP
     """
 
-    def __init__(self, store, verdict_config):
+    def __init__(self, store, verdict_config, plan=None):
         self.store, self.verdict_config = store, verdict_config
         self._cache: dict[str, tuple[tuple, list[dict[str, Any]]]] = {}
+        # The current sweep decides which cell is its baseline and what its model and recipe are
+        # called; stored cells keep what the sweep that wrote them said, for cells outside the plan.
+        self._plan_cells = {cell.key: cell for cell in plan.cells} if plan is not None else {}
 
     def _mtime(self, key: str | None) -> float | None:
         if not key:
@@ -158,6 +161,10 @@ class Judge:
             cell = self.store.read_cell(key)
             if cell is None:
                 continue
+            planned = self._plan_cells.get(key)
+            if planned is not None:
+                cell = {**cell, "is_baseline": planned.is_baseline, "baseline_key": planned.baseline_key,
+                        "model": planned.model.name, "recipe": planned.recipe.name}
             baseline_key = None if cell.get("is_baseline") else cell.get("baseline_key")
             baseline = self.store.read_cell(baseline_key) if baseline_key else None
             records = judge_cell(cell, baseline, self.verdict_config)
@@ -168,10 +175,16 @@ class Judge:
     def rebuild(self) -> list[dict[str, Any]]:
         """Rewrite ``results.jsonl`` and ``summary.json`` from every stored cell; returns the records.
 
+        A lock file serialises rebuilds, so two writers cannot leave an older list last.
+
         Example:
             >>> records = judge.rebuild()  # doctest: +SKIP
         """
-        return _write_derived(self.store, self.records())
+        import fcntl
+
+        with open(self.store.directory / ".derived.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _write_derived(self.store, self.records())
 
 
 def judge_cells(store, verdict_config, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:

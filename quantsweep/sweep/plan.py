@@ -170,7 +170,14 @@ def resolve_tasks(spec: SweepSpec) -> TaskSetup:
     configs = local_task_configs(names, spec.data_dir)
     include = list(spec.include_path) or None
     check_tasks([t for t in names if t not in configs], include)
-    fingerprints = {name: task_fingerprint(name, configs.get(name), include) for name in names}
+    from quantsweep.eval.suites import suite_entry
+
+    def suite_part(name):
+        entry = suite_entry(name)
+        return entry.to_dict() if entry is not None else None
+
+    fingerprints = {name: text_fingerprint(task_fingerprint(name, configs.get(name), include), suite_part(name))
+                    for name in names}
     return TaskSetup(names=tuple(names), configs=configs, fingerprints=fingerprints)
 
 
@@ -257,14 +264,16 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
         check_shapes(model, recipes)
         fingerprint = model_fingerprint(model.path)
         kind = device_kind_of(model)
-        identity = (fingerprint, _dtype_name(model, kind), kind, model.trust_remote_code)
+        identity = (fingerprint, _dtype_name(model, kind), kind, model.trust_remote_code,
+                    text_fingerprint(model.calibration.to_dict()))
         if identity in seen_models:
             raise ValueError(f"models {seen_models[identity]!r} and {model.name!r} are the same checkpoint with the "
-                             "same dtype and device type, so their cells would be the same; keep one")
+                             "same dtype, device type and calibration, so their cells would be the same; keep one")
         seen_models[identity] = model.name
         shared = {"model": fingerprint, "dtype": _dtype_name(model, kind), "device_type": kind,
                   "trust_remote_code": model.trust_remote_code, "limit": spec.limit,
-                  "num_fewshot": spec.num_fewshot, "seed": spec.seed, "versions": versions}
+                  "num_fewshot": spec.num_fewshot, "seed": spec.seed, "max_length": spec.max_length,
+                  "versions": versions}
         calibration = _calibration_fields(model)
         for task in tasks.names:
             task_fields = {"task": task, "task_config": tasks.fingerprints[task]}

@@ -59,6 +59,7 @@ class RunSpec:
     retry_failed: bool = False
     force: bool = False
     measure: bool = False
+    max_length: int | None = None
 
     def to_sweep_spec(self) -> SweepSpec:
         """The one-model sweep this run is.
@@ -83,7 +84,7 @@ class RunSpec:
                          limit=self.limit, num_fewshot=self.num_fewshot, seed=self.seed, batch_size=self.batch_size,
                          data_dir=str(self.data_dir) if self.data_dir is not None else None,
                          include_path=tuple(str(p) for p in include), allow_code_execution=self.allow_code_execution,
-                         verdict=verdict, measure=self.measure)
+                         verdict=verdict, measure=self.measure, max_length=self.max_length)
 
 
 @dataclass

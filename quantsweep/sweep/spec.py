@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,8 @@ class SweepSpec:
         allow_code_execution: let code tasks run model-written code.
         verdict: verdict thresholds (:class:`quantsweep.eval.verdicts.VerdictConfig` fields).
         measure: also measure prefill/decode speed of each recipe (a separate timing step).
+        max_length: the scoring window in tokens (default: the suite's, e.g. 2048 for
+            WikiText and C4, else the model's positions).
 
     Example:
         >>> SweepSpec(models=(ModelSpec(path="toy"),), recipes=("w4-rtn",), tasks=("toy_mc4",)).baseline
@@ -159,8 +162,16 @@ class SweepSpec:
     allow_code_execution: bool = False
     verdict: dict[str, Any] = field(default_factory=dict)
     measure: bool = False
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
+        from quantsweep.recipes import RecipeConfig
+
+        if not isinstance(self.baseline, (str, RecipeConfig)) or not self.baseline:
+            raise SpecError(f"baseline must be one recipe name or YAML path, got {self.baseline!r}")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 1):
+            raise SpecError(f"max_length must be a positive number of tokens, got {self.max_length!r}")
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "recipes", tuple(self.recipes))
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -176,7 +187,7 @@ class SweepSpec:
             raise SpecError("a sweep needs at least one task under 'tasks'")
         check_batch_size(self.batch_size)
         check_num_fewshot(self.num_fewshot)
-        check_limit(self.limit)
+        object.__setattr__(self, "limit", check_limit(self.limit))
         verdict_config(self)  # thresholds checked now, not after the first model loaded
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,7 +256,7 @@ def check_limit(value):
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise SpecError(f"limit must be positive (documents, or a fraction below 1), got {value!r}")
     if isinstance(value, float) and value >= 1:
         if value != int(value):
@@ -325,6 +336,34 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
 
 def _raise(error: Exception):
     raise error
+
+
+def absolute_paths(spec: SweepSpec, base: str | Path | None = None) -> SweepSpec:
+    """The spec with every path made absolute (relative to ``base``, default the current folder).
+
+    Ray workers start in another folder than the driver, so only absolute paths mean the
+    same on every node: model paths (``toy`` aside), ``data_dir``, ``include_path`` and
+    local calibration files.
+
+    Example:
+        >>> absolute_paths(spec_from_dict({"models": ["./m"], "tasks": ["t"]}), "/data").models[0].path
+        '/data/m'
+    """
+    root = Path(base) if base is not None else Path.cwd()
+
+    def absolute(path):
+        return str((root / Path(path).expanduser()).resolve()) if path else path
+
+    def calibration(spec_c: CalibrationSpec) -> CalibrationSpec:
+        source = spec_c.source
+        if source and (Path(source).suffix in (".txt", ".jsonl") or "/" in source):
+            return dataclasses.replace(spec_c, source=absolute(source))
+        return spec_c
+
+    models = tuple(dataclasses.replace(m, path=m.path if m.path == "toy" else absolute(m.path),
+                                       calibration=calibration(m.calibration)) for m in spec.models)
+    return dataclasses.replace(spec, models=models, data_dir=absolute(spec.data_dir),
+                               include_path=tuple(absolute(p) for p in spec.include_path))
 
 
 def load_spec(spec_or_path: Any) -> SweepSpec:

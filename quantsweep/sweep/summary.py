@@ -16,12 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-FALLBACK_FAMILIES = {
-    "multiple_choice": "multiple_choice",
-    "loglikelihood_rolling": "language_modelling",
-    "loglikelihood": "language_modelling",
-    "generate_until": "generation",
-}
 
 
 def task_family(task: str, output_type: str | None = None) -> str:
@@ -36,7 +30,10 @@ def task_family(task: str, output_type: str | None = None) -> str:
     entry = suite_entry(task)
     if entry is not None:
         return entry.family
-    return FALLBACK_FAMILIES.get(output_type or "", "other")
+    from quantsweep.eval.tasks import OUTPUT_TYPES
+
+    kind = OUTPUT_TYPES.get(output_type or "")
+    return kind.family if kind is not None else "other"
 
 
 def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:

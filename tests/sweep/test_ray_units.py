@@ -112,18 +112,24 @@ def test_cli_address_with_no_cluster_exits_2_within_seconds(tmp_path):
     assert elapsed < 60  # imports included; the probe itself takes at most PROBE_TIMEOUT_S
 
 
-def test_a_cell_failed_again_under_force_counts_as_stored(tmp_path):
-    """--force with a failing recipe: the new failed file ends the wait (no endless recomputing)."""
+def test_a_cell_failed_again_under_force_or_retry_counts_as_stored(tmp_path):
+    """--force / --retry-failed with a failing recipe: the new failed file ends the wait (no endless recomputing)."""
     from quantsweep.sweep.api import is_stored
     from quantsweep.sweep.store import CellStore
 
     store = CellStore(tmp_path)
     store.write_cell({"key": "k", "status": "failed", "error": "ValueError: bad recipe"})
     written = store.cell_path("k").stat().st_mtime
-    assert is_stored(store, "k", SimpleNamespace(recompute_before=None))
-    assert not is_stored(store, "k", SimpleNamespace(recompute_before=written + 10))  # stored before this --force run
-    assert is_stored(store, "k", SimpleNamespace(recompute_before=written - 10))      # failed again during it
-    assert not is_stored(store, "absent", SimpleNamespace(recompute_before=None))
+
+    def context(started_at, force=False, retry_failed=False):
+        return SimpleNamespace(started_at=started_at, force=force, retry_failed=retry_failed)
+
+    assert is_stored(store, "k", context(written + 10))                          # kept as a finding
+    assert not is_stored(store, "k", context(written + 10, force=True))          # stored before this --force run
+    assert not is_stored(store, "k", context(written + 10, retry_failed=True))   # stored before this retry
+    assert is_stored(store, "k", context(written - 10, force=True))              # failed again during it
+    assert is_stored(store, "k", context(written - 10, retry_failed=True))
+    assert not is_stored(store, "absent", context(0.0))
 
 
 def test_cli_backend_ray_without_ray_exits_2_naming_the_extra(monkeypatch, tmp_path, capsys):

@@ -198,3 +198,47 @@ def test_many_models_per_spec_each_loaded_once_and_judged_against_its_own_baseli
     spec["models"][1]["dtype"] = "float32"
     with pytest.raises(ValueError, match="are the same checkpoint with the same dtype"):
         run_sweep(spec, tmp_path, progress=False)
+
+
+def test_the_current_spec_decides_the_baseline_and_the_labels(tmp_path):
+    """A second sweep with another baseline (and a renamed model) judges stored cells by its own plan."""
+    from quantsweep.sweep.api import run_sweep
+
+    run_toy_sweep(tmp_path, recipes=["w8-rtn"], tasks=["toy_mc4"])
+    spec = {"models": [{"name": "toy-renamed", "path": "toy", "device": "cpu"}], "baseline": "w8-rtn",
+            "recipes": ["w4-rtn", "fp"], "tasks": ["toy_mc4"], "limit": 60}
+    result = run_sweep(spec, tmp_path, progress=False)
+    rows = {r["recipe"]: r for r in result.records if r["primary"]}
+    assert rows["w8-rtn"]["verdict"] == "baseline"
+    assert rows["fp"]["verdict"] != "baseline" and rows["fp"]["delta"] is not None  # fp judged against w8
+    assert {r["model"] for r in result.records} == {"toy-renamed"}
+
+
+def test_judge_keeps_the_sweeps_own_thresholds(tmp_path):
+    import quantsweep
+    from quantsweep.sweep.api import run_sweep
+
+    spec = {"models": [{"path": "toy", "device": "cpu"}], "recipes": [], "tasks": ["toy_mc4"], "limit": 30,
+            "verdict": {"accuracy_tolerance": 0.02}}
+    run_sweep(spec, tmp_path, progress=False)
+    records = quantsweep.judge(tmp_path, alpha=0.01)
+    assert {(r["verdict_config"]["alpha"], r["verdict_config"]["accuracy_tolerance"]) for r in records} == {(0.01, 0.02)}
+
+
+def test_two_different_recipes_with_one_name_are_refused(tmp_path):
+    from quantsweep.recipes import RecipeError, get_recipe
+
+    other = type(get_recipe("w4-rtn"))(**{**get_recipe("w4-rtn").to_dict(), "group_size": 32})
+    with pytest.raises(RecipeError, match="two different recipes are named 'w4-rtn'.*group_size"):
+        run_toy_sweep(tmp_path, recipes=["w4-rtn", other])
+
+
+def test_relative_paths_are_made_absolute_for_every_worker(tmp_path, monkeypatch):
+    from quantsweep.sweep.api import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    result = run_sweep({"models": [{"path": "toy", "device": "cpu"}], "recipes": [], "tasks": ["toy_mc4"],
+                        "limit": 20}, "relative-store", progress=False)
+    assert result.out == tmp_path / "relative-store" and result.out.is_absolute()
+    cell = json.loads(next((tmp_path / "relative-store" / "cells").glob("*.json")).read_text())
+    assert cell["status"] == "done"
