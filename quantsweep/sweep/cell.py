@@ -221,6 +221,8 @@ def cell_summary(record: dict[str, Any]) -> dict[str, Any]:
 def store_failed_cells(unit: WorkUnit, context: UnitContext, keys, stage: str, error: BaseException) -> None:
     """Store the given cells of ``unit`` as failed with ``error`` (for a unit that died outside any cell).
 
+    Each cell is claimed first and skipped if another process holds it or stored it meanwhile.
+
     Example:
         >>> store_failed_cells(unit, context, [cell.key], "running on Ray", error)  # doctest: +SKIP
     """
@@ -228,8 +230,16 @@ def store_failed_cells(unit: WorkUnit, context: UnitContext, keys, stage: str, e
     state.ran_on = {"host": None, "pid": None, "device": None}
     wanted = set(keys)
     for cell in unit.cells:
-        if cell.key in wanted:
-            state.fail(cell, stage, error)
+        if cell.key not in wanted:
+            continue
+        claim = state.store.claim(cell.key)  # never overwrite a cell another process is finishing
+        if claim is None:
+            continue
+        try:
+            if not is_settled(state.store, cell.key, context):
+                state.fail(cell, stage, error)
+        finally:
+            claim.release()
 
 
 def run_unit(unit: WorkUnit, context: UnitContext, *, device: str | None = None,
