@@ -179,3 +179,76 @@ def unigram_cross_entropy(token_counts) -> float:
         raise ValueError("token_counts must hold non-negative counts with a positive total")
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+# ---------------------------------------------------------------- chance rules of tasks
+
+
+
+def chance_rule(task: str, output_type: str | None = None) -> tuple[str, float]:
+    """The chance rule and floor for a task: its suite entry's, else inferred from lm-eval's output type.
+
+    Tasks outside any suite: multiple choice -> ``choices``; rolling log-likelihood
+    (perplexity) -> ``uniform_vocab``; generation and single-continuation
+    log-likelihood (scored by exact match) -> ``zero``.
+
+    Returns:
+        ``(rule, floor)``; the floor only matters for ``zero``.
+
+    Raises:
+        ValueError: the task is in no suite and its output type is unknown.
+
+    Example:
+        >>> chance_rule("hellaswag")
+        ('choices', 0.0)
+        >>> chance_rule("toy_ppl", "loglikelihood_rolling")
+        ('uniform_vocab', 0.0)
+    """
+    from quantsweep.eval.suites import suite_entry
+    from quantsweep.eval.tasks import OUTPUT_TYPES
+
+    rules = {name: kind.chance for name, kind in OUTPUT_TYPES.items()}
+    entry = suite_entry(task)
+    if entry is not None:
+        return entry.chance, float(entry.chance_floor)
+    if output_type not in rules:
+        raise ValueError(f"task {task!r} is in no suite and its output type {output_type!r} has no chance rule; "
+                         f"known output types: {', '.join(rules)}")
+    return rules[output_type], 0.0
+
+
+def chance_level(task_result, vocab_size: int | None = None) -> float:
+    """Chance level of one evaluated task, in the units of its verdict metric, computed from its samples.
+
+    * ``choices``: mean over the evaluated samples of 1 / (their number of choices),
+      from ``SampleOutcome.n_choices`` (never hard-coded).
+    * ``zero``: the entry's documented floor (0 by default).
+    * ``uniform_vocab``: the perplexity per token of the uniform distribution, ``V``
+      (cross-entropy ``log V`` nats). Pass ``vocab_size`` = the size of the model's
+      output distribution (its logits' last dimension, e.g. ``model.config.vocab_size``),
+      which may exceed ``len(tokenizer)`` when the embedding table is padded.
+
+    Args:
+        task_result: a :class:`quantsweep.eval.harness.TaskResult`.
+        vocab_size: needed for ``uniform_vocab`` only.
+
+    Example:
+        >>> from quantsweep.eval.harness import TaskResult, SampleOutcome
+        >>> result = TaskResult("arc_easy", "multiple_choice", {}, [SampleOutcome(0, {}, n_choices=4),
+        ...     SampleOutcome(1, {}, n_choices=5)], 0, 0)
+        >>> chance_level(result)
+        0.225
+    """
+    rule, floor = chance_rule(task_result.task, task_result.output_type)
+    if rule == "choices":
+        counts = [sample.n_choices for sample in task_result.samples]
+        if not counts or any(count is None for count in counts):
+            raise ValueError(f"task {task_result.task!r}: chance rule 'choices' needs every sample's n_choices "
+                             f"(output type {task_result.output_type!r})")
+        return multiple_choice_chance(counts)
+    if rule == "zero":
+        return exact_match_chance(floor)
+    if vocab_size is None:
+        raise ValueError(f"task {task_result.task!r}: chance rule 'uniform_vocab' needs vocab_size")
+    return chance_perplexity(vocab_size)
+

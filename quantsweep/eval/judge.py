@@ -74,9 +74,7 @@ def _scores(samples, metric: str) -> list:
 
 def _chance(task) -> float:
     """Chance level from the task's suite entry (or output type) and its samples."""
-    from quantsweep.eval.suites import chance_level
-
-    return chance_level(task)
+    return chance_levels.chance_level(task)
 
 
 def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: VerdictConfig | None = None,

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from quantsweep.eval.tasks import OUTPUT_TYPES, TASKS_DIR, TaskNotFoundError, task_config, task_yaml
+from quantsweep.eval.tasks import TASKS_DIR, TaskNotFoundError, task_config, task_yaml
 
 SUITES_DIR = TASKS_DIR / "suites"
 FAMILIES = ("language_modelling", "commonsense_reasoning", "knowledge", "math", "code")
@@ -42,6 +42,7 @@ _MOVED = {name: "quantsweep.eval.offline" for name in (
     "MissingDataError", "DATA_FORMATS", "DEFAULT_CODE_TIMEOUT_S", "check_code_execution", "check_data_available",
     "local_task_configs", "find_data_files", "check_columns")}
 _MOVED.update({name: "quantsweep.hub" for name in ("effective_hub_endpoint", "use_hub_mirror", "hub_reachable")})
+_MOVED.update({name: "quantsweep.eval.chance" for name in ("chance_rule", "chance_level")})
 
 
 def __getattr__(name: str):
@@ -402,75 +403,3 @@ def lm_eval_task_config(entry: SuiteEntry) -> dict:
     config["task"] = entry.task
     config["num_fewshot"] = entry.num_fewshot
     return config
-
-
-# ---------------------------------------------------------------- chance level inputs
-
-_RULE_BY_OUTPUT_TYPE = {name: kind.chance for name, kind in OUTPUT_TYPES.items()}
-
-
-def chance_rule(task: str, output_type: str | None = None) -> tuple[str, float]:
-    """The chance rule and floor for a task: its suite entry's, else inferred from lm-eval's output type.
-
-    Tasks outside any suite: multiple choice -> ``choices``; rolling log-likelihood
-    (perplexity) -> ``uniform_vocab``; generation and single-continuation
-    log-likelihood (scored by exact match) -> ``zero``.
-
-    Returns:
-        ``(rule, floor)``; the floor only matters for ``zero``.
-
-    Raises:
-        ValueError: the task is in no suite and its output type is unknown.
-
-    Example:
-        >>> chance_rule("hellaswag")
-        ('choices', 0.0)
-        >>> chance_rule("toy_ppl", "loglikelihood_rolling")
-        ('uniform_vocab', 0.0)
-    """
-    entry = suite_entry(task)
-    if entry is not None:
-        return entry.chance, float(entry.chance_floor)
-    if output_type not in _RULE_BY_OUTPUT_TYPE:
-        raise ValueError(f"task {task!r} is in no suite and its output type {output_type!r} has no chance rule; "
-                         f"known output types: {', '.join(_RULE_BY_OUTPUT_TYPE)}")
-    return _RULE_BY_OUTPUT_TYPE[output_type], 0.0
-
-
-def chance_level(task_result, vocab_size: int | None = None) -> float:
-    """Chance level of one evaluated task, in the units of its verdict metric, computed from its samples.
-
-    * ``choices``: mean over the evaluated samples of 1 / (their number of choices),
-      from ``SampleOutcome.n_choices`` (never hard-coded).
-    * ``zero``: the entry's documented floor (0 by default).
-    * ``uniform_vocab``: the perplexity per token of the uniform distribution, ``V``
-      (cross-entropy ``log V`` nats). Pass ``vocab_size`` = the size of the model's
-      output distribution (its logits' last dimension, e.g. ``model.config.vocab_size``),
-      which may exceed ``len(tokenizer)`` when the embedding table is padded.
-
-    Args:
-        task_result: a :class:`quantsweep.eval.harness.TaskResult`.
-        vocab_size: needed for ``uniform_vocab`` only.
-
-    Example:
-        >>> from quantsweep.eval.harness import TaskResult, SampleOutcome
-        >>> result = TaskResult("arc_easy", "multiple_choice", {}, [SampleOutcome(0, {}, n_choices=4),
-        ...     SampleOutcome(1, {}, n_choices=5)], 0, 0)
-        >>> chance_level(result)
-        0.225
-    """
-    from quantsweep.eval import chance as _chance
-
-    rule, floor = chance_rule(task_result.task, task_result.output_type)
-    if rule == "choices":
-        counts = [sample.n_choices for sample in task_result.samples]
-        if not counts or any(count is None for count in counts):
-            raise ValueError(f"task {task_result.task!r}: chance rule 'choices' needs every sample's n_choices "
-                             f"(output type {task_result.output_type!r})")
-        return _chance.multiple_choice_chance(counts)
-    if rule == "zero":
-        return _chance.exact_match_chance(floor)
-    if vocab_size is None:
-        raise ValueError(f"task {task_result.task!r}: chance rule 'uniform_vocab' needs vocab_size")
-    return _chance.chance_perplexity(vocab_size)
-
