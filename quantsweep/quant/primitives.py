@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 
 _EPS = 1e-12
+_FP16_TINY = 2.0**-24   # the smallest positive float16 (a subnormal)
+_FP16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -85,26 +87,40 @@ def compute_qparams(
     group_size: int | None = None,
     symmetric: bool = True,
     layer_name: str = "<tensor>",
+    *,
+    storable_scales: bool = True,
 ) -> QuantParams:
     """Min-max scale and zero point for each group of a 2-D weight.
 
+    Weight scales are rounded to float16 (``storable_scales``), the dtype checkpoint formats
+    store them in (GPTQ's ``scales``): the weights a recipe evaluates are then exactly the
+    weights its exported checkpoint decodes to. The rounding moves a scale by at most a
+    relative 2^-11. Activation scales (computed on the fly, never stored) are not rounded.
+
     Example:
         >>> p = compute_qparams(torch.tensor([[-1.0, 0.5, 2.0, 1.0]]), bits=4)
-        >>> round(float(p.scale.flatten()[0]), 4)  # 2.0 / 7
-        0.2857
+        >>> round(float(p.scale.flatten()[0]), 4)  # 2.0 / 7, rounded to float16
+        0.2856
     """
     _check_bits(bits)
     groups = _grouped(weight, group_size, layer_name).float()
     if symmetric:
         absmax = groups.abs().amax(dim=-1, keepdim=True)
         scale = (absmax / (2 ** (bits - 1) - 1)).clamp_min(_EPS)
+        scale = _storable(scale) if storable_scales else scale
         zero = torch.zeros_like(scale)
     else:
         wmin = groups.amin(dim=-1, keepdim=True).clamp_max(0)
         wmax = groups.amax(dim=-1, keepdim=True).clamp_min(0)
         scale = ((wmax - wmin) / (2**bits - 1)).clamp_min(_EPS)
+        scale = _storable(scale) if storable_scales else scale
         zero = torch.round(-wmin / scale)
     return QuantParams(scale=scale, zero=zero, bits=bits, symmetric=symmetric)
+
+
+def _storable(scale: torch.Tensor) -> torch.Tensor:
+    """Scales as float16 holds them (kept in float32): what a GPTQ checkpoint stores."""
+    return scale.clamp(_FP16_TINY, _FP16_MAX).to(torch.float16).to(torch.float32)
 
 
 def quantize_to_int(weight: torch.Tensor, params: QuantParams, group_size: int | None = None) -> torch.Tensor:
@@ -195,6 +211,6 @@ def fake_quantize_activation(x: torch.Tensor, bits: int, symmetric: bool = True)
     _check_bits(bits)
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
-    params = compute_qparams(flat, bits, None, symmetric)
+    params = compute_qparams(flat, bits, None, symmetric, storable_scales=False)
     codes = quantize_to_int(flat, params, None)
     return dequantize(codes, params, flat.shape).reshape(shape).to(x.dtype)

@@ -29,6 +29,7 @@ def minmax_asym(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Te
     lo = values.min(dim=1).values.clamp(max=0)
     hi = values.max(dim=1).values.clamp(min=0)
     scale = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
+    scale = scale.clamp(2.0**-24, 65504.0).half().float()  # weight scales are stored as float16
     return scale, torch.round(-lo / scale)
 
 

@@ -6,6 +6,11 @@ import torch
 from quantsweep.quant import binarize, check_group_size, compute_qparams, fake_quantize, fake_quantize_activation
 
 
+def fp16(scale: float) -> float:
+    """Weight scales are stored as float16 (what a GPTQ checkpoint holds)."""
+    return float(torch.tensor(scale).clamp(2.0**-24, 65504.0).half().float())
+
+
 def reference_fake_quantize(weight, bits, group_size, symmetric):
     """Element-by-group loop written independently of the library."""
     out = torch.empty_like(weight)
@@ -16,12 +21,12 @@ def reference_fake_quantize(weight, bits, group_size, symmetric):
             block = weight[r, g:g + size].double()
             if symmetric:
                 qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
-                scale = max(block.abs().max().item() / qmax, 1e-12)
+                scale = fp16(max(block.abs().max().item() / qmax, 1e-12))
                 q = torch.clamp(torch.round(block / scale), qmin, qmax)
                 out[r, g:g + size] = (q * scale).to(weight.dtype)
             else:
                 lo, hi = min(block.min().item(), 0.0), max(block.max().item(), 0.0)
-                scale = max((hi - lo) / (2 ** bits - 1), 1e-12)
+                scale = fp16(max((hi - lo) / (2 ** bits - 1), 1e-12))
                 zero = round(-lo / scale)
                 q = torch.clamp(torch.round(block / scale) + zero, 0, 2 ** bits - 1)
                 out[r, g:g + size] = ((q - zero) * scale).to(weight.dtype)
