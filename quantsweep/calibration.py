@@ -55,7 +55,6 @@ LOCAL_SUFFIXES = (".txt", ".jsonl")
 NAMED_SOURCES = ("toy",) + tuple(HF_SOURCES)
 
 # The probe of the Hub: one TCP connect with this timeout (seconds).
-_PROBE_TIMEOUT_S = 3.0
 # Cap on the characters taken from a Hugging Face dataset before tokenizing: enough for
 # 128 x 2048 tokens many times over, and it keeps tokenizing C4 or the Pile quick.
 _HF_MAX_CHARS = 20_000_000
@@ -188,6 +187,19 @@ def _tokenize(text: str, tokenizer) -> torch.Tensor:
     return torch.as_tensor(ids, dtype=torch.long).flatten()
 
 
+def require_calibration_source(recipes: list[str], source: str | None, where: str = "") -> None:
+    """Refuse calibrated recipes without a calibration source, or with an unknown one, before loading.
+
+    Example:
+        >>> require_calibration_source(["w4-gptq"], "toy")
+    """
+    if not source:
+        raise ValueError(f"{where}recipes {', '.join(recipes)} need calibration data; pass --calib-source "
+                         "(or calibration.source in a sweep spec): a .txt/.jsonl file, or wikitext2/c4/pile when "
+                         "the hub is reachable")
+    check_calibration_source(source)
+
+
 def check_calibration_source(source: str) -> None:
     """Refuse an unknown calibration source or a missing file, before any model loads.
 
@@ -208,17 +220,8 @@ def check_calibration_source(source: str) -> None:
 
 
 def _read_source(source: str) -> str:
-    if source in HF_SOURCES:
-        return _hf_text(source)
-    path = Path(source)
-    if path.suffix in LOCAL_SUFFIXES:
-        if not path.is_file():
-            raise ValueError(f"calibration file {source!r} does not exist")
-        return _read_local(path)
-    raise ValueError(
-        f"unknown calibration source {source!r}; use one of {', '.join(NAMED_SOURCES)} "
-        f"or a path to a local {' / '.join(LOCAL_SUFFIXES)} file"
-    )
+    check_calibration_source(source)
+    return _hf_text(source) if source in HF_SOURCES else _read_local(Path(source))
 
 
 # The toy corpus is generated, so we draw texts until the windows barely overlap.
@@ -263,18 +266,6 @@ def _offline_hint(source: str, reason: str) -> str:
     )
 
 
-def hub_reachable(timeout_s: float = _PROBE_TIMEOUT_S) -> bool:
-    """Whether the Hugging Face Hub answers within ``timeout_s`` seconds (:func:`quantsweep.hub.hub_reachable`).
-
-    Example:
-        >>> isinstance(hub_reachable(0.01), bool)
-        True
-    """
-    from quantsweep.hub import hub_reachable as probe
-
-    return probe(timeout_s=timeout_s)
-
-
 def _hf_text(source: str) -> str:
     try:
         import datasets
@@ -284,6 +275,8 @@ def _hf_text(source: str) -> str:
     import huggingface_hub.constants as hub_constants
 
     saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
+    from quantsweep.hub import hub_reachable
+
     if not hub_reachable():
         # Only the local cache can answer; tell datasets and the hub client so they
         # fail fast instead of retrying the network.

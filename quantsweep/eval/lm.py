@@ -195,7 +195,11 @@ class ContextCachedLM(HFLM):
 
     def _keep_last_logits(self) -> dict:
         # the prefix's logits are never used: ask for one position only where the model allows it
-        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        # (the forward's signature is read once, not on every batch)
+        if not hasattr(self, "_keep_kwargs"):
+            self._keep_kwargs = ({"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters
+                                 else {})
+        return self._keep_kwargs
 
     # ------------------------------------------------------------ log-likelihood
 

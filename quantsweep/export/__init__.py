@@ -21,28 +21,14 @@ import logging
 from pathlib import Path
 
 from quantsweep._verbs import make_callable
+from quantsweep.calibration import require_calibration_source
+from quantsweep.sweep.spec import calibration_settings
 from quantsweep.export.gptq import check_exportable, check_out_dir, export_gptq, exportable_recipes, is_exportable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["calibration_settings", "check_exportable", "export_gptq", "export_model", "exportable_recipes",
+__all__ = ["check_exportable", "export_gptq", "export_model", "exportable_recipes",
            "is_exportable"]
-
-
-def calibration_settings(model_name_or_path, source: str | None, samples: int | None,
-                         seq_len: int | None) -> tuple[str | None, int, int]:
-    """``(source, samples, seq_len)`` as ``quantsweep run`` resolves them (the sweep spec's defaults):
-    toy: 32 x 64 tokens from ``toy``; any other model: 128 x 2048 and no default source.
-
-    Example:
-        >>> calibration_settings("toy", None, None, None)
-        ('toy', 32, 64)
-    """
-    from quantsweep.sweep.spec import default_calibration
-
-    defaults = default_calibration(str(model_name_or_path))
-    return (source if source is not None else defaults["source"], samples or defaults["samples"],
-            seq_len or defaults["seq_len"])
 
 
 def export_model(
@@ -102,20 +88,6 @@ def export_model(
     result = apply_recipe(model, config, calibration=calibration)
     return export_gptq(model, result, out, config=config, tokenizer=tokenizer, overwrite=overwrite,
                        checkpoint_format=checkpoint_format)
-
-
-def require_calibration_source(recipes: list[str], source: str | None) -> None:
-    """Refuse calibrated recipes without a calibration source, or with an unknown one, before loading.
-
-    Example:
-        >>> require_calibration_source(["w4-gptq"], "toy")
-    """
-    from quantsweep.calibration import check_calibration_source
-
-    if source is None:
-        raise ValueError(f"recipes {', '.join(recipes)} need calibration data; pass --calib-source "
-                         "(a .txt/.jsonl file, or wikitext2/c4/pile when the hub is reachable)")
-    check_calibration_source(source)
 
 
 make_callable(__name__, "quantsweep.export:export_model")

@@ -5,8 +5,9 @@ The checkpoint holds the decoder Linears as ``qweight`` / ``qzeros`` / ``scales`
 (embeddings, norms, output head) in the model's dtype, plus ``quantize_config.json``
 and the ``quantization_config`` entry of ``config.json``. What it stores is the
 method's :class:`~quantsweep.quant.packed.QuantizedWeight`, i.e. the very codes the
-fake-quant model that was evaluated was made of; only the scales are rounded to
-fp16, as the format requires (a relative change of at most 2**-11 per weight).
+fake-quant model that was evaluated was made of. Weight scales are float16 values from
+the start (:func:`quantsweep.quant.compute_qparams`), so storing them in fp16, as the
+format requires, changes nothing: the checkpoint decodes to the evaluated weights exactly.
 
 Example:
     >>> result = quantsweep.apply_recipe(model, "w4-gptq", calibration=ids)  # doctest: +SKIP

@@ -69,7 +69,8 @@ def measure_recipes(model_name_or_path: str, recipes: list, *, device: str = "au
         ['fp', 'w8-bnb']
     """
     from quantsweep.calibration import load_calibration
-    from quantsweep.export import calibration_settings, require_calibration_source
+    from quantsweep.calibration import require_calibration_source
+    from quantsweep.sweep.spec import calibration_settings
     from quantsweep.models import load_model
     from quantsweep.recipes import apply_recipe, expand_recipes, get_method
     from quantsweep.snapshot import WeightSnapshot

@@ -65,6 +65,10 @@ class QuantizedWeight:
     group_size: int | None
 
     def __post_init__(self) -> None:
+        # Kept on the host: export and cost work there, and a layer's codes must not stay in
+        # accelerator memory after the layer itself has moved back (sequential.py's rule).
+        for name in ("codes", "scales", "zeros", "g_idx"):
+            object.__setattr__(self, name, getattr(self, name).detach().to("cpu"))
         out_features, in_features = self.codes.shape
         assert self.scales.shape == self.zeros.shape == (out_features, len(self.bits)), "scales/zeros/bits disagree"
         assert self.g_idx.shape == (in_features,), "g_idx must have one entry per input column"

@@ -32,15 +32,16 @@ from typing import Any
 
 import pandas as pd
 
+from quantsweep.eval.verdicts import SEVERITY as VERDICT_SEVERITY
 from quantsweep.report import frames, plots
+from quantsweep.report.text import VERDICT_MARKERS
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = "report.html.j2"
-# Verdicts from least to most severe; "error" (a failed cell) ranks above all.
-SEVERITY = ("baseline", "lossless", "inconclusive", "degraded", "collapsed", "non-finite", "error")
-MARKERS = {"baseline": "base", "lossless": "ok", "inconclusive": "?", "degraded": "DEGRADED",
-           "collapsed": "COLLAPSED", "non-finite": "NON-FINITE", "error": "FAILED", "missing": "MISSING"}
+# Verdicts from least to most severe (the verdict rules' own order); "error" (a failed cell) ranks above all.
+SEVERITY = (*sorted(VERDICT_SEVERITY, key=VERDICT_SEVERITY.get), "error")
+MARKERS = {**VERDICT_MARKERS, "missing": "MISSING"}  # the text table's markers, plus cells with no record
 _PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "word_perplexity", "byte_perplexity", "bits_per_byte"}
 _COST_FIELDS = ("kernel", "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes",
                 "prefill_tokens_per_s", "decode_tokens_per_s")

@@ -82,7 +82,7 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     """
     from quantsweep.sweep.cell import UnitContext
     from quantsweep.sweep.judging import Judge
-    from quantsweep.sweep.plan import plan_sweep
+    from quantsweep.sweep.plan import plan_cells, sort_cells
     from quantsweep.sweep.progress import CellProgress
     from quantsweep.sweep.store import CellStore
 
@@ -90,21 +90,16 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
     spec = absolute_paths(load_spec(spec_or_path))
     out = Path(out).expanduser().resolve()  # a Ray worker starts in another folder than this driver
     verdicts = verdict_config(spec)
-    made: list = []
-
-    def make_store():  # only after the spec, models, recipes and tasks passed their checks
-        made.append(CellStore(out))
-        return made[0]
-
     if Path(out).exists():
-        made.append(CellStore(out))  # an incompatible store is refused before anything else
+        CellStore(out)  # an incompatible store is refused before any checkpoint is hashed
     planning = {}
     if backend == "ray":  # join the cluster first (a dead --address fails in seconds); key cells by its devices
         from quantsweep.sweep.ray import planning_device_kinds
 
         planning["device_kind_of"] = planning_device_kinds(address)
-    plan = plan_sweep(spec, made[0] if made else make_store, retry_failed=retry_failed, force=force, **planning)
-    store = made[0]
+    cells = plan_cells(spec, **planning)  # every check passed: only now is a folder created
+    store = CellStore(out)
+    plan = sort_cells(cells, store, retry_failed=retry_failed, force=force)
     logger.info("%s", plan.describe())
     if on_plan is not None:
         on_plan(plan)
@@ -200,21 +195,42 @@ def sweep(spec_or_path, out, *, backend: str = "local", address: str | None = No
 
 
 def records_frame(records: list[dict[str, Any]]):
-    """Records as a DataFrame (nested fields such as ``recipe_config`` stay as dicts).
+    """Records as a DataFrame: :func:`quantsweep.report.frames.records_frame` (the one conversion).
 
     Example:
         >>> records_frame([{"recipe": "fp", "value": 1.0}]).loc[0, "recipe"]
         'fp'
     """
-    import pandas as pd
+    from quantsweep.report.frames import records_frame as frame
 
-    return pd.DataFrame.from_records(records)
+    return frame(records)
+
+
+def refresh_derived(directory) -> bool:
+    """Rebuild a store's derived files if a cell is newer than them (a run killed before its rebuild).
+
+    Returns whether it rebuilt. Nothing is evaluated; the store's last thresholds are kept.
+
+    Example:
+        >>> refresh_derived("toy-sweep")  # doctest: +SKIP
+        False
+    """
+    path = Path(directory)
+    if not (path / "store.json").is_file():
+        return False
+    cells = list((path / "cells").glob("*.json"))
+    results = path / "results.jsonl"
+    if not cells or (results.is_file() and results.stat().st_mtime_ns >= max(c.stat().st_mtime_ns for c in cells)):
+        return False
+    judge(path)
+    return True
 
 
 def load_results(directory):
     """Every stored cell of a store, judged, as a DataFrame (one row per cell and metric).
 
-    It reads ``results.jsonl``, the file derived from the cells after every cell.
+    It reads ``results.jsonl``, the file derived from the cells, rebuilding it first if a
+    cell is newer (a run killed between a cell and its rebuild loses nothing).
 
     Raises:
         ValueError: the folder has no results (the message says where it looked).
@@ -222,14 +238,15 @@ def load_results(directory):
     Example:
         >>> frame = quantsweep.load_results("toy-sweep")  # doctest: +SKIP
     """
-    import json
+    from quantsweep.report.frames import load_records
 
     path = Path(directory)
+    refresh_derived(path)
     results = path / "results.jsonl" if path.is_dir() else path
     if not results.is_file():
         raise ValueError(f"no results at {str(results)!r}: run `quantsweep sweep` or `quantsweep run` with "
                          f"--out {path} first")
-    return records_frame([json.loads(line) for line in results.read_text().splitlines() if line.strip()])
+    return records_frame(load_records(path))
 
 
 def judge(directory, **thresholds) -> list[dict[str, Any]]:

@@ -407,6 +407,7 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
                 "log": quantize_log.name}
     calibration = state.calibration.provenance() if cells[0].needs_calibration else None
     cost = _cost_fields(state, recipe, quantized)
+    quantized.packed.clear()  # only the cost needs the packed codes; free them before evaluating
     if state.context.measure:
         cost.update(_speed_fields(state, quantized))
     for claim in claimed.values():

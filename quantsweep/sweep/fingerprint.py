@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,10 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    from quantsweep.sweep.store import atomic_write_text
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fingerprints.", suffix=".tmp")
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data))
     except OSError as error:  # a read-only home must not stop a sweep; hashing is only slower
         logger.warning("could not write the fingerprint cache %s: %s", path, error)
 

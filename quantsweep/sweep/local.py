@@ -32,7 +32,7 @@ def run_local(plan, context: UnitContext, progress=None, *, on_cell: Callable | 
         if progress is not None:
             progress.finished(summary["status"])
 
-    for unit in plan.units(chunks=1):
+    for unit in plan.units():
         if progress is not None:
             progress.running(1)
         summaries += run_unit(unit, context, on_cell=cell_finished, on_recipe=on_recipe)

@@ -129,14 +129,14 @@ class SweepPlan:
         parts.append(f"{len(self.to_run)} to run")
         return "; ".join(parts)
 
-    def units(self, chunks: int = 1) -> list[WorkUnit]:
+    def units(self, slots_per_model: dict[str, int] | None = None) -> list[WorkUnit]:
         """The cells to run as work units; see :func:`group_units`.
 
         Example:
             >>> [len(u.cells) for u in plan.units()]  # doctest: +SKIP
             [6]
         """
-        return group_units(self.to_run, chunks=chunks)
+        return group_units(self.to_run, slots_per_model)
 
 
 def _versions() -> dict[str, str]:
@@ -220,33 +220,44 @@ def _dtype_name(model: ModelSpec, kind: str) -> str:
 
 
 def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: bool = False,
-               device_kind_of: Callable[[ModelSpec], str] = device_kind,
-               tasks: TaskSetup | None = None) -> SweepPlan:
-    """Key every cell of ``spec`` and sort it into done, failed and to run.
+               device_kind_of: Callable[[ModelSpec], str] = device_kind) -> SweepPlan:
+    """Key every cell of ``spec`` (:func:`plan_cells`) and sort it into done, failed and to run.
 
     Args:
         spec: the sweep.
-        store: a :class:`~quantsweep.sweep.store.CellStore`, or a function that makes one
-            (called after every check, so a refused spec creates no folder).
+        store: a :class:`~quantsweep.sweep.store.CellStore`.
         retry_failed: run failed cells again (else they are kept as findings).
         force: recompute every cell (stored files are replaced one by one as new ones finish).
+        device_kind_of: see :func:`plan_cells`.
+
+    Example:
+        >>> plan_sweep(spec, store).describe()  # doctest: +SKIP
+        '0 of 4 cells already done; 4 to run'
+    """
+    return sort_cells(plan_cells(spec, device_kind_of=device_kind_of), store, retry_failed=retry_failed, force=force)
+
+
+def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = device_kind) -> SweepPlan:
+    """Check the spec and key every cell, touching no store: a plan with nothing sorted yet.
+
+    Args:
+        spec: the sweep.
         device_kind_of: the device type each model's cells will run on (a cluster
             backend passes the kind it schedules on); part of the key.
-        tasks: resolved tasks, when the caller already has them.
 
     Raises:
         ValueError: unknown recipe or task, a calibrated recipe without a calibration
             source, or a model path that does not exist: all before any model loads.
 
     Example:
-        >>> plan_sweep(spec, store).describe()  # doctest: +SKIP
-        '0 of 4 cells already done; 4 to run'
+        >>> len(plan_cells(spec).cells)  # doctest: +SKIP
+        4
     """
-    from quantsweep.calibration import check_calibration_source
+    from quantsweep.calibration import require_calibration_source
     from quantsweep.models import check_checkpoint
     from quantsweep.recipes import get_method
 
-    tasks = tasks or resolve_tasks(spec)
+    tasks = resolve_tasks(spec)
     recipes = resolve_recipes(spec)
     baseline = recipes[0]
     versions = _versions()
@@ -254,13 +265,9 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
     seen_models: dict[tuple, str] = {}
     for model in spec.models:
         needing = [r.name for r in recipes if get_method(r.method).needs_calibration]
-        if needing and not model.calibration.source:
-            raise ValueError(
-                f"model {model.name!r}: recipes {', '.join(needing)} need calibration data; pass --calib-source "
-                "(or calibration.source in the spec): a .txt/.jsonl file, or wikitext2/c4/pile when the hub is reachable")
         check_checkpoint(model.path, model.trust_remote_code)
         if needing:
-            check_calibration_source(model.calibration.source)
+            require_calibration_source(needing, model.calibration.source, where=f"model {model.name!r}: ")
         check_shapes(model, recipes)
         fingerprint = model_fingerprint(model.path)
         kind = device_kind_of(model)
@@ -290,10 +297,17 @@ def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: boo
                 cells.append(CellPlan(key=key, model=model, recipe=recipe, task=task, is_baseline=recipe is baseline,
                                       baseline_key=baseline_key, key_fields=key_fields,
                                       needs_calibration=get_method(recipe.method).needs_calibration))
-    plan = SweepPlan(spec=spec, tasks=tasks, cells=cells)
-    if callable(store):  # the store is created only now, once every check above has passed
-        store = store()
-    for cell in cells:
+    return SweepPlan(spec=spec, tasks=tasks, cells=cells)
+
+
+def sort_cells(plan: SweepPlan, store, *, retry_failed: bool = False, force: bool = False) -> SweepPlan:
+    """Sort a plan's cells into done, failed (kept) and to run, by what ``store`` holds.
+
+    Example:
+        >>> sort_cells(plan_cells(spec), store).describe()  # doctest: +SKIP
+        '2 of 4 cells already done; 2 to run'
+    """
+    for cell in plan.cells:
         status = None if force else store.status(cell.key)
         if status == "done":
             plan.done.add(cell.key)
@@ -330,37 +344,29 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
             raise ValueError(f"recipe {recipe.name!r}: {error}") from None
 
 
-def group_units(cells: list[CellPlan], chunks: int = 1) -> list[WorkUnit]:
-    """Group cells per model, recipe by recipe, baseline first.
+def group_units(cells: list[CellPlan], slots_per_model: dict[str, int] | None = None) -> list[WorkUnit]:
+    """Split each model's cells into at most ``slots_per_model[model]`` units of whole recipes (default 1).
 
-    With ``chunks == 1`` each model is one unit (load once, run every recipe). With more,
-    each model's baseline cells form their own unit, scheduled first, and its other
-    recipes are split into up to ``chunks`` units of whole recipes, so that no unit loads
-    a model it does not need and a recipe is quantized once.
+    The baseline leads the first unit of its model and the first units of all models
+    are listed (so submitted) first: baselines are scheduled before recipes, and no
+    accelerator loads a model more often than the cluster's size requires (one load per
+    unit; a unit runs its recipes one after the other on one load).
 
     Example:
-        >>> [len(u.cells) for u in group_units(cells, chunks=2)]  # doctest: +SKIP
-        [2, 4, 4]
+        >>> [[r.name for r in u.recipes] for u in group_units(plan.to_run, {"toy": 2})]  # doctest: +SKIP
+        [['fp', 'w8-rtn'], ['w4-rtn']]
     """
-    if chunks < 1:
-        raise ValueError(f"chunks must be >= 1, got {chunks}")
-    units: list[WorkUnit] = []
-    by_model: dict[str, list[CellPlan]] = {}
+    slots_per_model = slots_per_model or {}
+    by_model: dict[str, list] = {}
     for cell in cells:
         by_model.setdefault(cell.model.name, []).append(cell)
-    for model_cells in by_model.values():
-        model = model_cells[0].model
+    per_model: list[list[WorkUnit]] = []
+    for name, model_cells in by_model.items():
         ordered = sorted(model_cells, key=lambda c: not c.is_baseline)  # stable: baseline first
-        if chunks == 1:
-            units.append(WorkUnit(model=model, cells=tuple(ordered)))
-            continue
-        base = [c for c in ordered if c.is_baseline]
-        rest = [c for c in ordered if not c.is_baseline]
-        if base:
-            units.append(WorkUnit(model=model, cells=tuple(base)))
-        names = list(dict.fromkeys(c.recipe.name for c in rest))
-        size = max(1, -(-len(names) // chunks))
-        for start in range(0, len(names), size):
-            chosen = set(names[start:start + size])
-            units.append(WorkUnit(model=model, cells=tuple(c for c in rest if c.recipe.name in chosen)))
-    return units
+        recipes = list(dict.fromkeys(c.recipe.name for c in ordered))
+        count = max(1, min(slots_per_model.get(name, 1), len(recipes)))
+        groups = [recipes[i * len(recipes) // count:(i + 1) * len(recipes) // count] for i in range(count)]
+        per_model.append([WorkUnit(model=ordered[0].model, cells=tuple(c for c in ordered if c.recipe.name in group))
+                          for group in groups])
+    rounds = max((len(units) for units in per_model), default=0)
+    return [units[i] for i in range(rounds) for units in per_model if i < len(units)]

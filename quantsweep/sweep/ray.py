@@ -35,7 +35,7 @@ import socket
 import threading
 from typing import Any, Callable
 
-from quantsweep.sweep.plan import WorkUnit
+from quantsweep.sweep.plan import WorkUnit, group_units
 
 logger = logging.getLogger(__name__)
 
@@ -244,33 +244,6 @@ def slots(kind: str, resources: dict, cpus_per_unit: int = 1) -> int:
     return int(amount // cpus_per_unit) if kind == "cpu" else int(amount)
 
 
-def chunk_units(cells: list, slots_per_model: dict[str, int]) -> list[WorkUnit]:
-    """Split each model's cells into at most ``slots_per_model[model]`` units of whole recipes.
-
-    The baseline leads the first unit of its model and the first units of all models
-    are listed (so submitted) first: baselines are scheduled before recipes, and no
-    accelerator loads a model more often than the cluster's size requires (one load per
-    unit; a unit runs its recipes one after the other on one load).
-
-    Example:
-        >>> [[r.name for r in u.recipes] for u in chunk_units(plan.to_run, {"toy": 2})]  # doctest: +SKIP
-        [['fp', 'w8-rtn'], ['w4-rtn']]
-    """
-    by_model: dict[str, list] = {}
-    for cell in cells:
-        by_model.setdefault(cell.model.name, []).append(cell)
-    per_model: list[list[WorkUnit]] = []
-    for name, model_cells in by_model.items():
-        ordered = sorted(model_cells, key=lambda c: not c.is_baseline)  # stable: baseline first
-        recipes = list(dict.fromkeys(c.recipe.name for c in ordered))
-        count = max(1, min(slots_per_model.get(name, 1), len(recipes)))
-        groups = [recipes[i * len(recipes) // count:(i + 1) * len(recipes) // count] for i in range(count)]
-        per_model.append([WorkUnit(model=ordered[0].model, cells=tuple(c for c in ordered if c.recipe.name in group))
-                          for group in groups])
-    rounds = max((len(units) for units in per_model), default=0)
-    return [units[i] for i in range(rounds) for units in per_model if i < len(units)]
-
-
 def _run_unit_on_worker(unit: WorkUnit, context) -> list[dict[str, Any]]:
     """The Ray task: run one unit on the device Ray granted this worker."""
     import ray
@@ -322,11 +295,11 @@ def run_ray(plan, context, progress=None, *, address: str | None = None,
         return []
     total, free = ray.cluster_resources(), ray.available_resources()
     kinds = {cell.model.name: cluster_device_kind(cell.model, total) for cell in cells}
-    units = chunk_units(cells, _slots_per_model(kinds, total, cpus_per_unit))
+    units = group_units(cells, _slots_per_model(kinds, total, cpus_per_unit))
     _check_capacity(units, kinds, total, free, cpus_per_unit)
     task = ray.remote(_run_unit_on_worker)
     refs = {}
-    for unit in units:  # baselines first: chunk_units lists every model's first unit first
+    for unit in units:  # baselines first: group_units lists every model's first unit first
         options = _resources(kinds[unit.model.name], cpus_per_unit)
         ref = task.options(max_retries=max_retries, retry_exceptions=False, name=_unit_name(unit), **options)
         refs[ref.remote(unit, context)] = unit

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from quantsweep.recipes import RecipeConfig
-from quantsweep.sweep.spec import BASELINE_RECIPE, DEFAULT_BATCH_SIZE, CalibrationSpec, ModelSpec, SweepSpec, default_calibration
+from quantsweep.sweep.spec import (BASELINE_RECIPE, DEFAULT_BATCH_SIZE, CalibrationSpec, ModelSpec, SweepSpec,
+                                   calibration_settings)
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,9 @@ class RunSpec:
             >>> RunSpec(model="toy", recipes=[], tasks=["toy_mc4"]).to_sweep_spec().tasks
             ('toy_mc4',)
         """
-        defaults = default_calibration(self.model)
-        calibration = CalibrationSpec(
-            source=self.calibration_source if self.calibration_source is not None else defaults["source"],
-            samples=self.calibration_samples or defaults["samples"],
-            seq_len=self.calibration_seq_len or defaults["seq_len"], seed=self.calibration_seed)
+        source, samples, seq_len = calibration_settings(self.model, self.calibration_source,
+                                                        self.calibration_samples, self.calibration_seq_len)
+        calibration = CalibrationSpec(source=source, samples=samples, seq_len=seq_len, seed=self.calibration_seed)
         model = ModelSpec(path=str(self.model), device=self.device, dtype=self.dtype,
                           trust_remote_code=self.trust_remote_code, calibration=calibration)
         include = self.include_path

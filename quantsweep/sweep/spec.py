@@ -88,6 +88,20 @@ def default_calibration(model_path: str) -> dict[str, Any]:
     return dict(TOY_CALIBRATION if model_path == "toy" else CHECKPOINT_CALIBRATION)
 
 
+def calibration_settings(model_name_or_path, source: str | None, samples: int | None,
+                         seq_len: int | None) -> tuple[str | None, int, int]:
+    """``(source, samples, seq_len)`` as ``quantsweep run`` resolves them (the sweep spec's defaults):
+    toy: 32 x 64 tokens from ``toy``; any other model: 128 x 2048 and no default source.
+
+    Example:
+        >>> calibration_settings("toy", None, None, None)
+        ('toy', 32, 64)
+    """
+    defaults = default_calibration(str(model_name_or_path))
+    return (source if source is not None else defaults["source"], samples or defaults["samples"],
+            seq_len or defaults["seq_len"])
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """One model of a sweep.

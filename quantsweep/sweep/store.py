@@ -264,6 +264,7 @@ class CellStore:
 
         self.directory = Path(directory)
         self.stale_after_s = stale_after_s
+        self._statuses: dict[str, tuple[int, int, str]] = {}  # key -> (mtime_ns, size, status) of its file
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
         meta_path = self.directory / "store.json"
@@ -337,12 +338,25 @@ class CellStore:
     def status(self, key: str) -> str | None:
         """``done``, ``failed`` or None (not stored).
 
+        Drivers and workers ask this often (before and after claiming, while waiting); a
+        cell file is parsed once per version (its modification time and size), not per call.
+
         Example:
             >>> store.status("abc")  # doctest: +SKIP
             'done'
         """
+        try:
+            stat = self.cell_path(key).stat()
+        except FileNotFoundError:
+            return None
+        cached = self._statuses.get(key)
+        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
+            return cached[2]
         cell = self.read_cell(key)
-        return None if cell is None else cell["status"]
+        if cell is None:
+            return None
+        self._statuses[key] = (stat.st_mtime_ns, stat.st_size, cell["status"])
+        return cell["status"]
 
     def write_cell(self, cell: dict[str, Any]) -> Path:
         """Store one finished cell atomically (replacing an earlier version of the same key).

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from quantsweep.sweep import ray as ray_backend
+from quantsweep.sweep.plan import group_units
 
 
 def _cells(model: str, recipes: list[str], tasks=("t1", "t2")):
@@ -26,19 +27,19 @@ def _recipes(unit):
 
 def test_chunks_hold_whole_recipes_with_the_baseline_leading():
     cells = _cells("m", ["w8", "fp", "w4", "w2", "w1"])  # the baseline is moved to the front
-    units = ray_backend.chunk_units(cells, {"m": 2})
+    units = group_units(cells, {"m": 2})
     assert [_recipes(u) for u in units] == [["fp", "w8"], ["w4", "w2", "w1"]]
     assert sorted(c.key for u in units for c in u.cells) == sorted(c.key for c in cells)  # each cell once
 
 
 def test_no_more_units_than_recipes_or_slots():
-    assert len(ray_backend.chunk_units(_cells("m", ["fp", "w8"]), {"m": 16})) == 2
-    assert len(ray_backend.chunk_units(_cells("m", ["fp", "w8", "w4"]), {"m": 1})) == 1
+    assert len(group_units(_cells("m", ["fp", "w8"]), {"m": 16})) == 2
+    assert len(group_units(_cells("m", ["fp", "w8", "w4"]), {"m": 1})) == 1
 
 
 def test_every_models_first_unit_is_submitted_first():
     cells = _cells("a", ["fp", "w8", "w4"]) + _cells("b", ["fp", "w8", "w4"])
-    units = ray_backend.chunk_units(cells, {"a": 2, "b": 2})
+    units = group_units(cells, {"a": 2, "b": 2})
     assert [(u.model.name, _recipes(u)) for u in units] == [
         ("a", ["fp"]), ("b", ["fp"]), ("a", ["w8", "w4"]), ("b", ["w8", "w4"])]
 
@@ -50,13 +51,13 @@ def test_slots_share_the_cluster_between_models():
 
 
 def test_a_cluster_without_npus_is_refused_with_its_resources():
-    units = ray_backend.chunk_units(_cells("m", ["fp", "w8"]), {"m": 2})
+    units = group_units(_cells("m", ["fp", "w8"]), {"m": 2})
     with pytest.raises(ValueError, match=r"offers no NPU resource.*CPU 8"):
         ray_backend._check_capacity(units, {"m": "npu"}, {"CPU": 8.0}, {"CPU": 8.0}, 1)
 
 
 def test_more_units_than_free_npus_says_how_many_wait(caplog):
-    units = ray_backend.chunk_units(_cells("m", ["fp", "w8", "w4", "w2"]), {"m": 4})
+    units = group_units(_cells("m", ["fp", "w8", "w4", "w2"]), {"m": 4})
     with caplog.at_level(logging.WARNING, logger="quantsweep.sweep.ray"):
         ray_backend._check_capacity(units, {"m": "npu"}, {"NPU": 8.0}, {"NPU": 1.0}, 1)
     assert "4 unit(s) ask for one NPU each; the cluster has 8 NPU, 1 free now: 3 unit(s) wait" in caplog.text

@@ -242,3 +242,18 @@ def test_relative_paths_are_made_absolute_for_every_worker(tmp_path, monkeypatch
     assert result.out == tmp_path / "relative-store" and result.out.is_absolute()
     cell = json.loads(next((tmp_path / "relative-store" / "cells").glob("*.json")).read_text())
     assert cell["status"] == "done"
+
+
+def test_derived_files_left_stale_by_a_kill_are_rebuilt_on_reading(tmp_path):
+    """A run killed after a cell's file and before the rebuild: reading the store rebuilds it, nothing lost."""
+    import quantsweep
+
+    run_toy_sweep(tmp_path, recipes=["w8-rtn"], tasks=["toy_mc4"], limit=20)
+    complete = result_values(tmp_path)
+    results = tmp_path / "results.jsonl"
+    results.write_text("")  # what a kill mid-rebuild of an older list could leave
+    old = min(p.stat().st_mtime for p in (tmp_path / "cells").glob("*.json")) - 60
+    os.utime(results, (old, old))
+    frame = quantsweep.load_results(tmp_path)
+    assert set(zip(frame.recipe, frame.task, frame.metric)) == set(complete)
+    assert result_values(tmp_path) == complete
