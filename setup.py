@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["quantsweep", "quantsweep.*"]) + list(SHIPPED),
     package_dir=SHIPPED,
     package_data={
-        "quantsweep": ["assets/**/*", "report/templates/*"],
+        "quantsweep": ["py.typed", "assets/**/*", "report/templates/*"],
         "quantsweep._shipped.recipes": ["*.yaml", "sweeps/*.yaml"],
         "quantsweep._shipped.tasks": ["**/*.yaml", "**/*.py"],
     },

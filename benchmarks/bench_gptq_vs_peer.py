@@ -55,10 +55,10 @@ BITS, GROUP, DAMP, BLOCK = 4, 128, 0.01, 128
 def load_peer():
     """llm-compressor's GPTQ kernel and the qparams helper, or None with the reason."""
     try:
+        import llmcompressor
         from compressed_tensors.quantization import QuantizationArgs
         from compressed_tensors.quantization.utils import calculate_qparams
         from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
-        import llmcompressor
     except ImportError as error:
         return None, f"llm-compressor not importable in {sys.executable} ({error}); run with /work/venv-peer/bin/python"
     return (QuantizationArgs, calculate_qparams, quantize_weight, llmcompressor.__version__), None
@@ -86,28 +86,54 @@ def bench_shape(name, rows, cols, tokens, repeats, peer):
     def error(q):
         return float(((weight - q) @ x.T).norm())
 
-    row = {"shape": name, "out_features": rows, "in_features": cols, "tokens": tokens,
-           "rtn_error": error(fake_quantize(weight, BITS, GROUP, False))}
+    row = {
+        "shape": name,
+        "out_features": rows,
+        "in_features": cols,
+        "tokens": tokens,
+        "rtn_error": error(fake_quantize(weight, BITS, GROUP, False)),
+    }
     for act_order in (False, True):
         tag = "act_order" if act_order else "no_act_order"
         ours_s, (ours_q, _) = best_time(
-            lambda: gptq_quantize(weight, hessian, bits=BITS, group_size=GROUP, symmetric=False,
-                                  act_order=act_order, dampening_frac=DAMP, block_size=BLOCK),
+            lambda: gptq_quantize(
+                weight,
+                hessian,
+                bits=BITS,
+                group_size=GROUP,
+                symmetric=False,
+                act_order=act_order,
+                dampening_frac=DAMP,
+                block_size=BLOCK,
+            ),
             repeats,
         )
         row[f"ours_{tag}_s"] = ours_s
         row[f"ours_{tag}_error"] = error(ours_q)
         if peer is not None:
             QuantizationArgs, calculate_qparams, quantize_weight, _ = peer
-            args = QuantizationArgs(num_bits=BITS, type="int", symmetric=False, strategy="group",
-                                    group_size=GROUP, actorder="weight" if act_order else None)
+            args = QuantizationArgs(
+                num_bits=BITS,
+                type="int",
+                symmetric=False,
+                strategy="group",
+                group_size=GROUP,
+                actorder="weight" if act_order else None,
+            )
             groups = weight.reshape(rows, -1, GROUP)
             scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
 
             def run_peer():
-                return quantize_weight(weight.unsqueeze(0).clone(), hessian.unsqueeze(0).clone(),
-                                       scale.unsqueeze(0), zero.unsqueeze(0), None, args,
-                                       blocksize=BLOCK, percdamp=DAMP)
+                return quantize_weight(
+                    weight.unsqueeze(0).clone(),
+                    hessian.unsqueeze(0).clone(),
+                    scale.unsqueeze(0),
+                    zero.unsqueeze(0),
+                    None,
+                    args,
+                    blocksize=BLOCK,
+                    percdamp=DAMP,
+                )
 
             peer_s, (peer_q, _, _) = best_time(run_peer, repeats)
             row[f"peer_{tag}_s"] = peer_s
@@ -133,8 +159,10 @@ def main() -> None:
     def cell(value, spec):
         return format(value, spec) if value is not None else format("-", ">" + spec.split(".")[0])
 
-    print(f"{'shape':32} {'act-order':9} {'ours s':>8} {'peer s':>8} {'ours/peer':>9} "
-          f"{'err ours':>9} {'err peer':>9} {'err RTN':>9}")
+    print(
+        f"{'shape':32} {'act-order':9} {'ours s':>8} {'peer s':>8} {'ours/peer':>9} "
+        f"{'err ours':>9} {'err peer':>9} {'err RTN':>9}"
+    )
     for row in rows:
         for tag, label in (("no_act_order", "no"), ("act_order", "yes")):
             print(
@@ -144,18 +172,30 @@ def main() -> None:
                 f"{cell(row['rtn_error'], '9.4g')}"
             )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "benchmark": "gptq_vs_peer",
-        "config": {"bits": BITS, "group_size": GROUP, "symmetric": False, "dampening_frac": DAMP,
-                   "block_size": BLOCK, "tokens": options.tokens, "repeats": options.repeats,
-                   "threads": options.threads},
-        "peer": None if peer is None else f"llmcompressor {peer[3]}",
-        "peer_skipped_reason": reason,
-        "device": "cpu",
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "rows": rows,
-    }, indent=2))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "gptq_vs_peer",
+                "config": {
+                    "bits": BITS,
+                    "group_size": GROUP,
+                    "symmetric": False,
+                    "dampening_frac": DAMP,
+                    "block_size": BLOCK,
+                    "tokens": options.tokens,
+                    "repeats": options.repeats,
+                    "threads": options.threads,
+                },
+                "peer": None if peer is None else f"llmcompressor {peer[3]}",
+                "peer_skipped_reason": reason,
+                "device": "cpu",
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {RESULTS}")
 
 

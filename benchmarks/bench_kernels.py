@@ -48,8 +48,14 @@ def build_model(layers: int, vocab: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, num_hidden_layers=layers, max_position_embeddings=2048,
-                         attention_bias=True, tie_word_embeddings=False, **PANGU_1B)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        num_hidden_layers=layers,
+        max_position_embeddings=2048,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        **PANGU_1B,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -95,8 +101,12 @@ def run_variant(variant: str, args) -> dict:
         folder = Path(args.work) / "w4-gptq"
         shutil.rmtree(folder, ignore_errors=True)
         _, tokenizer = quantsweep.load_model("toy", device="cpu")  # GPTQModel.load wants a tokenizer beside the weights
-        export_gptq(model, result, folder, config=get_recipe("w4-gptq"), tokenizer=tokenizer, checkpoint_format="gptq_v2")
-        (folder / "cost.json").write_text(json.dumps(cost_fields(model, get_recipe("w4-gptq"), result, export_dir=folder)))
+        export_gptq(
+            model, result, folder, config=get_recipe("w4-gptq"), tokenizer=tokenizer, checkpoint_format="gptq_v2"
+        )
+        (folder / "cost.json").write_text(
+            json.dumps(cost_fields(model, get_recipe("w4-gptq"), result, export_dir=folder))
+        )
         return {"variant": variant, "seconds": time.perf_counter() - started}
     elif variant == "w4-gptq":
         from gptqmodel import BACKEND, GPTQModel
@@ -112,15 +122,25 @@ def run_variant(variant: str, args) -> dict:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     record["setup_seconds"] = time.perf_counter() - started
     record["weights_bytes_in_memory"] = _weights_in_memory(model)
-    record.update(timed(model, None, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                        repeats=args.repeats, warmup=1))
+    record.update(
+        timed(model, None, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats, warmup=1)
+    )
     record["dtype"] = str(next(p for p in model.parameters() if p.is_floating_point()).dtype)
     return record
 
 
 def _child(variant: str, args) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--work", args.work]
-    for name in ("layers", "vocab", "repeats", "prompt_tokens", "new_tokens", "threads", "calib_samples", "calib_seq_len"):
+    for name in (
+        "layers",
+        "vocab",
+        "repeats",
+        "prompt_tokens",
+        "new_tokens",
+        "threads",
+        "calib_samples",
+        "calib_seq_len",
+    ):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
@@ -140,7 +160,7 @@ def combine_rounds(rounds: dict[str, list[dict]]) -> list[dict]:
     over rounds is what the table reports. ``*_rounds`` keep every round's value.
     """
     combined = []
-    for variant, runs in rounds.items():
+    for _variant, runs in rounds.items():
         good = [r for r in runs if "error" not in r]
         if not good:
             combined.append(runs[0])
@@ -153,14 +173,18 @@ def combine_rounds(rounds: dict[str, list[dict]]) -> list[dict]:
         for base in ("fp32", "bf16"):
             base_runs = rounds.get(base, [])
             for key in TIMED:
-                ratios = [r[key] / b[key] for r, b in zip(runs, base_runs)
-                          if "error" not in r and "error" not in b and r.get(key) and b.get(key)]
+                ratios = [
+                    r[key] / b[key]
+                    for r, b in zip(runs, base_runs)
+                    if "error" not in r and "error" not in b and r.get(key) and b.get(key)
+                ]
                 if ratios:
                     record[f"{key}_vs_{base}"] = statistics.median(ratios)
                     record[f"{key}_vs_{base}_rounds"] = ratios
             if base in rounds and "error" not in rounds[base][0] and record.get("weights_bytes_in_memory"):
-                record[f"weights_bytes_in_memory_vs_{base}"] = (record["weights_bytes_in_memory"]
-                                                                / rounds[base][0]["weights_bytes_in_memory"])
+                record[f"weights_bytes_in_memory_vs_{base}"] = (
+                    record["weights_bytes_in_memory"] / rounds[base][0]["weights_bytes_in_memory"]
+                )
         combined.append(record)
     return combined
 
@@ -171,7 +195,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3, help="every variant once per round; medians and paired ratios over rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="every variant once per round; medians and paired ratios over rounds"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -196,22 +222,56 @@ def main(argv=None) -> int:
         for variant in variants:
             print(f"round {round_index + 1}/{args.rounds}: {variant} ...", file=sys.stderr, flush=True)
             rounds[variant].append(_child(variant, args))
-            print(json.dumps({k: rounds[variant][-1].get(k) for k in ("variant", "prefill_tokens_per_s",
-                                                                       "decode_tokens_per_s", "peak_memory_bytes",
-                                                                       "error")}), file=sys.stderr, flush=True)
+            print(
+                json.dumps(
+                    {
+                        k: rounds[variant][-1].get(k)
+                        for k in (
+                            "variant",
+                            "prefill_tokens_per_s",
+                            "decode_tokens_per_s",
+                            "peak_memory_bytes",
+                            "error",
+                        )
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
     records = combine_rounds(rounds)
     import bitsandbytes  # noqa: F401  (versions below)
 
-    versions = {"torch": torch.__version__, "bitsandbytes": _version("bitsandbytes"), "gptqmodel": _version("gptqmodel"),
-                "transformers": _version("transformers")}
+    versions = {
+        "torch": torch.__version__,
+        "bitsandbytes": _version("bitsandbytes"),
+        "gptqmodel": _version("gptqmodel"),
+        "transformers": _version("transformers"),
+    }
     payload = {
-        "benchmark": "bench_kernels", "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                                  "cpu_count": os.cpu_count(), "threads": args.threads},
-        "model": {"shape": "openPangu-Embedded-1B layer shape", **PANGU_1B, "layers": args.layers, "vocab": args.vocab,
-                  "weights": "random"},
-        "settings": {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
-                     "rounds": args.rounds, "warmup": 1, "batch_size": 1},
-        "versions": versions, "records": records,
+        "benchmark": "bench_kernels",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+        },
+        "model": {
+            "shape": "openPangu-Embedded-1B layer shape",
+            **PANGU_1B,
+            "layers": args.layers,
+            "vocab": args.vocab,
+            "weights": "random",
+        },
+        "settings": {
+            "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "warmup": 1,
+            "batch_size": 1,
+        },
+        "versions": versions,
+        "records": records,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
@@ -230,8 +290,11 @@ def _version(package: str) -> str | None:
 
 def format_table(records: list[dict]) -> str:
     """A markdown table of the records (for the README)."""
-    lines = ["| variant | kernel | bits/weight (theory) | weights in memory (MB) | peak RSS (MB) | "
-             "prefill tok/s (x fp32) | decode tok/s (x fp32) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | kernel | bits/weight (theory) | weights in memory (MB) | peak RSS (MB) | "
+        "prefill tok/s (x fp32) | decode tok/s (x fp32) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     # ratios: medians of per-round ratios, so they need not equal the ratio of the median rates
     for r in records:
         if "error" in r:
@@ -241,7 +304,8 @@ def format_table(records: list[dict]) -> str:
             f"| {r['variant']} | {r['kernel']} | {r['theoretical_bits_per_weight']:.2f} | "
             f"{r['weights_bytes_in_memory'] / 1e6:.0f} | {r['peak_memory_bytes'] / 1e6:.0f} | "
             f"{r['prefill_tokens_per_s']:.0f} ({r.get('prefill_tokens_per_s_vs_fp32', float('nan')):.2f}) | "
-            f"{r['decode_tokens_per_s']:.1f} ({r.get('decode_tokens_per_s_vs_fp32', float('nan')):.2f}) |")
+            f"{r['decode_tokens_per_s']:.1f} ({r.get('decode_tokens_per_s_vs_fp32', float('nan')):.2f}) |"
+        )
     return "\n".join(lines)
 
 

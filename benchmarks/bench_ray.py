@@ -53,8 +53,13 @@ RECIPES = ["w8-rtn", "w4-rtn", "w2-rtn"]
 
 def spec(recipes: list[str], tasks: list[str], limit: int) -> dict:
     """The benchmark's sweep spec (the baseline ``fp`` is added by the planner)."""
-    return {"models": [{"name": "toy", "path": "toy", "device": "cpu"}], "recipes": recipes, "tasks": tasks,
-            "limit": limit, "seed": 1234}
+    return {
+        "models": [{"name": "toy", "path": "toy", "device": "cpu"}],
+        "recipes": recipes,
+        "tasks": tasks,
+        "limit": limit,
+        "seed": 1234,
+    }
 
 
 def busy_seconds(store: Path) -> float:
@@ -80,16 +85,23 @@ def timed_sweep(the_spec: dict, backend: str, folder: Path) -> dict:
     if failed:
         raise RuntimeError(f"{len(failed)} cells failed: {failed[0]['error']}")
     hosts = sorted({json.dumps(s["ran_on"], sort_keys=True) for s in result.computed})
-    return {"seconds": round(seconds, 2), "cells": len(result.computed), "busy_seconds": round(busy_seconds(folder), 2),
-            "workers_seen": len({json.loads(h)["pid"] for h in hosts})}
+    return {
+        "seconds": round(seconds, 2),
+        "cells": len(result.computed),
+        "busy_seconds": round(busy_seconds(folder), 2),
+        "workers_seen": len({json.loads(h)["pid"] for h in hosts}),
+    }
 
 
 def cold_and_warm(the_spec: dict, backend: str, scratch: Path, name: str, repeats: int) -> dict:
     """One cold sweep, then ``repeats`` warm ones; the warm entry is the fastest."""
     cold = timed_sweep(the_spec, backend, scratch / f"{name}-cold")
     warm = [timed_sweep(the_spec, backend, scratch / f"{name}-warm{i}") for i in range(repeats)]
-    return {"cold": cold, "warm": min(warm, key=lambda run: run["seconds"]),
-            "warm_seconds_all": [run["seconds"] for run in warm]}
+    return {
+        "cold": cold,
+        "warm": min(warm, key=lambda run: run["seconds"]),
+        "warm_seconds_all": [run["seconds"] for run in warm],
+    }
 
 
 def ray_runs(the_spec: dict, num_cpus: int, scratch: Path, repeats: int) -> dict:
@@ -130,23 +142,39 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "bench_ray",
         "spec": the_spec,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "load_average_1m_at_start": load_at_start,
-                    "load_average_1m_at_end": os.getloadavg()[0],
-                    "torch": torch.__version__, "ray": ray.__version__, "omp_num_threads": os.environ["OMP_NUM_THREADS"]},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "load_average_1m_at_start": load_at_start,
+            "load_average_1m_at_end": os.getloadavg()[0],
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "omp_num_threads": os.environ["OMP_NUM_THREADS"],
+        },
         "local": local,
         "ray_1_worker": one,
         "ray_2_workers": two,
-        "overhead_ray1_vs_local": {"cold": round(one["cold"]["seconds"] / local["cold"]["seconds"], 2),
-                                   "warm": round(one["warm"]["seconds"] / local["warm"]["seconds"], 2)},
-        "scaling_ray2_vs_ray1": {"cold": round(one["cold"]["seconds"] / two["cold"]["seconds"], 2),
-                                 "warm": round(one["warm"]["seconds"] / two["warm"]["seconds"], 2)},
+        "overhead_ray1_vs_local": {
+            "cold": round(one["cold"]["seconds"] / local["cold"]["seconds"], 2),
+            "warm": round(one["warm"]["seconds"] / local["warm"]["seconds"], 2),
+        },
+        "scaling_ray2_vs_ray1": {
+            "cold": round(one["cold"]["seconds"] / two["cold"]["seconds"], 2),
+            "warm": round(one["warm"]["seconds"] / two["warm"]["seconds"], 2),
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     logging.getLogger("bench_ray").warning("wrote %s", args.out)
-    json.dump({k: result[k] for k in ("local", "ray_1_worker", "ray_2_workers", "overhead_ray1_vs_local",
-                                      "scaling_ray2_vs_ray1")}, sys.stdout, indent=2)
+    json.dump(
+        {
+            k: result[k]
+            for k in ("local", "ray_1_worker", "ray_2_workers", "overhead_ray1_vs_local", "scaling_ray2_vs_ray1")
+        },
+        sys.stdout,
+        indent=2,
+    )
     sys.stdout.write("\n")
     return result
 

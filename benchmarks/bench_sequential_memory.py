@@ -95,11 +95,17 @@ def pangu_shape_model(n_samples: int, seq_len: int, layers: int = 2, vocab: int 
 
     reference = json.loads(PANGU_CONFIG.read_text())
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=reference["hidden_size"], intermediate_size=reference["intermediate_size"],
-        num_hidden_layers=layers, num_attention_heads=reference["num_attention_heads"],
-        num_key_value_heads=reference["num_key_value_heads"], rms_norm_eps=reference["rms_norm_eps"],
-        rope_theta=reference["rope_theta"], max_position_embeddings=4096,
-        attention_bias=bool(reference["bias"]), tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=reference["hidden_size"],
+        intermediate_size=reference["intermediate_size"],
+        num_hidden_layers=layers,
+        num_attention_heads=reference["num_attention_heads"],
+        num_key_value_heads=reference["num_key_value_heads"],
+        rms_norm_eps=reference["rms_norm_eps"],
+        rope_theta=reference["rope_theta"],
+        max_position_embeddings=4096,
+        attention_bias=bool(reference["bias"]),
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
@@ -127,16 +133,21 @@ def run(model_name, model, calibration, recipes, device):
             report = quantsweep.apply_recipe(model, recipe, calibration=calibration).report
         total = time.perf_counter() - start
         peaks = [layer["peak_device_bytes"] for layer in report["layers"]]
-        rows.append({
-            "model": model_name, "recipe": name, "device": devices.resolve_device(device),
-            "n_samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
-            "layer_seconds": [layer["seconds"] for layer in report["layers"]],
-            "total_seconds": total,
-            "device_peak_bytes": None if any(p is None for p in peaks) else max(peaks),
-            "host_peak_above_baseline_bytes": sampler.peak - sampler.baseline,
-            "one_layer_weight_bytes": layer_bytes(model),
-            "calibration_activation_bytes": activation_bytes,
-        })
+        rows.append(
+            {
+                "model": model_name,
+                "recipe": name,
+                "device": devices.resolve_device(device),
+                "n_samples": int(ids.shape[0]),
+                "seq_len": int(ids.shape[1]),
+                "layer_seconds": [layer["seconds"] for layer in report["layers"]],
+                "total_seconds": total,
+                "device_peak_bytes": None if any(p is None for p in peaks) else max(peaks),
+                "host_peak_above_baseline_bytes": sampler.peak - sampler.baseline,
+                "one_layer_weight_bytes": layer_bytes(model),
+                "calibration_activation_bytes": activation_bytes,
+            }
+        )
         print(format_row(rows[-1]), flush=True)
     snapshot.restore(model)
     return rows
@@ -148,10 +159,12 @@ def mib(value) -> str:
 
 def format_row(row) -> str:
     per_layer = ", ".join(f"{s:.2f}" for s in row["layer_seconds"])
-    return (f"{row['model']:11} {row['recipe']:12} {row['n_samples']}x{row['seq_len']:<5} "
-            f"[{per_layer}] {row['total_seconds']:8.2f} {mib(row['device_peak_bytes']):>7} "
-            f"{mib(row['host_peak_above_baseline_bytes']):>8} {mib(row['one_layer_weight_bytes']):>7} "
-            f"{mib(row['calibration_activation_bytes']):>7}")
+    return (
+        f"{row['model']:11} {row['recipe']:12} {row['n_samples']}x{row['seq_len']:<5} "
+        f"[{per_layer}] {row['total_seconds']:8.2f} {mib(row['device_peak_bytes']):>7} "
+        f"{mib(row['host_peak_above_baseline_bytes']):>8} {mib(row['one_layer_weight_bytes']):>7} "
+        f"{mib(row['calibration_activation_bytes']):>7}"
+    )
 
 
 def main() -> None:
@@ -164,8 +177,10 @@ def main() -> None:
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     n_samples, seq_len = (int(v) for v in options.calib.lower().split("x"))
-    print(f"{'model':11} {'recipe':12} {'N x L':7} [seconds per decoder layer] {'total s':>8} "
-          f"{'dev MiB':>7} {'host MiB':>8} {'layer':>7} {'acts':>7}")
+    print(
+        f"{'model':11} {'recipe':12} {'N x L':7} [seconds per decoder layer] {'total s':>8} "
+        f"{'dev MiB':>7} {'host MiB':>8} {'layer':>7} {'acts':>7}"
+    )
     rows = []
     for name in options.models:
         model, calibration = toy_model(n_samples, seq_len) if name == "toy" else pangu_shape_model(n_samples, seq_len)
@@ -175,13 +190,20 @@ def main() -> None:
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     fresh = {(r["model"], r["recipe"]) for r in rows}
     kept = [r for r in previous.get("rows", []) if (r["model"], r["recipe"]) not in fresh]
-    RESULTS.write_text(json.dumps({
-        "benchmark": "sequential_memory",
-        "notes": "host_peak_above_baseline_bytes: peak RSS during quantize() minus RSS before it; "
-                 "device_peak_bytes: None on CPU. Times on a shared 2-core CPU, torch threads as given.",
-        "threads": options.threads, "torch": torch.__version__, "platform": platform.platform(),
-        "rows": kept + rows,
-    }, indent=2))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "sequential_memory",
+                "notes": "host_peak_above_baseline_bytes: peak RSS during quantize() minus RSS before it; "
+                "device_peak_bytes: None on CPU. Times on a shared 2-core CPU, torch threads as given.",
+                "threads": options.threads,
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "rows": kept + rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -43,8 +43,11 @@ def run_sweep_once(limit: int) -> tuple[float, float]:
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = run_sweep({"models": [{"path": "toy", "device": "cpu"}], "recipes": RECIPES, "tasks": TASKS,
-                            "limit": limit}, out, progress=False)
+        result = run_sweep(
+            {"models": [{"path": "toy", "device": "cpu"}], "recipes": RECIPES, "tasks": TASKS, "limit": limit},
+            out,
+            progress=False,
+        )
         wall = time.perf_counter() - start
         cells = [json.loads(p.read_text()) for p in Path(out, "cells").glob("*.json")]
         assert len(cells) == (len(RECIPES) + 1) * len(TASKS) and all(c["status"] == "done" for c in cells)
@@ -81,12 +84,21 @@ def main() -> None:
         steps.append(step)
         naive.append(run_naive_once(options.limit))
     row = {
-        "recipes": ["fp", *RECIPES], "tasks": TASKS, "limit": options.limit, "repeats": options.repeats,
-        "sweep_s": statistics.median(sweeps), "steps_s": statistics.median(steps), "naive_s": statistics.median(naive),
+        "recipes": ["fp", *RECIPES],
+        "tasks": TASKS,
+        "limit": options.limit,
+        "repeats": options.repeats,
+        "sweep_s": statistics.median(sweeps),
+        "steps_s": statistics.median(steps),
+        "naive_s": statistics.median(naive),
         "sweep_over_steps": statistics.median(w / s for w, s in zip(sweeps, steps)),
         "sweep_over_naive": statistics.median(w / n for w, n in zip(sweeps, naive)),
-        "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
     }
     out = ROOT / "benchmarks" / "results" / "bench_sweep_overhead.json"
     out.write_text(json.dumps(row, indent=2) + "\n")

@@ -50,20 +50,38 @@ def peer_gptq_w3(recipe):
     from llmcompressor.modifiers.gptq import GPTQModifier
 
     weights = QuantizationArgs(
-        num_bits=recipe.bits, type="int", strategy="group", group_size=recipe.group_size,
-        symmetric=recipe.symmetric, dynamic=False, actorder="static" if recipe.act_order else None,
+        num_bits=recipe.bits,
+        type="int",
+        strategy="group",
+        group_size=recipe.group_size,
+        symmetric=recipe.symmetric,
+        dynamic=False,
+        actorder="static" if recipe.act_order else None,
     )
     scheme = QuantizationScheme(targets=["Linear"], weights=weights)
-    return [GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], actorder=weights.actorder,
-                         dampening_frac=recipe.dampening_frac, block_size=recipe.block_size)]
+    return [
+        GPTQModifier(
+            config_groups={"group_0": scheme},
+            ignore=["lm_head"],
+            actorder=weights.actorder,
+            dampening_frac=recipe.dampening_frac,
+            block_size=recipe.block_size,
+        )
+    ]
 
 
 def w3_scheme(recipe):
     """compressed-tensors weight scheme matching quantsweep's ``recipe`` (bits, group, symmetry)."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    weights = QuantizationArgs(num_bits=recipe.bits, type="int", strategy="group", group_size=recipe.group_size,
-                               symmetric=recipe.symmetric, dynamic=False)
+    weights = QuantizationArgs(
+        num_bits=recipe.bits,
+        type="int",
+        strategy="group",
+        group_size=recipe.group_size,
+        symmetric=recipe.symmetric,
+        dynamic=False,
+    )
     return QuantizationScheme(targets=["Linear"], weights=weights)
 
 
@@ -72,8 +90,10 @@ def peer_awq_w3(recipe):
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
-    return [AWQModifier(duo_scaling=True, n_grid=recipe.n_grid),
-            QuantizationModifier(config_groups={"group_0": w3_scheme(recipe)}, ignore=["lm_head"])]
+    return [
+        AWQModifier(duo_scaling=True, n_grid=recipe.n_grid),
+        QuantizationModifier(config_groups={"group_0": w3_scheme(recipe)}, ignore=["lm_head"]),
+    ]
 
 
 def grid_gap(model) -> tuple[float, int]:
@@ -146,34 +166,49 @@ def main() -> int:
         rows[name] = {task: by_task[task].metrics[metric].value for task, metric in TASKS.items()}
         if name in seconds:
             rows[name]["quantize_seconds"] = seconds[name]
-    pairs = {"gptq": ("ours_gptq_w3", "peer_gptq_w3"), "awq (ours: paper + clip)": ("ours_awq_w3", "peer_awq_w3"),
-             "awq (like for like: duo, no clip)": ("ours_awq_w3_duo_noclip", "peer_awq_w3")}
-    verdicts = {label: {task: judge_task(tasks[ours][task], tasks[peer][task], metric=metric, vocab_size=vocab)
-                        for task, metric in TASKS.items()}
-                for label, (ours, peer) in pairs.items()}
+    pairs = {
+        "gptq": ("ours_gptq_w3", "peer_gptq_w3"),
+        "awq (ours: paper + clip)": ("ours_awq_w3", "peer_awq_w3"),
+        "awq (like for like: duo, no clip)": ("ours_awq_w3_duo_noclip", "peer_awq_w3"),
+    }
+    verdicts = {
+        label: {
+            task: judge_task(tasks[ours][task], tasks[peer][task], metric=metric, vocab_size=vocab)
+            for task, metric in TASKS.items()
+        }
+        for label, (ours, peer) in pairs.items()
+    }
     results = {
         "model": "toy (quantsweep.toy.toy_model_dir)",
-        "calibration": {"source": "toy", "n_samples": N_SAMPLES, "seq_len": SEQ_LEN, "seed": SEED,
-                        "same_token_ids_for_both": True},
+        "calibration": {
+            "source": "toy",
+            "n_samples": N_SAMPLES,
+            "seq_len": SEQ_LEN,
+            "seed": SEED,
+            "same_token_ids_for_both": True,
+        },
         "settings": {
             "gptq": "3-bit asym, group 128, static act-order, damping 0.01, block 128, lm_head FP (both sides)",
             "awq": "3-bit asym, group 128, 20-point grid, lm_head FP; ours w3-awq = w4-awq recipe with bits=3 "
-                   "(s=mean|x|^a + clipping search), ours duo = duo scaling, no clipping; peer: AWQModifier "
-                   "(duo scaling, no clipping) + QuantizationModifier. Toy has 2 KV heads for 4 query heads: "
-                   "llm-compressor 0.14 skips the v_proj->o_proj pair there, quantsweep folds it per KV head",
+            "(s=mean|x|^a + clipping search), ours duo = duo scaling, no clipping; peer: AWQModifier "
+            "(duo scaling, no clipping) + QuantizationModifier. Toy has 2 KV heads for 4 query heads: "
+            "llm-compressor 0.14 skips the v_proj->o_proj pair there, quantsweep folds it per KV head",
         },
         "peer_eval": "in memory as oneshot leaves it (compressed-tensors fake-quant in forward); "
-                     "max |W - fakequant(W)| over quantized Linears (checked count): "
-                     + ", ".join(f"{k} {g:.3g} ({n})" for k, (g, n) in gaps.items()),
+        "max |W - fakequant(W)| over quantized Linears (checked count): "
+        + ", ".join(f"{k} {g:.3g} ({n})" for k, (g, n) in gaps.items()),
         "peer_patch": "IntermediatesCache._pin_intermediate made a no-op (CPU-only torch)" if patched else None,
         "device": "cpu",
         "metrics": TASKS,
         "rows": rows,
         "ours_vs_peer": verdicts,
         "versions": {
-            "quantsweep": quantsweep.__version__, "llmcompressor": llmcompressor.__version__,
-            "compressed_tensors": compressed_tensors.__version__, "transformers": transformers.__version__,
-            "torch": torch.__version__, "python": platform.python_version(),
+            "quantsweep": quantsweep.__version__,
+            "llmcompressor": llmcompressor.__version__,
+            "compressed_tensors": compressed_tensors.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
         },
     }
     print(f"{'model':24s} {'toy_mc4 acc':>12s} {'toy_ppl word_ppl':>17s}")
@@ -181,8 +216,10 @@ def main() -> int:
         print(f"{name:24s} {row['toy_mc4']:12.4f} {row['toy_ppl']:17.4f}")
     for label, by_task in verdicts.items():
         for task, v in by_task.items():
-            print(f"ours vs peer, {label}, {task}: {v['verdict']} (delta {v['delta']:+.4f}, "
-                  f"CI [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}], p {v['p_value']:.3g})")
+            print(
+                f"ours vs peer, {label}, {task}: {v['verdict']} (delta {v['delta']:+.4f}, "
+                f"CI [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}], p {v['p_value']:.3g})"
+            )
     print(results["peer_eval"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str))

@@ -75,9 +75,15 @@ def build_model_dir(path: Path, setup: Setup) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     config = LlamaConfig(
-        hidden_size=setup.hidden, intermediate_size=setup.intermediate, num_hidden_layers=setup.layers,
-        num_attention_heads=setup.heads, num_key_value_heads=setup.kv_heads, vocab_size=setup.vocab,
-        attention_bias=True, max_position_embeddings=max(128, setup.seq_len), tie_word_embeddings=False,
+        hidden_size=setup.hidden,
+        intermediate_size=setup.intermediate,
+        num_hidden_layers=setup.layers,
+        num_attention_heads=setup.heads,
+        num_key_value_heads=setup.kv_heads,
+        vocab_size=setup.vocab,
+        attention_bias=True,
+        max_position_embeddings=max(128, setup.seq_len),
+        tie_word_embeddings=False,
     )
     torch.manual_seed(setup.seed)
     model = LlamaForCausalLM(config)
@@ -93,7 +99,9 @@ def build_model_dir(path: Path, setup: Setup) -> None:
     vocab = {f"t{i}": i for i in range(setup.vocab)}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", pad_token="t1", eos_token="t2").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", pad_token="t1", eos_token="t2").save_pretrained(
+        path
+    )
 
 
 def token_ids(setup: Setup, n: int, seed: int) -> torch.Tensor:
@@ -112,10 +120,12 @@ def capture_fp_layer_inputs(model, ids: torch.Tensor) -> list[tuple[torch.Tensor
     captured: list[tuple[torch.Tensor, dict]] = []
     handles = []
     for layer in model.model.layers:
+
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             captured.append((hidden.detach().clone(), rest))
+
         handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -130,7 +140,8 @@ def _layer_outputs(layer, hidden, kwargs) -> tuple[torch.Tensor, dict[str, torch
     outputs: dict[str, torch.Tensor] = {}
     handles = [
         module.register_forward_hook(lambda m, a, out, n=name: outputs.__setitem__(n, out.detach()))
-        for name, module in layer.named_modules() if isinstance(module, torch.nn.Linear)
+        for name, module in layer.named_modules()
+        if isinstance(module, torch.nn.Linear)
     ]
     try:
         with torch.no_grad():
@@ -148,8 +159,12 @@ def rescaled_outputs(fp_model) -> set[str]:
     is still counted, through the outputs of o_proj and down_proj that read them."""
     from quantsweep.methods.mappings import mappings_for
 
-    return {pair.source_name for layer in mappings_for(fp_model, "awq") for pair in layer
-            if isinstance(pair.source, torch.nn.Linear)}
+    return {
+        pair.source_name
+        for layer in mappings_for(fp_model, "awq")
+        for pair in layer
+        if isinstance(pair.source, torch.nn.Linear)
+    }
 
 
 def reconstruction_errors(fp_model, q_model, captured) -> dict:
@@ -211,8 +226,14 @@ def run_peer(path: Path, recipe: list, ids: torch.Tensor):
     model = load(path)
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     start = time.perf_counter()
-    oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=ids.shape[0],
-            max_seq_length=ids.shape[1], shuffle_calibration_samples=False)
+    oneshot(
+        model=model,
+        dataset=dataset,
+        recipe=recipe,
+        num_calibration_samples=ids.shape[0],
+        max_seq_length=ids.shape[1],
+        shuffle_calibration_samples=False,
+    )
     return model, time.perf_counter() - start
 
 
@@ -256,8 +277,10 @@ def comparisons() -> dict:
         ),
         "smoothquant w8a8": (
             quantsweep.get_recipe("w8a8-smoothquant"),
-            lambda: [SmoothQuantModifier(smoothing_strength=0.5),
-                     QuantizationModifier(targets=["Linear"], scheme="W8A8", ignore=["lm_head"])],
+            lambda: [
+                SmoothQuantModifier(smoothing_strength=0.5),
+                QuantizationModifier(targets=["Linear"], scheme="W8A8", ignore=["lm_head"]),
+            ],
             "both: alpha 0.5, int8 per-channel symmetric weights, int8 per-token dynamic activations",
         ),
         "smoothquant w4a4": (
@@ -311,26 +334,33 @@ def compare(setup: Setup, only: list[str] | None = None, workdir: Path | None = 
     return {
         "setup": dataclasses.asdict(setup),
         "versions": {
-            "quantsweep": quantsweep.__version__, "llmcompressor": llmcompressor.__version__,
-            "compressed_tensors": compressed_tensors.__version__, "transformers": transformers.__version__,
-            "torch": torch.__version__, "python": platform.python_version(),
+            "quantsweep": quantsweep.__version__,
+            "llmcompressor": llmcompressor.__version__,
+            "compressed_tensors": compressed_tensors.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
         },
         "device": "cpu",
         "peer_patch": "IntermediatesCache._pin_intermediate made a no-op (CPU-only torch)" if patched else None,
         "metric": "relative Frobenius error ||Y - Y_hat|| / ||Y|| of each Linear's output (mean over q/k/o/gate/down, "
-                  "whose outputs stay in the FP frame under AWQ) and of each decoder layer's output; every quantized "
-                  "layer is fed the FP model's layer inputs; calibration tokens",
+        "whose outputs stay in the FP frame under AWQ) and of each decoder layer's output; every quantized "
+        "layer is fed the FP model's layer inputs; calibration tokens",
         "rows": rows,
     }
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'comparison':38s} {'linear err ours':>15s} {'peer':>8s} {'ratio':>6s} "
-             f"{'layer err ours':>14s} {'peer':>8s} {'ratio':>6s} {'logits ours':>11s} {'peer':>8s} {'s ours':>7s} {'s peer':>7s}"]
+    lines = [
+        f"{'comparison':38s} {'linear err ours':>15s} {'peer':>8s} {'ratio':>6s} "
+        f"{'layer err ours':>14s} {'peer':>8s} {'ratio':>6s} {'logits ours':>11s} {'peer':>8s} {'s ours':>7s} {'s peer':>7s}"
+    ]
     for label, row in results["rows"].items():
         ours, peer = row["ours"], row.get("peer")
         if peer is None:
-            lines.append(f"{label:38s} {ours['mean_linear_rel_error']:15.4f} {'':>8s} {'':>6s} {ours['mean_layer_rel_error']:14.4f}")
+            lines.append(
+                f"{label:38s} {ours['mean_linear_rel_error']:15.4f} {'':>8s} {'':>6s} {ours['mean_layer_rel_error']:14.4f}"
+            )
             continue
         lines.append(
             f"{label:38s} {ours['mean_linear_rel_error']:15.4f} {peer['mean_linear_rel_error']:8.4f} {row['ratio_linear']:6.3f} "

@@ -35,7 +35,7 @@ _EXPORTS = {
     "resolve_device": "quantsweep.device",
     "WeightSnapshot": "quantsweep.snapshot",
     "report": "quantsweep.report",  # the subpackage itself: a callable module, quantsweep.report(DIR)
-    "sweep": "quantsweep.sweep",    # likewise: quantsweep.sweep(spec, out=...) -> DataFrame
+    "sweep": "quantsweep.sweep",  # likewise: quantsweep.sweep(spec, out=...) -> DataFrame
     "load_results": "quantsweep.sweep.api",
     "judge": "quantsweep.sweep.api",
     "export": "quantsweep.export",  # likewise: quantsweep.export(model, recipe, out) -> folder

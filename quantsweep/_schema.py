@@ -101,8 +101,9 @@ def build(cls, data: Any, where: str, *, convert: Mapping[str, Any] | None = Non
     allowed = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in data:
         if key not in allowed:
-            raise SchemaError(f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; "
-                              f"allowed keys: {', '.join(allowed)}")
+            raise SchemaError(
+                f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}"
+            )
     hints = typing.get_type_hints(cls)
     values = {}
     for field in dataclasses.fields(cls):

@@ -171,7 +171,11 @@ def load_calibration(
     windows = torch.stack([ids[start : start + seq_len] for start in starts.tolist()])
     logger.info("calibration: %d x %d tokens from %s (seed %d)", n_samples, seq_len, label, seed)
     return CalibrationData(
-        input_ids=windows, source=label, n_samples=n_samples, seq_len=seq_len, seed=seed,
+        input_ids=windows,
+        source=label,
+        n_samples=n_samples,
+        seq_len=seq_len,
+        seed=seed,
         n_source_tokens=int(ids.numel()),
     )
 
@@ -194,9 +198,11 @@ def require_calibration_source(recipes: list[str], source: str | None, where: st
         >>> require_calibration_source(["w4-gptq"], "toy")
     """
     if not source:
-        raise ValueError(f"{where}recipes {', '.join(recipes)} need calibration data; pass --calib-source "
-                         "(or calibration.source in a sweep spec): a .txt/.jsonl file, or wikitext2/c4/pile when "
-                         "the hub is reachable")
+        raise ValueError(
+            f"{where}recipes {', '.join(recipes)} need calibration data; pass --calib-source "
+            "(or calibration.source in a sweep spec): a .txt/.jsonl file, or wikitext2/c4/pile when "
+            "the hub is reachable"
+        )
     check_calibration_source(source)
 
 

@@ -35,8 +35,9 @@ class UserError(Exception):
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     for handler in logging.getLogger().handlers:  # the console; per-cell log files take INFO on their own
         handler.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("quantsweep").setLevel(logging.INFO if verbose else logging.WARNING)
@@ -57,33 +58,62 @@ def _split_tasks(text: str) -> list[str]:
 
 
 def _add_verdict_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--alpha", type=float, default=None, help="significance level of the verdict tests (default 0.05)")
-    parser.add_argument("--accuracy-tolerance", type=float, default=None,
-                        help="largest accuracy drop still called lossless (default 0.01 = 1 point)")
-    parser.add_argument("--perplexity-tolerance", type=float, default=None,
-                        help="largest relative perplexity increase still called lossless (default 0.01 = 1%%)")
-    parser.add_argument("--collapse-retention", type=float, default=None,
-                        help="share of the baseline's margin above chance at or below which a result is collapsed (default 0.15)")
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="significance level of the verdict tests (default 0.05)"
+    )
+    parser.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        default=None,
+        help="largest accuracy drop still called lossless (default 0.01 = 1 point)",
+    )
+    parser.add_argument(
+        "--perplexity-tolerance",
+        type=float,
+        default=None,
+        help="largest relative perplexity increase still called lossless (default 0.01 = 1%%)",
+    )
+    parser.add_argument(
+        "--collapse-retention",
+        type=float,
+        default=None,
+        help="share of the baseline's margin above chance at or below which a result is collapsed (default 0.15)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
 
 def _add_resume_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-failed", action="store_true", help="run cells that failed in an earlier run again")
-    parser.add_argument("--force", action="store_true",
-                        help="recompute every cell (stored cells are replaced one by one as new ones finish)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every cell (stored cells are replaced one by one as new ones finish)",
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=float, default=None,
-                        help="evaluate only the first N documents of each task (a fraction if < 1)")
+    parser.add_argument(
+        "--limit", type=float, default=None, help="evaluate only the first N documents of each task (a fraction if < 1)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="scoring window in tokens (default: the suite's, e.g. 2048 for WikiText/C4, else the model's)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="documents per forward pass (default 32; halved on out-of-memory, down to 1)")
-    parser.add_argument("--out", default=None,
-                        help="store folder: one file per cell, results.jsonl and summary.json; a rerun resumes")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="scoring window in tokens (default: the suite's, e.g. 2048 for WikiText/C4, else the model's)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="documents per forward pass (default 32; halved on out-of-memory, down to 1)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="store folder: one file per cell, results.jsonl and summary.json; a rerun resumes"
+    )
     _add_resume_options(parser)
     _add_verdict_options(parser)
 
@@ -95,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["recipes"]).command
         'recipes'
     """
-    parser = argparse.ArgumentParser(prog="quantsweep", description="Quantize causal LMs and evaluate each recipe with lm-eval, with verdicts against the baseline.")
+    parser = argparse.ArgumentParser(
+        prog="quantsweep",
+        description="Quantize causal LMs and evaluate each recipe with lm-eval, with verdicts against the baseline.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="toy model × {fp, w8, w4, w2, w1}-rtn × the four demo tasks")
@@ -104,15 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run recipes × tasks on one model")
     run.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")
-    run.add_argument("--recipe", action="append", required=True,
-                     help="recipe name, grid name or path to recipe YAML (repeatable)")
+    run.add_argument(
+        "--recipe", action="append", required=True, help="recipe name, grid name or path to recipe YAML (repeatable)"
+    )
     run.add_argument("--tasks", required=True, help="comma-separated task names (or a suite name)")
     run.add_argument("--num-fewshot", type=int, default=None, help="override every task's few-shot count")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     run.add_argument("--include-path", action="append", default=None, help="extra folder of lm-eval task YAML")
     run.add_argument("--data-dir", default=None, help="folder of local dataset files for suite tasks (offline)")
-    run.add_argument("--allow-code-execution", action="store_true",
-                     help="let code tasks (HumanEval, MBPP) execute model-written code, with a time-out")
+    run.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="let code tasks (HumanEval, MBPP) execute model-written code, with a time-out",
+    )
     _add_calibration_options(run)
     _add_run_options(run)
     run.set_defaults(out="quantsweep-out")
@@ -120,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a sweep spec (models x recipes x tasks) into a store, resumably")
     sweep.add_argument("spec", help="sweep spec YAML, e.g. recipes/sweeps/toy.yaml")
     sweep.add_argument("--out", required=True, help="store folder (created if missing; a rerun resumes)")
-    sweep.add_argument("--backend", default="local", choices=["local", "ray"],
-                       help="local: this process; ray: a Ray cluster (pip install 'quantsweep[ray]')")
+    sweep.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "ray"],
+        help="local: this process; ray: a Ray cluster (pip install 'quantsweep[ray]')",
+    )
     sweep.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     _add_resume_options(sweep)
     _add_verdict_options(sweep)
@@ -189,8 +230,11 @@ def _run(spec) -> int:
     if spec.out_dir is not None:
         print(f"results written to {Path(spec.out_dir) / 'results.jsonl'}")
     if outcomes and outcomes[0].error is not None:
-        print(f"quantsweep: the baseline {outcomes[0].recipe.name!r} failed ({outcomes[0].error}); "
-              "no recipe could be compared with it", file=sys.stderr)
+        print(
+            f"quantsweep: the baseline {outcomes[0].recipe.name!r} failed ({outcomes[0].error}); "
+            "no recipe could be compared with it",
+            file=sys.stderr,
+        )
         return EXIT_RUN_FAILED
     return 0
 
@@ -213,8 +257,12 @@ def _print_summary(records) -> None:
 def _verdict_config(args):
     from quantsweep.eval.verdicts import VerdictConfig
 
-    chosen = {"alpha": args.alpha, "accuracy_tolerance": args.accuracy_tolerance,
-              "perplexity_relative_tolerance": args.perplexity_tolerance, "collapse_retention": args.collapse_retention}
+    chosen = {
+        "alpha": args.alpha,
+        "accuracy_tolerance": args.accuracy_tolerance,
+        "perplexity_relative_tolerance": args.perplexity_tolerance,
+        "collapse_retention": args.collapse_retention,
+    }
     return VerdictConfig(**{k: v for k, v in chosen.items() if v is not None})
 
 
@@ -223,10 +271,20 @@ def _command_demo(args) -> int:
 
     print(f"quantsweep demo: toy model × {', '.join(DEMO_RECIPES)} × {', '.join(DEMO_TASKS)}", flush=True)
     _check_run_numbers(args)
-    spec = RunSpec(model="toy", recipes=DEMO_RECIPES[1:], tasks=DEMO_TASKS, limit=_limit(args.limit),
-                   device=args.device, dtype=args.dtype, batch_size=args.batch_size, out_dir=args.out,
-                   verdict_config=_verdict_config(args), retry_failed=args.retry_failed, force=args.force,
-                   max_length=args.max_length)
+    spec = RunSpec(
+        model="toy",
+        recipes=DEMO_RECIPES[1:],
+        tasks=DEMO_TASKS,
+        limit=_limit(args.limit),
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        verdict_config=_verdict_config(args),
+        retry_failed=args.retry_failed,
+        force=args.force,
+        max_length=args.max_length,
+    )
     return _run(spec)
 
 
@@ -236,13 +294,27 @@ def _command_run(args) -> int:
     tasks = _split_tasks(args.tasks)
     _check_run_numbers(args)
     spec = RunSpec(
-        model=args.model, recipes=args.recipe, tasks=tasks, limit=_limit(args.limit), device=args.device,
-        dtype=args.dtype, batch_size=args.batch_size, num_fewshot=args.num_fewshot, out_dir=args.out,
-        trust_remote_code=args.trust_remote_code, include_path=args.include_path, data_dir=args.data_dir,
-        allow_code_execution=args.allow_code_execution, calibration_source=args.calib_source,
-        calibration_samples=args.calib_samples, calibration_seq_len=args.calib_seq_len,
-        calibration_seed=args.calib_seed, verdict_config=_verdict_config(args),
-        retry_failed=args.retry_failed, force=args.force, max_length=args.max_length,
+        model=args.model,
+        recipes=args.recipe,
+        tasks=tasks,
+        limit=_limit(args.limit),
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_fewshot=args.num_fewshot,
+        out_dir=args.out,
+        trust_remote_code=args.trust_remote_code,
+        include_path=args.include_path,
+        data_dir=args.data_dir,
+        allow_code_execution=args.allow_code_execution,
+        calibration_source=args.calib_source,
+        calibration_samples=args.calib_samples,
+        calibration_seq_len=args.calib_seq_len,
+        calibration_seed=args.calib_seed,
+        verdict_config=_verdict_config(args),
+        retry_failed=args.retry_failed,
+        force=args.force,
+        max_length=args.max_length,
     )
     return _run(spec)
 
@@ -258,8 +330,15 @@ def _command_sweep(args) -> int:
     overrides = {k: v for k, v in _verdict_config(args).to_dict().items() if _verdict_flag_given(args, k)}
     if overrides:
         spec = dataclasses.replace(spec, verdict={**spec.verdict, **overrides})
-    result = run_sweep(spec, args.out, backend=args.backend, address=args.address, retry_failed=args.retry_failed,
-                       force=args.force, on_plan=_print_plan)
+    result = run_sweep(
+        spec,
+        args.out,
+        backend=args.backend,
+        address=args.address,
+        retry_failed=args.retry_failed,
+        force=args.force,
+        on_plan=_print_plan,
+    )
     for model in dict.fromkeys(r["model"] for r in result.records):
         records = [r for r in result.records if r["model"] == model]
         print(f"\nmodel {model}")
@@ -271,8 +350,12 @@ def _command_sweep(args) -> int:
     return 0
 
 
-_VERDICT_FLAGS = {"alpha": "alpha", "accuracy_tolerance": "accuracy_tolerance",
-                  "perplexity_relative_tolerance": "perplexity_tolerance", "collapse_retention": "collapse_retention"}
+_VERDICT_FLAGS = {
+    "alpha": "alpha",
+    "accuracy_tolerance": "accuracy_tolerance",
+    "perplexity_relative_tolerance": "perplexity_tolerance",
+    "collapse_retention": "collapse_retention",
+}
 
 
 def _verdict_flag_given(args, field: str) -> bool:
@@ -293,8 +376,10 @@ def _command_judge(args) -> int:
     print()
     print(LEGEND)
     _print_summary(records)
-    print(f"re-judged {len({r['cell_key'] for r in records})} cells; results written to "
-          f"{Path(args.store) / 'results.jsonl'}")
+    print(
+        f"re-judged {len({r['cell_key'] for r in records})} cells; results written to "
+        f"{Path(args.store) / 'results.jsonl'}"
+    )
     return 0
 
 
@@ -314,8 +399,11 @@ def _command_recipes(args) -> int:
 def _add_report_parser(sub) -> None:
     report = sub.add_parser("report", help="write one self-contained HTML report of a results folder")
     report.add_argument("results_dir", metavar="DIR", help="a results folder (holding results.jsonl)")
-    report.add_argument("--out", default=None, help="the HTML file to write (default DIR/report.html); "
-                        "results.csv, results.parquet and the PNGs go beside it")
+    report.add_argument(
+        "--out",
+        default=None,
+        help="the HTML file to write (default DIR/report.html); results.csv, results.parquet and the PNGs go beside it",
+    )
     report.add_argument("--title", default=None, help="page title (default: names the model)")
     report.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
@@ -333,10 +421,17 @@ def _command_report(args) -> int:
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     """The calibration flags of ``run``, with the same defaults (shared by export and measure)."""
-    parser.add_argument("--calib-source", default=None,
-                        help="calibration text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: toy for the toy model)")
-    parser.add_argument("--calib-samples", type=int, default=None, help="calibration samples N (default 128; 32 for toy)")
-    parser.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration sample L (default 2048; 64 for toy)")
+    parser.add_argument(
+        "--calib-source",
+        default=None,
+        help="calibration text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: toy for the toy model)",
+    )
+    parser.add_argument(
+        "--calib-samples", type=int, default=None, help="calibration samples N (default 128; 32 for toy)"
+    )
+    parser.add_argument(
+        "--calib-seq-len", type=int, default=None, help="tokens per calibration sample L (default 2048; 64 for toy)"
+    )
     parser.add_argument("--calib-seed", type=int, default=0, help="seed for sampling calibration windows")
 
 
@@ -344,7 +439,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --device, --dtype, --trust-remote-code, -v: as ``run`` has them."""
     parser.add_argument("--model", required=True, help="'toy' or a local Hugging Face model directory")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16"
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
@@ -352,11 +449,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_export_parser(sub) -> None:
     export = sub.add_parser("export", help="quantize a model and write it as a GPTQ checkpoint")
     _add_model_options(export)
-    export.add_argument("--recipe", required=True, help="an exportable recipe (uniform 2/3/4/8-bit weights): name or YAML path")
+    export.add_argument(
+        "--recipe", required=True, help="an exportable recipe (uniform 2/3/4/8-bit weights): name or YAML path"
+    )
     export.add_argument("--out", required=True, help="folder to write the checkpoint to (must be empty)")
     export.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
-    export.add_argument("--checkpoint-format", default="gptq", choices=["gptq", "gptq_v2"],
-                        help="gptq (v1: stores zero - 1, what auto-gptq writes) or gptq_v2 (default gptq)")
+    export.add_argument(
+        "--checkpoint-format",
+        default="gptq",
+        choices=["gptq", "gptq_v2"],
+        help="gptq (v1: stores zero - 1, what auto-gptq writes) or gptq_v2 (default gptq)",
+    )
     _add_calibration_options(export)
 
 
@@ -364,7 +467,9 @@ def _add_measure_parser(sub) -> None:
     measure = sub.add_parser("measure", help="measured cost of recipes: bytes, peak memory, prefill and decode speed")
     _add_model_options(measure)
     measure.add_argument("--recipe", action="append", required=True, help="recipe name, grid or YAML path (repeatable)")
-    measure.add_argument("--prompt-tokens", type=int, default=None, help="prefill prompt length (default 512; 256 for toy)")
+    measure.add_argument(
+        "--prompt-tokens", type=int, default=None, help="prefill prompt length (default 512; 256 for toy)"
+    )
     measure.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 128; 64 for toy)")
     measure.add_argument("--repeats", type=int, default=5, help="timed runs (default 5)")
     measure.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
@@ -375,11 +480,20 @@ def _add_measure_parser(sub) -> None:
 def _command_export(args) -> int:
     from quantsweep.export import export_model
 
-    out = export_model(args.model, args.recipe, args.out, device=args.device, dtype=args.dtype,
-                       calibration_source=args.calib_source, calibration_samples=args.calib_samples,
-                       calibration_seq_len=args.calib_seq_len, calibration_seed=args.calib_seed,
-                       trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-                       checkpoint_format=args.checkpoint_format)
+    out = export_model(
+        args.model,
+        args.recipe,
+        args.out,
+        device=args.device,
+        dtype=args.dtype,
+        calibration_source=args.calib_source,
+        calibration_samples=args.calib_samples,
+        calibration_seq_len=args.calib_seq_len,
+        calibration_seed=args.calib_seed,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+        checkpoint_format=args.checkpoint_format,
+    )
     print(f"GPTQ checkpoint of {args.model} with {args.recipe} written to {out}")
     return 0
 
@@ -394,31 +508,53 @@ def _command_measure(args) -> int:
 
     toy = args.model == "toy"
     records = measure_recipes(
-        args.model, args.recipe, device=args.device, dtype=args.dtype, calibration_source=args.calib_source,
-        calibration_samples=args.calib_samples, calibration_seq_len=args.calib_seq_len,
-        calibration_seed=args.calib_seed, trust_remote_code=args.trust_remote_code, out=args.out,
-        prompt_tokens=args.prompt_tokens or (256 if toy else 512), new_tokens=args.new_tokens or (64 if toy else 128),
-        repeats=args.repeats, warmup=args.warmup,
+        args.model,
+        args.recipe,
+        device=args.device,
+        dtype=args.dtype,
+        calibration_source=args.calib_source,
+        calibration_samples=args.calib_samples,
+        calibration_seq_len=args.calib_seq_len,
+        calibration_seed=args.calib_seed,
+        trust_remote_code=args.trust_remote_code,
+        out=args.out,
+        prompt_tokens=args.prompt_tokens or (256 if toy else 512),
+        new_tokens=args.new_tokens or (64 if toy else 128),
+        repeats=args.repeats,
+        warmup=args.warmup,
     )
-    print(f"{'recipe':<20} {'kernel':<13} {'bits/w':>7} {'theory MB':>10} {'stored MB':>10} "
-          f"{'peak MB':>9} {'prefill t/s':>12} {'decode t/s':>11}  measured on")
+    print(
+        f"{'recipe':<20} {'kernel':<13} {'bits/w':>7} {'theory MB':>10} {'stored MB':>10} "
+        f"{'peak MB':>9} {'prefill t/s':>12} {'decode t/s':>11}  measured on"
+    )
     for r in records:
         peak = r.get("peak_memory_bytes")
-        print(f"{r['recipe']:<20} {r['kernel']:<13} {r['theoretical_bits_per_weight']:>7.2f} "
-              f"{r['theoretical_bytes'] / 1e6:>10.2f} {r['stored_bytes'] / 1e6:>10.2f} "
-              f"{'-' if peak is None else f'{peak / 1e6:.0f}':>9} {_format_rate(r, 'prefill_tokens_per_s'):>12} "
-              f"{_format_rate(r, 'decode_tokens_per_s'):>11}  {r['speed_measured_on']}")
+        print(
+            f"{r['recipe']:<20} {r['kernel']:<13} {r['theoretical_bits_per_weight']:>7.2f} "
+            f"{r['theoretical_bytes'] / 1e6:>10.2f} {r['stored_bytes'] / 1e6:>10.2f} "
+            f"{'-' if peak is None else f'{peak / 1e6:.0f}':>9} {_format_rate(r, 'prefill_tokens_per_s'):>12} "
+            f"{_format_rate(r, 'decode_tokens_per_s'):>11}  {r['speed_measured_on']}"
+        )
     first = records[0]
-    print(f"\nwhere: {first.get('device_name')}, {first.get('threads')} threads; peak memory is "
-          f"{first.get('peak_memory_kind')}; fake-quant rows repeat the fp model's memory and speed")
+    print(
+        f"\nwhere: {first.get('device_name')}, {first.get('threads')} threads; peak memory is "
+        f"{first.get('peak_memory_kind')}; fake-quant rows repeat the fp model's memory and speed"
+    )
     if args.out:
         print(f"records written to {args.out}")
     return 0
 
 
-COMMANDS = {"demo": _command_demo, "run": _command_run, "sweep": _command_sweep, "judge": _command_judge,
-            "report": _command_report, "recipes": _command_recipes, "export": _command_export,
-            "measure": _command_measure}
+COMMANDS = {
+    "demo": _command_demo,
+    "run": _command_run,
+    "sweep": _command_sweep,
+    "judge": _command_judge,
+    "report": _command_report,
+    "recipes": _command_recipes,
+    "export": _command_export,
+    "measure": _command_measure,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,9 +100,7 @@ def parse_device(device: str | torch.device) -> tuple[str, int | None]:
         raise TypeError(f"device must be a string such as 'cpu' or 'npu:0', got {type(device).__name__}")
     match = _DEVICE_PATTERN.match(device.strip().lower())
     if match is None:
-        raise ValueError(
-            f"unknown device {device!r}; expected one of: auto, cpu, cuda, cuda:N, npu, npu:N"
-        )
+        raise ValueError(f"unknown device {device!r}; expected one of: auto, cpu, cuda, cuda:N, npu, npu:N")
     backend, index = match.group(1), match.group(2)
     if backend in ("auto", "cpu") and index is not None:
         raise ValueError(f"device {device!r} takes no index; use {backend!r}")
@@ -140,8 +138,7 @@ def resolve_device(device: str | torch.device = "auto") -> str:
         loaded = _import_torch_npu()
         if isinstance(loaded, BaseException):
             raise DeviceUnavailableError(
-                f"device 'npu' was requested but torch_npu cannot be imported ({loaded}). "
-                + NPU_INSTALL_HINT
+                f"device 'npu' was requested but torch_npu cannot be imported ({loaded}). " + NPU_INSTALL_HINT
             )
         count = _device_count("npu")
         if count == 0:
@@ -152,8 +149,7 @@ def resolve_device(device: str | torch.device = "auto") -> str:
     else:
         if not is_cuda_available():
             raise DeviceUnavailableError(
-                f"device {device!r} was requested but CUDA is not available "
-                "(is a CUDA build of torch installed?)"
+                f"device {device!r} was requested but CUDA is not available (is a CUDA build of torch installed?)"
             )
         count = _device_count("cuda")
     if index >= count:
@@ -201,9 +197,13 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
 }
 
 
@@ -283,9 +283,9 @@ def peak_memory_bytes(device: str | torch.device) -> int | None:
 
 
 _OUT_OF_MEMORY_MESSAGES = (
-    "out of memory",                # CUDA and NPU allocators ("CUDA out of memory", "NPU out of memory")
-    "can't allocate memory",        # torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")
-    "not enough memory",            # other CPU allocators
+    "out of memory",  # CUDA and NPU allocators ("CUDA out of memory", "NPU out of memory")
+    "can't allocate memory",  # torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")
+    "not enough memory",  # other CPU allocators
 )
 
 
@@ -374,7 +374,9 @@ def worker_device(accelerator_ids: dict | None = None) -> str:
     if accelerator_ids is None:
         return "cpu"
     if not isinstance(accelerator_ids, dict):
-        raise TypeError(f"accelerator_ids must be a dict such as {{'NPU': ['0']}}, got {type(accelerator_ids).__name__}")
+        raise TypeError(
+            f"accelerator_ids must be a dict such as {{'NPU': ['0']}}, got {type(accelerator_ids).__name__}"
+        )
     if accelerator_ids.get("NPU"):
         return "npu:0"
     if accelerator_ids.get("GPU"):
@@ -473,8 +475,9 @@ def bitsandbytes_backends() -> tuple[str, ...]:
     return tuple(sorted(found - _BNB_NON_DEVICE_FOLDERS))
 
 
-def bitsandbytes_supports(device: str | torch.device, version: str | None = None,
-                          backends: tuple[str, ...] | None = None) -> bool:
+def bitsandbytes_supports(
+    device: str | torch.device, version: str | None = None, backends: tuple[str, ...] | None = None
+) -> bool:
     """Whether bitsandbytes (the installed one, or ``version`` / ``backends``) runs on ``device``.
 
     Example:

@@ -77,7 +77,6 @@ def use_hub_mirror(endpoint: str) -> str:
     return endpoint
 
 
-
 def hub_reachable(endpoint: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether the Hugging Face hub (or the user's ``HF_ENDPOINT`` mirror) answers a TCP connect.
 

@@ -38,9 +38,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         found = _get_path(model, path)
         if isinstance(found, nn.ModuleList) and len(found) > 0:
             return found
-    raise ValueError(
-        f"cannot find the decoder layers of {type(model).__name__}; looked at {', '.join(_LAYER_PATHS)}"
-    )
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}; looked at {', '.join(_LAYER_PATHS)}")
 
 
 def decoder_layer_prefix(model: nn.Module) -> str:

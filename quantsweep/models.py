@@ -106,8 +106,11 @@ def load_model(
     model.eval()
     logger.info(
         "loaded %s (%s, %.1fM parameters) on %s as %s",
-        path.name, type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6,
-        resolved_device, resolved_dtype,
+        path.name,
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        resolved_device,
+        resolved_dtype,
     )
     return model, tokenizer
 
@@ -403,7 +406,9 @@ def check_loading_info(info: dict, source: str) -> None:
         problems.append(f"{len(unexpected)} checkpoint tensor(s) the model does not use: {describe_keys(unexpected)}")
     if mismatched:
         described = [
-            f"{entry[0]} (checkpoint {list(entry[1])}, model {list(entry[2])})" if isinstance(entry, tuple) else str(entry)
+            f"{entry[0]} (checkpoint {list(entry[1])}, model {list(entry[2])})"
+            if isinstance(entry, tuple)
+            else str(entry)
             for entry in mismatched
         ]
         problems.append(f"{len(mismatched)} tensor(s) have the wrong shape: {describe_keys(described)}")

@@ -42,14 +42,31 @@ PANGU_ARCHITECTURE = "PanguEmbeddedForCausalLM"
 # are translated separately (attention_bias, rope_parameters).
 _REQUIRED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _OPTIONAL_FIELDS = (
-    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
-    "initializer_range", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
-    "attention_dropout", "use_cache",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "attention_dropout",
+    "use_cache",
 )
 # Keys that describe the checkpoint, not the network; they need no mapping.
 _DESCRIPTIVE_FIELDS = (
-    "architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
-    "bias", "rope_theta", "rope_scaling", "_name_or_path",
+    "architectures",
+    "auto_map",
+    "model_type",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "bias",
+    "rope_theta",
+    "rope_scaling",
+    "_name_or_path",
 )
 _DEFAULT_ROPE_THETA = 10000.0
 
@@ -137,8 +154,12 @@ def _load_with_remote_code(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     model, info = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, trust_remote_code=True, local_files_only=True,
-        output_loading_info=True, ignore_mismatched_sizes=True,
+        str(path),
+        dtype=dtype,
+        trust_remote_code=True,
+        local_files_only=True,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
     )
     check_loading_info(info, str(path))
     return model

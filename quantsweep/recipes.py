@@ -33,9 +33,10 @@ import dataclasses
 import difflib
 import logging
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -180,7 +181,9 @@ def get_method(name: str) -> MethodSpec:
     """
     _load_builtin_methods()
     if name not in _METHODS:
-        raise RecipeError(f"unknown method {name!r}{_did_you_mean(name, _METHODS)}; registered: {', '.join(sorted(_METHODS))}")
+        raise RecipeError(
+            f"unknown method {name!r}{_did_you_mean(name, _METHODS)}; registered: {', '.join(sorted(_METHODS))}"
+        )
     return _METHODS[name]
 
 
@@ -219,8 +222,11 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> RecipeConf
             f"{source}: unknown key {unknown[0]!r}{_did_you_mean(str(unknown[0]), allowed)} for method "
             f"{spec.name!r}; allowed keys: {', '.join(allowed)}"
         )
-    missing = [f.name for f in fields(spec.config)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
+    missing = [
+        f.name
+        for f in fields(spec.config)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+    ]
     if missing:
         raise RecipeError(f"{source}: missing required key {missing[0]!r}")
     try:
@@ -356,8 +362,10 @@ def expand_recipes(names: list[str | RecipeConfig]) -> list[RecipeConfig]:
             else:
                 earlier = next(r for r in resolved if r.name == config.name)
                 if earlier.to_dict() != config.to_dict():
-                    raise RecipeError(f"two different recipes are named {config.name!r}; rename one "
-                                      f"(they differ in {', '.join(k for k, v in config.to_dict().items() if earlier.to_dict().get(k) != v)})")
+                    raise RecipeError(
+                        f"two different recipes are named {config.name!r}; rename one "
+                        f"(they differ in {', '.join(k for k, v in config.to_dict().items() if earlier.to_dict().get(k) != v)})"
+                    )
 
     for name in names:
         visit(name, ())
@@ -388,7 +396,9 @@ def apply_recipe(model, recipe: str | RecipeConfig, calibration=None):
     config = get_recipe(recipe)
     spec = get_method(config.method)
     if not isinstance(config, spec.config):
-        raise TypeError(f"recipe {config.name!r} is a {type(config).__name__}, method {spec.name!r} needs {spec.config.__name__}")
+        raise TypeError(
+            f"recipe {config.name!r} is a {type(config).__name__}, method {spec.name!r} needs {spec.config.__name__}"
+        )
     logger.info("quantizing with recipe %s (method %s)", config.name, spec.name)
     result = spec.apply(model, config, calibration=calibration)
     if isinstance(result, QuantizationResult):

@@ -85,8 +85,9 @@ class WeightSnapshot:
 
     def _undo_swaps(self, model: nn.Module) -> int:
         current = dict(model.named_modules())
-        swapped = [name for name, module in self._modules.items()
-                   if name and name in current and current[name] is not module]
+        swapped = [
+            name for name, module in self._modules.items() if name and name in current and current[name] is not module
+        ]
         for name in sorted(swapped, key=lambda n: n.count(".")):  # outermost first
             parent_name, _, child = name.rpartition(".")
             parent = self._modules[parent_name] if parent_name else model

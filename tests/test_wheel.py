@@ -22,8 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _sh(args, cwd, timeout=900, env=None):
-    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -57,12 +63,40 @@ def test_installed_wheel_lists_recipes_from_another_folder(installed):
 def test_installed_wheel_runs_toy_and_the_shipped_sweep_spec(installed):
     bin_dir, work = installed
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    _sh([bin_dir / "quantsweep", "run", "--model", "toy", "--recipe", "fp", "--recipe", "w8-rtn",
-         "--tasks", "toy_mc4,toy_ppl", "--limit", "30", "--device", "cpu", "--out", work / "run"], cwd=work, env=env)
+    _sh(
+        [
+            bin_dir / "quantsweep",
+            "run",
+            "--model",
+            "toy",
+            "--recipe",
+            "fp",
+            "--recipe",
+            "w8-rtn",
+            "--tasks",
+            "toy_mc4,toy_ppl",
+            "--limit",
+            "30",
+            "--device",
+            "cpu",
+            "--out",
+            work / "run",
+        ],
+        cwd=work,
+        env=env,
+    )
     records = [json.loads(line) for line in (work / "run" / "results.jsonl").read_text().splitlines()]
-    assert {(r["recipe"], r["task"]) for r in records} == {(r, t) for r in ("fp", "w8-rtn") for t in ("toy_mc4", "toy_ppl")}
-    spec = _sh([bin_dir / "python", "-c",
-                "import quantsweep._paths as p; print(p.shipped_dir('recipes') / 'sweeps' / 'toy.yaml')"], cwd=work).strip()
+    assert {(r["recipe"], r["task"]) for r in records} == {
+        (r, t) for r in ("fp", "w8-rtn") for t in ("toy_mc4", "toy_ppl")
+    }
+    spec = _sh(
+        [
+            bin_dir / "python",
+            "-c",
+            "import quantsweep._paths as p; print(p.shipped_dir('recipes') / 'sweeps' / 'toy.yaml')",
+        ],
+        cwd=work,
+    ).strip()
     assert Path(spec).is_file()
     text = Path(spec).read_text().replace("limit: 400", "limit: 20")
     (work / "toy.yaml").write_text(text)

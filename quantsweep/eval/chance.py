@@ -40,7 +40,11 @@ def multiple_choice_chance(choice_counts: Sequence[int]) -> float:
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError("choice_counts must be a non-empty list with one choice count per sample")
     if not np.issubdtype(counts.dtype, np.integer):
-        if not np.issubdtype(counts.dtype, np.floating) or not np.all(np.isfinite(counts)) or np.any(counts != np.round(counts)):
+        if (
+            not np.issubdtype(counts.dtype, np.floating)
+            or not np.all(np.isfinite(counts))
+            or np.any(counts != np.round(counts))
+        ):
             raise TypeError(f"choice_counts must be integers, got values like {counts[:3].tolist()}")
     if np.any(counts < 2):
         raise ValueError(f"every sample needs at least 2 choices, got {int(counts.min())}")
@@ -107,7 +111,9 @@ def cross_entropy(nll, counts) -> float:
     """
     nll, counts = np.asarray(nll, dtype=float), np.asarray(counts, dtype=float)
     if nll.shape != counts.shape or nll.ndim != 1 or nll.size == 0:
-        raise ValueError(f"nll and counts must be non-empty 1-D arrays of equal length, got {nll.shape} and {counts.shape}")
+        raise ValueError(
+            f"nll and counts must be non-empty 1-D arrays of equal length, got {nll.shape} and {counts.shape}"
+        )
     total = counts.sum()
     if not total > 0:
         raise ValueError(f"the total token count must be positive, got {total}")
@@ -184,7 +190,6 @@ def unigram_cross_entropy(token_counts) -> float:
 # ---------------------------------------------------------------- chance rules of tasks
 
 
-
 def chance_rule(task: str, output_type: str | None = None) -> tuple[str, float]:
     """The chance rule and floor for a task: its suite entry's, else inferred from lm-eval's output type.
 
@@ -212,8 +217,10 @@ def chance_rule(task: str, output_type: str | None = None) -> tuple[str, float]:
     if entry is not None:
         return entry.chance, float(entry.chance_floor)
     if output_type not in rules:
-        raise ValueError(f"task {task!r} is in no suite and its output type {output_type!r} has no chance rule; "
-                         f"known output types: {', '.join(rules)}")
+        raise ValueError(
+            f"task {task!r} is in no suite and its output type {output_type!r} has no chance rule; "
+            f"known output types: {', '.join(rules)}"
+        )
     return rules[output_type], 0.0
 
 
@@ -243,12 +250,13 @@ def chance_level(task_result, vocab_size: int | None = None) -> float:
     if rule == "choices":
         counts = [sample.n_choices for sample in task_result.samples]
         if not counts or any(count is None for count in counts):
-            raise ValueError(f"task {task_result.task!r}: chance rule 'choices' needs every sample's n_choices "
-                             f"(output type {task_result.output_type!r})")
+            raise ValueError(
+                f"task {task_result.task!r}: chance rule 'choices' needs every sample's n_choices "
+                f"(output type {task_result.output_type!r})"
+            )
         return multiple_choice_chance(counts)
     if rule == "zero":
         return exact_match_chance(floor)
     if vocab_size is None:
         raise ValueError(f"task {task_result.task!r}: chance rule 'uniform_vocab' needs vocab_size")
     return chance_perplexity(vocab_size)
-

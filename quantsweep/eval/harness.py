@@ -33,10 +33,18 @@ from typing import Any
 from quantsweep.eval.chance import unigram_cross_entropy
 from quantsweep.eval.health import NonFiniteLogitCounter
 from quantsweep.eval.suites import SuiteEntry, suite_entry
-from quantsweep.eval.tasks import (LOGLIKELIHOOD_TYPES, TASKS_DIR, TaskNotFoundError, check_tasks,  # noqa: F401
-                                   manager_for, task_manager, task_search_paths)
+from quantsweep.eval.tasks import (  # noqa: F401
+    LOGLIKELIHOOD_TYPES,
+    TASKS_DIR,
+    TaskNotFoundError,
+    check_tasks,
+    manager_for,
+    task_manager,
+    task_search_paths,
+)
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class MetricResult:
@@ -138,9 +146,16 @@ class EvalResult:
         rows = []
         for task in self.tasks.values():
             for metric in task.metrics.values():
-                rows.append({"task": task.task, "metric": metric.metric, "value": metric.value,
-                             "stderr": metric.stderr, "n": metric.n,
-                             "nonfinite_samples": task.nonfinite_samples})
+                rows.append(
+                    {
+                        "task": task.task,
+                        "metric": metric.metric,
+                        "value": metric.value,
+                        "stderr": metric.stderr,
+                        "n": metric.n,
+                        "nonfinite_samples": task.nonfinite_samples,
+                    }
+                )
         return rows
 
 
@@ -180,16 +195,24 @@ def _cluster_of(sample: dict, entry: SuiteEntry | None, subtask_of_group: str | 
     column = entry.cluster_column if entry is not None and entry.cluster_column else None
     if column is not None:
         if column not in doc:
-            raise ValueError(f"task {entry.task!r}: cluster_column {column!r} is not a document column; "
-                             f"columns: {', '.join(map(str, doc)) or 'none'}")
+            raise ValueError(
+                f"task {entry.task!r}: cluster_column {column!r} is not a document column; "
+                f"columns: {', '.join(map(str, doc)) or 'none'}"
+            )
         return str(doc[column])
     if "subject" in doc:
         return str(doc["subject"])
     return subtask_of_group
 
 
-def _sample_outcomes(output_type: str, raw_samples: list[dict], metric_names: list[str], tokenizer,
-                     entry: SuiteEntry | None = None, subtask_of_group: str | None = None) -> list[SampleOutcome]:
+def _sample_outcomes(
+    output_type: str,
+    raw_samples: list[dict],
+    metric_names: list[str],
+    tokenizer,
+    entry: SuiteEntry | None = None,
+    subtask_of_group: str | None = None,
+) -> list[SampleOutcome]:
     outcomes = []
     for sample in raw_samples:
         scores = {name: sample[name] for name in metric_names if name in sample}
@@ -200,9 +223,16 @@ def _sample_outcomes(output_type: str, raw_samples: list[dict], metric_names: li
         if output_type == "loglikelihood_rolling":
             text = sample["target"]
             n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        outcomes.append(SampleOutcome(doc_id=int(sample["doc_id"]), scores=scores, nonfinite=nonfinite,
-                                      n_choices=n_choices, n_tokens=n_tokens,
-                                      cluster=_cluster_of(sample, entry, subtask_of_group)))
+        outcomes.append(
+            SampleOutcome(
+                doc_id=int(sample["doc_id"]),
+                scores=scores,
+                nonfinite=nonfinite,
+                n_choices=n_choices,
+                n_tokens=n_tokens,
+                cluster=_cluster_of(sample, entry, subtask_of_group),
+            )
+        )
     outcomes.sort(key=lambda outcome: outcome.doc_id)
     return outcomes
 
@@ -220,8 +250,13 @@ def _task_window(lm, entry: SuiteEntry | None, max_length: int | None, positions
         return max_length
     if entry is not None and entry.max_length is not None:
         if positions is not None and entry.max_length > positions:
-            logger.info("task %s: suite window %d exceeds the model's %d positions; using %d",
-                        entry.task, entry.max_length, positions, positions)
+            logger.info(
+                "task %s: suite window %d exceeds the model's %d positions; using %d",
+                entry.task,
+                entry.max_length,
+                positions,
+                positions,
+            )
             return positions
         return entry.max_length
     return lm.default_max_length
@@ -297,8 +332,9 @@ def evaluate(
     counter = NonFiniteLogitCounter(model)
     result = EvalResult(limit=limit)
     try:
-        lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, counter=counter,
-                             max_length=max_length)
+        lm = ContextCachedLM(
+            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, counter=counter, max_length=max_length
+        )
         for name in names:
             spec = overrides.get(name, name)
             generated_before = counter.total
@@ -308,10 +344,19 @@ def evaluate(
             logger.info("evaluating task %s%s", name, f" (limit {limit})" if limit else "")
             with _without_environment_report():
                 output = lm_eval.simple_evaluate(
-                    model=lm, tasks=[spec], limit=limit, num_fewshot=num_fewshot, task_manager=manager,
-                    log_samples=True, bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
-                    torch_random_seed=seed, fewshot_random_seed=seed,
-                    confirm_run_unsafe_code=allow_code_execution, verbosity="ERROR",
+                    model=lm,
+                    tasks=[spec],
+                    limit=limit,
+                    num_fewshot=num_fewshot,
+                    task_manager=manager,
+                    log_samples=True,
+                    bootstrap_iters=1000,
+                    random_seed=seed,
+                    numpy_random_seed=seed,
+                    torch_random_seed=seed,
+                    fewshot_random_seed=seed,
+                    confirm_run_unsafe_code=allow_code_execution,
+                    verbosity="ERROR",
                 )
             found = _task_results(output, tokenizer, counter.total - generated_before, entries.get(name))
             for task_name, task_result in found.items():
@@ -339,8 +384,9 @@ def _chosen_filter(config: dict, raw_samples: list[dict], entry) -> str:
     return present[0] if present else "none"
 
 
-def _task_results(output: dict, tokenizer, generated_nonfinite: int,
-                  requested_entry: SuiteEntry | None = None) -> dict[str, TaskResult]:
+def _task_results(
+    output: dict, tokenizer, generated_nonfinite: int, requested_entry: SuiteEntry | None = None
+) -> dict[str, TaskResult]:
     found = {}
     in_group = {sub for subs in (output.get("group_subtasks") or {}).values() for sub in subs}
     for task_name, all_samples in output["samples"].items():
@@ -354,8 +400,9 @@ def _task_results(output: dict, tokenizer, generated_nonfinite: int,
         higher = output.get("higher_is_better", {}).get(task_name, {})
         values = output["results"][task_name]
         n = int(output.get("n-samples", {}).get(task_name, {}).get("effective", len(raw_samples)))
-        samples = _sample_outcomes(output_type, raw_samples, metric_names, tokenizer, entry,
-                                   task_name if task_name in in_group else None)
+        samples = _sample_outcomes(
+            output_type, raw_samples, metric_names, tokenizer, entry, task_name if task_name in in_group else None
+        )
         metrics = {}
         for key, value in values.items():
             if "," not in key or key.startswith("alias"):
@@ -371,8 +418,12 @@ def _task_results(output: dict, tokenizer, generated_nonfinite: int,
             nonfinite = generated_nonfinite
         preferred = [entry.metric] if entry is not None else []
         found[task_name] = TaskResult(
-            task=task_name, output_type=output_type, metrics=metrics, samples=samples,
-            nonfinite_samples=nonfinite, num_fewshot=config.get("num_fewshot"),
+            task=task_name,
+            output_type=output_type,
+            metrics=metrics,
+            samples=samples,
+            nonfinite_samples=nonfinite,
+            num_fewshot=config.get("num_fewshot"),
             version=output.get("versions", {}).get(task_name),
             primary_metric=next((m for m in preferred + metric_names if m in metrics), next(iter(metrics), None)),
         )

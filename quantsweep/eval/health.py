@@ -95,8 +95,9 @@ def diagnose_nonfinite(model: nn.Module, tokenizer, text: str = DEFAULT_PROBE_TE
     finally:
         for handle in handles:
             handle.remove()
-    report = NonFiniteReport(logits_finite=bool(torch.isfinite(logits).all()),
-                             nonfinite_weights=nonfinite_parameters(model))
+    report = NonFiniteReport(
+        logits_finite=bool(torch.isfinite(logits).all()), nonfinite_weights=nonfinite_parameters(model)
+    )
     if order:
         # hooks fire when a module *finishes*; a parent finishes after its children, so the
         # first entry is the innermost module that produced a non-finite output first

@@ -57,7 +57,9 @@ def _is_number(value) -> bool:
 
 
 def _is_binary(values: list) -> bool:
-    return all(isinstance(v, (int, float)) and (v in (0, 1) or (isinstance(v, float) and math.isnan(v))) for v in values)
+    return all(
+        isinstance(v, (int, float)) and (v in (0, 1) or (isinstance(v, float) and math.isnan(v))) for v in values
+    )
 
 
 def _pairs(task, baseline_task) -> tuple[list, list]:
@@ -77,8 +79,9 @@ def _chance(task) -> float:
     return chance_levels.chance_level(task)
 
 
-def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: VerdictConfig | None = None,
-               is_baseline: bool = False) -> dict[str, Any]:
+def judge_task(
+    task, baseline_task, *, metric: str, vocab_size: int, config: VerdictConfig | None = None, is_baseline: bool = False
+) -> dict[str, Any]:
     """Verdict fields for one (task, metric) of a recipe, compared with the baseline's.
 
     Args:
@@ -102,42 +105,64 @@ def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: Ver
     if baseline_task is None and not is_baseline:
         # the baseline failed: nothing to pair with, so no comparison can be claimed
         nonfinite = task.nonfinite_samples > 0 or not math.isfinite(value)
-        reason = ("no baseline to compare with: the baseline has no result for this task"
-                  if not nonfinite else f"{task.nonfinite_samples} of {task.n} documents, or the metric, non-finite")
-        return Verdict("non-finite" if nonfinite else "inconclusive", nonfinite_samples=task.nonfinite_samples,
-                       n=task.n, reason=reason).to_dict()
+        reason = (
+            "no baseline to compare with: the baseline has no result for this task"
+            if not nonfinite
+            else f"{task.nonfinite_samples} of {task.n} documents, or the metric, non-finite"
+        )
+        return Verdict(
+            "non-finite" if nonfinite else "inconclusive",
+            nonfinite_samples=task.nonfinite_samples,
+            n=task.n,
+            reason=reason,
+        ).to_dict()
     samples, base_samples = _pairs(task, None if is_baseline else baseline_task)
     baseline_arg = None if is_baseline else base_samples
     common = dict(nonfinite_samples=task.nonfinite_samples, config=config, is_baseline=is_baseline, metric_value=value)
     if task.output_type == "loglikelihood_rolling" and metric in PERPLEXITY_METRICS:
         chance_fields = perplexity_chance(task, baseline_task, vocab_size)
         verdict = judge_perplexity(
-            _nll(samples, metric), [s.n_tokens for s in samples],
+            _nll(samples, metric),
+            [s.n_tokens for s in samples],
             None if baseline_arg is None else _nll(baseline_arg, metric),
             None if baseline_arg is None else [s.n_tokens for s in baseline_arg],
-            vocab_size, **common,
+            vocab_size,
+            **common,
             # None keeps the uniform chance perplexity exactly V (exp(log V) would round)
-            chance_cross_entropy=chance_fields["chance_nats"] if chance_fields["chance_reference"] == "unigram" else None)
+            chance_cross_entropy=chance_fields["chance_nats"]
+            if chance_fields["chance_reference"] == "unigram"
+            else None,
+        )
         return {**verdict.to_dict(), **chance_fields, "cross_entropy_nats": _cross_entropy(samples, metric)}
     values = _scores(samples, metric)
     if not all(_is_number(v) for v in values):
         # e.g. f1/mcc/bleu: lm-eval logs (reference, prediction) per document and scores the corpus,
         # so there is no per-document number to pair with the baseline's
-        logger.warning("%s/%s: per-document values are not numbers; no paired comparison, verdict inconclusive",
-                       task.task, metric)
-        reason = (f"lm-eval scores {metric} on the whole corpus: there is no per-document number to pair "
-                  "with the baseline's")
-        return Verdict("baseline" if is_baseline else "inconclusive", nonfinite_samples=task.nonfinite_samples,
-                       n=task.n, reason=reason).to_dict()
+        logger.warning(
+            "%s/%s: per-document values are not numbers; no paired comparison, verdict inconclusive", task.task, metric
+        )
+        reason = (
+            f"lm-eval scores {metric} on the whole corpus: there is no per-document number to pair with the baseline's"
+        )
+        return Verdict(
+            "baseline" if is_baseline else "inconclusive",
+            nonfinite_samples=task.nonfinite_samples,
+            n=task.n,
+            reason=reason,
+        ).to_dict()
     if task.output_type == "loglikelihood" and metric == "perplexity":
         # lm-eval logs each document's log-likelihood for this metric (higher is better) and reports
         # exp(-mean). Judge the mean log-likelihood; a drop of log(1 + tolerance) nats is a perplexity
         # increase of exactly the relative tolerance. delta is in nats per document.
-        verdict = judge_scores(np.asarray(values, dtype=float),
-                               None if baseline_arg is None else np.asarray(_scores(baseline_arg, metric), dtype=float),
-                               higher_is_better=True, chance=None,
-                               tolerance=math.log1p(config.perplexity_relative_tolerance),
-                               show=lambda nats: f"{nats:.3g} nats", **common)
+        verdict = judge_scores(
+            np.asarray(values, dtype=float),
+            None if baseline_arg is None else np.asarray(_scores(baseline_arg, metric), dtype=float),
+            higher_is_better=True,
+            chance=None,
+            tolerance=math.log1p(config.perplexity_relative_tolerance),
+            show=lambda nats: f"{nats:.3g} nats",
+            **common,
+        )
         return verdict.to_dict()
     if _is_binary(values):
         baseline_values = None if baseline_arg is None else _scores(baseline_arg, metric)
@@ -146,10 +171,14 @@ def judge_task(task, baseline_task, *, metric: str, vocab_size: int, config: Ver
             return {**verdict.to_dict(), **answer_flips(values, baseline_values)}
     else:
         higher = task.metrics[metric].higher_is_better
-        verdict = judge_scores(np.asarray(values, dtype=float),
-                               None if baseline_arg is None else np.asarray(_scores(baseline_arg, metric), dtype=float),
-                               higher_is_better=True if higher is None else bool(higher), chance=None,
-                               clusters=_clusters(samples), **common)
+        verdict = judge_scores(
+            np.asarray(values, dtype=float),
+            None if baseline_arg is None else np.asarray(_scores(baseline_arg, metric), dtype=float),
+            higher_is_better=True if higher is None else bool(higher),
+            chance=None,
+            clusters=_clusters(samples),
+            **common,
+        )
     return verdict.to_dict()
 
 
@@ -175,8 +204,11 @@ def answer_flips(quantized, baseline) -> dict[str, Any]:
         return {"flips_right_to_wrong": None, "flips_wrong_to_right": None, "flips_n": 0}
     counts = stats.paired_counts(q[keep], b[keep])
     n = counts.n
-    return {"flips_right_to_wrong": counts.only_baseline / n, "flips_wrong_to_right": counts.only_quantized / n,
-            "flips_n": n}
+    return {
+        "flips_right_to_wrong": counts.only_baseline / n,
+        "flips_wrong_to_right": counts.only_quantized / n,
+        "flips_n": n,
+    }
 
 
 def perplexity_chance(task, baseline_task, vocab_size: int) -> dict[str, Any]:
@@ -202,8 +234,12 @@ def perplexity_chance(task, baseline_task, vocab_size: int) -> dict[str, Any]:
     if unigram is not None and not (math.isfinite(float(unigram)) and float(unigram) > 0):
         raise ValueError(f"{task.task}: unigram_chance_nats must be a positive number of nats, got {unigram}")
     used = uniform if unigram is None else float(unigram)
-    return {"chance_nats": used, "chance_reference": "uniform" if unigram is None else "unigram",
-            "chance_unigram_nats": None if unigram is None else float(unigram), "chance_uniform_nats": uniform}
+    return {
+        "chance_nats": used,
+        "chance_reference": "uniform" if unigram is None else "unigram",
+        "chance_unigram_nats": None if unigram is None else float(unigram),
+        "chance_uniform_nats": uniform,
+    }
 
 
 def _cross_entropy(samples, metric: str) -> float | None:
@@ -225,8 +261,9 @@ def _nll(samples, metric: str) -> list[float]:
     return out
 
 
-def judge_all_metrics(task, baseline_task, *, vocab_size: int, config: VerdictConfig | None = None,
-                      is_baseline: bool = False) -> dict[str, dict[str, Any]]:
+def judge_all_metrics(
+    task, baseline_task, *, vocab_size: int, config: VerdictConfig | None = None, is_baseline: bool = False
+) -> dict[str, dict[str, Any]]:
     """:func:`judge_task` for every metric of a task, by metric name.
 
     The perplexity metrics of one task (word, byte, bits per byte) are all judged on
@@ -243,8 +280,9 @@ def judge_all_metrics(task, baseline_task, *, vocab_size: int, config: VerdictCo
         if is_perplexity and shared_perplexity is not None:
             judged[metric] = dict(shared_perplexity)
             continue
-        judged[metric] = judge_task(task, baseline_task, metric=metric, vocab_size=vocab_size, config=config,
-                                    is_baseline=is_baseline)
+        judged[metric] = judge_task(
+            task, baseline_task, metric=metric, vocab_size=vocab_size, config=config, is_baseline=is_baseline
+        )
         if is_perplexity:
             shared_perplexity = judged[metric]
     return judged

@@ -118,8 +118,15 @@ class ContextCachedLM(HFLM):
         >>> lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8)  # doctest: +SKIP
     """
 
-    def __init__(self, *args, counter=None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                 max_length: int | None = None, batch_size: int | str = 32, **kwargs):
+    def __init__(
+        self,
+        *args,
+        counter=None,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        max_length: int | None = None,
+        batch_size: int | str = 32,
+        **kwargs,
+    ):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
         positions = model_positions(kwargs.get("pretrained", args[0] if args else None))
@@ -127,8 +134,9 @@ class ContextCachedLM(HFLM):
             check_max_length(max_length, positions)
         check_batch_size(batch_size)
         self._auto_batch = batch_size == "auto"
-        super().__init__(*args, max_length=max_length, batch_size=MAX_AUTO_BATCH_SIZE if self._auto_batch
-                         else batch_size, **kwargs)
+        super().__init__(
+            *args, max_length=max_length, batch_size=MAX_AUTO_BATCH_SIZE if self._auto_batch else batch_size, **kwargs
+        )
         self._counter = counter
         self.chunk_tokens = chunk_tokens
         self.rolling_target_counts: dict[str, Counter] = {}
@@ -156,8 +164,11 @@ class ContextCachedLM(HFLM):
         self.fallbacks[reason] += count
 
     def _no_grad(self):
-        autocast = torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                  enabled=self.mixed_precision_dtype is not None)
+        autocast = torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        )
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         stack.enter_context(autocast)
@@ -169,7 +180,7 @@ class ContextCachedLM(HFLM):
         while start < len(items):
             size = int(self.batch_size)
             try:
-                out.extend(run(items[start:start + size]))
+                out.extend(run(items[start : start + size]))
             except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
                 if size == 1 or not self._auto_batch or not devices.is_out_of_memory(error):
                     raise
@@ -189,22 +200,25 @@ class ContextCachedLM(HFLM):
             else:
                 # older transformers name the KV cache `past_key_values`, 5.2x names it `cache`
                 self._cache_kwarg = next((name for name in _CACHE_KWARGS if name in params), None)
-                self._cache_reason = None if self._cache_kwarg else (
-                    f"{type(self.model).__name__}.forward takes no past_key_values")
+                self._cache_reason = (
+                    None if self._cache_kwarg else (f"{type(self.model).__name__}.forward takes no past_key_values")
+                )
         return self._cache_reason
 
     def _keep_last_logits(self) -> dict:
         # the prefix's logits are never used: ask for one position only where the model allows it
         # (the forward's signature is read once, not on every batch)
         if not hasattr(self, "_keep_kwargs"):
-            self._keep_kwargs = ({"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters
-                                 else {})
+            self._keep_kwargs = (
+                {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+            )
         return self._keep_kwargs
 
     # ------------------------------------------------------------ log-likelihood
 
-    def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
-                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
         if not requests:
             return []
         longest = max(len(cont) for _, _, cont in requests)
@@ -233,8 +247,12 @@ class ContextCachedLM(HFLM):
         try:
             for subset, preamble in ((with_prefix, self._preamble([ctx for ctx, _ in with_prefix])), (no_prefix, None)):
                 order = [i for _, ids in subset for i in ids]
-                scored = self._batches(subset, lambda batch: self._score_from_cache(
-                    [(ctx, i) for ctx, ids in batch for i in ids], requests, preamble))
+                scored = self._batches(
+                    subset,
+                    lambda batch: self._score_from_cache(
+                        [(ctx, i) for ctx, ids in batch for i in ids], requests, preamble
+                    ),
+                )
                 for i, answer in zip(order, scored, strict=True):
                     results[i] = answer
         except _NoReorderableCache as err:
@@ -262,8 +280,9 @@ class ContextCachedLM(HFLM):
             return None
         logger.info("shared preamble of %d tokens computed once for %d contexts", len(shared), len(contexts))
         with self._no_grad():
-            out = self.model(input_ids=torch.tensor([shared], device=self.device), use_cache=True,
-                             **self._keep_last_logits())
+            out = self.model(
+                input_ids=torch.tensor([shared], device=self.device), use_cache=True, **self._keep_last_logits()
+            )
         return len(shared), self._cached(out)
 
     def _score_from_cache(self, units: list[tuple[tuple[int, ...], int]], requests: list[Request], preamble=None):
@@ -286,15 +305,26 @@ class ContextCachedLM(HFLM):
             if width > 0:
                 # right padding (repeating each row's last token): causal attention keeps every real
                 # position exact, and the padded slots are masked out for the continuations below
-                ids = torch.stack([torch.tensor(list(c[shared:-1]) + [c[-2]] * (width - int(n)))
-                                   for c, n in zip(contexts, rest_len)])
+                ids = torch.stack(
+                    [torch.tensor(list(c[shared:-1]) + [c[-2]] * (width - int(n))) for c, n in zip(contexts, rest_len)]
+                )
                 rest_mask = (torch.arange(width)[None, :] < rest_len[:, None]).long()
                 mask = rest_mask if mask_before is None else torch.cat([mask_before, rest_mask], dim=1)
-                kwargs = {} if cache is None else {
-                    self._cache_kwarg: cache, "position_ids": (shared + torch.arange(width, device=device)).expand(
-                        len(contexts), -1)}
-                out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
-                                 **kwargs, **self._keep_last_logits())
+                kwargs = (
+                    {}
+                    if cache is None
+                    else {
+                        self._cache_kwarg: cache,
+                        "position_ids": (shared + torch.arange(width, device=device)).expand(len(contexts), -1),
+                    }
+                )
+                out = self.model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    use_cache=True,
+                    **kwargs,
+                    **self._keep_last_logits(),
+                )
                 cache, mask_before = self._cached(out), mask
             if cache is not None:
                 rows = torch.tensor([row_of[ctx] for ctx, _ in units], device=device)
@@ -308,8 +338,11 @@ class ContextCachedLM(HFLM):
             kwargs = {}
             if cache is not None:
                 start = torch.tensor([len(ctx) - 1 for ctx, _ in units], device=device)  # position of ctx[-1]
-                kwargs = {self._cache_kwarg: cache, "attention_mask": torch.cat([mask_before, cont_mask], dim=1),
-                          "position_ids": start[:, None] + torch.arange(cont_width, device=device)[None, :]}
+                kwargs = {
+                    self._cache_kwarg: cache,
+                    "attention_mask": torch.cat([mask_before, cont_mask], dim=1),
+                    "position_ids": start[:, None] + torch.arange(cont_width, device=device)[None, :],
+                }
             logits = self.model(input_ids=ids, use_cache=cache is not None, **kwargs).logits
             logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
         # every row at once; padded positions add exactly 0 and are always "greedy"
@@ -338,17 +371,27 @@ class ContextCachedLM(HFLM):
                 with self._no_grad():
                     full = self.model(input_ids=ids).logits
                     split = head(decoder(input_ids=ids).last_hidden_state)
-                same = full.shape == split.shape and torch.allclose(full.float(), split.float(), rtol=1e-4,
-                                                                    atol=1e-4, equal_nan=True)
-                self._head_reason = None if same else \
-                    f"{type(self.model).__name__}'s logits are not lm_head(decoder hidden states)"
+                same = full.shape == split.shape and torch.allclose(
+                    full.float(), split.float(), rtol=1e-4, atol=1e-4, equal_nan=True
+                )
+                self._head_reason = (
+                    None if same else f"{type(self.model).__name__}'s logits are not lm_head(decoder hidden states)"
+                )
         return self._head_reason
 
     def _windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         # lm-eval's own windowing (HFLM.loglikelihood_rolling), so the scored tokens are identical
-        return list(map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
-            token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-            max_seq_len=self.max_length, context_len=1)))
+        return list(
+            map(
+                lm_utils.make_disjoint_window,
+                lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            )
+        )
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         per_request = [self._windows(req.args[0]) for req in requests]
@@ -374,7 +417,7 @@ class ContextCachedLM(HFLM):
         """Sum of target log-probabilities per window, lm_head applied chunk_tokens positions at a time."""
         decoder, head = self._decoder_and_head()
         device = self.device
-        inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in windows]
+        inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in windows]
         width = max(len(x) for x in inputs)
         ids = torch.tensor([x + [x[-1]] * (width - len(x)) for x in inputs], device=device)
         rows = torch.cat([torch.full((len(cont),), r) for r, (_, cont) in enumerate(windows)]).to(device)

@@ -27,8 +27,14 @@ from quantsweep.hub import effective_hub_endpoint, hub_offline, hub_reachable, u
 logger = logging.getLogger(__name__)
 
 # File name endings accepted for local data, and the ``datasets`` builder that reads each.
-DATA_FORMATS = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
-                ".parquet": "parquet", ".csv": "csv"}
+DATA_FORMATS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".jsonl.gz": "json",
+    ".json.gz": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
 DEFAULT_CODE_TIMEOUT_S = 10.0  # seconds per executed program (HF's code_eval default is 3 s)
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 
@@ -38,6 +44,7 @@ class MissingDataError(ValueError):
 
 
 # ---------------------------------------------------------------- code execution
+
 
 def _code_task_names(names: list[str]) -> list[str]:
     found = []
@@ -49,8 +56,9 @@ def _code_task_names(names: list[str]) -> list[str]:
     return found
 
 
-def check_code_execution(task_names: list[str] | str, allow: bool, *,
-                         timeout_s: float = DEFAULT_CODE_TIMEOUT_S) -> list[str]:
+def check_code_execution(
+    task_names: list[str] | str, allow: bool, *, timeout_s: float = DEFAULT_CODE_TIMEOUT_S
+) -> list[str]:
     """Refuse code-executing tasks without the opt-in; with it, enable execution with a time-out.
 
     With ``allow=True`` and at least one such task, sets ``HF_ALLOW_CODE_EVAL=1`` (the
@@ -86,8 +94,8 @@ def check_code_execution(task_names: list[str] | str, allow: bool, *,
     return code_tasks
 
 
-
 # ---------------------------------------------------------------- local data
+
 
 def _format_of(path: Path) -> str | None:
     name = path.name.lower()
@@ -118,8 +126,10 @@ def find_data_files(entry: SuiteEntry, data_dir: str | Path) -> tuple[str | None
     for split, stem in entry.data.splits.items():
         found = [folder / f"{stem}{fmt}" for fmt in DATA_FORMATS if (folder / f"{stem}{fmt}").is_file()]
         if len(found) > 1:
-            raise MissingDataError(f"task {entry.task!r}: split {split!r} has several candidate files "
-                                   f"{[p.name for p in found]} in {folder}; keep exactly one")
+            raise MissingDataError(
+                f"task {entry.task!r}: split {split!r} has several candidate files "
+                f"{[p.name for p in found]} in {folder}; keep exactly one"
+            )
         if not found:  # hub-style shards: test-00000-of-00002.parquet, test-00001-of-00002.parquet
             found = sorted(folder.glob(f"{stem}-*.parquet"))
         if not found:
@@ -128,8 +138,10 @@ def find_data_files(entry: SuiteEntry, data_dir: str | Path) -> tuple[str | None
         builders[split] = DATA_FORMATS[_format_of(found[0])]
         files[split] = [str(path) for path in found]
     if len(set(builders.values())) > 1:
-        raise MissingDataError(f"task {entry.task!r}: all splits must use one format, found "
-                               f"{', '.join(f'{s}: {b}' for s, b in builders.items())} in {folder}")
+        raise MissingDataError(
+            f"task {entry.task!r}: all splits must use one format, found "
+            f"{', '.join(f'{s}: {b}' for s, b in builders.items())} in {folder}"
+        )
     builder = next(iter(builders.values()), None)
     return builder, files, missing
 
@@ -171,7 +183,7 @@ def check_columns(entry: SuiteEntry, files: Mapping[str, list[str]]) -> None:
     Example:
         >>> check_columns(suite_entry("piqa"), {})
     """
-    for split, paths in files.items():
+    for _split, paths in files.items():
         for path in paths[:1]:
             try:
                 columns = _first_record_columns(path)
@@ -191,12 +203,15 @@ def _local_config(entry: SuiteEntry, builder: str, files: dict[str, list[str]], 
     config = lm_eval_task_config(entry)
     eval_split = config.get("test_split") or config.get("validation_split")
     if eval_split not in files:
-        raise SuiteError(f"suite task {entry.task!r}: data.splits {sorted(files)} lacks the task's evaluation "
-                         f"split {eval_split!r}")
+        raise SuiteError(
+            f"suite task {entry.task!r}: data.splits {sorted(files)} lacks the task's evaluation split {eval_split!r}"
+        )
     fewshot_split = config.get("fewshot_split")
     if entry.num_fewshot > 0 and fewshot_split is not None and fewshot_split not in files:
-        raise SuiteError(f"suite task {entry.task!r}: {entry.num_fewshot}-shot needs the {fewshot_split!r} split "
-                         f"in data.splits (has {sorted(files)})")
+        raise SuiteError(
+            f"suite task {entry.task!r}: {entry.num_fewshot}-shot needs the {fewshot_split!r} split "
+            f"in data.splits (has {sorted(files)})"
+        )
     for key in _SPLIT_KEYS:
         # A split with no local file must not be opened by lm-eval (it would raise KeyError).
         if config.get(key) is not None and config[key] not in files:
@@ -212,8 +227,9 @@ def _local_config(entry: SuiteEntry, builder: str, files: dict[str, list[str]], 
     return config
 
 
-def local_task_configs(task_names: list[str] | str, data_dir: str | Path | None = None, *,
-                       hub_endpoint: str | None = None) -> dict[str, dict]:
+def local_task_configs(
+    task_names: list[str] | str, data_dir: str | Path | None = None, *, hub_endpoint: str | None = None
+) -> dict[str, dict]:
     """lm-eval task configs that read suite tasks' data from local files.
 
     For every requested task (suite names are expanded) that a suite describes,
@@ -267,8 +283,10 @@ def local_task_configs(task_names: list[str] | str, data_dir: str | Path | None 
                     configs[name] = lm_eval_task_config(entry)
                 continue
             wanted = ", ".join(f"{entry.data.splits[s]}{{{','.join(DATA_FORMATS)}}}" for s in missing)
-            problems.append(f"  {name}: expected {wanted} (split(s) {', '.join(missing)}; columns "
-                            f"{', '.join(entry.data.columns) or 'as the public dataset'}) in {folder}")
+            problems.append(
+                f"  {name}: expected {wanted} (split(s) {', '.join(missing)}; columns "
+                f"{', '.join(entry.data.columns) or 'as the public dataset'}) in {folder}"
+            )
             continue
         check_columns(entry, files)
         configs[name] = _local_config(entry, builder, files, folder)
@@ -296,8 +314,9 @@ def check_data_available(task_names: list[str], data_dir: str | Path | None) -> 
     entries = [e for e in (suite_entry(t) for t in expand_tasks(task_names)) if e is not None]
     if not entries or hub_reachable():
         return
-    needed = "; ".join(f"{e.task}: {', '.join(sorted(e.data.splits.values()))} file(s) in DATA_DIR/{e.data.dir}/"
-                       for e in entries[:6])
+    needed = "; ".join(
+        f"{e.task}: {', '.join(sorted(e.data.splits.values()))} file(s) in DATA_DIR/{e.data.dir}/" for e in entries[:6]
+    )
     more = f" (and {len(entries) - 6} more tasks)" if len(entries) > 6 else ""
     raise MissingDataError(
         f"no local data given and the hub ({effective_hub_endpoint() or 'https://huggingface.co'}) cannot be "

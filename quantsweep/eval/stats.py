@@ -455,8 +455,10 @@ def cluster_robust_paired_difference(quantized, baseline, clusters, level: float
     q, b = np.asarray(quantized, dtype=float), np.asarray(baseline, dtype=float)
     labels = np.asarray(list(clusters), dtype=object)
     if q.ndim != 1 or q.shape != b.shape or labels.shape != q.shape or q.size == 0:
-        raise ValueError(f"quantized, baseline and clusters must be 1-D with one entry per document, "
-                         f"got {q.shape}, {b.shape}, {labels.shape}")
+        raise ValueError(
+            f"quantized, baseline and clusters must be 1-D with one entry per document, "
+            f"got {q.shape}, {b.shape}, {labels.shape}"
+        )
     if not (np.isfinite(q).all() and np.isfinite(b).all()):
         raise ValueError("per-document scores must be finite for a clustered interval")
     _, group = np.unique(labels.astype(str), return_inverse=True)
@@ -478,8 +480,9 @@ def cluster_robust_paired_difference(quantized, baseline, clusters, level: float
     return ClusteredDifference(estimate, se, estimate - half, estimate + half, p_value, n_clusters)
 
 
-def documents_needed_paired_proportions(discordance: float, difference: float, alpha: float = 0.05,
-                                        power: float = 0.8) -> float:
+def documents_needed_paired_proportions(
+    discordance: float, difference: float, alpha: float = 0.05, power: float = 0.8
+) -> float:
     """Documents a paired (McNemar) comparison needs to detect an accuracy change of ``difference``.
 
     Connor (1987): with ``psi`` the share of discordant documents (right for one model,
@@ -510,8 +513,15 @@ def documents_needed_paired_proportions(discordance: float, difference: float, a
     return (z_alpha * math.sqrt(psi) + z_power * math.sqrt(max(0.0, psi - delta**2))) ** 2 / delta**2
 
 
-def documents_needed_from_interval(n: int, ci_low: float, ci_high: float, difference: float, level: float = 0.95,
-                                   alpha: float = 0.05, power: float = 0.8) -> float:
+def documents_needed_from_interval(
+    n: int,
+    ci_low: float,
+    ci_high: float,
+    difference: float,
+    level: float = 0.95,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> float:
     """Documents a paired comparison needs to detect ``difference``, from an interval measured on ``n``.
 
     The interval's half-width gives the standard error at ``n`` documents,
@@ -533,5 +543,6 @@ def documents_needed_from_interval(n: int, ci_low: float, ci_high: float, differ
     se = (ci_high - ci_low) / (2 * float(_scipy_stats.norm.ppf(0.5 + level / 2)))
     sd = se * math.sqrt(n)
     z = float(_scipy_stats.norm.ppf(1 - _check_probability("alpha", alpha) / 2)) + float(
-        _scipy_stats.norm.ppf(_check_probability("power", power)))
+        _scipy_stats.norm.ppf(_check_probability("power", power))
+    )
     return (z * sd / difference) ** 2

@@ -38,9 +38,19 @@ FAMILIES = ("language_modelling", "commonsense_reasoning", "knowledge", "math", 
 CHANCE_RULES = ("choices", "zero", "uniform_vocab")
 
 # Names that moved to their own modules, still importable from here.
-_MOVED = {name: "quantsweep.eval.offline" for name in (
-    "MissingDataError", "DATA_FORMATS", "DEFAULT_CODE_TIMEOUT_S", "check_code_execution", "check_data_available",
-    "local_task_configs", "find_data_files", "check_columns")}
+_MOVED = {
+    name: "quantsweep.eval.offline"
+    for name in (
+        "MissingDataError",
+        "DATA_FORMATS",
+        "DEFAULT_CODE_TIMEOUT_S",
+        "check_code_execution",
+        "check_data_available",
+        "local_task_configs",
+        "find_data_files",
+        "check_columns",
+    )
+}
 _MOVED.update({name: "quantsweep.hub" for name in ("effective_hub_endpoint", "use_hub_mirror", "hub_reachable")})
 _MOVED.update({name: "quantsweep.eval.chance" for name in ("chance_rule", "chance_level")})
 
@@ -54,7 +64,9 @@ def __getattr__(name: str):
 class SuiteError(ValueError):
     """A suite name, file or entry is wrong; the message says which."""
 
+
 # ---------------------------------------------------------------- schema
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
@@ -76,7 +88,12 @@ class DataSpec:
     columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dir, str) or not self.dir or Path(self.dir).is_absolute() or ".." in Path(self.dir).parts:
+        if (
+            not isinstance(self.dir, str)
+            or not self.dir
+            or Path(self.dir).is_absolute()
+            or ".." in Path(self.dir).parts
+        ):
             raise SuiteError(f"data.dir must be a relative folder name, got {self.dir!r}")
         if not isinstance(self.splits, Mapping) or not self.splits:
             raise SuiteError(f"data.splits must map split names to file stems, got {self.splits!r}")
@@ -146,15 +163,20 @@ class SuiteEntry:
         if self.family not in FAMILIES:
             raise SuiteError(f"task {self.task!r}: unknown family {self.family!r}; allowed: {', '.join(FAMILIES)}")
         if self.chance not in CHANCE_RULES:
-            raise SuiteError(f"task {self.task!r}: unknown chance rule {self.chance!r}; allowed: {', '.join(CHANCE_RULES)}")
+            raise SuiteError(
+                f"task {self.task!r}: unknown chance rule {self.chance!r}; allowed: {', '.join(CHANCE_RULES)}"
+            )
         if not isinstance(self.metric, str) or not self.metric:
             raise SuiteError(f"task {self.task!r}: metric must be a metric name, got {self.metric!r}")
         if self.metric_filter is not None and (not isinstance(self.metric_filter, str) or not self.metric_filter):
             raise SuiteError(f"task {self.task!r}: metric_filter must be a filter name, got {self.metric_filter!r}")
         if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
             raise SuiteError(f"task {self.task!r}: num_fewshot must be an integer >= 0, got {self.num_fewshot!r}")
-        if isinstance(self.chance_floor, bool) or not isinstance(self.chance_floor, (int, float)) \
-                or not 0.0 <= self.chance_floor < 1.0:
+        if (
+            isinstance(self.chance_floor, bool)
+            or not isinstance(self.chance_floor, (int, float))
+            or not 0.0 <= self.chance_floor < 1.0
+        ):
             raise SuiteError(f"task {self.task!r}: chance_floor must be in [0, 1), got {self.chance_floor!r}")
         if self.chance_floor and self.chance != "zero":
             raise SuiteError(f"task {self.task!r}: chance_floor only applies to chance: zero")
@@ -164,8 +186,9 @@ class SuiteEntry:
             raise SuiteError(f"task {self.task!r}: version must be an integer or string, got {self.version!r}")
         if self.cluster_column is not None and (not isinstance(self.cluster_column, str) or not self.cluster_column):
             raise SuiteError(f"task {self.task!r}: cluster_column must be a column name, got {self.cluster_column!r}")
-        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
-                                            or self.max_length < 2):
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2
+        ):
             raise SuiteError(f"task {self.task!r}: max_length must be an integer >= 2, got {self.max_length!r}")
         if not isinstance(self.data, DataSpec):
             raise SuiteError(f"task {self.task!r}: data must be a DataSpec, got {type(self.data).__name__}")
@@ -233,8 +256,11 @@ def _build(cls, data: Any, where: str, source: str):
         close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SuiteError(f"{source}: unknown key {unknown[0]!r}{hint} in {where}; allowed keys: {', '.join(allowed)}")
-    required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING and f.name != "source"]
+    required = [
+        f.name
+        for f in fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name != "source"
+    ]
     missing = [key for key in required if key not in data]
     if missing:
         raise SuiteError(f"{source}: {where} is missing required key(s) {', '.join(missing)}")
@@ -374,6 +400,7 @@ def suite_entry(task: str) -> SuiteEntry | None:
 
 
 # ---------------------------------------------------------------- the lm-eval task behind an entry
+
 
 def lm_eval_task_yaml(entry: SuiteEntry) -> Path:
     """The YAML file defining the entry's lm-eval task (this repo's ``tasks/`` first, then lm-eval's).

@@ -132,21 +132,21 @@ def check_tasks(names: list[str], include_path: str | Path | list | None = None)
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             searched = ", ".join(str(p) for p in task_search_paths(include_path))
-            raise TaskNotFoundError(
-                f"unknown task {name!r}{hint}; searched {searched} and lm-eval's built-in registry"
-            )
-
+            raise TaskNotFoundError(f"unknown task {name!r}{hint}; searched {searched} and lm-eval's built-in registry")
 
 
 # ---------------------------------------------------------------- one task's YAML
+
 
 @functools.lru_cache(maxsize=1)
 def _shipped_task_index() -> dict[str, str]:
     from lm_eval.tasks._index import TaskIndex
 
-    return {name: str(entry.yaml_path) for name, entry in TaskIndex.build([TASKS_DIR]).items()
-            if entry.yaml_path is not None}
-
+    return {
+        name: str(entry.yaml_path)
+        for name, entry in TaskIndex.build([TASKS_DIR]).items()
+        if entry.yaml_path is not None
+    }
 
 
 @functools.lru_cache(maxsize=1)

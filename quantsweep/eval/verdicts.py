@@ -465,16 +465,22 @@ def _decide(comparison: _Comparison, config: VerdictConfig, collapse) -> tuple[s
     if c.drop_high <= c.tolerance:
         return "lossless", f"upper bound of the {c.quantity} {show(c.drop_high)} <= tolerance {show(c.tolerance)}"
     if c.drop_low > 0.0 and c.p_value < config.alpha:
-        return "degraded", (f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 and {c.test} "
-                            f"p = {c.p_value:.2g} < alpha = {config.alpha:g}")
+        return "degraded", (
+            f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 and {c.test} "
+            f"p = {c.p_value:.2g} < alpha = {config.alpha:g}"
+        )
     if not (math.isfinite(c.drop_low) and math.isfinite(c.drop_high)):
         return "inconclusive", f"the interval of the {c.quantity} is undefined (a resampled value overflowed)"
     if c.drop_low > 0.0:
-        return "inconclusive", (f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 but {c.test} "
-                                f"p = {c.p_value:.2g} >= alpha = {config.alpha:g}")
-    return "inconclusive", (f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: "
-                            f"its upper bound is above the tolerance {show(c.tolerance)} and its lower bound "
-                            "is not above 0")
+        return "inconclusive", (
+            f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 but {c.test} "
+            f"p = {c.p_value:.2g} >= alpha = {config.alpha:g}"
+        )
+    return "inconclusive", (
+        f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: "
+        f"its upper bound is above the tolerance {show(c.tolerance)} and its lower bound "
+        "is not above 0"
+    )
 
 
 def _accuracy_collapsed(k: int, n: int, chance: float, k_base: int, config: VerdictConfig) -> str | None:
@@ -497,13 +503,20 @@ def _accuracy_collapsed(k: int, n: int, chance: float, k_base: int, config: Verd
     retention_rule = retained_high <= config.collapse_retention
     logger.debug(
         "collapse check: p_chance=%.3g power=%.3g (vs acc %.4f) retained_high=%.3f -> binomial=%s retention=%s",
-        p_chance, power, threshold_accuracy, retained_high, binomial_rule, retention_rule,
+        p_chance,
+        power,
+        threshold_accuracy,
+        retained_high,
+        binomial_rule,
+        retention_rule,
     )
     if retention_rule:
         return f"retention CI upper {retained_high:.2f} <= {config.collapse_retention:g}"
     if binomial_rule:
-        return (f"not above chance {chance:.3g}: binomial p = {p_chance:.2g} > alpha = {config.alpha:g}, "
-                f"with power {power:.2f} >= {config.collapse_power:g}")
+        return (
+            f"not above chance {chance:.3g}: binomial p = {p_chance:.2g} > alpha = {config.alpha:g}, "
+            f"with power {power:.2f} >= {config.collapse_power:g}"
+        )
     return None
 
 
@@ -599,14 +612,16 @@ def judge_accuracy(
     if verdict == "inconclusive":
         discordance = (counts.only_quantized + counts.only_baseline) / n
         needed = stats.documents_needed_paired_proportions(
-            discordance, config.accuracy_tolerance, config.alpha, _DECIDING_POWER)
+            discordance, config.accuracy_tolerance, config.alpha, _DECIDING_POWER
+        )
         if labels is not None and not math.isnan(ci_low):
             # the clustered interval is wider than the independent one: scale by the design effect
             plain_low, plain_high = stats.newcombe_paired_interval(counts, config.ci_level)
             if plain_high > plain_low:
                 needed *= ((ci_high - ci_low) / (plain_high - plain_low)) ** 2
     return _with_documents_needed(
-        Verdict(verdict, chance, 0, delta, ci_low, ci_high, p_value, retained, n, reason, interval), needed)
+        Verdict(verdict, chance, 0, delta, ci_low, ci_high, p_value, retained, n, reason, interval), needed
+    )
 
 
 def _cluster_labels(clusters, n: int) -> list | None:
@@ -696,7 +711,9 @@ def judge_perplexity(
         'lossless'
     """
     config = _config(config)
-    chance_ce = _chance.chance_cross_entropy(vocab_size) if chance_cross_entropy is None else float(chance_cross_entropy)
+    chance_ce = (
+        _chance.chance_cross_entropy(vocab_size) if chance_cross_entropy is None else float(chance_cross_entropy)
+    )
     if not (math.isfinite(chance_ce) and chance_ce > 0):
         raise ValueError(f"chance_cross_entropy must be a positive number of nats, got {chance_cross_entropy}")
     # Chance perplexity V exactly for token counts (exp(log V) would round).
@@ -714,14 +731,24 @@ def judge_perplexity(
     if _is_baseline_row(baseline_nll, is_baseline):
         samples = stats.bootstrap_distribution(
             lambda nll, tok: np.exp(np.minimum(corpus_ce(nll, tok), 709.0)),
-            [q_nll, q_tok], config.bootstrap_resamples, config.seed,
+            [q_nll, q_tok],
+            config.bootstrap_resamples,
+            config.seed,
         )
         low, high = stats.percentile_interval(samples, config.ci_level)
         ppl = _chance.perplexity(q_nll, q_tok)
         return Verdict(
-            "baseline", chance_ppl, 0, ppl - chance_ppl, low - chance_ppl, high - chance_ppl,
-            math.nan, 1.0 if ce_q < chance_ce else math.nan, n,
-            f"the reference model: {ce_q:.3g} nats per token against chance {chance_ce:.3g}", "paired bootstrap",
+            "baseline",
+            chance_ppl,
+            0,
+            ppl - chance_ppl,
+            low - chance_ppl,
+            high - chance_ppl,
+            math.nan,
+            1.0 if ce_q < chance_ce else math.nan,
+            n,
+            f"the reference model: {ce_q:.3g} nats per token against chance {chance_ce:.3g}",
+            "paired bootstrap",
         )
 
     if baseline_tokens is None:
@@ -740,7 +767,9 @@ def judge_perplexity(
         retained = _retention_samples(chance_ce - ce_qs, chance_ce - ce_bs)
         return np.stack([relative_change, retained], axis=-1)
 
-    samples = stats.bootstrap_distribution(statistic, [q_nll, q_tok, b_nll, b_tok], config.bootstrap_resamples, config.seed)
+    samples = stats.bootstrap_distribution(
+        statistic, [q_nll, q_tok, b_nll, b_tok], config.bootstrap_resamples, config.seed
+    )
     with np.errstate(over="ignore"):
         delta = float(np.expm1(ce_q - ce_b))
     ci_low, ci_high = stats.percentile_interval(samples[:, 0], config.ci_level)
@@ -748,15 +777,19 @@ def judge_perplexity(
     baseline_margin = chance_ce - ce_b
     retained = (chance_ce - ce_q) / baseline_margin if baseline_margin > 0 else math.nan
 
-    comparison = _Comparison(n, ci_low, ci_high, config.perplexity_relative_tolerance, p_value,
-                             "perplexity increase", "bootstrap")
+    comparison = _Comparison(
+        n, ci_low, ci_high, config.perplexity_relative_tolerance, p_value, "perplexity increase", "bootstrap"
+    )
     verdict, reason = _decide(comparison, config, lambda: _retention_collapse(baseline_margin, samples[:, 1], config))
     needed = None
     if verdict == "inconclusive" and math.isfinite(ci_low) and math.isfinite(ci_high):
-        needed = stats.documents_needed_from_interval(n, ci_low, ci_high, config.perplexity_relative_tolerance,
-                                                      config.ci_level, config.alpha, _DECIDING_POWER)
-    return _with_documents_needed(Verdict(verdict, chance_ppl, 0, delta, ci_low, ci_high, p_value, retained, n,
-                                          reason, "paired bootstrap"), needed)
+        needed = stats.documents_needed_from_interval(
+            n, ci_low, ci_high, config.perplexity_relative_tolerance, config.ci_level, config.alpha, _DECIDING_POWER
+        )
+    return _with_documents_needed(
+        Verdict(verdict, chance_ppl, 0, delta, ci_low, ci_high, p_value, retained, n, reason, "paired bootstrap"),
+        needed,
+    )
 
 
 def _retention_collapse(baseline_margin: float, retained_samples: np.ndarray, config: VerdictConfig) -> str | None:
@@ -826,14 +859,25 @@ def judge_scores(
         if chance is None:
             return Verdict("baseline", n=n, reason="the reference model (no chance level for this metric)")
         result = stats.paired_bootstrap(
-            lambda x: x.mean(axis=-1) - chance_value, q,
-            resamples=config.bootstrap_resamples, seed=config.seed, level=config.ci_level,
+            lambda x: x.mean(axis=-1) - chance_value,
+            q,
+            resamples=config.bootstrap_resamples,
+            seed=config.seed,
+            level=config.ci_level,
         )
         above = sign * (mean_q - chance_value) > 0
         return Verdict(
-            "baseline", chance_value, 0, result.estimate, result.ci_low, result.ci_high,
-            math.nan, 1.0 if above else math.nan, n,
-            f"the reference model: mean score {mean_q:.3g} against chance {chance_value:.3g}", "paired bootstrap",
+            "baseline",
+            chance_value,
+            0,
+            result.estimate,
+            result.ci_low,
+            result.ci_high,
+            math.nan,
+            1.0 if above else math.nan,
+            n,
+            f"the reference model: mean score {mean_q:.3g} against chance {chance_value:.3g}",
+            "paired bootstrap",
         )
 
     b = _per_document("baseline_scores", baseline_scores)
@@ -871,10 +915,12 @@ def judge_scores(
     verdict, reason = _decide(comparison, config, lambda: _retention_collapse(baseline_margin, samples[:, 1], config))
     needed = None
     if verdict == "inconclusive" and tolerance > 0 and math.isfinite(ci_low) and math.isfinite(ci_high):
-        needed = stats.documents_needed_from_interval(n, ci_low, ci_high, tolerance, config.ci_level, config.alpha,
-                                                      _DECIDING_POWER)
-    return _with_documents_needed(Verdict(verdict, chance_value, 0, delta, ci_low, ci_high, p_value, retained, n,
-                                          reason, interval), needed)
+        needed = stats.documents_needed_from_interval(
+            n, ci_low, ci_high, tolerance, config.ci_level, config.alpha, _DECIDING_POWER
+        )
+    return _with_documents_needed(
+        Verdict(verdict, chance_value, 0, delta, ci_low, ci_high, p_value, retained, n, reason, interval), needed
+    )
 
 
 def _verdict_name(value) -> str:

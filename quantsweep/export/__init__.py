@@ -22,13 +22,12 @@ from pathlib import Path
 
 from quantsweep._verbs import make_callable
 from quantsweep.calibration import require_calibration_source
-from quantsweep.sweep.spec import calibration_settings
 from quantsweep.export.gptq import check_exportable, check_out_dir, export_gptq, exportable_recipes, is_exportable
+from quantsweep.sweep.spec import calibration_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_exportable", "export_gptq", "export_model", "exportable_recipes",
-           "is_exportable"]
+__all__ = ["check_exportable", "export_gptq", "export_model", "exportable_recipes", "is_exportable"]
 
 
 def export_model(
@@ -77,8 +76,9 @@ def export_model(
     check_exportable(config)
     check_out_dir(out, overwrite)
     needs_data = get_method(config.method).needs_calibration
-    source, samples, seq_len = calibration_settings(model_name_or_path, calibration_source, calibration_samples,
-                                                    calibration_seq_len)
+    source, samples, seq_len = calibration_settings(
+        model_name_or_path, calibration_source, calibration_samples, calibration_seq_len
+    )
     if needs_data:
         require_calibration_source([config.name], source)
     model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -86,8 +86,9 @@ def export_model(
     if needs_data:
         calibration = load_calibration(source, tokenizer, n_samples=samples, seq_len=seq_len, seed=calibration_seed)
     result = apply_recipe(model, config, calibration=calibration)
-    return export_gptq(model, result, out, config=config, tokenizer=tokenizer, overwrite=overwrite,
-                       checkpoint_format=checkpoint_format)
+    return export_gptq(
+        model, result, out, config=config, tokenizer=tokenizer, overwrite=overwrite, checkpoint_format=checkpoint_format
+    )
 
 
 make_callable(__name__, "quantsweep.export:export_model")

@@ -42,9 +42,13 @@ def is_exportable(config) -> bool:
         >>> is_exportable(get_recipe("w4-gptq")), is_exportable(get_recipe("w4a4-smoothquant"))
         (True, False)
     """
-    return (config.method in EXPORTABLE_METHODS and getattr(config, "bits", None) in GPTQ_BITS
-            and getattr(config, "activation_bits", None) is None
-            and not config.quantize_embeddings and not config.quantize_lm_head)
+    return (
+        config.method in EXPORTABLE_METHODS
+        and getattr(config, "bits", None) in GPTQ_BITS
+        and getattr(config, "activation_bits", None) is None
+        and not config.quantize_embeddings
+        and not config.quantize_lm_head
+    )
 
 
 def exportable_recipes() -> list[str]:
@@ -84,7 +88,9 @@ def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"export folder {str(out)!r} exists and is a file")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"export folder {str(out)!r} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+        raise ValueError(
+            f"export folder {str(out)!r} exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+        )
     return out
 
 
@@ -92,8 +98,10 @@ def _quantized_state(model: nn.Module, packed: dict, checkpoint_format: str) -> 
     linears = decoder_linears(model)
     missing = sorted(set(linears) - set(packed))
     if missing:
-        raise ValueError(f"no packed weights for {len(missing)} decoder Linears (e.g. {missing[0]}); "
-                         "the method did not return a quantized representation for them")
+        raise ValueError(
+            f"no packed weights for {len(missing)} decoder Linears (e.g. {missing[0]}); "
+            "the method did not return a quantized representation for them"
+        )
     extra = sorted(set(packed) - set(linears))
     if extra:
         raise ValueError(f"the GPTQ format stores decoder Linears only; {extra[0]} is not one")
@@ -114,8 +122,16 @@ def _quantized_state(model: nn.Module, packed: dict, checkpoint_format: str) -> 
     return state
 
 
-def export_gptq(model: nn.Module, result, out_dir: str | Path, *, config=None, tokenizer=None,
-                overwrite: bool = False, checkpoint_format: str = "gptq") -> Path:
+def export_gptq(
+    model: nn.Module,
+    result,
+    out_dir: str | Path,
+    *,
+    config=None,
+    tokenizer=None,
+    overwrite: bool = False,
+    checkpoint_format: str = "gptq",
+) -> Path:
     """Write ``model``'s packed weights from ``result`` as a GPTQ checkpoint in ``out_dir``.
 
     Args:
@@ -143,16 +159,23 @@ def export_gptq(model: nn.Module, result, out_dir: str | Path, *, config=None, t
         check_exportable(config)
     out = check_out_dir(out_dir, overwrite)
     if not result.packed:
-        raise ValueError(f"method {result.method!r} returned no packed weights; recipes that can be exported: "
-                         f"{', '.join(exportable_recipes())}")
+        raise ValueError(
+            f"method {result.method!r} returned no packed weights; recipes that can be exported: "
+            f"{', '.join(exportable_recipes())}"
+        )
     first = next(iter(result.packed.values()))
-    if any(p.symmetric != first.symmetric or p.group_size != first.group_size or p.bits[0] != first.bits[0]
-           for p in result.packed.values()):
+    if any(
+        p.symmetric != first.symmetric or p.group_size != first.group_size or p.bits[0] != first.bits[0]
+        for p in result.packed.values()
+    ):
         raise ValueError("the GPTQ format needs one bits / group_size / sym for every layer")
     state = _quantized_state(model, result.packed, checkpoint_format)  # every check passes before a file is written
     settings = quantize_config(
-        bits=first.uniform_bits, group_size=first.group_size, desc_act=bool(getattr(config, "act_order", False)),
-        symmetric=first.symmetric, checkpoint_format=checkpoint_format,
+        bits=first.uniform_bits,
+        group_size=first.group_size,
+        desc_act=bool(getattr(config, "act_order", False)),
+        symmetric=first.symmetric,
+        checkpoint_format=checkpoint_format,
         damp_percent=getattr(config, "dampening_frac", None),
         true_sequential=bool(getattr(config, "true_sequential", False)),
     )
@@ -168,6 +191,11 @@ def export_gptq(model: nn.Module, result, out_dir: str | Path, *, config=None, t
     (out / "quantize_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    logger.info("exported %d quantized Linears (%d-bit, group %s) to %s", len(result.packed), settings["bits"],
-                settings["group_size"], out)
+    logger.info(
+        "exported %d quantized Linears (%d-bit, group %s) to %s",
+        len(result.packed),
+        settings["bits"],
+        settings["group_size"],
+        out,
+    )
     return out

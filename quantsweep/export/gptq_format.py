@@ -85,13 +85,17 @@ def layer_tensors(
         raise ValueError(f"checkpoint_format must be one of {', '.join(CHECKPOINT_FORMATS)}, got {checkpoint_format!r}")
     bits = packed.uniform_bits
     if bits not in GPTQ_BITS:
-        raise ValueError(f"{name}: the GPTQ format stores {', '.join(map(str, GPTQ_BITS))}-bit weights of one width; "
-                         f"this layer has widths {sorted(set(packed.bits))}")
+        raise ValueError(
+            f"{name}: the GPTQ format stores {', '.join(map(str, GPTQ_BITS))}-bit weights of one width; "
+            f"this layer has widths {sorted(set(packed.bits))}"
+        )
     codes, zeros = unsigned_codes(packed)
     if checkpoint_format == "gptq":
         if bool((zeros == 0).any()):
-            raise ValueError(f"{name}: a zero point of 0 cannot be stored in GPTQ v1 (it stores zero - 1); "
-                             "export with checkpoint_format='gptq_v2' (--checkpoint-format gptq_v2)")
+            raise ValueError(
+                f"{name}: a zero point of 0 cannot be stored in GPTQ v1 (it stores zero - 1); "
+                "export with checkpoint_format='gptq_v2' (--checkpoint-format gptq_v2)"
+            )
         zeros = zeros - 1
     tensors = {
         f"{name}.qweight": pack_bits(codes.T, bits),
@@ -104,9 +108,16 @@ def layer_tensors(
     return tensors
 
 
-def quantize_config(*, bits: int, group_size: int | None, desc_act: bool, symmetric: bool,
-                    checkpoint_format: str = "gptq", damp_percent: float | None = None,
-                    true_sequential: bool = True) -> dict:
+def quantize_config(
+    *,
+    bits: int,
+    group_size: int | None,
+    desc_act: bool,
+    symmetric: bool,
+    checkpoint_format: str = "gptq",
+    damp_percent: float | None = None,
+    true_sequential: bool = True,
+) -> dict:
     """``quantize_config.json`` (also the ``quantization_config`` of ``config.json``).
 
     ``static_groups`` is true with ``desc_act``: quantsweep fixes act-order groups up
@@ -118,10 +129,15 @@ def quantize_config(*, bits: int, group_size: int | None, desc_act: bool, symmet
         -1
     """
     settings = {
-        "quant_method": "gptq", "bits": bits, "group_size": -1 if group_size is None else group_size,
-        "desc_act": bool(desc_act), "static_groups": bool(desc_act and group_size is not None),
-        "sym": bool(symmetric), "true_sequential": bool(true_sequential),
-        "checkpoint_format": checkpoint_format, "lm_head": False,
+        "quant_method": "gptq",
+        "bits": bits,
+        "group_size": -1 if group_size is None else group_size,
+        "desc_act": bool(desc_act),
+        "static_groups": bool(desc_act and group_size is not None),
+        "sym": bool(symmetric),
+        "true_sequential": bool(true_sequential),
+        "checkpoint_format": checkpoint_format,
+        "lm_head": False,
     }
     if damp_percent is not None:
         settings["damp_percent"] = damp_percent

@@ -146,7 +146,11 @@ def cost_fields(model: nn.Module, recipe_config, result, *, export_dir: str | Pa
             basis = "bitsandbytes"
         elif name in packed:
             count = module.weight.numel()
-            weights, quantized, bits = weights + count, quantized + count, bits + 8 * packed[name].nbytes_theoretical(SCALE_BITS)
+            weights, quantized, bits = (
+                weights + count,
+                quantized + count,
+                bits + 8 * packed[name].nbytes_theoretical(SCALE_BITS),
+            )
             own = [(n, t) for n, t in own if n != "weight"]
             basis = "packed"
         elif result.kernel == "fake-quant" and not packed and name in decoder:

@@ -93,8 +93,12 @@ class PeakMemory:
             >>> PeakMemory("cpu").to_dict()["peak_memory_bytes"] is None
             True
         """
-        return {"peak_memory_bytes": self.peak_bytes, "peak_memory_kind": self.kind,
-                "peak_memory_reset": self.reset, "peak_memory_device": self.device}
+        return {
+            "peak_memory_bytes": self.peak_bytes,
+            "peak_memory_kind": self.kind,
+            "peak_memory_reset": self.reset,
+            "peak_memory_device": self.device,
+        }
 
     def eval_fields(self) -> dict:
         """The peak while evaluating, as the cell-record fields the report reads.

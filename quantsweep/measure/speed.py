@@ -35,7 +35,8 @@ from quantsweep import device as devices
 def _summary(prefix: str, rates: list[float]) -> dict:
     median = statistics.median(rates)
     return {
-        f"{prefix}_tokens_per_s": median, f"{prefix}_tokens_per_s_min": min(rates),
+        f"{prefix}_tokens_per_s": median,
+        f"{prefix}_tokens_per_s_min": min(rates),
         f"{prefix}_tokens_per_s_max": max(rates),
         f"{prefix}_relative_spread": (max(rates) - min(rates)) / median if median > 0 else None,
         f"{prefix}_tokens_per_s_all": rates,
@@ -43,14 +44,20 @@ def _summary(prefix: str, rates: list[float]) -> dict:
 
 
 def _check(prompt_tokens: int, new_tokens: int, repeats: int, warmup: int, model) -> None:
-    for name, value, low in (("prompt_tokens", prompt_tokens, 1), ("new_tokens", new_tokens, 1),
-                             ("repeats", repeats, 1), ("warmup", warmup, 0)):
+    for name, value, low in (
+        ("prompt_tokens", prompt_tokens, 1),
+        ("new_tokens", new_tokens, 1),
+        ("repeats", repeats, 1),
+        ("warmup", warmup, 0),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and prompt_tokens + new_tokens > limit:
-        raise ValueError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
-                         f"max_position_embeddings {limit}; use a shorter prompt or fewer new tokens")
+        raise ValueError(
+            f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
+            f"max_position_embeddings {limit}; use a shorter prompt or fewer new tokens"
+        )
 
 
 def _cache_argument(model) -> str:
@@ -84,12 +91,26 @@ def where_measured(device: str) -> dict:
         >>> where_measured("cpu")["device"]
         'cpu'
     """
-    return {"device": device, "device_name": devices.describe(device), "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "torch_version": torch.__version__}
+    return {
+        "device": device,
+        "device_name": devices.describe(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch_version": torch.__version__,
+    }
 
 
-def measure_speed(model, tokenizer=None, *, prompt_tokens: int = 512, new_tokens: int = 128,
-                  repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
+def measure_speed(
+    model,
+    tokenizer=None,
+    *,
+    prompt_tokens: int = 512,
+    new_tokens: int = 128,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict:
     """Prefill and decode tokens/s of ``model`` at batch 1 (median, min, max, spread).
 
     Args:
@@ -125,6 +146,13 @@ def measure_speed(model, tokenizer=None, *, prompt_tokens: int = 512, new_tokens
                 prefill.append(prompt_tokens / prefill_s)
                 decode.append(new_tokens / decode_s)
     model.train(was_training)
-    return {**_summary("prefill", prefill), **_summary("decode", decode), "prompt_tokens": prompt_tokens,
-            "new_tokens": new_tokens, "batch_size": 1, "repeats": repeats, "warmup": warmup,
-            **where_measured(device)}
+    return {
+        **_summary("prefill", prefill),
+        **_summary("decode", decode),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "batch_size": 1,
+        "repeats": repeats,
+        "warmup": warmup,
+        **where_measured(device),
+    }

@@ -29,10 +29,18 @@ from quantsweep.measure.speed import measure_speed
 
 logger = logging.getLogger(__name__)
 
-SPEED_KEYS_COPIED_FROM_FP = ("prefill_tokens_per_s", "prefill_tokens_per_s_min", "prefill_tokens_per_s_max",
-                             "prefill_relative_spread", "decode_tokens_per_s", "decode_tokens_per_s_min",
-                             "decode_tokens_per_s_max", "decode_relative_spread", "peak_memory_bytes",
-                             "peak_memory_kind")
+SPEED_KEYS_COPIED_FROM_FP = (
+    "prefill_tokens_per_s",
+    "prefill_tokens_per_s_min",
+    "prefill_tokens_per_s_max",
+    "prefill_relative_spread",
+    "decode_tokens_per_s",
+    "decode_tokens_per_s_min",
+    "decode_tokens_per_s_max",
+    "decode_relative_spread",
+    "peak_memory_bytes",
+    "peak_memory_kind",
+)
 
 
 def timed(model, tokenizer, **speed_options) -> dict:
@@ -48,10 +56,20 @@ def timed(model, tokenizer, **speed_options) -> dict:
     return {**speed, **peak.to_dict()}
 
 
-def measure_recipes(model_name_or_path: str, recipes: list, *, device: str = "auto", dtype: str = "auto",
-                    calibration_source: str | None = None, calibration_samples: int | None = None,
-                    calibration_seq_len: int | None = None, calibration_seed: int = 0,
-                    trust_remote_code: bool = False, out: str | Path | None = None, **speed_options) -> list[dict]:
+def measure_recipes(
+    model_name_or_path: str,
+    recipes: list,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    calibration_source: str | None = None,
+    calibration_samples: int | None = None,
+    calibration_seq_len: int | None = None,
+    calibration_seed: int = 0,
+    trust_remote_code: bool = False,
+    out: str | Path | None = None,
+    **speed_options,
+) -> list[dict]:
     """One record per recipe (the fp baseline first): cost fields, speed and peak memory.
 
     Args:
@@ -68,18 +86,18 @@ def measure_recipes(model_name_or_path: str, recipes: list, *, device: str = "au
         >>> [r["recipe"] for r in measure_recipes("toy", ["w8-bnb"], prompt_tokens=64, new_tokens=8)]  # doctest: +SKIP
         ['fp', 'w8-bnb']
     """
-    from quantsweep.calibration import load_calibration
-    from quantsweep.calibration import require_calibration_source
-    from quantsweep.sweep.spec import calibration_settings
+    from quantsweep.calibration import load_calibration, require_calibration_source
     from quantsweep.models import load_model
     from quantsweep.recipes import apply_recipe, expand_recipes, get_method
     from quantsweep.snapshot import WeightSnapshot
+    from quantsweep.sweep.spec import calibration_settings
 
     configs = list(expand_recipes(["fp", *recipes]))
     configs = [c for i, c in enumerate(configs) if c.name not in {d.name for d in configs[:i]}]
     needs_data = [c.name for c in configs if get_method(c.method).needs_calibration]
-    source, samples, seq_len = calibration_settings(model_name_or_path, calibration_source, calibration_samples,
-                                                    calibration_seq_len)
+    source, samples, seq_len = calibration_settings(
+        model_name_or_path, calibration_source, calibration_samples, calibration_seq_len
+    )
     if needs_data:
         require_calibration_source(needs_data, source)
     model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -95,7 +113,9 @@ def measure_recipes(model_name_or_path: str, recipes: list, *, device: str = "au
         record = {"model": str(model_name_or_path), "recipe": config.name, **cost_fields(model, config, result)}
         if result.kernel == "fake-quant" and fp_measured is not None:
             record.update({key: fp_measured[key] for key in SPEED_KEYS_COPIED_FROM_FP if key in fp_measured})
-            record.update({k: fp_measured[k] for k in ("device", "device_name", "threads", "prompt_tokens", "new_tokens")})
+            record.update(
+                {k: fp_measured[k] for k in ("device", "device_name", "threads", "prompt_tokens", "new_tokens")}
+            )
             record["speed_measured_on"] = "fp model (fake-quant)"
         else:
             logger.info("timing %s", config.name)

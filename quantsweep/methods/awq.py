@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -178,8 +178,10 @@ def search_scales(
     references = [x @ w.float().T for w in weights]
 
     def output_error(full: torch.Tensor) -> float:
-        return sum(float((x @ (_quantize(w.float() * full, config) / full).T - reference).pow(2).sum())
-                   for w, reference in zip(weights, references))
+        return sum(
+            float((x @ (_quantize(w.float() * full, config) / full).T - reference).pow(2).sum())
+            for w, reference in zip(weights, references)
+        )
 
     # Plain RTN (all scales 1). Without duo scaling it is also the grid's alpha = 0 point.
     rtn_error = output_error(torch.ones(x.shape[1], device=x.device))
@@ -300,8 +302,12 @@ def quantize_layer_awq(ctx, pairs: list[ResolvedScaling], config: AWQConfig) -> 
     for pair in pairs:
         key = by_id[id(pair.targets[0])]
         result = search_scales(
-            tokens[key], [t.weight.data for t in pair.targets], config, x_mean=means[key],
-            reduce=lambda v, p=pair: reduce_to_source(v, p), expand=lambda v, p=pair: expand_to_consumer(v, p),
+            tokens[key],
+            [t.weight.data for t in pair.targets],
+            config,
+            x_mean=means[key],
+            reduce=lambda v, p=pair: reduce_to_source(v, p),
+            expand=lambda v, p=pair: expand_to_consumer(v, p),
         )
         fold_scales(pair, result.scales)
         # The targets now read x / s: keep the stored inputs in step for the clipping search.
@@ -313,13 +319,14 @@ def quantize_layer_awq(ctx, pairs: list[ResolvedScaling], config: AWQConfig) -> 
     clipped = 0
     for name, linear in linears.items():
         weight = linear.weight.data
-        if config.clip_search and not name.rsplit(".", 1)[-1] in _NO_CLIP:
+        if config.clip_search and name.rsplit(".", 1)[-1] not in _NO_CLIP:
             x = tokens[input_of[name]]
             x = x[:: max(1, math.ceil(x.shape[0] / config.max_clip_tokens))]
             weight = apply_clip(weight, search_clip(x, weight, config).to(weight.device), config.group_size)
             clipped += 1
-        linear.weight.data.copy_(fake_quantize(weight, config.bits, config.group_size, config.symmetric,
-                                               ctx.full_name(name)))
+        linear.weight.data.copy_(
+            fake_quantize(weight, config.bits, config.group_size, config.symmetric, ctx.full_name(name))
+        )
     return {"alphas": alphas, "error_vs_rtn": gains, "clipped": clipped}
 
 
@@ -344,9 +351,12 @@ def apply_awq(model, config: AWQConfig, calibration=None):
     pairs_by_layer = mappings_for(model, "awq")
     check_group_sizes(model, config)
     reports = run_sequential(
-        model, calibration, compute_device(config.device, model),
+        model,
+        calibration,
+        compute_device(config.device, model),
         lambda ctx: quantize_layer_awq(ctx, pairs_by_layer[ctx.index], config),
-        batch_size=config.calibration_batch_size, desc=f"awq {config.name}",
+        batch_size=config.calibration_batch_size,
+        desc=f"awq {config.name}",
     )
     quantize_extra_targets(model, config, config.bits)  # embedding table / head when asked: plain RTN
     logger.info("awq: %d-bit, group %s, %d layers", config.bits, config.group_size, len(reports))

@@ -66,18 +66,25 @@ class BitsAndBytesConfig(RecipeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.quant_type not in BNB_QUANT_TYPES:
-            raise RecipeError(f"recipe {self.name!r}: quant_type must be one of {', '.join(BNB_QUANT_TYPES)}, "
-                              f"got {self.quant_type!r}")
+            raise RecipeError(
+                f"recipe {self.name!r}: quant_type must be one of {', '.join(BNB_QUANT_TYPES)}, got {self.quant_type!r}"
+            )
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise RecipeError(f"recipe {self.name!r}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
-                              f"got {self.compute_dtype!r}")
+            raise RecipeError(
+                f"recipe {self.name!r}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
+                f"got {self.compute_dtype!r}"
+            )
         if self.threshold < 0:
             raise RecipeError(f"recipe {self.name!r}: threshold must be >= 0, got {self.threshold}")
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
-            raise RecipeError(f"recipe {self.name!r}: blocksize must be a power of two from 32 to 4096, got {self.blocksize}")
+            raise RecipeError(
+                f"recipe {self.name!r}: blocksize must be a power of two from 32 to 4096, got {self.blocksize}"
+            )
         if self.quantize_embeddings or self.quantize_lm_head:
-            raise RecipeError(f"recipe {self.name!r}: bitsandbytes recipes quantize decoder Linears only; "
-                              "set quantize_embeddings and quantize_lm_head to false")
+            raise RecipeError(
+                f"recipe {self.name!r}: bitsandbytes recipes quantize decoder Linears only; "
+                "set quantize_embeddings and quantize_lm_head to false"
+            )
 
     @property
     def bits(self) -> int:
@@ -90,15 +97,27 @@ def _bnb_linear(bnb, linear: nn.Linear, config: BitsAndBytesConfig, device: torc
     weight = linear.weight.detach().to("cpu", copy=True)
     has_bias = linear.bias is not None
     if config.quant_type == "int8":
-        module = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
-                                     has_fp16_weights=False, threshold=config.threshold)
+        module = bnb.nn.Linear8bitLt(
+            linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False, threshold=config.threshold
+        )
         module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
         compute = COMPUTE_DTYPES[config.compute_dtype] or linear.weight.dtype
-        module = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=compute,
-                                   compress_statistics=config.double_quant, quant_type=config.quant_type)
-        module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=config.quant_type,
-                                          blocksize=config.blocksize, compress_statistics=config.double_quant)
+        module = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=has_bias,
+            compute_dtype=compute,
+            compress_statistics=config.double_quant,
+            quant_type=config.quant_type,
+        )
+        module.weight = bnb.nn.Params4bit(
+            weight,
+            requires_grad=False,
+            quant_type=config.quant_type,
+            blocksize=config.blocksize,
+            compress_statistics=config.double_quant,
+        )
     if has_bias:
         module.bias = nn.Parameter(linear.bias.detach().to("cpu", copy=True), requires_grad=False)
     return module.to(device)  # bitsandbytes quantizes the weight when it is moved to its device
@@ -161,6 +180,12 @@ def apply_bnb(model: nn.Module, config: BitsAndBytesConfig, calibration=None) ->
     for name, linear in linears.items():
         swap_module(model, name, _bnb_linear(bnb, linear, config, device))
     logger.info("bnb: %d Linears now bitsandbytes %s modules on %s", len(linears), config.quant_type, device)
-    return QuantizationResult(method="bnb", kernel="bitsandbytes",
-                              report={"modules": len(linears), "quant_type": config.quant_type,
-                                      "bitsandbytes_version": devices.bitsandbytes_version()})
+    return QuantizationResult(
+        method="bnb",
+        kernel="bitsandbytes",
+        report={
+            "modules": len(linears),
+            "quant_type": config.quant_type,
+            "bitsandbytes_version": devices.bitsandbytes_version(),
+        },
+    )

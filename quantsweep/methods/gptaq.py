@@ -43,10 +43,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.gptq import GPTQConfig, run_hessian_method
-from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.methods.gptq_math import gptq_quantize_packed
+from quantsweep.methods.result import QuantizationResult, layer_report
+from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.recipes import RecipeError, register_method
 
 logger = logging.getLogger(__name__)
@@ -91,12 +91,20 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
     Example:
         >>> apply_gptaq(model, get_recipe("w4a4-gptaq"), calibration=calibration)  # doctest: +SKIP
     """
+
     def quantize_linear(name, weight, accumulator, cache):
         return gptq_quantize_packed(
-            weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
-            symmetric=config.symmetric, act_order=config.act_order,
-            dampening_frac=config.dampening_frac, block_size=config.block_size,
-            cross=accumulator.cross, layer_name=name, cache=cache,
+            weight,
+            accumulator.hessian,
+            bits=config.bits,
+            group_size=config.group_size,
+            symmetric=config.symmetric,
+            act_order=config.act_order,
+            dampening_frac=config.dampening_frac,
+            block_size=config.block_size,
+            cross=accumulator.cross,
+            layer_name=name,
+            cache=cache,
         )
 
     def attach_activation_quantization(ctx, group):
@@ -107,7 +115,15 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
 
     weight_only = config.activation_bits is None
     packed: dict = {}
-    reports = run_hessian_method(model, config, calibration, "gptaq", quantize_linear, asymmetric=True,
-                       after_group=None if weight_only else attach_activation_quantization, packed=packed)
+    reports = run_hessian_method(
+        model,
+        config,
+        calibration,
+        "gptaq",
+        quantize_linear,
+        asymmetric=True,
+        after_group=None if weight_only else attach_activation_quantization,
+        packed=packed,
+    )
     quantize_extra_targets(model, config, config.bits, packed=packed)
     return QuantizationResult(method="gptaq", report=layer_report(reports), packed=packed)

@@ -103,8 +103,9 @@ class GPTQConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: block_size and calibration_batch_size must be positive")
 
 
-def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, after_group=None,
-                      packed: dict | None = None):
+def hessian_quantizer(
+    config, quantize_linear, *, asymmetric: bool = False, after_group=None, packed: dict | None = None
+):
     """A :data:`~quantsweep.methods.sequential.LayerQuantizer` for Hessian-based methods.
 
     The Linears of a decoder layer are grouped by shared input
@@ -140,13 +141,15 @@ def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, afte
             ctx.capture_inputs(
                 {name: group[name] for name, group in leaders.items()},
                 lambda name, x, x_fp: accumulators[name].add(x, x_fp),
-                with_fp=asymmetric, fp_layer=fp_layer,
+                with_fp=asymmetric,
+                fp_layer=fp_layer,
             )
             for leader, group in leaders.items():
                 cache: dict = {}
                 for name, linear in group.items():
                     new_weight, info, *representation = quantize_linear(
-                        ctx.full_name(name), linear.weight.data, accumulators[leader], cache)
+                        ctx.full_name(name), linear.weight.data, accumulators[leader], cache
+                    )
                     linear.weight.data.copy_(new_weight)
                     if packed is not None and representation:
                         packed[ctx.full_name(name)] = representation[0]
@@ -161,8 +164,17 @@ def hessian_quantizer(config, quantize_linear, *, asymmetric: bool = False, afte
     return quantize_layer
 
 
-def run_hessian_method(model: nn.Module, config, calibration, method: str, quantize_linear, *,
-                       asymmetric: bool = False, after_group=None, packed: dict | None = None):
+def run_hessian_method(
+    model: nn.Module,
+    config,
+    calibration,
+    method: str,
+    quantize_linear,
+    *,
+    asymmetric: bool = False,
+    after_group=None,
+    packed: dict | None = None,
+):
     """The shared driver of the Hessian-based methods (GPTQ, GPTAQ, BiLLM, SliM-LLM).
 
     Checks calibration and group sizes before any weight changes, quantizes layer by
@@ -178,9 +190,13 @@ def run_hessian_method(model: nn.Module, config, calibration, method: str, quant
     calibration = require_calibration(calibration, config)
     check_group_sizes(model, config)
     reports = run_sequential(
-        model, calibration, compute_device(config.device, model),
+        model,
+        calibration,
+        compute_device(config.device, model),
         hessian_quantizer(config, quantize_linear, asymmetric=asymmetric, after_group=after_group, packed=packed),
-        propagate_fp=asymmetric, batch_size=config.calibration_batch_size, desc=f"{method} {config.name}",
+        propagate_fp=asymmetric,
+        batch_size=config.calibration_batch_size,
+        desc=f"{method} {config.name}",
     )
     return reports
 
@@ -195,11 +211,18 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
     Example:
         >>> apply_gptq(model, get_recipe("w4-gptq"), calibration=calibration)  # doctest: +SKIP
     """
+
     def quantize_linear(name, weight, accumulator, cache):
         return gptq_quantize_packed(
-            weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
-            symmetric=config.symmetric, act_order=config.act_order,
-            dampening_frac=config.dampening_frac, block_size=config.block_size, layer_name=name,
+            weight,
+            accumulator.hessian,
+            bits=config.bits,
+            group_size=config.group_size,
+            symmetric=config.symmetric,
+            act_order=config.act_order,
+            dampening_frac=config.dampening_frac,
+            block_size=config.block_size,
+            layer_name=name,
             cache=cache,
         )
 

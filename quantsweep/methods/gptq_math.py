@@ -198,8 +198,8 @@ def quantize_column(values: torch.Tensor, params: QuantParams) -> torch.Tensor:
     Example:
         >>> w = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
         >>> p = compute_qparams(w, bits=4, symmetric=True)
-        >>> quantize_column(w[:, 1], p).tolist()
-        [1.0, 2.0]
+        >>> quantize_column(w[:, 1], p).tolist()  # float16 scales: 2/7 is not exact
+        [0.999755859375, 1.99951171875]
     """
     column = values.unsqueeze(1)
     return dequantize(quantize_to_int(column, params, None), params, column.shape).squeeze(1)
@@ -215,8 +215,8 @@ class UniformGroupQuantizer(ColumnQuantizer):
     Example:
         >>> q = UniformGroupQuantizer(bits=4, group_size=2, symmetric=True)
         >>> q.prepare(0, torch.tensor([[1.0, -0.5]]))
-        >>> q.quantize(0, torch.tensor([1.0])).tolist()
-        [1.0]
+        >>> q.quantize(0, torch.tensor([1.0])).tolist()  # the scale is stored as a float16 value
+        [0.999755859375]
     """
 
     def __init__(self, bits: int, group_size: int | None, symmetric: bool, weight: torch.Tensor | None = None):
@@ -261,7 +261,9 @@ class StaticGroupQuantizer(ColumnQuantizer):
         self.group_size = group_size
         self.order = order.tolist()
         self.groups = [
-            QuantParams(scale=params.scale[:, g : g + 1], zero=params.zero[:, g : g + 1], bits=bits, symmetric=symmetric)
+            QuantParams(
+                scale=params.scale[:, g : g + 1], zero=params.zero[:, g : g + 1], bits=bits, symmetric=symmetric
+            )
             for g in range(params.scale.shape[1])
         ]
 
@@ -412,14 +414,19 @@ def factorize(
         d = cross.detach().to(device, torch.float32).clone()
         d[dead, :] = 0.0
         d[:, dead] = 0.0
-    order = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(h.shape[0], device=h.device)
+    order = (
+        torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(h.shape[0], device=h.device)
+    )
     if act_order:
         h = h[order][:, order]
         d = d[order][:, order] if d is not None else None
     same_place = devices.cholesky_device(device) == str(h.device)
     upper, frac = damped_inverse_cholesky(h, dampening_frac, device, layer_name, overwrite=same_place)
     factor = HessianFactor(
-        order=order, upper=upper, dampening_frac=frac, dead=dead,
+        order=order,
+        upper=upper,
+        dampening_frac=frac,
+        dead=dead,
         damped=h if (keep_damped and same_place) else None,
         correction=asymmetric_correction(d, upper) if d is not None else None,
     )

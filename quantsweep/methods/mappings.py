@@ -179,7 +179,8 @@ def mappings_for(model: nn.Module, kind: str) -> list[list[ResolvedScaling]]:
             errors.append(f"{candidate}: {error}")
     raise ValueError(
         f"cannot map the layers of {type(model).__name__} (model_type "
-        f"{getattr(getattr(model, 'config', None), 'model_type', None)!r}) for {kind}: " + "; ".join(errors)
+        f"{getattr(getattr(model, 'config', None), 'model_type', None)!r}) for {kind}: "
+        + "; ".join(errors)
         + f". Known families: {', '.join(ARCHITECTURES)}; add an ArchitectureMap to "
         "quantsweep.methods.mappings.ARCHITECTURES for this architecture"
     )

@@ -77,5 +77,7 @@ def layer_report(reports) -> dict[str, Any]:
         >>> layer_report([])["total_seconds"]
         0
     """
-    return {"layers": [report.to_dict() for report in reports],
-            "total_seconds": sum(report.seconds for report in reports)}
+    return {
+        "layers": [report.to_dict() for report in reports],
+        "total_seconds": sum(report.seconds for report in reports),
+    }

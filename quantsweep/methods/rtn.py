@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from quantsweep.methods.targets import check_group_sizes
 from quantsweep.methods.result import QuantizationResult
+from quantsweep.methods.targets import check_group_sizes
 from quantsweep.quant.packed import rtn_pack
 from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 

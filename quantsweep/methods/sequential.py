@@ -74,15 +74,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from quantsweep import device as devices
-from quantsweep.layout import decoder_layer_prefix, decoder_layers, lm_head, linears_in
+from quantsweep.layout import decoder_layer_prefix, decoder_layers, linears_in, lm_head
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,11 @@ class LayerReport:
             1
         """
         return {
-            "index": self.index, "name": self.name, "seconds": self.seconds,
-            "peak_device_bytes": self.peak_device_bytes, "info": dict(self.info),
+            "index": self.index,
+            "name": self.name,
+            "seconds": self.seconds,
+            "peak_device_bytes": self.peak_device_bytes,
+            "info": dict(self.info),
         }
 
 
@@ -221,8 +225,7 @@ class LayerContext:
             return hook
 
         handles = [
-            module.register_forward_pre_hook(make_hook(name), with_kwargs=True)
-            for name, module in linears.items()
+            module.register_forward_pre_hook(make_hook(name), with_kwargs=True) for name, module in linears.items()
         ]
         try:
             _layer_output(self.layer, self.inputs[0].to(self.device), self.layer_kwargs[0])
@@ -288,8 +291,7 @@ class LayerContext:
             return hook
 
         handles = [
-            module.register_forward_pre_hook(make_hook(name), with_kwargs=True)
-            for name, module in modules.items()
+            module.register_forward_pre_hook(make_hook(name), with_kwargs=True) for name, module in modules.items()
         ]
         fp_runner = self.layer
         if with_fp and fp_layer is not None:
@@ -554,8 +556,13 @@ def run_sequential(
             home = _module_device(layer)
             layer.to(device)
             ctx = LayerContext(
-                index=index, name=f"{prefix}.{index}", layer=layer, device=device,
-                inputs=inputs, fp_inputs=fp_inputs, layer_kwargs=layer_kwargs,
+                index=index,
+                name=f"{prefix}.{index}",
+                layer=layer,
+                device=device,
+                inputs=inputs,
+                fp_inputs=fp_inputs,
+                layer_kwargs=layer_kwargs,
             )
             next_fp = [park(x) for x in ctx.forward(fp_inputs)] if propagate_fp else None
             info = layer_quantizer(ctx) or {}
@@ -571,7 +578,9 @@ def run_sequential(
             seconds = time.perf_counter() - start
             peak = devices.peak_memory_bytes(device)
             devices.empty_cache(device)
-            reports.append(LayerReport(index=index, name=ctx.name, seconds=seconds, peak_device_bytes=peak, info=dict(info)))
+            reports.append(
+                LayerReport(index=index, name=ctx.name, seconds=seconds, peak_device_bytes=peak, info=dict(info))
+            )
             logger.debug("%s: layer %d took %.3f s", desc, index, seconds)
     logger.info("%s: %d layers in %.2f s", desc, len(reports), sum(r.seconds for r in reports))
     return reports

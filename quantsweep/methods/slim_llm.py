@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.gptq import run_hessian_method
 from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
+from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.quant import compute_qparams, quantize_weight
 from quantsweep.quant.packed import QuantizedWeight, pack_dequantized
@@ -84,7 +84,9 @@ class SliMLLMConfig(RecipeConfig):
         if self.bits not in SLIM_BITS:
             raise RecipeError(f"recipe {self.name!r}: slim-llm supports bits {list(SLIM_BITS)}, got {self.bits}")
         if self.group_size <= 0 or self.block_size <= 0 or self.calibration_batch_size <= 0:
-            raise RecipeError(f"recipe {self.name!r}: group_size, block_size and calibration_batch_size must be positive")
+            raise RecipeError(
+                f"recipe {self.name!r}: group_size, block_size and calibration_batch_size must be positive"
+            )
         if not 0 <= self.dampening_frac <= 1:
             raise RecipeError(f"recipe {self.name!r}: dampening_frac must be in [0, 1], got {self.dampening_frac}")
 
@@ -226,8 +228,11 @@ def slim_llm_quantize_packed(
     quantizer = MixedGroupQuantizer(widths, group_size, symmetric)
     result = obs_sweep(w, upper, quantizer, block_size=block_size)
     info = {
-        "group_bits": widths, "average_bits": sum(widths) / len(widths), "promoted": promoted,
-        "loss": result.loss, "dampening_frac": frac,
+        "group_bits": widths,
+        "average_bits": sum(widths) / len(widths),
+        "promoted": promoted,
+        "loss": result.loss,
+        "dampening_frac": frac,
     }
     scales, zeros, group_bits = quantizer.group_params()
     packed = pack_dequantized(result.weight, scales, zeros, group_bits, symmetric=symmetric, group_size=group_size)
@@ -244,11 +249,18 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
     Example:
         >>> apply_slim_llm(model, get_recipe("w2-slim-llm"), calibration=calibration)  # doctest: +SKIP
     """
+
     def quantize_linear(name, weight, accumulator, cache):
         return slim_llm_quantize_packed(
-            weight, accumulator.hessian, bits=config.bits, group_size=config.group_size,
-            symmetric=config.symmetric, dampening_frac=config.dampening_frac,
-            block_size=config.block_size, layer_name=name, cache=cache,
+            weight,
+            accumulator.hessian,
+            bits=config.bits,
+            group_size=config.group_size,
+            symmetric=config.symmetric,
+            dampening_frac=config.dampening_frac,
+            block_size=config.block_size,
+            layer_name=name,
+            cache=cache,
         )
 
     packed: dict = {}

@@ -91,7 +91,9 @@ class SmoothQuantConfig(RecipeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.weight_bits not in WEIGHT_BITS:
-            raise RecipeError(f"recipe {self.name!r}: smoothquant weight_bits must be one of {list(WEIGHT_BITS)}, got {self.weight_bits}")
+            raise RecipeError(
+                f"recipe {self.name!r}: smoothquant weight_bits must be one of {list(WEIGHT_BITS)}, got {self.weight_bits}"
+            )
         if self.activation_bits not in ACTIVATION_BITS:
             raise RecipeError(
                 f"recipe {self.name!r}: smoothquant activation_bits must be one of {list(ACTIVATION_BITS)}, got {self.activation_bits}"
@@ -124,7 +126,9 @@ def smoothing_factors(activation_absmax: torch.Tensor, weights: list[torch.Tenso
     return (act.pow(alpha) / weight_absmax.clamp_min(_FLOOR).pow(1.0 - alpha)).clamp_min(_FLOOR)
 
 
-def smooth_pairs(pairs: list[ResolvedScaling], activation_absmax: list[torch.Tensor], alpha: float) -> list[torch.Tensor]:
+def smooth_pairs(
+    pairs: list[ResolvedScaling], activation_absmax: list[torch.Tensor], alpha: float
+) -> list[torch.Tensor]:
     """Fold SmoothQuant factors into each (norm -> Linears) pair; return the factors.
 
     Only rescales: the FP function is unchanged (up to rounding).
@@ -141,7 +145,9 @@ def smooth_pairs(pairs: list[ResolvedScaling], activation_absmax: list[torch.Ten
 
 
 def _quantize_linear(linear: nn.Linear, config: SmoothQuantConfig, name: str) -> None:
-    linear.weight.data.copy_(fake_quantize(linear.weight.data, config.weight_bits, config.group_size, config.symmetric, name))
+    linear.weight.data.copy_(
+        fake_quantize(linear.weight.data, config.weight_bits, config.group_size, config.symmetric, name)
+    )
     attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
 
 
@@ -181,14 +187,27 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
             _quantize_linear(linear, config, ctx.full_name(relative))
         return {"smoothed_pairs": len(pairs), "max_factor": max(float(s.max()) for s in factors) if factors else None}
 
-    reports = run_sequential(model, calibration, compute_device(config.device, model), quantize_layer,
-                   batch_size=config.calibration_batch_size, desc=f"smoothquant {config.name}")
+    reports = run_sequential(
+        model,
+        calibration,
+        compute_device(config.device, model),
+        quantize_layer,
+        batch_size=config.calibration_batch_size,
+        desc=f"smoothquant {config.name}",
+    )
     # The embedding table / output head, when the recipe asks for them, outside the layers.
     with torch.no_grad():
         for name, module in extra_targets(model, config).items():
-            module.weight.data.copy_(fake_quantize(module.weight.data, config.weight_bits, config.group_size, config.symmetric, name))
+            module.weight.data.copy_(
+                fake_quantize(module.weight.data, config.weight_bits, config.group_size, config.symmetric, name)
+            )
             if isinstance(module, nn.Linear):
                 attach_activation_quant(module, config.activation_bits, config.activation_symmetric)
-    logger.info("smoothquant: W%dA%d, alpha %.2f, %d weights", config.weight_bits, config.activation_bits, config.alpha, len(targets))
+    logger.info(
+        "smoothquant: W%dA%d, alpha %.2f, %d weights",
+        config.weight_bits,
+        config.activation_bits,
+        config.alpha,
+        len(targets),
+    )
     return QuantizationResult(method="smoothquant", report=layer_report(reports))
-

@@ -87,7 +87,9 @@ def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | N
     extra = extra_targets(model, config)
     with torch.no_grad():
         for name, module in extra.items():
-            representation = rtn_pack(module.weight.data, bits, config.group_size, getattr(config, "symmetric", True), name)
+            representation = rtn_pack(
+                module.weight.data, bits, config.group_size, getattr(config, "symmetric", True), name
+            )
             module.weight.data.copy_(representation.dequantize(module.weight.dtype))
             if packed is not None:
                 packed[name] = representation

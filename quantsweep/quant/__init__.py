@@ -4,6 +4,7 @@ Algorithms (RTN, GPTQ, AWQ, ...) live in :mod:`quantsweep.methods` and decide ho
 to call these functions; nothing here knows about models or devices.
 """
 
+from quantsweep.quant.packed import QuantizedWeight, pack_dequantized, rtn_pack
 from quantsweep.quant.primitives import (
     QuantParams,
     binarize,
@@ -15,7 +16,6 @@ from quantsweep.quant.primitives import (
     quantize_to_int,
     quantize_weight,
 )
-from quantsweep.quant.packed import QuantizedWeight, pack_dequantized, rtn_pack
 
 __all__ = [
     "QuantParams",

@@ -140,10 +140,13 @@ def _from_params(codes: torch.Tensor, params: QuantParams, group_size: int | Non
     n_groups = params.scale.shape[1]
     codes = codes.reshape(out_features, -1)
     return QuantizedWeight(
-        codes=codes.to(torch.int16), scales=params.scale.reshape(out_features, n_groups).float(),
+        codes=codes.to(torch.int16),
+        scales=params.scale.reshape(out_features, n_groups).float(),
         zeros=params.zero.reshape(out_features, n_groups).float(),
-        g_idx=_contiguous_g_idx(codes.shape[1], group_size), bits=(params.bits,) * n_groups,
-        symmetric=params.symmetric, group_size=group_size,
+        g_idx=_contiguous_g_idx(codes.shape[1], group_size),
+        bits=(params.bits,) * n_groups,
+        symmetric=params.symmetric,
+        group_size=group_size,
     )
 
 
@@ -154,9 +157,13 @@ def _binary_pack(weight: torch.Tensor, group_size: int | None, layer_name: str) 
     alpha = groups.abs().mean(dim=-1)  # [out, G], as binarize() computes it
     codes = (groups >= 0).to(torch.int16).reshape(out_features, in_features)
     return QuantizedWeight(
-        codes=codes, scales=2 * alpha, zeros=torch.full_like(alpha, 0.5),
-        g_idx=_contiguous_g_idx(in_features, group_size), bits=(1,) * alpha.shape[1],
-        symmetric=True, group_size=group_size,
+        codes=codes,
+        scales=2 * alpha,
+        zeros=torch.full_like(alpha, 0.5),
+        g_idx=_contiguous_g_idx(in_features, group_size),
+        bits=(1,) * alpha.shape[1],
+        symmetric=True,
+        group_size=group_size,
     )
 
 
@@ -211,8 +218,15 @@ def pack_dequantized(
     columns = g_idx.long()
     scale, zero = scales.float()[:, columns], zeros.float()[:, columns]
     codes = torch.round(weight / scale + zero)  # binary: ±alpha / (2 alpha) + 0.5 = 1 or 0
-    packed = QuantizedWeight(codes=codes.to(torch.int16), scales=scales.float(), zeros=zeros.float(), g_idx=g_idx,
-                             bits=tuple(int(b) for b in bits), symmetric=symmetric, group_size=group_size)
+    packed = QuantizedWeight(
+        codes=codes.to(torch.int16),
+        scales=scales.float(),
+        zeros=zeros.float(),
+        g_idx=g_idx,
+        bits=tuple(int(b) for b in bits),
+        symmetric=symmetric,
+        group_size=group_size,
+    )
     if not torch.equal(packed.dequantize(torch.float32), weight):
         raise ValueError("the codes recovered from the fake-quant weight do not reproduce it: scales/zeros mismatch")
     return packed

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 _EPS = 1e-12
-_FP16_TINY = 2.0**-24   # the smallest positive float16 (a subnormal)
+_FP16_TINY = 2.0**-24  # the smallest positive float16 (a subnormal)
 _FP16_MAX = 65504.0
 
 

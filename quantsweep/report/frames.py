@@ -24,17 +24,69 @@ RESULTS_FILE = "results.jsonl"
 
 # Columns every frame has, in this order (others follow); records lacking one get None.
 COLUMNS = (
-    "model", "model_fingerprint", "recipe", "method", "bits_per_weight", "task", "family", "metric", "primary",
-    "value", "stderr", "n", "verdict", "reason", "delta", "ci_low", "ci_high", "p_value", "retained", "chance",
-    "interval", "documents_needed", "flips_right_to_wrong", "flips_wrong_to_right", "chance_reference",
-    "chance_unigram_nats", "chance_uniform_nats", "cross_entropy_nats", "nonfinite_samples", "error", "status", "kernel",
-    "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes", "peak_eval_memory_kind",
-    "prefill_tokens_per_s", "decode_tokens_per_s", "device", "dtype",
+    "model",
+    "model_fingerprint",
+    "recipe",
+    "method",
+    "bits_per_weight",
+    "task",
+    "family",
+    "metric",
+    "primary",
+    "value",
+    "stderr",
+    "n",
+    "verdict",
+    "reason",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "retained",
+    "chance",
+    "interval",
+    "documents_needed",
+    "flips_right_to_wrong",
+    "flips_wrong_to_right",
+    "chance_reference",
+    "chance_unigram_nats",
+    "chance_uniform_nats",
+    "cross_entropy_nats",
+    "nonfinite_samples",
+    "error",
+    "status",
+    "kernel",
+    "theoretical_bits_per_weight",
+    "stored_bytes",
+    "peak_eval_bytes",
+    "peak_eval_memory_kind",
+    "prefill_tokens_per_s",
+    "decode_tokens_per_s",
+    "device",
+    "dtype",
 )
-NUMERIC = ("value", "stderr", "delta", "ci_low", "ci_high", "p_value", "retained", "chance", "bits_per_weight",
-           "documents_needed", "flips_right_to_wrong", "flips_wrong_to_right", "chance_unigram_nats",
-           "chance_uniform_nats", "cross_entropy_nats", "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes",
-           "prefill_tokens_per_s", "decode_tokens_per_s")
+NUMERIC = (
+    "value",
+    "stderr",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "retained",
+    "chance",
+    "bits_per_weight",
+    "documents_needed",
+    "flips_right_to_wrong",
+    "flips_wrong_to_right",
+    "chance_unigram_nats",
+    "chance_uniform_nats",
+    "cross_entropy_nats",
+    "theoretical_bits_per_weight",
+    "stored_bytes",
+    "peak_eval_bytes",
+    "prefill_tokens_per_s",
+    "decode_tokens_per_s",
+)
 _DTYPE_BITS = {"float32": 32, "float64": 64, "bfloat16": 16, "float16": 16}
 
 
@@ -60,8 +112,9 @@ def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
         refresh_derived(folder)  # a store whose last cells came after its last rebuild (a killed run)
     path = folder / RESULTS_FILE if folder.is_dir() or folder.suffix != ".jsonl" else folder
     if not path.is_file():
-        raise FileNotFoundError(f"no {RESULTS_FILE} in {str(folder)!r} (looked for {str(path)!r}); "
-                                "run `quantsweep run --out DIR` first")
+        raise FileNotFoundError(
+            f"no {RESULTS_FILE} in {str(folder)!r} (looked for {str(path)!r}); run `quantsweep run --out DIR` first"
+        )
     records = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():

@@ -43,8 +43,14 @@ TEMPLATE = "report.html.j2"
 SEVERITY = (*sorted(VERDICT_SEVERITY, key=VERDICT_SEVERITY.get), "error")
 MARKERS = {**VERDICT_MARKERS, "missing": "MISSING"}  # the text table's markers, plus cells with no record
 _PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "word_perplexity", "byte_perplexity", "bits_per_byte"}
-_COST_FIELDS = ("kernel", "theoretical_bits_per_weight", "stored_bytes", "peak_eval_bytes",
-                "prefill_tokens_per_s", "decode_tokens_per_s")
+_COST_FIELDS = (
+    "kernel",
+    "theoretical_bits_per_weight",
+    "stored_bytes",
+    "peak_eval_bytes",
+    "prefill_tokens_per_s",
+    "decode_tokens_per_s",
+)
 
 
 def _data_uri(png: bytes) -> str:
@@ -74,9 +80,15 @@ def _format_delta(row) -> str:
 
 def _recipe_order(cells: pd.DataFrame) -> list[tuple[str, list[str]]]:
     """(method, recipes) groups: the baseline's group first, methods in order of appearance, bits descending."""
-    per_recipe = cells.groupby("recipe", sort=False).agg(
-        method=("method", "first"), bits=("bits_per_weight", "first"),
-        baseline=("verdict", lambda v: bool((v == "baseline").any()))).reset_index()
+    per_recipe = (
+        cells.groupby("recipe", sort=False)
+        .agg(
+            method=("method", "first"),
+            bits=("bits_per_weight", "first"),
+            baseline=("verdict", lambda v: bool((v == "baseline").any())),
+        )
+        .reset_index()
+    )
     methods = list(dict.fromkeys(per_recipe.sort_values("baseline", ascending=False, kind="stable")["method"]))
     groups = []
     for method in methods:
@@ -106,18 +118,39 @@ def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str,
             for task in tasks:
                 row = lookup.get((recipe, task))
                 if row is None:
-                    entries.append({"verdict": "missing", "marker": MARKERS["missing"], "value": "",
-                                    "delta": "", "n": "", "reason": "no record for this cell"})
+                    entries.append(
+                        {
+                            "verdict": "missing",
+                            "marker": MARKERS["missing"],
+                            "value": "",
+                            "delta": "",
+                            "n": "",
+                            "reason": "no record for this cell",
+                        }
+                    )
                     continue
                 verdict = row.verdict if row.verdict in MARKERS else "missing"
                 reason = row.error if verdict == "error" else row.reason
-                entries.append({"verdict": verdict, "marker": MARKERS[verdict],
-                                "value": "" if verdict == "error" else _format_value(row.value),
-                                "delta": _format_delta(row), "n": "" if _missing(row.n) else int(row.n),
-                                "reason": reason if isinstance(reason, str) else ""})
+                entries.append(
+                    {
+                        "verdict": verdict,
+                        "marker": MARKERS[verdict],
+                        "value": "" if verdict == "error" else _format_value(row.value),
+                        "delta": _format_delta(row),
+                        "n": "" if _missing(row.n) else int(row.n),
+                        "reason": reason if isinstance(reason, str) else "",
+                    }
+                )
             bits = bits_of.get(recipe)
-            rows.append({"method": method, "method_rows": len(recipes) if index == 0 else 0, "recipe": recipe,
-                         "bits": "" if _missing(bits) else f"{bits:g}", "cells": entries})
+            rows.append(
+                {
+                    "method": method,
+                    "method_rows": len(recipes) if index == 0 else 0,
+                    "recipe": recipe,
+                    "bits": "" if _missing(bits) else f"{bits:g}",
+                    "cells": entries,
+                }
+            )
     return rows
 
 
@@ -137,14 +170,17 @@ def family_summary(cells: pd.DataFrame) -> pd.DataFrame:
     """
     compared = cells[cells["verdict"] != "baseline"].assign(family=lambda f: f["family"].fillna("other"))
     grouped = compared.groupby(["recipe", "family"], sort=False)
-    return grouped.agg(**{"worst verdict": ("verdict", _worst), "mean retained": ("retained", "mean"),
-                          "cells": ("verdict", "size")}).reset_index()
+    return grouped.agg(
+        **{"worst verdict": ("verdict", _worst), "mean retained": ("retained", "mean"), "cells": ("verdict", "size")}
+    ).reset_index()
 
 
 def _table(frame: pd.DataFrame, empty: str) -> str:
     if frame.empty:
         return f'<p class="empty">{empty}</p>'
-    return frame.to_html(index=False, escape=True, na_rep="", border=0, classes="data", float_format=lambda x: f"{x:.3g}")
+    return frame.to_html(
+        index=False, escape=True, na_rep="", border=0, classes="data", float_format=lambda x: f"{x:.3g}"
+    )
 
 
 def _percent(value) -> str:
@@ -154,21 +190,34 @@ def _percent(value) -> str:
 def _problems(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     nonfinite = cells[cells["verdict"] == "non-finite"]
     diagnosis = nonfinite.get("diagnosis", pd.Series([None] * len(nonfinite), index=nonfinite.index))
-    nonfinite_table = pd.DataFrame({
-        "recipe": nonfinite["recipe"], "task": nonfinite["task"],
-        "non-finite documents": nonfinite["nonfinite_samples"], "n": nonfinite["n"],
-        "diagnosis": [_diagnosis_text(d) for d in diagnosis], "reason": nonfinite["reason"]})
+    nonfinite_table = pd.DataFrame(
+        {
+            "recipe": nonfinite["recipe"],
+            "task": nonfinite["task"],
+            "non-finite documents": nonfinite["nonfinite_samples"],
+            "n": nonfinite["n"],
+            "diagnosis": [_diagnosis_text(d) for d in diagnosis],
+            "reason": nonfinite["reason"],
+        }
+    )
     collapsed = cells[cells["verdict"] == "collapsed"]
     # perplexity cells: compare cross-entropy with the chance cross-entropy, both in nats per token
     nats = collapsed["chance_reference"].notna() & collapsed["cross_entropy_nats"].notna()
-    chance_nats = collapsed["chance_unigram_nats"].where(collapsed["chance_reference"] == "unigram",
-                                                         collapsed["chance_uniform_nats"])
-    collapsed_table = pd.DataFrame({
-        "recipe": collapsed["recipe"], "task": collapsed["task"],
-        "measure": collapsed["metric"].where(~nats, "cross-entropy (nats/token)"),
-        "score": collapsed["value"].where(~nats, collapsed["cross_entropy_nats"]),
-        "chance": collapsed["chance"].where(~nats, chance_nats), "retained": collapsed["retained"],
-        "chance reference": collapsed["chance_reference"].fillna(""), "reason": collapsed["reason"]})
+    chance_nats = collapsed["chance_unigram_nats"].where(
+        collapsed["chance_reference"] == "unigram", collapsed["chance_uniform_nats"]
+    )
+    collapsed_table = pd.DataFrame(
+        {
+            "recipe": collapsed["recipe"],
+            "task": collapsed["task"],
+            "measure": collapsed["metric"].where(~nats, "cross-entropy (nats/token)"),
+            "score": collapsed["value"].where(~nats, collapsed["cross_entropy_nats"]),
+            "chance": collapsed["chance"].where(~nats, chance_nats),
+            "retained": collapsed["retained"],
+            "chance reference": collapsed["chance_reference"].fillna(""),
+            "reason": collapsed["reason"],
+        }
+    )
     return nonfinite_table, collapsed_table
 
 
@@ -184,16 +233,30 @@ def _diagnosis_text(diagnosis) -> str:
 
 def _flips(cells: pd.DataFrame) -> pd.DataFrame:
     have = cells[cells["flips_right_to_wrong"].notna()]
-    return pd.DataFrame({"recipe": have["recipe"], "task": have["task"], "delta": have["delta"].map(_percent),
-                         "right → wrong": have["flips_right_to_wrong"].map(_percent),
-                         "wrong → right": have["flips_wrong_to_right"].map(_percent), "interval": have["interval"]})
+    return pd.DataFrame(
+        {
+            "recipe": have["recipe"],
+            "task": have["task"],
+            "delta": have["delta"].map(_percent),
+            "right → wrong": have["flips_right_to_wrong"].map(_percent),
+            "wrong → right": have["flips_wrong_to_right"].map(_percent),
+            "interval": have["interval"],
+        }
+    )
 
 
 def _documents_needed(cells: pd.DataFrame) -> pd.DataFrame:
     have = cells[(cells["verdict"] == "inconclusive")]
     needed = have["documents_needed"].map(lambda v: "" if _missing(v) else f"about {int(v):,}")
-    return pd.DataFrame({"recipe": have["recipe"], "task": have["task"], "n": have["n"],
-                         "documents that would decide": needed, "reason": have["reason"]})
+    return pd.DataFrame(
+        {
+            "recipe": have["recipe"],
+            "task": have["task"],
+            "n": have["n"],
+            "documents that would decide": needed,
+            "reason": have["reason"],
+        }
+    )
 
 
 def cost_table(records_frame: pd.DataFrame) -> pd.DataFrame:
@@ -214,18 +277,26 @@ def cost_table(records_frame: pd.DataFrame) -> pd.DataFrame:
     for recipe, group in records_frame.groupby("recipe", sort=False):
         first = group.iloc[0]
         kernel = first.get("kernel")
-        row = {"recipe": recipe, "kernel": "" if _missing(kernel) else kernel,
-               "theoretical bits/weight": first.get("theoretical_bits_per_weight"),
-               "stored MiB": _mib(first.get("stored_bytes"))}
+        row = {
+            "recipe": recipe,
+            "kernel": "" if _missing(kernel) else kernel,
+            "theoretical bits/weight": first.get("theoretical_bits_per_weight"),
+            "stored MiB": _mib(first.get("stored_bytes")),
+        }
         if kernel == "fake-quant":
             row["measured"] = "memory and speed are the fp model's"
         else:
             kind = first.get("peak_eval_memory_kind")
             peak = _mib(first.get("peak_eval_bytes"))
-            row["measured"] = "; ".join(part for part in (
-                f"peak eval {peak} MiB ({'' if _missing(kind) else kind})" if peak != "" else "",
-                _rate("prefill", first.get("prefill_tokens_per_s")), _rate("decode", first.get("decode_tokens_per_s")),
-            ) if part)
+            row["measured"] = "; ".join(
+                part
+                for part in (
+                    f"peak eval {peak} MiB ({'' if _missing(kind) else kind})" if peak != "" else "",
+                    _rate("prefill", first.get("prefill_tokens_per_s")),
+                    _rate("decode", first.get("decode_tokens_per_s")),
+                )
+                if part
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -243,18 +314,28 @@ def _run_record(records: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str,
         values = [r.get(key) for r in records if r.get(key) is not None]
         return ", ".join(dict.fromkeys(str(v) for v in values)) or "not recorded"
 
-    versions = {key.removesuffix("_version"): distinct(key) for key in
-                ("quantsweep_version", "torch_version", "transformers_version", "lm_eval_version", "python_version")}
+    versions = {
+        key.removesuffix("_version"): distinct(key)
+        for key in ("quantsweep_version", "torch_version", "transformers_version", "lm_eval_version", "python_version")
+    }
     calibration = {}
     for record in records:
         if record.get("calibration"):
             calibration.setdefault(record["recipe"], json.dumps(record["calibration"], sort_keys=True))
     thresholds = next((r["verdict_config"] for r in records if r.get("verdict_config")), {})
     failed = frame[frame["verdict"] == "error"][["recipe", "task", "error"]]
-    return {"model": distinct("model"), "fingerprint": distinct("model_fingerprint"), "device": distinct("device"),
-            "dtype": distinct("dtype"), "limit": distinct("limit"), "seed": distinct("seed"), "versions": versions,
-            "calibration": calibration, "thresholds": thresholds,
-            "failed": _table(failed, "no failed cells")}
+    return {
+        "model": distinct("model"),
+        "fingerprint": distinct("model_fingerprint"),
+        "device": distinct("device"),
+        "dtype": distinct("dtype"),
+        "limit": distinct("limit"),
+        "seed": distinct("seed"),
+        "versions": versions,
+        "calibration": calibration,
+        "thresholds": thresholds,
+        "failed": _table(failed, "no failed cells"),
+    }
 
 
 def _slug(text: str) -> str:
@@ -280,44 +361,66 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
     retention_figures = []
     for family, _ in task_groups:
         name = f"report-retention-{_slug(family)}.png"
-        figures[name] = plots.png_bytes(plots.retention_vs_bits(cells[cells["family"].fillna("other") == family], family))
+        figures[name] = plots.png_bytes(
+            plots.retention_vs_bits(cells[cells["family"].fillna("other") == family], family)
+        )
         retention_figures.append({"family": family, "uri": _data_uri(figures[name]), "file": name})
     summary = family_summary(cells)
     nonfinite, collapsed = _problems(cells)
     warnings = []
     if not (cells["verdict"] == "baseline").any():
-        warnings.append("No baseline result: no cell could be compared, so no cell has a delta or a verdict "
-                        "against the baseline.")
+        warnings.append(
+            "No baseline result: no cell could be compared, so no cell has a delta or a verdict against the baseline."
+        )
     failed = cells[cells["verdict"] == "error"]
     if not failed.empty:
-        warnings.append(f"{len(failed)} cell(s) failed and have no result: "
-                        + ", ".join(f"{r} / {t}" for r, t in zip(failed["recipe"], failed["task"])) + ".")
+        warnings.append(
+            f"{len(failed)} cell(s) failed and have no result: "
+            + ", ".join(f"{r} / {t}" for r, t in zip(failed["recipe"], failed["task"]))
+            + "."
+        )
     present = set(zip(cells["recipe"], cells["task"]))
     missing = [(r, t) for r in recipes for t in tasks if (r, t) not in present]
     if missing:
-        warnings.append(f"{len(missing)} cell(s) have no record (marked MISSING): "
-                        + ", ".join(f"{r} / {t}" for r, t in missing[:20]) + (" ..." if len(missing) > 20 else ""))
+        warnings.append(
+            f"{len(missing)} cell(s) have no record (marked MISSING): "
+            + ", ".join(f"{r} / {t}" for r, t in missing[:20])
+            + (" ..." if len(missing) > 20 else "")
+        )
     metric_of = {row.task: row.metric for row in cells.itertuples() if isinstance(row.metric, str)}
     costs = cost_table(frame)
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("quantsweep.report", "templates"),
-                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("quantsweep.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     html = environment.get_template(TEMPLATE).render(
         title=title or f"quantsweep report: {', '.join(dict.fromkeys(frame['model'].dropna().astype(str)))}",
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        colours=plots.VERDICT_COLOURS, markers=MARKERS, warnings=warnings,
+        colours=plots.VERDICT_COLOURS,
+        markers=MARKERS,
+        warnings=warnings,
         task_groups=[(family, [(t, metric_of.get(t, "")) for t in group]) for family, group in task_groups],
         map_rows=_map_rows(cells, recipe_groups, task_groups),
-        reasons=[{"recipe": r.recipe, "task": r.task, "verdict": r.verdict,
-                  "reason": (r.error if r.verdict == "error" else r.reason) or "no reason recorded"}
-                 for r in cells.itertuples() if r.verdict not in ("lossless", "baseline")],
-        family_table=_table(summary.assign(**{"mean retained": summary["mean retained"].round(3)}),
-                            "no compared cells"),
-        verdict_map_uri=_data_uri(figures["report-verdict-map.png"]), retention_figures=retention_figures,
+        reasons=[
+            {
+                "recipe": r.recipe,
+                "task": r.task,
+                "verdict": r.verdict,
+                "reason": (r.error if r.verdict == "error" else r.reason) or "no reason recorded",
+            }
+            for r in cells.itertuples()
+            if r.verdict not in ("lossless", "baseline")
+        ],
+        family_table=_table(
+            summary.assign(**{"mean retained": summary["mean retained"].round(3)}), "no compared cells"
+        ),
+        verdict_map_uri=_data_uri(figures["report-verdict-map.png"]),
+        retention_figures=retention_figures,
         nonfinite_table=_table(nonfinite, "no non-finite cells"),
         collapsed_table=_table(collapsed, "no collapsed cells"),
         flips_table=_table(_flips(cells), "no per-document 0/1 task was compared"),
         needed_table=_table(_documents_needed(cells), "no inconclusive cells"),
-        cost=_table(costs, ""), has_cost=not costs.empty,
+        cost=_table(costs, ""),
+        has_cost=not costs.empty,
         run=_run_record(records, cells),
     )
     return html, figures

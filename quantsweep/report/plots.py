@@ -67,19 +67,28 @@ def verdict_heatmap(cells: pd.DataFrame, recipes: list[str], tasks: list[str]) -
             verdict = "missing" if cell is None else (cell.verdict if cell.verdict in VERDICT_COLOURS else "missing")
             row_codes.append(ORDER.index(verdict))
             value = None if cell is None else cell.value
-            row_labels.append("FAILED" if verdict == "error" else "-" if value is None or value != value
-                              else f"{value:.3g}")
+            row_labels.append(
+                "FAILED" if verdict == "error" else "-" if value is None or value != value else f"{value:.3g}"
+            )
         codes.append(row_codes)
         labels.append(row_labels)
     figure = Figure(figsize=(1.2 + 1.1 * len(tasks), 0.9 + 0.45 * len(recipes)))
     axes = figure.subplots()
-    axes.imshow(codes, cmap=ListedColormap([VERDICT_COLOURS[v] for v in ORDER]), vmin=-0.5,
-                vmax=len(ORDER) - 0.5, aspect="auto")
+    axes.imshow(
+        codes, cmap=ListedColormap([VERDICT_COLOURS[v] for v in ORDER]), vmin=-0.5, vmax=len(ORDER) - 0.5, aspect="auto"
+    )
     dark = {"lossless", "degraded", "collapsed", "non-finite", "error"}
     for i, row in enumerate(labels):
         for j, text in enumerate(row):
-            axes.text(j, i, text, ha="center", va="center", fontsize=8,
-                      color="white" if ORDER[codes[i][j]] in dark else "black")
+            axes.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if ORDER[codes[i][j]] in dark else "black",
+            )
     axes.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
     axes.set_yticks(range(len(recipes)), recipes, fontsize=8)
     axes.set_title("verdict map")
@@ -101,17 +110,24 @@ def retention_vs_bits(cells: pd.DataFrame, family: str) -> Figure:
         'bits per weight'
     """
     compared = cells[(cells["verdict"] != "baseline") & cells["retained"].notna() & cells["bits_per_weight"].notna()]
-    per_recipe = compared.groupby(["method", "recipe"], sort=False).agg(
-        bits=("bits_per_weight", "first"), retained=("retained", "mean")).reset_index()
+    per_recipe = (
+        compared.groupby(["method", "recipe"], sort=False)
+        .agg(bits=("bits_per_weight", "first"), retained=("retained", "mean"))
+        .reset_index()
+    )
     figure = Figure(figsize=(4.6, 3.2))
     axes = figure.subplots()
     for index, (method, group) in enumerate(per_recipe.groupby("method", sort=False)):
         group = group.sort_values("bits")
-        axes.plot(group["bits"], group["retained"], marker=METHOD_MARKERS[index % len(METHOD_MARKERS)],
-                  linestyle="-", label=method)
+        axes.plot(
+            group["bits"],
+            group["retained"],
+            marker=METHOD_MARKERS[index % len(METHOD_MARKERS)],
+            linestyle="-",
+            label=method,
+        )
         for row in group.itertuples():
-            axes.annotate(row.recipe, (row.bits, row.retained), textcoords="offset points", xytext=(3, 3),
-                          fontsize=7)
+            axes.annotate(row.recipe, (row.bits, row.retained), textcoords="offset points", xytext=(3, 3), fontsize=7)
     axes.axhline(1.0, color="#888888", linewidth=0.8, linestyle=":")
     axes.axhline(0.0, color="#a50026", linewidth=0.8, linestyle=":")
     axes.set_xlabel("bits per weight")

@@ -10,7 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 VERDICT_MARKERS = {
     "baseline": "base",
@@ -22,8 +23,10 @@ VERDICT_MARKERS = {
     "error": "ERROR",
 }
 
-LEGEND = ("verdicts: base = baseline, ok = lossless, ? = inconclusive, DEGRADED = significantly worse, "
-          "COLLAPSED = near-random, NON-FINITE = NaN/Inf outputs, ERROR = recipe failed")
+LEGEND = (
+    "verdicts: base = baseline, ok = lossless, ? = inconclusive, DEGRADED = significantly worse, "
+    "COLLAPSED = near-random, NON-FINITE = NaN/Inf outputs, ERROR = recipe failed"
+)
 
 
 def format_cell(record: dict[str, Any]) -> str:
@@ -97,7 +100,10 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     cells = {(r["recipe"], r["task"]): format_cell(r) for r in rows}
     body = [[recipe] + [cells.get((recipe, task), "-") for task in tasks] for recipe in recipes]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in [header, ["-" * w for w in widths]] + body]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
+        for line in [header, ["-" * w for w in widths]] + body
+    ]
     why = format_reasons(rows) if reasons else []
     if why:
         lines += ["", "why:"] + [f"  {line}" for line in why]

@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from quantsweep.sweep.spec import absolute_paths, load_spec, verdict_config
 
@@ -57,9 +58,18 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
 
 
-def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None = None,
-              retry_failed: bool = False, force: bool = False, progress: bool = True,
-              on_plan: Callable | None = None, on_recipe: Callable | None = None) -> SweepResult:
+def run_sweep(
+    spec_or_path,
+    out,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    on_plan: Callable | None = None,
+    on_recipe: Callable | None = None,
+) -> SweepResult:
     """Run a sweep into the store ``out`` and return what it did.
 
     Args:
@@ -120,19 +130,24 @@ def run_sweep(spec_or_path, out, *, backend: str = "local", address: str | None 
             if backend == "local":
                 from quantsweep.sweep.local import run_local
 
-                computed += run_local(_replan(plan, pending), context, bar, on_cell=lambda _: judge.rebuild(),
-                                      on_recipe=judged_recipe)
+                computed += run_local(
+                    _replan(plan, pending), context, bar, on_cell=lambda _: judge.rebuild(), on_recipe=judged_recipe
+                )
             else:
                 from quantsweep.sweep.ray import run_ray
 
-                computed += run_ray(_replan(plan, pending), context, bar, address=address, on_cell=lambda _: judge.rebuild())
+                computed += run_ray(
+                    _replan(plan, pending), context, bar, address=address, on_cell=lambda _: judge.rebuild()
+                )
             pending = _wait_for_others(store, [c for c in pending if not is_stored(store, c.key, context)], context)
             if pending and len(pending) >= before:  # a round that stored nothing would repeat forever
                 from quantsweep.sweep.cell import store_failed_cells
                 from quantsweep.sweep.plan import group_units
 
-                error = RuntimeError("the backend finished without storing this cell; is the store the same path on "
-                                     "every node (an absolute path on a shared filesystem)?")
+                error = RuntimeError(
+                    "the backend finished without storing this cell; is the store the same path on "
+                    "every node (an absolute path on a shared filesystem)?"
+                )
                 for unit in group_units(pending):
                     store_failed_cells(unit, context, [c.key for c in unit.cells], "running", error)
                 logger.error("%d cells were not stored by the %s backend; recorded as failed", len(pending), backend)
@@ -169,16 +184,25 @@ def _wait_for_others(store, missing, context) -> list:
             return missing  # nobody holds them (their owner died): compute them here
         if not announced:
             owners = {f"{o.get('host')}:{o.get('pid')}" for o in (store.claim_owner(c.key) or {} for c in owned)}
-            logger.warning("waiting for %d cells being computed by another process (%s)", len(owned),
-                           ", ".join(sorted(owners)))
+            logger.warning(
+                "waiting for %d cells being computed by another process (%s)", len(owned), ", ".join(sorted(owners))
+            )
             announced = True
         time.sleep(WAIT_POLL_S)
         missing = [c for c in missing if not is_stored(store, c.key, context)]
     return []
 
 
-def sweep(spec_or_path, out, *, backend: str = "local", address: str | None = None, retry_failed: bool = False,
-          force: bool = False, progress: bool = True):
+def sweep(
+    spec_or_path,
+    out,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
+    progress: bool = True,
+):
     """Run a sweep and return its results as a pandas DataFrame, one row per cell and metric.
 
     The columns are those of ``results.jsonl``: model, recipe, task, family, metric, value,
@@ -189,8 +213,9 @@ def sweep(spec_or_path, out, *, backend: str = "local", address: str | None = No
         >>> frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
         >>> frame.query("primary and verdict != 'lossless'")[["recipe", "task", "verdict"]]  # doctest: +SKIP
     """
-    result = run_sweep(spec_or_path, out, backend=backend, address=address, retry_failed=retry_failed,
-                       force=force, progress=progress)
+    result = run_sweep(
+        spec_or_path, out, backend=backend, address=address, retry_failed=retry_failed, force=force, progress=progress
+    )
     return records_frame(result.records)
 
 
@@ -244,8 +269,9 @@ def load_results(directory):
     refresh_derived(path)
     results = path / "results.jsonl" if path.is_dir() else path
     if not results.is_file():
-        raise ValueError(f"no results at {str(results)!r}: run `quantsweep sweep` or `quantsweep run` with "
-                         f"--out {path} first")
+        raise ValueError(
+            f"no results at {str(results)!r}: run `quantsweep sweep` or `quantsweep run` with --out {path} first"
+        )
     return records_frame(load_records(path))
 
 

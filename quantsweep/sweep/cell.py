@@ -24,9 +24,10 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from quantsweep.sweep.plan import CellPlan, WorkUnit
 
@@ -56,9 +57,9 @@ class UnitContext:
     include_path: tuple = ()
     allow_code_execution: bool = False
     measure: bool = False
-    started_at: float = 0.0      # when the driver began this run (epoch s); cells written since are this run's
-    force: bool = False          # recompute cells stored before this run
-    retry_failed: bool = False   # compute cells stored as failed before this run again (else they are kept)
+    started_at: float = 0.0  # when the driver began this run (epoch s); cells written since are this run's
+    force: bool = False  # recompute cells stored before this run
+    retry_failed: bool = False  # compute cells stored as failed before this run again (else they are kept)
     max_length: int | None = None
 
     @classmethod
@@ -70,11 +71,21 @@ class UnitContext:
             'out'
         """
         spec = plan.spec
-        return cls(store_dir=str(store_dir), task_configs=dict(plan.tasks.configs), limit=spec.limit,
-                   num_fewshot=spec.num_fewshot, seed=spec.seed, batch_size=spec.batch_size,
-                   include_path=tuple(spec.include_path), allow_code_execution=spec.allow_code_execution,
-                   measure=spec.measure, started_at=time.time(), force=force, retry_failed=retry_failed,
-                   max_length=spec.max_length)
+        return cls(
+            store_dir=str(store_dir),
+            task_configs=dict(plan.tasks.configs),
+            limit=spec.limit,
+            num_fewshot=spec.num_fewshot,
+            seed=spec.seed,
+            batch_size=spec.batch_size,
+            include_path=tuple(spec.include_path),
+            allow_code_execution=spec.allow_code_execution,
+            measure=spec.measure,
+            started_at=time.time(),
+            force=force,
+            retry_failed=retry_failed,
+            max_length=spec.max_length,
+        )
 
 
 # ---------------------------------------------------------------------- serialisation
@@ -118,8 +129,15 @@ def task_result_from_dict(data: dict[str, Any]):
     sample_fields = {f.name for f in dataclasses.fields(SampleOutcome)}
     task_fields = {f.name for f in dataclasses.fields(TaskResult)}
     metrics = {name: MetricResult(**{**m, "value": number(m["value"])}) for name, m in data["metrics"].items()}
-    samples = [SampleOutcome(**{**{k: v for k, v in s.items() if k in sample_fields}, "scores": {k: restore(v) for k, v in s["scores"].items()}})
-               for s in data["samples"]]
+    samples = [
+        SampleOutcome(
+            **{
+                **{k: v for k, v in s.items() if k in sample_fields},
+                "scores": {k: restore(v) for k, v in s["scores"].items()},
+            }
+        )
+        for s in data["samples"]
+    ]
     rest = {k: v for k, v in data.items() if k in task_fields and k not in ("metrics", "samples")}
     return TaskResult(**rest, metrics=metrics, samples=samples)
 
@@ -194,17 +212,35 @@ class _UnitState:
         self.ran_on = {"host": socket.gethostname(), "pid": os.getpid(), "device": None}
 
     def base_record(self, cell: CellPlan) -> dict[str, Any]:
-        return {"format": CELL_FORMAT, "key": cell.key, "model": cell.model.name, "model_path": cell.model.path,
-                "model_fingerprint": cell.key_fields["model"], "recipe": cell.recipe.name,
-                "recipe_config": cell.recipe.to_dict(), "task": cell.task, "is_baseline": cell.is_baseline,
-                "baseline_key": cell.baseline_key, "key_fields": cell.key_fields, "ran_on": dict(self.ran_on)}
+        return {
+            "format": CELL_FORMAT,
+            "key": cell.key,
+            "model": cell.model.name,
+            "model_path": cell.model.path,
+            "model_fingerprint": cell.key_fields["model"],
+            "recipe": cell.recipe.name,
+            "recipe_config": cell.recipe.to_dict(),
+            "task": cell.task,
+            "is_baseline": cell.is_baseline,
+            "baseline_key": cell.baseline_key,
+            "key_fields": cell.key_fields,
+            "ran_on": dict(self.ran_on),
+        }
 
     def fail(self, cell: CellPlan, stage: str, error: BaseException, **extra) -> dict[str, Any]:
-        record = {**self.base_record(cell), "status": "failed", "stage": stage, "error": _error_text(error),
-                  "traceback": "".join(traceback.format_exception(error))[-4000:], "finished_at": _now(), **extra}
+        record = {
+            **self.base_record(cell),
+            "status": "failed",
+            "stage": stage,
+            "error": _error_text(error),
+            "traceback": "".join(traceback.format_exception(error))[-4000:],
+            "finished_at": _now(),
+            **extra,
+        }
         self.store.write_cell(record)
-        logger.error("cell %s/%s/%s failed while %s: %s", cell.model.name, cell.recipe.name, cell.task, stage,
-                     record["error"])
+        logger.error(
+            "cell %s/%s/%s failed while %s: %s", cell.model.name, cell.recipe.name, cell.task, stage, record["error"]
+        )
         return record
 
 
@@ -242,9 +278,14 @@ def store_failed_cells(unit: WorkUnit, context: UnitContext, keys, stage: str, e
             claim.release()
 
 
-def run_unit(unit: WorkUnit, context: UnitContext, *, device: str | None = None,
-             on_cell: Callable[[dict], None] | None = None,
-             on_recipe: Callable[[str, list[dict]], None] | None = None) -> list[dict[str, Any]]:
+def run_unit(
+    unit: WorkUnit,
+    context: UnitContext,
+    *,
+    device: str | None = None,
+    on_cell: Callable[[dict], None] | None = None,
+    on_recipe: Callable[[str, list[dict]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Compute the cells of one work unit and store each as soon as it is finished.
 
     Cells already stored (by another worker, or before a restart) are skipped; cells
@@ -320,7 +361,8 @@ def _store_killed(store, state, cell: CellPlan, deaths: int) -> None:
     error = RuntimeError(
         f"the process computing this cell died {deaths} times without finishing it (killed: by kill -9 or the "
         f"kernel's out-of-memory killer, at batch size {state.context.batch_size} or less); rerun with a smaller "
-        "--batch-size and --retry-failed")
+        "--batch-size and --retry-failed"
+    )
     state.fail(cell, "evaluating", error, error_kind="killed", deaths=deaths)
 
 
@@ -352,8 +394,9 @@ def _ensure_model(state: _UnitState) -> None:
     from quantsweep.snapshot import WeightSnapshot
 
     spec = state.unit.model
-    state.model, state.tokenizer = load_model(spec.path, device=state.device, dtype=spec.dtype,
-                                              trust_remote_code=spec.trust_remote_code)
+    state.model, state.tokenizer = load_model(
+        spec.path, device=state.device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
+    )
     state.ran_on["device"] = str(next(state.model.parameters()).device)
     state.snapshot = WeightSnapshot(state.model)
 
@@ -363,8 +406,9 @@ def _calibration(state: _UnitState):
         from quantsweep.calibration import load_calibration
 
         spec = state.unit.model.calibration
-        state.calibration = load_calibration(spec.source, state.tokenizer, n_samples=spec.samples,
-                                             seq_len=spec.seq_len, seed=spec.seed)
+        state.calibration = load_calibration(
+            spec.source, state.tokenizer, n_samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed
+        )
     return state.calibration
 
 
@@ -384,8 +428,11 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
         _ensure_model(state)
     except Exception as error:  # noqa: BLE001 - e.g. the checkpoint is not readable on this node
         path = state.unit.model.path
-        wrapped = type(error)(f"could not load model {path!r} on node {socket.gethostname()}: {error}") \
-            if isinstance(error, (ValueError, OSError)) else error
+        wrapped = (
+            type(error)(f"could not load model {path!r} on node {socket.gethostname()}: {error}")
+            if isinstance(error, (ValueError, OSError))
+            else error
+        )
         for cell in cells:
             finish(state.fail(cell, "loading the model", wrapped))
         return summaries
@@ -402,9 +449,13 @@ def _run_recipe(state: _UnitState, recipe, claimed: dict, on_cell) -> list[dict[
         for cell in cells:
             finish(state.fail(cell, "quantizing", error))
         return summaries
-    quantize = {"seconds": time.perf_counter() - started, "kernel": quantized.kernel,
-                "layer_seconds": quantized.layer_seconds(), "peak_device_bytes": quantized.peak_device_bytes(),
-                "log": quantize_log.name}
+    quantize = {
+        "seconds": time.perf_counter() - started,
+        "kernel": quantized.kernel,
+        "layer_seconds": quantized.layer_seconds(),
+        "peak_device_bytes": quantized.peak_device_bytes(),
+        "log": quantize_log.name,
+    }
     calibration = state.calibration.provenance() if cells[0].needs_calibration else None
     cost = _cost_fields(state, recipe, quantized)
     quantized.packed.clear()  # only the cost needs the packed codes; free them before evaluating
@@ -454,11 +505,23 @@ def _speed_fields(state: _UnitState, quantized) -> dict[str, Any]:
         measured = timed(state.model, state.tokenizer, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     except Exception as error:  # noqa: BLE001 - a timing we could not take is recorded as such
         return {"speed_measured": False, "speed_note": f"not measured: {_error_text(error)}"}
-    keep = ("prefill_tokens_per_s", "prefill_relative_spread", "decode_tokens_per_s", "decode_relative_spread",
-            "prompt_tokens", "new_tokens", "repeats")
-    return {"speed_measured": True, **{k: measured.get(k) for k in keep}, "speed_device": measured.get("device"),
-            "speed_threads": measured.get("threads"), "speed_peak_memory_bytes": measured.get("peak_memory_bytes"),
-            "speed_peak_memory_kind": measured.get("peak_memory_kind")}
+    keep = (
+        "prefill_tokens_per_s",
+        "prefill_relative_spread",
+        "decode_tokens_per_s",
+        "decode_relative_spread",
+        "prompt_tokens",
+        "new_tokens",
+        "repeats",
+    )
+    return {
+        "speed_measured": True,
+        **{k: measured.get(k) for k in keep},
+        "speed_device": measured.get("device"),
+        "speed_threads": measured.get("threads"),
+        "speed_peak_memory_bytes": measured.get("peak_memory_bytes"),
+        "speed_peak_memory_kind": measured.get("peak_memory_kind"),
+    }
 
 
 def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibration, cost: dict) -> dict[str, Any]:
@@ -477,11 +540,19 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
     while True:
         try:
             with PeakMemory(device) as peak:
-                    result = evaluate(state.model, state.tokenizer, [cell.task], limit=context.limit,
-                                  batch_size=batch_size, num_fewshot=context.num_fewshot,
-                                  include_path=list(context.include_path) or None,
-                                  task_configs=overrides, allow_code_execution=context.allow_code_execution,
-                                  seed=context.seed, max_length=context.max_length)
+                result = evaluate(
+                    state.model,
+                    state.tokenizer,
+                    [cell.task],
+                    limit=context.limit,
+                    batch_size=batch_size,
+                    num_fewshot=context.num_fewshot,
+                    include_path=list(context.include_path) or None,
+                    task_configs=overrides,
+                    allow_code_execution=context.allow_code_execution,
+                    seed=context.seed,
+                    max_length=context.max_length,
+                )
             break
         except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
             if not devices.is_out_of_memory(error):
@@ -489,8 +560,16 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
             retries.append({"batch_size": batch_size, "error": _error_text(error)})
             devices.empty_cache(device)
             if batch_size == 1:
-                return state.fail(cell, "evaluating", error, error_kind="out_of_memory", oom_retries=retries,
-                                  batch_size_used=1, quantize=quantize, calibration=calibration)
+                return state.fail(
+                    cell,
+                    "evaluating",
+                    error,
+                    error_kind="out_of_memory",
+                    oom_retries=retries,
+                    batch_size_used=1,
+                    quantize=quantize,
+                    calibration=calibration,
+                )
             batch_size = max(1, batch_size // 2)
             logger.warning("%s/%s: out of memory; retrying at batch size %d", cell.recipe.name, cell.task, batch_size)
     tasks = {name: task_result_to_dict(task) for name, task in result.tasks.items()}
@@ -500,14 +579,32 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
 
         diagnosis = diagnose_nonfinite(state.model, state.tokenizer).to_dict()
     model = state.model
-    record = {**state.base_record(cell), "status": "done", "error": None, "tasks": tasks,
-              "vocab_size": int(getattr(model.config, "vocab_size", 0)) or len(state.tokenizer),
-              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-              "provenance": {**cell.key_fields["versions"], "limit": context.limit, "num_fewshot": context.num_fewshot,
-                             "seed": context.seed, "device": device},
-              "evaluate": {"seconds": time.perf_counter() - started, "batch_size_requested": context.batch_size,
-                           "batch_size_used": batch_size, "oom_retries": retries, **peak.eval_fields()},
-              "quantize": quantize, "calibration": calibration, "cost": cost, "diagnosis": diagnosis,
-              "finished_at": _now()}
+    record = {
+        **state.base_record(cell),
+        "status": "done",
+        "error": None,
+        "tasks": tasks,
+        "vocab_size": int(getattr(model.config, "vocab_size", 0)) or len(state.tokenizer),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "provenance": {
+            **cell.key_fields["versions"],
+            "limit": context.limit,
+            "num_fewshot": context.num_fewshot,
+            "seed": context.seed,
+            "device": device,
+        },
+        "evaluate": {
+            "seconds": time.perf_counter() - started,
+            "batch_size_requested": context.batch_size,
+            "batch_size_used": batch_size,
+            "oom_retries": retries,
+            **peak.eval_fields(),
+        },
+        "quantize": quantize,
+        "calibration": calibration,
+        "cost": cost,
+        "diagnosis": diagnosis,
+        "finished_at": _now(),
+    }
     state.store.write_cell(record)
     return record

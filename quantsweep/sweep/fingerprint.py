@@ -67,8 +67,9 @@ def file_digest(path: str | Path) -> str:
     if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return entry["sha256"]
     if stat.st_size > 1 << 30:
-        logger.info("hashing %s (%.1f GB) once for the cell keys; later sweeps reuse the digest",
-                    path, stat.st_size / 1e9)
+        logger.info(
+            "hashing %s (%.1f GB) once for the cell keys; later sweeps reuse the digest", path, stat.st_size / 1e9
+        )
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(_CHUNK), b""):
@@ -95,8 +96,21 @@ def model_fingerprint(name_or_path: str | Path) -> str:
     path = resolve_model_path(name_or_path)
     files = [path / "config.json", *find_weight_files(path)]
     # what else changes a result: the tokenizer, generation defaults, and remote code shipped as Python
-    index = [p for pattern in ("*.index.json", "tokenizer*", "special_tokens_map.json", "*.model", "vocab*",
-                               "merges.txt", "generation_config.json", "*.py") for p in path.glob(pattern) if p.is_file()]
+    index = [
+        p
+        for pattern in (
+            "*.index.json",
+            "tokenizer*",
+            "special_tokens_map.json",
+            "*.model",
+            "vocab*",
+            "merges.txt",
+            "generation_config.json",
+            "*.py",
+        )
+        for p in path.glob(pattern)
+        if p.is_file()
+    ]
     digest = hashlib.sha256()
     for file in sorted(set(files + index)):
         digest.update(file.name.encode() + b"\0" + file_digest(file).encode() + b"\0")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from quantsweep.sweep.fingerprint import text_fingerprint
 from quantsweep.sweep.store import jsonable
@@ -49,26 +50,53 @@ def _base(cell: dict[str, Any], verdict_config) -> dict[str, Any]:
     fields = cell.get("key_fields", {})
     provenance = cell.get("provenance") or {}
     versions = {f"{name}_version": value for name, value in (fields.get("versions") or {}).items()}
-    return {"model": cell["model"], "model_fingerprint": cell.get("model_fingerprint"), "recipe": cell["recipe"],
-            "recipe_config": cell.get("recipe_config"), "cell_key": cell["key"], "settings": settings_id(cell),
-            "status": cell["status"], **versions, "limit": fields.get("limit"), "num_fewshot": fields.get("num_fewshot"),
-            "seed": fields.get("seed"), "device": provenance.get("device") or (cell.get("ran_on") or {}).get("device"),
-            "dtype": cell.get("dtype") or fields.get("dtype"), "ran_on": cell.get("ran_on"),
-            "quantize_seconds": quantize.get("seconds"), "layer_seconds": quantize.get("layer_seconds"),
-            "peak_device_bytes": quantize.get("peak_device_bytes"),
-            "batch_size_used": evaluate.get("batch_size_used"), "oom_retries": evaluate.get("oom_retries") or None,
-            "evaluate_seconds": evaluate.get("seconds"), "peak_eval_bytes": evaluate.get("peak_eval_bytes"),
-            "peak_eval_memory_kind": evaluate.get("peak_eval_memory_kind"),
-            **(cell.get("cost") or {}), "calibration": cell.get("calibration"),
-            "verdict_config": verdict_config.to_dict()}
+    return {
+        "model": cell["model"],
+        "model_fingerprint": cell.get("model_fingerprint"),
+        "recipe": cell["recipe"],
+        "recipe_config": cell.get("recipe_config"),
+        "cell_key": cell["key"],
+        "settings": settings_id(cell),
+        "status": cell["status"],
+        **versions,
+        "limit": fields.get("limit"),
+        "num_fewshot": fields.get("num_fewshot"),
+        "seed": fields.get("seed"),
+        "device": provenance.get("device") or (cell.get("ran_on") or {}).get("device"),
+        "dtype": cell.get("dtype") or fields.get("dtype"),
+        "ran_on": cell.get("ran_on"),
+        "quantize_seconds": quantize.get("seconds"),
+        "layer_seconds": quantize.get("layer_seconds"),
+        "peak_device_bytes": quantize.get("peak_device_bytes"),
+        "batch_size_used": evaluate.get("batch_size_used"),
+        "oom_retries": evaluate.get("oom_retries") or None,
+        "evaluate_seconds": evaluate.get("seconds"),
+        "peak_eval_bytes": evaluate.get("peak_eval_bytes"),
+        "peak_eval_memory_kind": evaluate.get("peak_eval_memory_kind"),
+        **(cell.get("cost") or {}),
+        "calibration": cell.get("calibration"),
+        "verdict_config": verdict_config.to_dict(),
+    }
 
 
 def _error_records(cell: dict[str, Any], base: dict[str, Any], error: str) -> list[dict[str, Any]]:
     from quantsweep.sweep.summary import task_family
 
-    return [{**base, "task": cell["task"], "family": task_family(cell["task"]), "metric": None, "value": None,
-             "stderr": None, "n": 0, "primary": True, "verdict": "error", "error": error,
-             "stage": cell.get("stage")}]
+    return [
+        {
+            **base,
+            "task": cell["task"],
+            "family": task_family(cell["task"]),
+            "metric": None,
+            "value": None,
+            "stderr": None,
+            "n": 0,
+            "primary": True,
+            "verdict": "error",
+            "error": error,
+            "stage": cell.get("stage"),
+        }
+    ]
 
 
 def judge_cell(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_config) -> list[dict[str, Any]]:
@@ -96,15 +124,32 @@ def judge_cell(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_co
     try:
         for name, stored in cell["tasks"].items():
             task = task_result_from_dict(stored)
-            verdicts = judge_all_metrics(task, baseline_tasks.get(name), vocab_size=cell["vocab_size"],
-                                         config=verdict_config, is_baseline=is_baseline)
+            verdicts = judge_all_metrics(
+                task,
+                baseline_tasks.get(name),
+                vocab_size=cell["vocab_size"],
+                config=verdict_config,
+                is_baseline=is_baseline,
+            )
             for metric in task.metrics.values():
-                records.append({**base, "task": task.task, "family": task_family(task.task, task.output_type),
-                                "output_type": task.output_type, "metric": metric.metric,
-                                "primary": metric.metric == task.primary_metric, "value": metric.value,
-                                "stderr": metric.stderr, "n": metric.n, "num_fewshot": task.num_fewshot,
-                                "task_version": task.version, "diagnosis": cell.get("diagnosis"), "error": None,
-                                **verdicts[metric.metric]})
+                records.append(
+                    {
+                        **base,
+                        "task": task.task,
+                        "family": task_family(task.task, task.output_type),
+                        "output_type": task.output_type,
+                        "metric": metric.metric,
+                        "primary": metric.metric == task.primary_metric,
+                        "value": metric.value,
+                        "stderr": metric.stderr,
+                        "n": metric.n,
+                        "num_fewshot": task.num_fewshot,
+                        "task_version": task.version,
+                        "diagnosis": cell.get("diagnosis"),
+                        "error": None,
+                        **verdicts[metric.metric],
+                    }
+                )
     except Exception as error:  # noqa: BLE001 - judging one cell must not end the sweep
         logger.error("judging %s/%s failed: %s", cell["recipe"], cell["task"], error)
         return _error_records(cell, base, f"judging failed: {type(error).__name__}: {error}")
@@ -163,8 +208,13 @@ class Judge:
                 continue
             planned = self._plan_cells.get(key)
             if planned is not None:
-                cell = {**cell, "is_baseline": planned.is_baseline, "baseline_key": planned.baseline_key,
-                        "model": planned.model.name, "recipe": planned.recipe.name}
+                cell = {
+                    **cell,
+                    "is_baseline": planned.is_baseline,
+                    "baseline_key": planned.baseline_key,
+                    "model": planned.model.name,
+                    "recipe": planned.recipe.name,
+                }
             baseline_key = None if cell.get("is_baseline") else cell.get("baseline_key")
             baseline = self.store.read_cell(baseline_key) if baseline_key else None
             records = judge_cell(cell, baseline, self.verdict_config)
@@ -211,8 +261,10 @@ def rebuild_derived(store, verdict_config) -> list[dict[str, Any]]:
 def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from quantsweep.sweep.summary import summarize_records
 
-    baseline_first = sorted(records, key=lambda r: (r["model"], not _is_baseline_record(r), r["recipe"],
-                                                     r.get("task") or "", str(r.get("metric"))))
+    baseline_first = sorted(
+        records,
+        key=lambda r: (r["model"], not _is_baseline_record(r), r["recipe"], r.get("task") or "", str(r.get("metric"))),
+    )
     store.write_derived("results.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in baseline_first))
     summary = summarize_records(baseline_first)
     settings = sorted({(r["model"], r["settings"]) for r in baseline_first})
@@ -222,13 +274,17 @@ def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]
     summary["settings"] = by_model
     cells_per_name: dict[tuple, set] = {}
     for record in baseline_first:
-        cells_per_name.setdefault((record["model"], record["recipe"], record.get("task")), set()).add(record["cell_key"])
+        cells_per_name.setdefault((record["model"], record["recipe"], record.get("task")), set()).add(
+            record["cell_key"]
+        )
     repeated = sorted(name for name, keys in cells_per_name.items() if len(keys) > 1)
     if repeated:
         shown = ", ".join("/".join(str(part) for part in name) for name in repeated[:5])
-        summary["warning"] = (f"the store holds more than one setting for {len(repeated)} (model, recipe, task): "
-                              f"{shown}{' ...' if len(repeated) > 5 else ''}; records carry 'settings' and "
-                              "'cell_key' to tell them apart")
+        summary["warning"] = (
+            f"the store holds more than one setting for {len(repeated)} (model, recipe, task): "
+            f"{shown}{' ...' if len(repeated) > 5 else ''}; records carry 'settings' and "
+            "'cell_key' to tell them apart"
+        )
     store.write_derived("summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
     return baseline_first
 

@@ -9,13 +9,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from quantsweep.sweep.cell import UnitContext, run_unit
 
 
-def run_local(plan, context: UnitContext, progress=None, *, on_cell: Callable | None = None,
-              on_recipe: Callable | None = None) -> list[dict]:
+def run_local(
+    plan, context: UnitContext, progress=None, *, on_cell: Callable | None = None, on_recipe: Callable | None = None
+) -> list[dict]:
     """Run the plan's units here; returns the summaries of the cells computed.
 
     ``on_cell`` is called after each cell is stored (the driver rebuilds the derived

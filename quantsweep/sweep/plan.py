@@ -24,9 +24,10 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from quantsweep.sweep.fingerprint import file_digest, model_fingerprint, task_fingerprint, text_fingerprint
 from quantsweep.sweep.spec import ModelSpec, SweepSpec
@@ -146,8 +147,12 @@ def _versions() -> dict[str, str]:
 
     import quantsweep
 
-    return {"quantsweep": quantsweep.__version__, "lm_eval": getattr(lm_eval, "__version__", "?"),
-            "transformers": transformers.__version__, "torch": torch.__version__}
+    return {
+        "quantsweep": quantsweep.__version__,
+        "lm_eval": getattr(lm_eval, "__version__", "?"),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
 
 
 def resolve_tasks(spec: SweepSpec) -> TaskSetup:
@@ -176,8 +181,9 @@ def resolve_tasks(spec: SweepSpec) -> TaskSetup:
         entry = suite_entry(name)
         return entry.to_dict() if entry is not None else None
 
-    fingerprints = {name: text_fingerprint(task_fingerprint(name, configs.get(name), include), suite_part(name))
-                    for name in names}
+    fingerprints = {
+        name: text_fingerprint(task_fingerprint(name, configs.get(name), include), suite_part(name)) for name in names
+    }
     return TaskSetup(names=tuple(names), configs=configs, fingerprints=fingerprints)
 
 
@@ -219,8 +225,14 @@ def _dtype_name(model: ModelSpec, kind: str) -> str:
     return str(resolve_dtype(model.dtype, kind)).replace("torch.", "")
 
 
-def plan_sweep(spec: SweepSpec, store, *, retry_failed: bool = False, force: bool = False,
-               device_kind_of: Callable[[ModelSpec], str] = device_kind) -> SweepPlan:
+def plan_sweep(
+    spec: SweepSpec,
+    store,
+    *,
+    retry_failed: bool = False,
+    force: bool = False,
+    device_kind_of: Callable[[ModelSpec], str] = device_kind,
+) -> SweepPlan:
     """Key every cell of ``spec`` (:func:`plan_cells`) and sort it into done, failed and to run.
 
     Args:
@@ -271,16 +283,30 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
         check_shapes(model, recipes)
         fingerprint = model_fingerprint(model.path)
         kind = device_kind_of(model)
-        identity = (fingerprint, _dtype_name(model, kind), kind, model.trust_remote_code,
-                    text_fingerprint(model.calibration.to_dict()))
+        identity = (
+            fingerprint,
+            _dtype_name(model, kind),
+            kind,
+            model.trust_remote_code,
+            text_fingerprint(model.calibration.to_dict()),
+        )
         if identity in seen_models:
-            raise ValueError(f"models {seen_models[identity]!r} and {model.name!r} are the same checkpoint with the "
-                             "same dtype, device type and calibration, so their cells would be the same; keep one")
+            raise ValueError(
+                f"models {seen_models[identity]!r} and {model.name!r} are the same checkpoint with the "
+                "same dtype, device type and calibration, so their cells would be the same; keep one"
+            )
         seen_models[identity] = model.name
-        shared = {"model": fingerprint, "dtype": _dtype_name(model, kind), "device_type": kind,
-                  "trust_remote_code": model.trust_remote_code, "limit": spec.limit,
-                  "num_fewshot": spec.num_fewshot, "seed": spec.seed, "max_length": spec.max_length,
-                  "versions": versions}
+        shared = {
+            "model": fingerprint,
+            "dtype": _dtype_name(model, kind),
+            "device_type": kind,
+            "trust_remote_code": model.trust_remote_code,
+            "limit": spec.limit,
+            "num_fewshot": spec.num_fewshot,
+            "seed": spec.seed,
+            "max_length": spec.max_length,
+            "versions": versions,
+        }
         calibration = _calibration_fields(model)
         for task in tasks.names:
             task_fields = {"task": task, "task_config": tasks.fingerprints[task]}
@@ -294,9 +320,18 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
             for recipe in recipes:
                 key_fields = fields_for(recipe)
                 key = text_fingerprint(key_fields) + fingerprint[:8]
-                cells.append(CellPlan(key=key, model=model, recipe=recipe, task=task, is_baseline=recipe is baseline,
-                                      baseline_key=baseline_key, key_fields=key_fields,
-                                      needs_calibration=get_method(recipe.method).needs_calibration))
+                cells.append(
+                    CellPlan(
+                        key=key,
+                        model=model,
+                        recipe=recipe,
+                        task=task,
+                        is_baseline=recipe is baseline,
+                        baseline_key=baseline_key,
+                        key_fields=key_fields,
+                        needs_calibration=get_method(recipe.method).needs_calibration,
+                    )
+                )
     return SweepPlan(spec=spec, tasks=tasks, cells=cells)
 
 
@@ -334,8 +369,9 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
     try:
         structure = meta_model(model.path, model.trust_remote_code)
     except Exception as error:  # noqa: BLE001 - the same check runs again when the recipe is applied
-        logger.info("model %s: shapes not checked up front (%s); each recipe checks them when applied",
-                    model.name, error)
+        logger.info(
+            "model %s: shapes not checked up front (%s); each recipe checks them when applied", model.name, error
+        )
         return
     for recipe in recipes:
         try:
@@ -365,8 +401,12 @@ def group_units(cells: list[CellPlan], slots_per_model: dict[str, int] | None = 
         ordered = sorted(model_cells, key=lambda c: not c.is_baseline)  # stable: baseline first
         recipes = list(dict.fromkeys(c.recipe.name for c in ordered))
         count = max(1, min(slots_per_model.get(name, 1), len(recipes)))
-        groups = [recipes[i * len(recipes) // count:(i + 1) * len(recipes) // count] for i in range(count)]
-        per_model.append([WorkUnit(model=ordered[0].model, cells=tuple(c for c in ordered if c.recipe.name in group))
-                          for group in groups])
+        groups = [recipes[i * len(recipes) // count : (i + 1) * len(recipes) // count] for i in range(count)]
+        per_model.append(
+            [
+                WorkUnit(model=ordered[0].model, cells=tuple(c for c in ordered if c.recipe.name in group))
+                for group in groups
+            ]
+        )
     rounds = max((len(units) for units in per_model), default=0)
     return [units[i] for i in range(rounds) for units in per_model if i < len(units)]

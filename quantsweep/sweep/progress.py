@@ -28,8 +28,9 @@ class CellProgress:
 
     def __init__(self, total: int, skipped: int = 0, *, enabled: bool = True, desc: str = "cells"):
         self.counts = {"done": 0, "failed": 0, "running": 0, "skipped": skipped}
-        self._bar = tqdm(total=total, desc=desc, unit="cell", file=sys.stderr, disable=not enabled,
-                         dynamic_ncols=True, leave=True)
+        self._bar = tqdm(
+            total=total, desc=desc, unit="cell", file=sys.stderr, disable=not enabled, dynamic_ncols=True, leave=True
+        )
         self._refresh()
 
     def _refresh(self) -> None:

@@ -33,19 +33,19 @@ import logging
 import signal
 import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from quantsweep.sweep.plan import WorkUnit, group_units
 
 logger = logging.getLogger(__name__)
 
 RAY_INSTALL_HINT = "the Ray backend needs Ray: pip install 'quantsweep[ray]'"
-PROBE_TIMEOUT_S = 3.0     # TCP connect to the head's GCS port
+PROBE_TIMEOUT_S = 3.0  # TCP connect to the head's GCS port
 CONNECT_TIMEOUT_S = 30.0  # Ray's own handshake once the port answers
-POLL_S = 1.0              # how often the driver looks at the store
-MAX_RETRIES = 3           # Ray retries of a unit whose worker died
+POLL_S = 1.0  # how often the driver looks at the store
+MAX_RETRIES = 3  # Ray retries of a unit whose worker died
 _RESOURCE_NAMES = {"npu": "NPU", "cuda": "GPU", "cpu": "CPU"}
-
 
 
 class RayNotInstalledError(ImportError, ValueError):
@@ -78,11 +78,13 @@ def _host_port(address: str) -> tuple[str, int]:
     text = address.strip()
     for prefix in ("ray://", "http://", "https://"):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"--address {address!r} is not HOST:PORT (for example 10.0.0.1:6379, "
-                         "the address `ray start --head` prints), nor 'auto'")
+        raise ValueError(
+            f"--address {address!r} is not HOST:PORT (for example 10.0.0.1:6379, "
+            "the address `ray start --head` prints), nor 'auto'"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -107,7 +109,8 @@ def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         raise ValueError(
             f"no Ray cluster at {address!r}: cannot connect to {host}:{port} within {timeout_s:g} s ({error}). "
             "Start one with `ray start --head` and pass the address it prints; `ray status` on the head "
-            "node shows it") from None
+            "node shows it"
+        ) from None
 
 
 class _Deadline:
@@ -154,8 +157,9 @@ def connect(address: str | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S)
         current = ray.get_runtime_context().gcs_address
         if address in (None, "auto") or _same_address(address, current):
             return ray
-        raise ValueError(f"this process is already connected to the Ray cluster at {current}; "
-                         f"it cannot also join {address!r}")
+        raise ValueError(
+            f"this process is already connected to the Ray cluster at {current}; it cannot also join {address!r}"
+        )
     if address not in (None, "auto"):
         probe_address(address)
     try:
@@ -167,7 +171,8 @@ def connect(address: str | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S)
         raise ValueError(
             f"the Ray cluster at {address!r} accepted a connection but did not complete Ray's handshake "
             f"within {timeout_s:g} s: is it a Ray GCS port, the same Ray version, and (with Ray's token "
-            "auth) the same ~/.ray/auth_token and RAY_AUTH_MODE=token on this machine?") from None
+            "auth) the same ~/.ray/auth_token and RAY_AUTH_MODE=token on this machine?"
+        ) from None
     except ConnectionError as error:
         raise ValueError(f"cannot join a Ray cluster at {address!r}: {error}") from None
     return ray
@@ -256,9 +261,17 @@ def _run_unit_on_worker(unit: WorkUnit, context) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- the driver
-def run_ray(plan, context, progress=None, *, address: str | None = None,
-            on_cell: Callable[[dict], None] | None = None, cpus_per_unit: int = 1,
-            max_retries: int = MAX_RETRIES, poll_s: float = POLL_S) -> list[dict[str, Any]]:
+def run_ray(
+    plan,
+    context,
+    progress=None,
+    *,
+    address: str | None = None,
+    on_cell: Callable[[dict], None] | None = None,
+    cpus_per_unit: int = 1,
+    max_retries: int = MAX_RETRIES,
+    poll_s: float = POLL_S,
+) -> list[dict[str, Any]]:
     """Run the plan's cells as Ray tasks, one per work unit, and follow them through the store.
 
     Args:
@@ -342,8 +355,7 @@ def _unit_name(unit: WorkUnit) -> str:
     return f"quantsweep:{unit.model.name}:{'+'.join(r.name for r in unit.recipes)}"[:200]
 
 
-def _check_capacity(units: list[WorkUnit], kinds: dict[str, str], total: dict, free: dict,
-                    cpus_per_unit: int) -> None:
+def _check_capacity(units: list[WorkUnit], kinds: dict[str, str], total: dict, free: dict, cpus_per_unit: int) -> None:
     """Refuse a device kind the cluster lacks; say when units must wait for free accelerators."""
     wanted: dict[str, int] = {}
     for unit in units:
@@ -357,11 +369,18 @@ def _check_capacity(units: list[WorkUnit], kinds: dict[str, str], total: dict, f
             raise ValueError(
                 f"the Ray cluster offers no {name} resource but {count} unit(s) need {unit_word} each "
                 f"(its resources: {_describe(total)}); on Ascend nodes check that `ray status` lists NPU, "
-                "or set the models' device to cpu")
+                "or set the models' device to cpu"
+            )
         if count > idle:
-            logger.warning("%d unit(s) ask for %s each; the cluster has %d %s, %d free now: %d unit(s) wait "
-                           "until one is free", count, unit_word, int(total.get(name, 0)), name,
-                           int(free.get(name, 0)), count - idle)
+            logger.warning(
+                "%d unit(s) ask for %s each; the cluster has %d %s, %d free now: %d unit(s) wait until one is free",
+                count,
+                unit_word,
+                int(total.get(name, 0)),
+                name,
+                int(free.get(name, 0)),
+                count - idle,
+            )
 
 
 def _describe(resources: dict) -> str:
@@ -397,8 +416,14 @@ class _StoreFollower:
             del self.waiting[key]
             summary = cell_summary(record)
             self.summaries.append(summary)
-            logger.info("cell %s/%s/%s %s on %s", summary["model"], summary["recipe"], summary["task"],
-                        summary["status"], _where(summary.get("ran_on")) or "?")
+            logger.info(
+                "cell %s/%s/%s %s on %s",
+                summary["model"],
+                summary["recipe"],
+                summary["task"],
+                summary["status"],
+                _where(summary.get("ran_on")) or "?",
+            )
             if self.on_cell is not None:
                 self.on_cell(summary)
             if self.progress is not None:

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from quantsweep.recipes import RecipeConfig
-from quantsweep.sweep.spec import (BASELINE_RECIPE, DEFAULT_BATCH_SIZE, CalibrationSpec, ModelSpec, SweepSpec,
-                                   calibration_settings)
+from quantsweep.sweep.spec import (
+    BASELINE_RECIPE,
+    DEFAULT_BATCH_SIZE,
+    CalibrationSpec,
+    ModelSpec,
+    SweepSpec,
+    calibration_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +76,38 @@ class RunSpec:
             >>> RunSpec(model="toy", recipes=[], tasks=["toy_mc4"]).to_sweep_spec().tasks
             ('toy_mc4',)
         """
-        source, samples, seq_len = calibration_settings(self.model, self.calibration_source,
-                                                        self.calibration_samples, self.calibration_seq_len)
+        source, samples, seq_len = calibration_settings(
+            self.model, self.calibration_source, self.calibration_samples, self.calibration_seq_len
+        )
         calibration = CalibrationSpec(source=source, samples=samples, seq_len=seq_len, seed=self.calibration_seed)
-        model = ModelSpec(path=str(self.model), device=self.device, dtype=self.dtype,
-                          trust_remote_code=self.trust_remote_code, calibration=calibration)
+        model = ModelSpec(
+            path=str(self.model),
+            device=self.device,
+            dtype=self.dtype,
+            trust_remote_code=self.trust_remote_code,
+            calibration=calibration,
+        )
         include = self.include_path
         include = [] if include is None else [include] if isinstance(include, (str, Path)) else list(include)
         verdict = self.verdict_config.to_dict() if self.verdict_config is not None else {}
         if not self.tasks:
             raise ValueError("no tasks given; pass at least one task name")
-        return SweepSpec(models=(model,), recipes=tuple(self.recipes), tasks=tuple(self.tasks), baseline=self.baseline,
-                         limit=self.limit, num_fewshot=self.num_fewshot, seed=self.seed, batch_size=self.batch_size,
-                         data_dir=str(self.data_dir) if self.data_dir is not None else None,
-                         include_path=tuple(str(p) for p in include), allow_code_execution=self.allow_code_execution,
-                         verdict=verdict, measure=self.measure, max_length=self.max_length)
+        return SweepSpec(
+            models=(model,),
+            recipes=tuple(self.recipes),
+            tasks=tuple(self.tasks),
+            baseline=self.baseline,
+            limit=self.limit,
+            num_fewshot=self.num_fewshot,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            data_dir=str(self.data_dir) if self.data_dir is not None else None,
+            include_path=tuple(str(p) for p in include),
+            allow_code_execution=self.allow_code_execution,
+            verdict=verdict,
+            measure=self.measure,
+            max_length=self.max_length,
+        )
 
 
 @dataclass
@@ -100,8 +124,12 @@ class RecipeOutcome:
     error: str | None = None
 
 
-def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None,
-        on_plan: Callable | None = None, progress: bool = False) -> list[RecipeOutcome]:
+def run(
+    spec: RunSpec,
+    on_outcome: Callable[[RecipeOutcome], None] | None = None,
+    on_plan: Callable | None = None,
+    progress: bool = False,
+) -> list[RecipeOutcome]:
     """Run every recipe of ``spec`` on its tasks and return the outcomes, baseline first.
 
     Cells already in ``spec.out_dir`` are not computed again. ``on_outcome`` is called as
@@ -131,8 +159,15 @@ def run(spec: RunSpec, on_outcome: Callable[[RecipeOutcome], None] | None = None
     temporary = tempfile.TemporaryDirectory(prefix="quantsweep-run-") if spec.out_dir is None else None
     try:
         out = temporary.name if temporary is not None else spec.out_dir
-        result = run_sweep(sweep_spec, out, retry_failed=spec.retry_failed, force=spec.force, progress=progress,
-                           on_plan=on_plan, on_recipe=on_recipe)
+        result = run_sweep(
+            sweep_spec,
+            out,
+            retry_failed=spec.retry_failed,
+            force=spec.force,
+            progress=progress,
+            on_plan=on_plan,
+            on_recipe=on_recipe,
+        )
     finally:
         if temporary is not None:
             temporary.cleanup()

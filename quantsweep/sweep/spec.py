@@ -88,8 +88,9 @@ def default_calibration(model_path: str) -> dict[str, Any]:
     return dict(TOY_CALIBRATION if model_path == "toy" else CHECKPOINT_CALIBRATION)
 
 
-def calibration_settings(model_name_or_path, source: str | None, samples: int | None,
-                         seq_len: int | None) -> tuple[str | None, int, int]:
+def calibration_settings(
+    model_name_or_path, source: str | None, samples: int | None, seq_len: int | None
+) -> tuple[str | None, int, int]:
     """``(source, samples, seq_len)`` as ``quantsweep run`` resolves them (the sweep spec's defaults):
     toy: 32 x 64 tokens from ``toy``; any other model: 128 x 2048 and no default source.
 
@@ -98,8 +99,11 @@ def calibration_settings(model_name_or_path, source: str | None, samples: int | 
         ('toy', 32, 64)
     """
     defaults = default_calibration(str(model_name_or_path))
-    return (source if source is not None else defaults["source"], samples or defaults["samples"],
-            seq_len or defaults["seq_len"])
+    return (
+        source if source is not None else defaults["source"],
+        samples or defaults["samples"],
+        seq_len or defaults["seq_len"],
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,14 +187,17 @@ class SweepSpec:
 
         if not isinstance(self.baseline, (str, RecipeConfig)) or not self.baseline:
             raise SpecError(f"baseline must be one recipe name or YAML path, got {self.baseline!r}")
-        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
-                                            or self.max_length < 1):
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1
+        ):
             raise SpecError(f"max_length must be a positive number of tokens, got {self.max_length!r}")
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "recipes", tuple(self.recipes))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         include = self.include_path
-        object.__setattr__(self, "include_path", tuple([include] if isinstance(include, (str, Path)) else include or ()))
+        object.__setattr__(
+            self, "include_path", tuple([include] if isinstance(include, (str, Path)) else include or ())
+        )
         if not self.models:
             raise SpecError("a sweep needs at least one model under 'models'")
         names = [m.name for m in self.models]
@@ -327,7 +334,9 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
         ('toy_mc4', 'toy_ppl')
     """
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a sweep spec is a mapping with models, recipes and tasks, got {type(data).__name__}")
+        raise SpecError(
+            f"{source}: a sweep spec is a mapping with models, recipes and tasks, got {type(data).__name__}"
+        )
     models = data.get("models")
     if models is None:
         raise SpecError(f"{source}: missing required key 'models'")
@@ -338,7 +347,9 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
         "recipes": lambda v: _recipe_list(v, f"{source}: recipes") if v else (),
         "tasks": lambda v: _string_list(v, f"{source}: tasks"),
         "include_path": lambda v: _string_list(v, f"{source}: include_path") if v else (),
-        "verdict": lambda v: v if isinstance(v, dict) else _raise(SpecError(f"{source}: verdict must be a mapping of thresholds")),
+        "verdict": lambda v: (
+            v if isinstance(v, dict) else _raise(SpecError(f"{source}: verdict must be a mapping of thresholds"))
+        ),
     }
     try:
         return build(SweepSpec, data, source, convert=convert)
@@ -374,10 +385,18 @@ def absolute_paths(spec: SweepSpec, base: str | Path | None = None) -> SweepSpec
             return dataclasses.replace(spec_c, source=absolute(source))
         return spec_c
 
-    models = tuple(dataclasses.replace(m, path=m.path if m.path == "toy" else absolute(m.path),
-                                       calibration=calibration(m.calibration)) for m in spec.models)
-    return dataclasses.replace(spec, models=models, data_dir=absolute(spec.data_dir),
-                               include_path=tuple(absolute(p) for p in spec.include_path))
+    models = tuple(
+        dataclasses.replace(
+            m, path=m.path if m.path == "toy" else absolute(m.path), calibration=calibration(m.calibration)
+        )
+        for m in spec.models
+    )
+    return dataclasses.replace(
+        spec,
+        models=models,
+        data_dir=absolute(spec.data_dir),
+        include_path=tuple(absolute(p) for p in spec.include_path),
+    )
 
 
 def load_spec(spec_or_path: Any) -> SweepSpec:

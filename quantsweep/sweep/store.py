@@ -36,8 +36,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -277,15 +278,18 @@ class CellStore:
                 raise StoreError(
                     f"{self.directory} was written by quantsweep {meta.get('quantsweep_version', '?')} in store "
                     f"format {meta.get('format')!r}; this quantsweep {quantsweep.__version__} reads format "
-                    f"{STORE_FORMAT}. Nothing was changed; use another --out folder")
+                    f"{STORE_FORMAT}. Nothing was changed; use another --out folder"
+                )
         elif (self.directory / "results.jsonl").is_file():
             raise StoreError(
                 f"{self.directory} holds a results.jsonl from a quantsweep without cell stores (no store.json); "
-                "it is left untouched: use another --out folder")
+                "it is left untouched: use another --out folder"
+            )
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(meta_path, json.dumps({"format": STORE_FORMAT,
-                                                     "quantsweep_version": quantsweep.__version__}) + "\n")
+            atomic_write_text(
+                meta_path, json.dumps({"format": STORE_FORMAT, "quantsweep_version": quantsweep.__version__}) + "\n"
+            )
         for name in ("cells", "claims", "logs"):
             (self.directory / name).mkdir(exist_ok=True)
 
@@ -331,8 +335,12 @@ class CellStore:
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
             with contextlib.suppress(OSError):
                 os.replace(path, aside)
-            logger.warning("cell file %s is unreadable (%s); kept as %s and the cell will be computed again",
-                           path, error, aside.name)
+            logger.warning(
+                "cell file %s is unreadable (%s); kept as %s and the cell will be computed again",
+                path,
+                error,
+                aside.name,
+            )
             return None
 
     def status(self, key: str) -> str | None:
@@ -408,8 +416,13 @@ class CellStore:
         path = self._claim_path(key)
         attempts = 0
         for _ in range(3):
-            owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                     "token": uuid.uuid4().hex, "attempts": attempts}
+            owner = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": time.time(),
+                "token": uuid.uuid4().hex,
+                "attempts": attempts,
+            }
             if _write_claim_file(path, owner):
                 return Claim(path, key, owner)
             seen = _read_owner(path)

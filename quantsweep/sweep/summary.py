@@ -14,8 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
+from collections.abc import Iterable
+from typing import Any
 
 
 def task_family(task: str, output_type: str | None = None) -> str:
@@ -65,6 +65,10 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
             if verdict == "inconclusive" and record.get("documents_needed") is not None:
                 needed[cell] = f"inconclusive: about {int(record['documents_needed']):,} documents would decide"
     summary = summarize(rows) if rows else {"by_recipe": {}, "by_family": {}}
-    return {"by_recipe": summary["by_recipe"],
-            "by_family": {f"{recipe}/{family}": value for (recipe, family), value in summary["by_family"].items()},
-            "failed": failed, "reasons": reasons, "documents_needed": needed}
+    return {
+        "by_recipe": summary["by_recipe"],
+        "by_family": {f"{recipe}/{family}": value for (recipe, family), value in summary["by_family"].items()},
+        "failed": failed,
+        "reasons": reasons,
+        "documents_needed": needed,
+    }

@@ -82,7 +82,9 @@ def mc_docs(
     return docs
 
 
-def gen_docs(n_docs: int = GEN_DOCS, n_entities: int = DEFAULT_N_ENTITIES, world_seed: int = DEFAULT_WORLD_SEED) -> list[dict]:
+def gen_docs(
+    n_docs: int = GEN_DOCS, n_entities: int = DEFAULT_N_ENTITIES, world_seed: int = DEFAULT_WORLD_SEED
+) -> list[dict]:
     """Generation docs: a fact prompt and its value, which follows after one space.
 
     ``answer`` carries that leading space, so exact match compares the decoded
@@ -98,7 +100,12 @@ def gen_docs(n_docs: int = GEN_DOCS, n_entities: int = DEFAULT_N_ENTITIES, world
     rng = random.Random(world_seed * 100 + 7)
     facts = rng.sample(list(world.facts), n_docs)
     return [
-        {"query": render_prompt(fact, 0), "answer": " " + fact.value, "entity": fact.entity, "attribute": fact.attribute}
+        {
+            "query": render_prompt(fact, 0),
+            "answer": " " + fact.value,
+            "entity": fact.entity,
+            "attribute": fact.attribute,
+        }
         for fact in facts
     ]
 
@@ -116,7 +123,9 @@ def bio_texts(n_texts: int, bios_per_text: int, stream_seed: int, world: World |
     return ["".join(next(stream) for _ in range(bios_per_text)) for _ in range(n_texts)]
 
 
-def ppl_docs(n_docs: int = PPL_DOCS, n_entities: int = DEFAULT_N_ENTITIES, world_seed: int = DEFAULT_WORLD_SEED) -> list[dict]:
+def ppl_docs(
+    n_docs: int = PPL_DOCS, n_entities: int = DEFAULT_N_ENTITIES, world_seed: int = DEFAULT_WORLD_SEED
+) -> list[dict]:
     """Held-out plain text for perplexity: bios in orders and phrasings drawn with an unused seed.
 
     The facts are the ones the model was trained on (it is a knowledge model), so

@@ -223,7 +223,11 @@ def _write_provenance(out_dir: Path, config: TrainConfig, final_loss: float | No
     import transformers
 
     defaults = TrainConfig()
-    flags = [f"--{name.replace('_', '-')} {value}" for name, value in asdict(config).items() if value != getattr(defaults, name)]
+    flags = [
+        f"--{name.replace('_', '-')} {value}"
+        for name, value in asdict(config).items()
+        if value != getattr(defaults, name)
+    ]
     command = " ".join(["python -m quantsweep.toy.train --out DIR", *flags])
     lines = [
         "# Provenance of the toy model",
@@ -234,7 +238,9 @@ def _write_provenance(out_dir: Path, config: TrainConfig, final_loss: float | No
         f"- torch {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}, "
         f"python {sys.version.split()[0]}",
         f"- sha256 of {WEIGHTS_FILE}: `{_sha256(out_dir / WEIGHTS_FILE)}`",
-        f"- final smoothed training loss (nats/token): {final_loss:.4f}" if final_loss is not None else "- no steps run",
+        f"- final smoothed training loss (nats/token): {final_loss:.4f}"
+        if final_loss is not None
+        else "- no steps run",
         "- training config: see train_config.json",
         "",
         "Bit-identical weights are expected from the same command with the same torch build on one CPU thread;",

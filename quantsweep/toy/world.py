@@ -175,7 +175,13 @@ def _balance_within_syllable_groups(
         for slot_i, slot_j in zip(group_slots[i], group_slots[j]):
             if slot_i != slot_j:  # a shared syllable: the swap leaves that group unchanged
                 # each of the four counts moves by one: (c +- 1)**2 - c**2 = +-2c + 1
-                delta += 4 - 2 * counts[slot_i + a] + 2 * counts[slot_i + b] - 2 * counts[slot_j + b] + 2 * counts[slot_j + a]
+                delta += (
+                    4
+                    - 2 * counts[slot_i + a]
+                    + 2 * counts[slot_i + b]
+                    - 2 * counts[slot_j + b]
+                    + 2 * counts[slot_j + a]
+                )
         if delta < 0 or (delta == 0 and rng.random() < 0.5):
             for slot_i, slot_j in zip(group_slots[i], group_slots[j]):
                 if slot_i != slot_j:

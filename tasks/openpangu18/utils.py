@@ -30,6 +30,7 @@ DEFAULT_CODE_TIMEOUT_S = 10.0  # per program; HF's code_eval uses 3 s, generous 
 
 # ---------------------------------------------------------------- MATH
 
+
 def math_process_docs(dataset):
     """Add the reference ``answer`` (the last ``\\boxed{...}`` of the solution), as lm-eval does."""
     return _hendrycks_math.process_docs(dataset)
@@ -41,6 +42,7 @@ def math_process_results(doc, results):
 
 
 # ---------------------------------------------------------------- code execution
+
 
 def code_timeout_s() -> float:
     """The per-program time-out in seconds (``QUANTSWEEP_CODE_TIMEOUT_S``, default 10).
@@ -85,8 +87,12 @@ def run_program(program: str, timeout_s: float | None = None) -> bool:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(program)
         process = subprocess.Popen(
-            [sys.executable, "-I", path], cwd=workdir, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "-I", path],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             return process.wait(timeout=timeout_s) == 0

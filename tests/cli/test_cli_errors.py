@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from helpers.checkpoints import write_hf_model
+
 from quantsweep.cli import main
 
 
@@ -48,8 +49,20 @@ def test_malformed_recipe_yaml_names_file_and_key(capsys, tmp_path):
 
 def test_group_size_that_does_not_divide_names_layer_and_sizes(capsys, tmp_path):
     write_hf_model(tmp_path / "llama")  # hidden 32, intermediate 64: group 128 divides neither
-    code, _, err = run_cli(capsys, "run", "--model", str(tmp_path / "llama"), "--recipe", "w4-rtn",
-                           "--tasks", "toy_mc4", "--device", "cpu", "--out", str(tmp_path / "out"))
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        str(tmp_path / "llama"),
+        "--recipe",
+        "w4-rtn",
+        "--tasks",
+        "toy_mc4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert code == 2
     assert "group_size 128 does not divide in_features 32" in err and "model.layers.0." in err
 
@@ -66,8 +79,11 @@ def test_bad_device_string(capsys):
 
 
 def test_no_traceback_in_a_real_process(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "quantsweep", "run", "--model", "toy", "--recipe", "w4-rnt",
-                             "--tasks", "toy_mc4"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "quantsweep", "run", "--model", "toy", "--recipe", "w4-rnt", "--tasks", "toy_mc4"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.startswith("quantsweep: error:")
 
@@ -81,15 +97,37 @@ def test_recipes_command_lists_registered(capsys):
 
 def test_calibrated_recipe_without_calibration_data_on_a_real_model(capsys, tmp_path):
     write_hf_model(tmp_path / "llama")
-    code, _, err = run_cli(capsys, "run", "--model", str(tmp_path / "llama"), "--recipe", "w4-gptq",
-                           "--tasks", "toy_mc4", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        str(tmp_path / "llama"),
+        "--recipe",
+        "w4-gptq",
+        "--tasks",
+        "toy_mc4",
+        "--device",
+        "cpu",
+    )
     assert code == 2
     assert "w4-gptq" in err and "--calib-source" in err
 
 
 def test_missing_calibration_file(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "w4-gptq", "--tasks", "toy_mc4",
-                           "--device", "cpu", "--calib-source", str(tmp_path / "absent.txt"))
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        "toy",
+        "--recipe",
+        "w4-gptq",
+        "--tasks",
+        "toy_mc4",
+        "--device",
+        "cpu",
+        "--calib-source",
+        str(tmp_path / "absent.txt"),
+    )
     assert code == 2
     assert "absent.txt" in err
 
@@ -121,8 +159,14 @@ def test_failed_baseline_exits_1_and_says_so(capsys, monkeypatch):
     import quantsweep.sweep.runner as runner
 
     def fake_run(spec, on_outcome=None, **kwargs):
-        record = {"recipe": "fp", "task": "toy_mc4", "metric": None, "value": None, "verdict": "error",
-                  "error": "RuntimeError: out of memory"}
+        record = {
+            "recipe": "fp",
+            "task": "toy_mc4",
+            "metric": None,
+            "value": None,
+            "verdict": "error",
+            "error": "RuntimeError: out of memory",
+        }
         return [SimpleNamespace(recipe=SimpleNamespace(name="fp"), records=[record], error=record["error"])]
 
     monkeypatch.setattr(runner, "run", fake_run)

@@ -32,12 +32,32 @@ def test_export_refuses_a_non_empty_folder(capsys, tmp_path):
 def test_measure_toy_labels_fake_quant(capsys, tmp_path):
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "m.jsonl"
-    code = main(["measure", "--model", "toy", "--recipe", "w8-bnb", "--recipe", "w4-rtn", "--prompt-tokens", "32",
-                 "--new-tokens", "4", "--repeats", "2", "--out", str(out)])
+    code = main(
+        [
+            "measure",
+            "--model",
+            "toy",
+            "--recipe",
+            "w8-bnb",
+            "--recipe",
+            "w4-rtn",
+            "--prompt-tokens",
+            "32",
+            "--new-tokens",
+            "4",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     records = {r["recipe"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert list(records) == ["fp", "w8-bnb", "w4-rtn"]
-    assert records["w8-bnb"]["kernel"] == "bitsandbytes" and records["w8-bnb"]["speed_measured_on"] == "bitsandbytes kernels"
+    assert (
+        records["w8-bnb"]["kernel"] == "bitsandbytes"
+        and records["w8-bnb"]["speed_measured_on"] == "bitsandbytes kernels"
+    )
     assert records["w4-rtn"]["speed_measured_on"] == "fp model (fake-quant)"
     assert records["w4-rtn"]["decode_tokens_per_s"] == records["fp"]["decode_tokens_per_s"]
     assert records["w8-bnb"]["stored_bytes"] < records["fp"]["stored_bytes"] == records["w4-rtn"]["stored_bytes"]

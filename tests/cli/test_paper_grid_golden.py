@@ -39,8 +39,21 @@ def _same_number(a, b) -> bool:
 
 @pytest.mark.slow
 def test_toy_paper_grid_matches_the_record_from_before_the_restructure(tmp_path):
-    code = main(["run", "--model", "toy", "--recipe", "paper-grid", "--tasks", "toy_mc4,toy_mc2,toy_ppl,toy_gen",
-                 "--device", "cpu", "--out", str(tmp_path)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "toy",
+            "--recipe",
+            "paper-grid",
+            "--tasks",
+            "toy_mc4,toy_mc2,toy_ppl,toy_gen",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     golden = _rows(GOLDEN.read_text().splitlines())
     now = _rows((tmp_path / "results.jsonl").read_text().splitlines())

@@ -6,9 +6,27 @@ import pytest
 
 from quantsweep.cli import DEMO_RECIPES, DEMO_TASKS, main
 
-REQUIRED_FIELDS = {"model", "recipe", "task", "metric", "value", "stderr", "n", "device", "dtype", "recipe_config",
-                   "chance", "verdict", "nonfinite_samples", "delta", "ci_low", "ci_high", "p_value", "retained",
-                   "verdict_config"}
+REQUIRED_FIELDS = {
+    "model",
+    "recipe",
+    "task",
+    "metric",
+    "value",
+    "stderr",
+    "n",
+    "device",
+    "dtype",
+    "recipe_config",
+    "chance",
+    "verdict",
+    "nonfinite_samples",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "retained",
+    "verdict_config",
+}
 
 
 def read_jsonl(path):
@@ -23,8 +41,25 @@ def primary(records, recipe, task):
 @pytest.fixture(scope="module")
 def run_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    code = main(["run", "--model", "toy", "--recipe", "fp", "--recipe", "w8-rtn", "--recipe", "w1-rtn",
-                 "--tasks", "toy_mc4,toy_ppl", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "toy",
+            "--recipe",
+            "fp",
+            "--recipe",
+            "w8-rtn",
+            "--recipe",
+            "w1-rtn",
+            "--tasks",
+            "toy_mc4,toy_ppl",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out, read_jsonl(out / "results.jsonl")
 
@@ -32,7 +67,8 @@ def run_records(tmp_path_factory):
 def test_run_stores_every_field(run_records):
     _, records = run_records
     assert {(r["recipe"], r["task"]) for r in records if r["primary"]} == {
-        (recipe, task) for recipe in ("fp", "w8-rtn", "w1-rtn") for task in ("toy_mc4", "toy_ppl")}
+        (recipe, task) for recipe in ("fp", "w8-rtn", "w1-rtn") for task in ("toy_mc4", "toy_ppl")
+    }
     for record in records:
         assert REQUIRED_FIELDS <= set(record), REQUIRED_FIELDS - set(record)
         assert record["device"] == "cpu" and record["dtype"] == "float32" and record["model"] == "toy"
@@ -55,7 +91,8 @@ def test_run_stores_one_cell_file_per_cell_with_every_document(run_records):
     out, records = run_records
     cells = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
     assert sorted((c["recipe"], c["task"]) for c in cells) == sorted(
-        (recipe, task) for recipe in ("fp", "w8-rtn", "w1-rtn") for task in ("toy_mc4", "toy_ppl"))
+        (recipe, task) for recipe in ("fp", "w8-rtn", "w1-rtn") for task in ("toy_mc4", "toy_ppl")
+    )
     (fp_cell,) = [c for c in cells if c["recipe"] == "fp" and c["task"] == "toy_mc4"]
     fp_samples = fp_cell["tasks"]["toy_mc4"]["samples"]
     assert len(fp_samples) == primary(records, "fp", "toy_mc4")["n"]
@@ -88,9 +125,9 @@ def test_demo_shows_the_expected_pattern(tmp_path, capsys):
     fp_stderr = primary(records, "fp", "toy_mc4")["stderr"]
     assert acc["fp"] >= 0.80
     assert abs(acc["w8-rtn"] - acc["fp"]) <= max(2 * fp_stderr, 0.01)  # within noise
-    assert acc["fp"] - acc["w2-rtn"] >= 0.10                           # clearly below fp
-    assert acc["w1-rtn"] < acc["w2-rtn"] - 0.10                        # binary far below 2-bit
-    assert acc["w1-rtn"] <= 0.25 + 0.10                                # binary near chance
+    assert acc["fp"] - acc["w2-rtn"] >= 0.10  # clearly below fp
+    assert acc["w1-rtn"] < acc["w2-rtn"] - 0.10  # binary far below 2-bit
+    assert acc["w1-rtn"] <= 0.25 + 0.10  # binary near chance
     assert primary(records, "w1-rtn", "toy_mc4")["verdict"] == "collapsed"
 
 
@@ -104,8 +141,10 @@ def test_suite_names_print_a_column_per_task(monkeypatch, capsys):
         assert spec.tasks == ["openpangu18"]
         outcomes = []
         for recipe, value, verdict in (("fp", 0.9, "baseline"), ("w8-rtn", 0.2, "collapsed")):
-            records = [{"recipe": recipe, "task": task, "metric": "acc", "value": value, "primary": True,
-                        "verdict": verdict} for task in ("arc_easy", "piqa")]
+            records = [
+                {"recipe": recipe, "task": task, "metric": "acc", "value": value, "primary": True, "verdict": verdict}
+                for task in ("arc_easy", "piqa")
+            ]
             outcome = SimpleNamespace(recipe=SimpleNamespace(name=recipe), records=records, error=None)
             on_outcome(outcome)
             outcomes.append(outcome)
@@ -137,8 +176,9 @@ def test_baseline_given_as_a_path_and_a_judging_failure_is_recorded(monkeypatch)
 
     monkeypatch.setattr(judge, "judge_all_metrics", judge_all_metrics)
     fp_path = str(Path(__file__).resolve().parents[2] / "recipes" / "fp.yaml")
-    outcomes = run(RunSpec(model="toy", baseline=fp_path, recipes=["w8-rtn", "w1-rtn"], tasks=["toy_mc4"],
-                           limit=100, device="cpu"))
+    outcomes = run(
+        RunSpec(model="toy", baseline=fp_path, recipes=["w8-rtn", "w1-rtn"], tasks=["toy_mc4"], limit=100, device="cpu")
+    )
     records = [r for o in outcomes for r in o.records]
     assert primary(records, "fp", "toy_mc4")["verdict"] == "baseline"
     (failed,) = [r for r in records if r["recipe"] == "w8-rtn"]

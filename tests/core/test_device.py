@@ -22,7 +22,8 @@ def fake_npu(monkeypatch):
     """A stand-in torch_npu that registers torch.npu with 2 devices (logic only; no hardware)."""
     calls = []
     npu = types.SimpleNamespace(
-        is_available=lambda: True, device_count=lambda: 2,
+        is_available=lambda: True,
+        device_count=lambda: 2,
         synchronize=lambda index=0: calls.append(("synchronize", index)),
         empty_cache=lambda: calls.append(("empty_cache",)),
         reset_peak_memory_stats=lambda index=0: calls.append(("reset", index)),
@@ -36,10 +37,17 @@ def fake_npu(monkeypatch):
     dev._import_torch_npu.cache_clear()
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("cpu", ("cpu", None)), ("cuda", ("cuda", None)), ("cuda:1", ("cuda", 1)),
-    ("npu", ("npu", None)), ("npu:1", ("npu", 1)), ("AUTO", ("auto", None)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("cpu", ("cpu", None)),
+        ("cuda", ("cuda", None)),
+        ("cuda:1", ("cuda", 1)),
+        ("npu", ("npu", None)),
+        ("npu:1", ("npu", 1)),
+        ("AUTO", ("auto", None)),
+    ],
+)
 def test_parse_device_accepts_documented_forms(text, expected):
     assert dev.parse_device(text) == expected
 
@@ -137,7 +145,12 @@ def test_broken_torch_npu_is_reported_unavailable(monkeypatch):
     broken = types.ModuleType("torch_npu")
     dev._import_torch_npu.cache_clear()
     monkeypatch.setitem(sys.modules, "torch_npu", broken)
-    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(is_available=lambda: (_ for _ in ()).throw(RuntimeError("CANN"))), raising=False)
+    monkeypatch.setattr(
+        torch,
+        "npu",
+        types.SimpleNamespace(is_available=lambda: (_ for _ in ()).throw(RuntimeError("CANN"))),
+        raising=False,
+    )
     try:
         assert dev.is_npu_available() is False
     finally:

@@ -35,13 +35,16 @@ def _ray_ids(**granted):
     return ids
 
 
-@pytest.mark.parametrize("granted,expected", [
-    ({"NPU": ["5"]}, "npu:0"),          # Ray's id 5 is the worker's npu:0
-    ({"NPU": ["0"]}, "npu:0"),
-    ({"GPU": ["3"]}, "cuda:0"),
-    ({"NPU": ["2"], "GPU": ["1"]}, "npu:0"),
-    ({}, "cpu"),
-])
+@pytest.mark.parametrize(
+    "granted,expected",
+    [
+        ({"NPU": ["5"]}, "npu:0"),  # Ray's id 5 is the worker's npu:0
+        ({"NPU": ["0"]}, "npu:0"),
+        ({"GPU": ["3"]}, "cuda:0"),
+        ({"NPU": ["2"], "GPU": ["1"]}, "npu:0"),
+        ({}, "cpu"),
+    ],
+)
 def test_worker_device_from_ray_accelerator_ids(granted, expected):
     assert dev.worker_device(_ray_ids(**granted)) == expected
 
@@ -64,12 +67,15 @@ def test_worker_npu_device_resolves_inside_the_worker(fake_npu_one_visible):
         dev.resolve_device("npu:5")  # the global id is not visible inside the worker
 
 
-@pytest.mark.parametrize("kind,expected", [
-    ("npu", {"resources": {"NPU": 1}}),
-    ("npu:3", {"resources": {"NPU": 1}}),
-    ("cuda", {"num_gpus": 1}),
-    ("cpu", {"num_cpus": 1}),
-])
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("npu", {"resources": {"NPU": 1}}),
+        ("npu:3", {"resources": {"NPU": 1}}),
+        ("cuda", {"num_gpus": 1}),
+        ("cpu", {"num_cpus": 1}),
+    ],
+)
 def test_ray_resources_per_device_kind(kind, expected):
     assert dev.ray_resources(kind) == expected
 
@@ -82,10 +88,13 @@ def test_ray_resources_cpu_count():
         dev.ray_resources("tpu")
 
 
-@pytest.mark.parametrize("resources,expected", [
-    ({"CPU": 192.0, "NPU": 16.0, "GPU": 0.0}, "npu"),
-    ({"CPU": 64.0, "GPU": 8.0}, "cuda"),
-    ({"CPU": 2.0, "NPU": 0.0}, "cpu"),
-])
+@pytest.mark.parametrize(
+    "resources,expected",
+    [
+        ({"CPU": 192.0, "NPU": 16.0, "GPU": 0.0}, "npu"),
+        ({"CPU": 64.0, "GPU": 8.0}, "cuda"),
+        ({"CPU": 2.0, "NPU": 0.0}, "cpu"),
+    ],
+)
 def test_ray_device_kind_from_cluster_resources(resources, expected):
     assert dev.ray_device_kind(resources) == expected

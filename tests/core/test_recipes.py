@@ -7,8 +7,16 @@ import yaml
 
 import quantsweep
 from quantsweep.recipes import (
-    RecipeConfig, RecipeError, expand_recipes, get_method, get_recipe, list_grids, list_recipes,
-    recipe_from_dict, recipe_from_yaml, register_method,
+    RecipeConfig,
+    RecipeError,
+    expand_recipes,
+    get_method,
+    get_recipe,
+    list_grids,
+    list_recipes,
+    recipe_from_dict,
+    recipe_from_yaml,
+    register_method,
 )
 
 

@@ -12,8 +12,16 @@ from quantsweep.snapshot import WeightSnapshot, attach_hook
 
 def tiny_llama(intermediate=384):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=intermediate, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=False)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=128,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        mlp_bias=False,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -43,8 +51,19 @@ def test_rtn_matches_primitive_per_layer():
 def test_lm_head_and_embeddings_configurable():
     model = tiny_llama()
     head, emb = model.lm_head.weight.clone(), model.model.embed_tokens.weight.clone()
-    quantsweep.quantize(model, recipe_from_dict({"name": "all", "method": "rtn", "bits": 2, "group_size": None,
-                                                 "quantize_lm_head": True, "quantize_embeddings": True}))
+    quantsweep.quantize(
+        model,
+        recipe_from_dict(
+            {
+                "name": "all",
+                "method": "rtn",
+                "bits": 2,
+                "group_size": None,
+                "quantize_lm_head": True,
+                "quantize_embeddings": True,
+            }
+        ),
+    )
     assert not torch.equal(head, model.lm_head.weight) and not torch.equal(emb, model.model.embed_tokens.weight)
 
 
@@ -58,7 +77,9 @@ def test_binary_recipe_gives_two_values_per_row():
 def test_group_size_error_names_layer_and_leaves_model_intact():
     model = tiny_llama(intermediate=200)
     before = model.model.layers[0].self_attn.q_proj.weight.clone()
-    with pytest.raises(ValueError, match=r"group_size 128 does not divide in_features 200 of layer 'model.layers.0.mlp.down_proj'"):
+    with pytest.raises(
+        ValueError, match=r"group_size 128 does not divide in_features 200 of layer 'model.layers.0.mlp.down_proj'"
+    ):
         quantsweep.quantize(model, "w4-rtn")
     assert torch.equal(before, model.model.layers[0].self_attn.q_proj.weight)
 

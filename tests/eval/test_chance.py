@@ -18,7 +18,9 @@ def test_multiple_choice_chance_is_mean_of_reciprocals():
     assert chance.multiple_choice_chance([2.0, 2.0]) == 0.5
 
 
-@pytest.mark.parametrize("counts,error", [([], ValueError), ([4, 1], ValueError), ([4, 2.5], TypeError), ([[4, 4]], ValueError)])
+@pytest.mark.parametrize(
+    "counts,error", [([], ValueError), ([4, 1], ValueError), ([4, 2.5], TypeError), ([[4, 4]], ValueError)]
+)
 def test_multiple_choice_chance_rejects_bad_counts(counts, error):
     with pytest.raises(error):
         chance.multiple_choice_chance(counts)

@@ -6,15 +6,25 @@ import pytest
 
 from quantsweep.eval import harness, suites
 
-ENTRY = {"task": "mytask", "family": "knowledge", "metric": "acc", "chance": "choices",
-         "data": {"dir": "mytask", "splits": {"test": "test"}}}
+ENTRY = {
+    "task": "mytask",
+    "family": "knowledge",
+    "metric": "acc",
+    "chance": "choices",
+    "data": {"dir": "mytask", "splits": {"test": "test"}},
+}
 
 
 def _output(samples_by_task: dict, groups: dict | None = None) -> dict:
     """The parts of lm-eval's ``simple_evaluate`` output that ``_task_results`` reads."""
-    return {"samples": samples_by_task, "group_subtasks": groups or {},
-            "configs": {t: {"output_type": "multiple_choice", "metric_list": [{"metric": "acc"}]} for t in samples_by_task},
-            "results": {t: {"acc,none": 0.5} for t in samples_by_task}, "higher_is_better": {}, "n-samples": {}}
+    return {
+        "samples": samples_by_task,
+        "group_subtasks": groups or {},
+        "configs": {t: {"output_type": "multiple_choice", "metric_list": [{"metric": "acc"}]} for t in samples_by_task},
+        "results": {t: {"acc,none": 0.5} for t in samples_by_task},
+        "higher_is_better": {},
+        "n-samples": {},
+    }
 
 
 def _sample(doc_id: int, doc: dict) -> dict:
@@ -41,8 +51,14 @@ def test_missing_cluster_column_is_an_error_naming_it():
 
 
 def test_subtasks_of_a_group_are_their_documents_cluster():
-    output = _output({"mmlu_anatomy": [_sample(0, {"question": "q"})], "mmlu_virology": [_sample(0, {})],
-                      "arc_easy": [_sample(0, {})]}, groups={"mmlu": ["mmlu_anatomy", "mmlu_virology"]})
+    output = _output(
+        {
+            "mmlu_anatomy": [_sample(0, {"question": "q"})],
+            "mmlu_virology": [_sample(0, {})],
+            "arc_easy": [_sample(0, {})],
+        },
+        groups={"mmlu": ["mmlu_anatomy", "mmlu_virology"]},
+    )
     found = harness._task_results(output, None, 0)
     assert found["mmlu_anatomy"].samples[0].cluster == "mmlu_anatomy"
     assert found["mmlu_virology"].samples[0].cluster == "mmlu_virology"

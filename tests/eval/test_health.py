@@ -30,8 +30,9 @@ def test_random_weights_are_collapsed_against_a_real_baseline(random_toy, random
     """Random weights on toy_mc4 answer at chance; judged against a perfect baseline that is collapse."""
     import dataclasses
 
-    baseline = dataclasses.replace(random_baseline, samples=[dataclasses.replace(s, scores={"acc": 1.0})
-                                                             for s in random_baseline.samples])
+    baseline = dataclasses.replace(
+        random_baseline, samples=[dataclasses.replace(s, scores={"acc": 1.0}) for s in random_baseline.samples]
+    )
     judged = judge_task(random_baseline, baseline, metric="acc", vocab_size=random_toy[0].config.vocab_size)
     assert abs(random_baseline.metrics["acc"].value - 0.25) < 0.08
     assert judged["chance"] == pytest.approx(0.25)

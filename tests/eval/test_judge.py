@@ -18,8 +18,14 @@ def _lambada_like(loglikelihoods) -> TaskResult:
     """A loglikelihood task whose `perplexity` per document is the continuation's log-likelihood (lm-eval's form)."""
     samples = [SampleOutcome(doc_id=i, scores={"perplexity": float(ll)}) for i, ll in enumerate(loglikelihoods)]
     value = math.exp(-float(np.mean(loglikelihoods)))
-    return TaskResult("lambada_like", "loglikelihood", {"perplexity": MetricResult("perplexity", value, None, N, False)},
-                      samples, 0, 0)
+    return TaskResult(
+        "lambada_like",
+        "loglikelihood",
+        {"perplexity": MetricResult("perplexity", value, None, N, False)},
+        samples,
+        0,
+        0,
+    )
 
 
 def test_loglikelihood_perplexity_judges_a_worse_model_as_degraded():
@@ -46,6 +52,7 @@ def test_loglikelihood_perplexity_tolerance_is_the_relative_perplexity_tolerance
 
 def test_corpus_level_metrics_are_inconclusive_not_a_crash():
     """F1/MCC log a (gold, prediction) pair per document; there is nothing per document to pair."""
+
     def task(predictions):
         samples = [SampleOutcome(doc_id=i, scores={"f1": (i % 2, p)}) for i, p in enumerate(predictions)]
         return TaskResult("cb_like", "multiple_choice", {"f1": MetricResult("f1", 0.5, None, N, True)}, samples, 0, 0)
@@ -57,13 +64,17 @@ def test_corpus_level_metrics_are_inconclusive_not_a_crash():
 
 # --- perplexity chance from the unigram distribution -------------------------------------------
 
+
 def _rolling(per_doc_nll, tokens_per_doc, unigram=None) -> TaskResult:
-    samples = [SampleOutcome(doc_id=i, scores={"word_perplexity": (-float(nll), 10)}, n_tokens=int(t))
-               for i, (nll, t) in enumerate(zip(per_doc_nll, tokens_per_doc))]
+    samples = [
+        SampleOutcome(doc_id=i, scores={"word_perplexity": (-float(nll), 10)}, n_tokens=int(t))
+        for i, (nll, t) in enumerate(zip(per_doc_nll, tokens_per_doc))
+    ]
     ce = float(np.sum(per_doc_nll) / np.sum(tokens_per_doc))
     metric = MetricResult("word_perplexity", math.exp(ce), None, len(samples), False)
-    return TaskResult("ppl_like", "loglikelihood_rolling", {"word_perplexity": metric}, samples, 0, 0,
-                      unigram_chance_nats=unigram)
+    return TaskResult(
+        "ppl_like", "loglikelihood_rolling", {"word_perplexity": metric}, samples, 0, 0, unigram_chance_nats=unigram
+    )
 
 
 def test_perplexity_collapse_is_judged_against_the_unigram_chance_of_the_scored_tokens():
@@ -77,11 +88,10 @@ def test_perplexity_collapse_is_judged_against_the_unigram_chance_of_the_scored_
     unigram = -sum(c / total * math.log(c / total) for c in counts.values())  # reference, written here
     assert 3.0 < unigram < math.log(vocab) - 2
     tokens = np.full(60, 50)
-    base_nll = 2.0 * tokens * rng.uniform(0.9, 1.1, 60)           # fp: about 2 nats per token
+    base_nll = 2.0 * tokens * rng.uniform(0.9, 1.1, 60)  # fp: about 2 nats per token
     worse_nll = (unigram + 0.5) * tokens * rng.uniform(0.98, 1.02, 60)  # worse than a frequency table
     baseline_task = _rolling(base_nll, tokens, unigram)
-    judged = judge_task(_rolling(worse_nll, tokens, unigram), baseline_task, metric="word_perplexity",
-                        vocab_size=vocab)
+    judged = judge_task(_rolling(worse_nll, tokens, unigram), baseline_task, metric="word_perplexity", vocab_size=vocab)
     assert judged["verdict"] == "collapsed"
     assert judged["chance_reference"] == "unigram"
     assert judged["chance_unigram_nats"] == pytest.approx(unigram)
@@ -90,12 +100,15 @@ def test_perplexity_collapse_is_judged_against_the_unigram_chance_of_the_scored_
     assert "retention CI upper" in judged["reason"]
     assert judged["cross_entropy_nats"] == pytest.approx(worse_nll.sum() / tokens.sum())
     # the same cell judged against log V keeps a large share of the margin: only degraded
-    uniform = judge_task(_rolling(worse_nll, tokens), _rolling(base_nll, tokens), metric="word_perplexity",
-                         vocab_size=vocab)
+    uniform = judge_task(
+        _rolling(worse_nll, tokens), _rolling(base_nll, tokens), metric="word_perplexity", vocab_size=vocab
+    )
     assert uniform["verdict"] == "degraded"
     assert uniform["chance_reference"] == "uniform" and uniform["chance_unigram_nats"] is None
     assert uniform["chance"] == vocab
-    expected_retained = (math.log(vocab) - worse_nll.sum() / tokens.sum()) / (math.log(vocab) - base_nll.sum() / tokens.sum())
+    expected_retained = (math.log(vocab) - worse_nll.sum() / tokens.sum()) / (
+        math.log(vocab) - base_nll.sum() / tokens.sum()
+    )
     assert uniform["retained"] == pytest.approx(expected_retained)
 
 
@@ -108,10 +121,13 @@ def test_unigram_chance_of_the_baseline_is_used_when_the_recipe_lacks_it():
 
 # --- answer flips and clustered intervals -------------------------------------------------------
 
+
 def _binary(correct, clusters=None) -> TaskResult:
     clusters = clusters if clusters is not None else [None] * len(correct)
-    samples = [SampleOutcome(doc_id=i, scores={"acc": float(c)}, n_choices=4, cluster=g)
-               for i, (c, g) in enumerate(zip(correct, clusters))]
+    samples = [
+        SampleOutcome(doc_id=i, scores={"acc": float(c)}, n_choices=4, cluster=g)
+        for i, (c, g) in enumerate(zip(correct, clusters))
+    ]
     metric = MetricResult("acc", float(np.mean(correct)), None, len(samples), True)
     return TaskResult("mc_like", "multiple_choice", {"acc": metric}, samples, 0, 0)
 
@@ -161,10 +177,18 @@ def test_clustered_per_document_scores_use_the_cluster_robust_interval_too():
     quant = np.clip(base + rng.normal(0, 0.05, 8)[subjects] + rng.normal(0, 0.02, 240), 0, 1)
 
     def task(values):
-        samples = [SampleOutcome(doc_id=i, scores={"f1_doc": float(v)}, cluster=f"s{g}")
-                   for i, (v, g) in enumerate(zip(values, subjects))]
-        return TaskResult("f1_like", "generate_until", {"f1_doc": MetricResult("f1_doc", float(np.mean(values)), None,
-                                                                               240, True)}, samples, 0, 0)
+        samples = [
+            SampleOutcome(doc_id=i, scores={"f1_doc": float(v)}, cluster=f"s{g}")
+            for i, (v, g) in enumerate(zip(values, subjects))
+        ]
+        return TaskResult(
+            "f1_like",
+            "generate_until",
+            {"f1_doc": MetricResult("f1_doc", float(np.mean(values)), None, 240, True)},
+            samples,
+            0,
+            0,
+        )
 
     judged = judge_task(task(quant), task(base), metric="f1_doc", vocab_size=10)
     ref = sm.OLS(quant - base, np.ones((240, 1))).fit(cov_type="cluster", cov_kwds={"groups": subjects}, use_t=True)

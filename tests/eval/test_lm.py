@@ -14,6 +14,8 @@ from collections import Counter
 import lm_eval
 import pytest
 import torch
+from helpers.checkpoints import TINY_PANGU_CONFIG
+from helpers.suite_data import tiny_model_and_tokenizer, write_suite_data
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
@@ -22,9 +24,6 @@ from quantsweep.eval import suites
 from quantsweep.eval.lm import ContextCachedLM
 from quantsweep.eval.tasks import manager_for
 
-from helpers.checkpoints import TINY_PANGU_CONFIG
-from helpers.suite_data import tiny_model_and_tokenizer, write_suite_data
-
 TOLERANCE_NATS = 1e-4
 TOY_TASKS = ["toy_mc4", "toy_mc2", "toy_ppl", "toy_gen"]
 OFFLINE_TASKS = ["arc_easy", "hellaswag", "piqa", "winogrande", "lambada_openai", "gsm8k", "wikitext"]
@@ -32,10 +31,18 @@ OFFLINE_TASKS = ["arc_easy", "hellaswag", "piqa", "winogrande", "lambada_openai"
 
 def _responses(lm, tasks, limit, task_configs=None):
     specs = [task_configs.get(t, t) for t in tasks] if task_configs else tasks
-    output = lm_eval.simple_evaluate(model=lm, tasks=specs, limit=limit, log_samples=True, verbosity="ERROR",
-                                     bootstrap_iters=0, task_manager=manager_for([t for t in tasks
-                                                                                   if t not in (task_configs or {})]))
-    samples = {task: sorted(rows, key=lambda r: (r["doc_id"], r.get("filter", ""))) for task, rows in output["samples"].items()}
+    output = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=specs,
+        limit=limit,
+        log_samples=True,
+        verbosity="ERROR",
+        bootstrap_iters=0,
+        task_manager=manager_for([t for t in tasks if t not in (task_configs or {})]),
+    )
+    samples = {
+        task: sorted(rows, key=lambda r: (r["doc_id"], r.get("filter", ""))) for task, rows in output["samples"].items()
+    }
     return samples, output["results"]
 
 
@@ -47,11 +54,13 @@ def _flat(value):
         yield value
 
 
-def assert_same_numbers(model, tokenizer, tasks, limit, task_configs=None, batch_size=4, expect_fallback=False,
-                        **kwargs):
+def assert_same_numbers(
+    model, tokenizer, tasks, limit, task_configs=None, batch_size=4, expect_fallback=False, **kwargs
+):
     """Run both LMs and compare every response; returns how many numbers were compared."""
-    theirs, their_metrics = _responses(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                                            **kwargs), tasks, limit, task_configs)
+    theirs, their_metrics = _responses(
+        HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs), tasks, limit, task_configs
+    )
     lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
     ours, our_metrics = _responses(lm, tasks, limit, task_configs)
     assert bool(lm.fallbacks) == expect_fallback, lm.fallbacks  # the fast path really ran
@@ -69,7 +78,11 @@ def assert_same_numbers(model, tokenizer, tasks, limit, task_configs=None, batch
                 else:  # is_greedy flags and generated text
                     assert a == b, (task, mine["doc_id"], a, b)
         for key, value in their_metrics[task].items():
-            if key.endswith(",none") and "stderr" not in key and key.split(",")[0] in ("acc", "acc_norm", "exact_match"):
+            if (
+                key.endswith(",none")
+                and "stderr" not in key
+                and key.split(",")[0] in ("acc", "acc_norm", "exact_match")
+            ):
                 assert our_metrics[task][key] == value, (task, key)
     return compared
 
@@ -88,14 +101,23 @@ def pangu_shaped(toy):
 
     _, tokenizer = toy
     shape = TINY_PANGU_CONFIG
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape["hidden_size"],
-                         intermediate_size=shape["intermediate_size"], num_hidden_layers=shape["num_hidden_layers"],
-                         num_attention_heads=shape["num_attention_heads"],
-                         num_key_value_heads=shape["num_key_value_heads"], attention_bias=shape["bias"],
-                         mlp_bias=False, max_position_embeddings=512, rope_theta=shape["rope_theta"],
-                         rms_norm_eps=shape["rms_norm_eps"], tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["num_hidden_layers"],
+        num_attention_heads=shape["num_attention_heads"],
+        num_key_value_heads=shape["num_key_value_heads"],
+        attention_bias=shape["bias"],
+        mlp_bias=False,
+        max_position_embeddings=512,
+        rope_theta=shape["rope_theta"],
+        rms_norm_eps=shape["rms_norm_eps"],
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -107,6 +129,7 @@ def pangu_shaped(toy):
 
 
 # ---------------------------------------------------------------- identical numbers
+
 
 def test_every_toy_task_matches_lm_eval(toy):
     model, tokenizer = toy
@@ -135,13 +158,26 @@ def _trailing_space_model():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     corpus = ["The capital of France is Paris and the capital of Italy is Rome ."] * 20
-    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -152,7 +188,7 @@ def _instances(pairs):
 def _direct_loglikelihood(model, context: list[int], continuation: list[int]) -> float:
     """Reference: one plain forward over context + continuation[:-1], summed target log-probabilities."""
     with torch.no_grad():
-        logits = model(torch.tensor([context + continuation[:-1]])).logits[0, len(context) - 1:]
+        logits = model(torch.tensor([context + continuation[:-1]])).logits[0, len(context) - 1 :]
     return float(logits.log_softmax(-1).gather(1, torch.tensor(continuation)[:, None]).sum())
 
 
@@ -174,7 +210,9 @@ def test_tokenizer_that_moves_a_trailing_space():
     encoded = [ours._encode_pair(*pair) for pair in pairs]
     assert tokenizer.convert_ids_to_tokens(encoded[0][1][:1]) == ["ĠParis"]  # the space moved to the continuation
     mine = ours.loglikelihood(_instances(pairs))
-    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3, logits_cache=False).loglikelihood(_instances(pairs))
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3, logits_cache=False).loglikelihood(
+        _instances(pairs)
+    )
     for (a, greedy_a), (b, greedy_b), (context, continuation) in zip(mine, theirs, encoded, strict=True):
         assert abs(a - b) <= TOLERANCE_NATS and greedy_a == greedy_b
         assert abs(a - _direct_loglikelihood(model, context, continuation)) <= TOLERANCE_NATS
@@ -182,9 +220,14 @@ def test_tokenizer_that_moves_a_trailing_space():
 
 # ---------------------------------------------------------------- perplexity in chunks
 
+
 def _rolling(lm, texts):
-    return lm.loglikelihood_rolling([Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0,
-                                              metadata=("toy_ppl", i, 1)) for i, text in enumerate(texts)])
+    return lm.loglikelihood_rolling(
+        [
+            Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0, metadata=("toy_ppl", i, 1))
+            for i, text in enumerate(texts)
+        ]
+    )
 
 
 def test_chunked_perplexity_equals_unchunked_and_lm_eval_across_windows(pangu_shaped):
@@ -194,10 +237,13 @@ def test_chunked_perplexity_equals_unchunked_and_lm_eval_across_windows(pangu_sh
     texts = [doc["text"] for doc in ppl_docs()[:6]]
     window = 24  # several windows per document
     assert max(len(tokenizer(t)["input_ids"]) for t in texts) > 2 * window
-    unchunked = _rolling(ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=window,
-                                         chunk_tokens=10**6), texts)
-    chunked = _rolling(ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=window,
-                                       chunk_tokens=5), texts)
+    unchunked = _rolling(
+        ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=window, chunk_tokens=10**6),
+        texts,
+    )
+    chunked = _rolling(
+        ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=window, chunk_tokens=5), texts
+    )
     reference = _rolling(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=window), texts)
     for a, b, c in zip(chunked, unchunked, reference, strict=True):
         assert abs(a - b) <= 1e-5 * abs(b)
@@ -219,6 +265,7 @@ def test_unigram_chance_counts_the_scored_tokens(toy):
 
 
 # ---------------------------------------------------------------- fallbacks and bad input
+
 
 @pytest.fixture
 def lm_log():
@@ -299,7 +346,9 @@ class _CacheLessOutputModel(_NoCacheModel):
 def test_model_returning_no_cache_falls_back_for_the_remaining_requests(toy, lm_log):
     model, tokenizer = toy
     lm = ContextCachedLM(pretrained=_CacheLessOutputModel(model), tokenizer=tokenizer, batch_size=2, backend="causal")
-    pairs = [(f"Q: where does {name} live? A:", f" in {city}") for name in ("Ada", "Bo", "Cy") for city in ("Paris", "Rome")]
+    pairs = [
+        (f"Q: where does {name} live? A:", f" in {city}") for name in ("Ada", "Bo", "Cy") for city in ("Paris", "Rome")
+    ]
     mine = lm.loglikelihood(_instances(pairs))
     theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2).loglikelihood(_instances(pairs))
     assert max(abs(a - b) for (a, _), (b, _) in zip(mine, theirs)) <= TOLERANCE_NATS
@@ -349,14 +398,17 @@ def test_shared_preamble_runs_once_and_gives_the_same_numbers(pangu_shaped):
             cont = torch.randint(4, len(tokenizer), (1 + option,), generator=generator).tolist()
             requests.append((None, preamble + rest + [5 + doc], cont))
     lengths = []
-    handle = model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
-                                             with_kwargs=True)
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         mine = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=4)._loglikelihood_tokens(requests)
     finally:
         handle.remove()
     assert lengths.count(40) == 1 and max(lengths) == 40  # the preamble once; everything else is shorter
-    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, logits_cache=False)._loglikelihood_tokens(requests)
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, logits_cache=False)._loglikelihood_tokens(
+        requests
+    )
     for (a, greedy_a), (b, greedy_b), request in zip(mine, theirs, requests, strict=True):
         assert abs(a - b) <= TOLERANCE_NATS and greedy_a == greedy_b
         assert abs(a - _direct_loglikelihood(model, request[1], request[2])) <= TOLERANCE_NATS

@@ -17,12 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.suite_data import (
+    ARC_CHOICES,
+    MMLU_SUBJECTS,
+    _write_csv,
+    _write_jsonl,
+    tiny_model_and_tokenizer,
+    write_suite_data,
+)
 
 import quantsweep
 from quantsweep import hub
 from quantsweep.eval import suites
-
-from helpers.suite_data import ARC_CHOICES, MMLU_SUBJECTS, _write_csv, _write_jsonl, tiny_model_and_tokenizer, write_suite_data
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,6 +70,7 @@ def offline_result(data_dir, model_and_tokenizer):
 
 # ---------------------------------------------------------------- the suite runs offline
 
+
 def test_all_sixteen_non_code_tasks_run_offline(offline_result):
     assert sorted(offline_result.tasks) == sorted(NON_CODE_TASKS)
     for name, task in offline_result.tasks.items():
@@ -78,15 +85,36 @@ def test_output_types_cover_perplexity_choice_and_generation(offline_result):
     assert types["wikitext"] == types["c4"] == "loglikelihood_rolling"
     assert types["lambada_openai"] == "loglikelihood"
     assert types["gsm8k"] == types["math_all"] == "generate_until"
-    for name in ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "openbookqa",
-                 "social_iqa", "mmlu_all", "ceval_all", "cmmlu_all"):
+    for name in (
+        "arc_easy",
+        "arc_challenge",
+        "hellaswag",
+        "piqa",
+        "winogrande",
+        "boolq",
+        "openbookqa",
+        "social_iqa",
+        "mmlu_all",
+        "ceval_all",
+        "cmmlu_all",
+    ):
         assert types[name] == "multiple_choice", name
 
 
 def test_choice_counts_come_from_the_data(offline_result):
-    expected = {"arc_easy": ARC_CHOICES[:3], "arc_challenge": ARC_CHOICES[:3], "hellaswag": [4] * 3,
-                "piqa": [2] * 3, "winogrande": [2] * 3, "boolq": [2] * 3, "openbookqa": [4] * 3,
-                "social_iqa": [3] * 3, "mmlu_all": [4] * 3, "ceval_all": [4] * 3, "cmmlu_all": [4] * 3}
+    expected = {
+        "arc_easy": ARC_CHOICES[:3],
+        "arc_challenge": ARC_CHOICES[:3],
+        "hellaswag": [4] * 3,
+        "piqa": [2] * 3,
+        "winogrande": [2] * 3,
+        "boolq": [2] * 3,
+        "openbookqa": [4] * 3,
+        "social_iqa": [3] * 3,
+        "mmlu_all": [4] * 3,
+        "ceval_all": [4] * 3,
+        "cmmlu_all": [4] * 3,
+    }
     for name, counts in expected.items():
         samples = sorted(offline_result.tasks[name].samples, key=lambda s: s.doc_id)
         assert [s.n_choices for s in samples] == counts, name
@@ -120,7 +148,9 @@ def test_local_configs_keep_lm_eval_prompts_and_swap_only_the_data(data_dir):
     configs = suites.local_task_configs(["arc_easy", "c4", "gsm8k"], data_dir)
     arc = configs["arc_easy"]
     assert arc["dataset_path"] == "parquet" and arc["dataset_name"] is None
-    assert arc["dataset_kwargs"] == {"data_files": {"test": [str(data_dir / "arc_easy" / "test-00000-of-00001.parquet")]}}
+    assert arc["dataset_kwargs"] == {
+        "data_files": {"test": [str(data_dir / "arc_easy" / "test-00000-of-00001.parquet")]}
+    }
     assert arc["doc_to_text"] == "Question: {{question}}\nAnswer:"  # lm-eval's prompt, untouched
     assert arc["validation_split"] is None and arc["training_split"] is None and arc["test_split"] == "test"
     assert configs["c4"]["dataset_path"] == "json" and "verification_mode" not in configs["c4"]["dataset_kwargs"]
@@ -130,6 +160,7 @@ def test_local_configs_keep_lm_eval_prompts_and_swap_only_the_data(data_dir):
 
 
 # ---------------------------------------------------------------- missing data, errors
+
 
 def test_missing_data_errors_up_front_naming_task_files_and_folder(tmp_path):
     (tmp_path / "arc_easy").mkdir()
@@ -149,7 +180,9 @@ def test_missing_data_error_reaches_the_caller_before_any_model_work(tmp_path):
 
 
 def test_wrong_columns_are_named(tmp_path):
-    _write_jsonl(tmp_path / "piqa" / "validation.jsonl", [{"goal": "g", "solution1": "a", "solution2": "b", "label": 0}])
+    _write_jsonl(
+        tmp_path / "piqa" / "validation.jsonl", [{"goal": "g", "solution1": "a", "solution2": "b", "label": 0}]
+    )
     with pytest.raises(suites.MissingDataError, match="lacks column\\(s\\) sol1, sol2"):
         suites.local_task_configs(["piqa"], tmp_path)
 
@@ -171,6 +204,7 @@ def test_tasks_outside_suites_are_left_to_lm_eval(tmp_path):
 
 
 # ---------------------------------------------------------------- hub mirror
+
 
 def test_user_hf_endpoint_is_kept_and_missing_data_falls_back_to_the_mirror(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.user.example")
@@ -206,6 +240,7 @@ def test_hub_endpoint_argument_sets_the_mirror_when_the_user_did_not(monkeypatch
 
 
 # ---------------------------------------------------------------- code tasks
+
 
 def test_code_tasks_refuse_without_the_opt_in(monkeypatch):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
@@ -260,8 +295,9 @@ def test_code_tasks_run_offline_with_the_opt_in(data_dir, model_and_tokenizer, m
     model, tokenizer = model_and_tokenizer
     suites.check_code_execution(CODE_TASKS, allow=True, timeout_s=5.0)
     configs = suites.local_task_configs(CODE_TASKS, data_dir)
-    result = quantsweep.evaluate(model, tokenizer, tasks=CODE_TASKS, task_configs=configs, limit=2,
-                                 allow_code_execution=True)
+    result = quantsweep.evaluate(
+        model, tokenizer, tasks=CODE_TASKS, task_configs=configs, limit=2, allow_code_execution=True
+    )
     for name in CODE_TASKS:
         task = result.tasks[name]
         assert task.output_type == "generate_until"
@@ -270,6 +306,7 @@ def test_code_tasks_run_offline_with_the_opt_in(data_dir, model_and_tokenizer, m
 
 
 # ---------------------------------------------------------------- chance levels from the data
+
 
 def test_chance_levels_are_computed_from_the_evaluated_samples(offline_result, model_and_tokenizer):
     model, _ = model_and_tokenizer

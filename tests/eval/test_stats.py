@@ -11,7 +11,19 @@ from scipy import stats as sps
 from quantsweep.eval import stats
 
 
-@pytest.mark.parametrize("k,n,chance", [(0, 5, 0.25), (5, 5, 0.25), (260, 1000, 0.25), (700, 1000, 0.25), (12, 40, 0.5), (3, 7, 0.2), (0, 3, 0.0), (2, 3, 0.0)])
+@pytest.mark.parametrize(
+    "k,n,chance",
+    [
+        (0, 5, 0.25),
+        (5, 5, 0.25),
+        (260, 1000, 0.25),
+        (700, 1000, 0.25),
+        (12, 40, 0.5),
+        (3, 7, 0.2),
+        (0, 3, 0.0),
+        (2, 3, 0.0),
+    ],
+)
 def test_binomial_p_value_equals_scipy(k, n, chance):
     expected = sps.binomtest(k, n, p=chance, alternative="greater").pvalue
     assert stats.binomial_test_above_chance(k, n, chance) == pytest.approx(expected, rel=1e-12, abs=1e-300)
@@ -33,7 +45,10 @@ def test_binomial_rejects_bad_chance():
         stats.binomial_test_above_chance(3, 5, 1.0)
 
 
-@pytest.mark.parametrize("n,chance,alpha", [(5, 0.25, 0.05), (5, 0.5, 0.05), (4, 0.5, 0.05), (40, 0.25, 0.05), (200, 0.25, 0.01), (3, 0.0, 0.05)])
+@pytest.mark.parametrize(
+    "n,chance,alpha",
+    [(5, 0.25, 0.05), (5, 0.5, 0.05), (4, 0.5, 0.05), (40, 0.25, 0.05), (200, 0.25, 0.01), (3, 0.0, 0.05)],
+)
 def test_critical_count_is_the_first_significant_score(n, chance, alpha):
     critical = stats.binomial_critical_count(n, chance, alpha)
     pvalues = [sps.binomtest(k, n, chance, alternative="greater").pvalue for k in range(n + 1)]
@@ -187,6 +202,7 @@ def test_percentile_interval_equals_numpy_quantile():
 
 
 # --- clustered intervals and documents needed --------------------------------------------------
+
 
 def test_cluster_robust_paired_difference_matches_statsmodels_ols_with_clustered_errors():
     sm = pytest.importorskip("statsmodels.api")

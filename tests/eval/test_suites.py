@@ -12,15 +12,29 @@ from quantsweep.eval import suites
 
 EXPECTED = {
     "language_modelling": {"wikitext", "c4"},
-    "commonsense_reasoning": {"arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq",
-                              "openbookqa", "social_iqa", "lambada_openai"},
+    "commonsense_reasoning": {
+        "arc_easy",
+        "arc_challenge",
+        "hellaswag",
+        "piqa",
+        "winogrande",
+        "boolq",
+        "openbookqa",
+        "social_iqa",
+        "lambada_openai",
+    },
     "knowledge": {"mmlu_all", "ceval_all", "cmmlu_all"},
     "math": {"gsm8k", "math_all"},
     "code": {"humaneval_offline", "mbpp_offline"},
 }
 
-MINIMAL_ENTRY = {"task": "piqa", "family": "commonsense_reasoning", "metric": "acc", "chance": "choices",
-                 "data": {"dir": "piqa", "splits": {"validation": "validation"}}}
+MINIMAL_ENTRY = {
+    "task": "piqa",
+    "family": "commonsense_reasoning",
+    "metric": "acc",
+    "chance": "choices",
+    "data": {"dir": "piqa", "splits": {"validation": "validation"}},
+}
 
 
 def _write_suite(path: Path, data) -> Path:
@@ -35,8 +49,13 @@ def test_openpangu18_has_the_eighteen_tasks_in_five_families():
     for entry in suite.tasks:
         by_family.setdefault(entry.family, set()).add(entry.task)
     assert by_family == EXPECTED
-    assert Counter(e.family for e in suite.tasks) == {"language_modelling": 2, "commonsense_reasoning": 9,
-                                                       "knowledge": 3, "math": 2, "code": 2}
+    assert Counter(e.family for e in suite.tasks) == {
+        "language_modelling": 2,
+        "commonsense_reasoning": 9,
+        "knowledge": 3,
+        "math": 2,
+        "code": 2,
+    }
 
 
 def test_every_entry_has_metric_fewshot_chance_version_and_data():
@@ -119,15 +138,18 @@ def test_unknown_key_at_top_level_and_in_data(tmp_path):
         suites.load_suite(str(path))
 
 
-@pytest.mark.parametrize("change, pattern", [
-    ({"family": "reasoning"}, "unknown family 'reasoning'; allowed: language_modelling"),
-    ({"chance": "uniform"}, "unknown chance rule 'uniform'; allowed: choices, zero, uniform_vocab"),
-    ({"num_fewshot": -1}, "num_fewshot must be an integer >= 0"),
-    ({"chance_floor": 0.5}, "chance_floor only applies to chance: zero"),
-    ({"executes_code": "yes"}, "executes_code must be true or false"),
-    ({"data": {"dir": "../x", "splits": {"test": "test"}}}, "relative folder"),
-    ({"data": {"dir": "x", "splits": {}}}, "data.splits must map"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"family": "reasoning"}, "unknown family 'reasoning'; allowed: language_modelling"),
+        ({"chance": "uniform"}, "unknown chance rule 'uniform'; allowed: choices, zero, uniform_vocab"),
+        ({"num_fewshot": -1}, "num_fewshot must be an integer >= 0"),
+        ({"chance_floor": 0.5}, "chance_floor only applies to chance: zero"),
+        ({"executes_code": "yes"}, "executes_code must be true or false"),
+        ({"data": {"dir": "../x", "splits": {"test": "test"}}}, "relative folder"),
+        ({"data": {"dir": "x", "splits": {}}}, "data.splits must map"),
+    ],
+)
 def test_bad_values_are_rejected(tmp_path, change, pattern):
     path = _write_suite(tmp_path / "bad.yaml", {"name": "bad", "tasks": [dict(MINIMAL_ENTRY, **change)]})
     with pytest.raises(suites.SuiteError, match=pattern):

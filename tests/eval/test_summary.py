@@ -7,8 +7,20 @@ def test_summary_keeps_verdicts_and_failed_recipes():
     records = [
         {"recipe": "fp", "task": "toy_mc4", "verdict": "baseline", "primary": True, "output_type": "multiple_choice"},
         {"recipe": "w2", "task": "toy_mc4", "verdict": "degraded", "primary": True, "output_type": "multiple_choice"},
-        {"recipe": "w2", "task": "toy_ppl", "verdict": "lossless", "primary": True, "output_type": "loglikelihood_rolling"},
-        {"recipe": "w2", "task": "toy_ppl", "verdict": "collapsed", "primary": False, "output_type": "loglikelihood_rolling"},
+        {
+            "recipe": "w2",
+            "task": "toy_ppl",
+            "verdict": "lossless",
+            "primary": True,
+            "output_type": "loglikelihood_rolling",
+        },
+        {
+            "recipe": "w2",
+            "task": "toy_ppl",
+            "verdict": "collapsed",
+            "primary": False,
+            "output_type": "loglikelihood_rolling",
+        },
         {"recipe": "bad", "task": "toy_mc4", "verdict": "error", "error": "RuntimeError: boom"},
         {"recipe": "bad", "task": "toy_ppl", "verdict": "error", "error": "RuntimeError: boom"},
     ]
@@ -22,13 +34,27 @@ def test_summary_keeps_verdicts_and_failed_recipes():
 def test_summary_gives_reasons_and_the_documents_an_inconclusive_cell_needs():
     records = [
         {"recipe": "w4", "task": "a", "verdict": "lossless", "primary": True, "family": "f", "reason": "fine"},
-        {"recipe": "w4", "task": "b", "verdict": "inconclusive", "primary": True, "family": "f",
-         "reason": "n = 4 < min_samples = 20; about 2,400 documents would decide", "documents_needed": 2400},
-        {"recipe": "w2", "task": "a", "verdict": "collapsed", "primary": True, "family": "f",
-         "reason": "retention CI upper 0.08 <= 0.15"},
+        {
+            "recipe": "w4",
+            "task": "b",
+            "verdict": "inconclusive",
+            "primary": True,
+            "family": "f",
+            "reason": "n = 4 < min_samples = 20; about 2,400 documents would decide",
+            "documents_needed": 2400,
+        },
+        {
+            "recipe": "w2",
+            "task": "a",
+            "verdict": "collapsed",
+            "primary": True,
+            "family": "f",
+            "reason": "retention CI upper 0.08 <= 0.15",
+        },
     ]
     summary = summarize_records(records)
     assert summary["reasons"] == {
         "w4/b": {"verdict": "inconclusive", "reason": "n = 4 < min_samples = 20; about 2,400 documents would decide"},
-        "w2/a": {"verdict": "collapsed", "reason": "retention CI upper 0.08 <= 0.15"}}
+        "w2/a": {"verdict": "collapsed", "reason": "retention CI upper 0.08 <= 0.15"},
+    }
     assert summary["documents_needed"] == {"w4/b": "inconclusive: about 2,400 documents would decide"}

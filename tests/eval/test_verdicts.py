@@ -33,8 +33,15 @@ def test_config_defaults_and_round_trip():
     config = VerdictConfig()
     d = config.to_dict()
     assert d == {
-        "alpha": 0.05, "ci_level": 0.95, "accuracy_tolerance": 0.01, "perplexity_relative_tolerance": 0.01,
-        "collapse_retention": 0.15, "collapse_power": 0.8, "min_samples": 20, "bootstrap_resamples": 2000, "seed": 0,
+        "alpha": 0.05,
+        "ci_level": 0.95,
+        "accuracy_tolerance": 0.01,
+        "perplexity_relative_tolerance": 0.01,
+        "collapse_retention": 0.15,
+        "collapse_power": 0.8,
+        "min_samples": 20,
+        "bootstrap_resamples": 2000,
+        "seed": 0,
     }
     assert VerdictConfig.from_dict(json.loads(json.dumps(d))) == config
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -43,8 +50,19 @@ def test_config_defaults_and_round_trip():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("alpha", 0.0), ("alpha", 1.5), ("ci_level", 1.0), ("accuracy_tolerance", -0.01), ("collapse_retention", 1.0),
-     ("collapse_power", 0.0), ("min_samples", 0), ("bootstrap_resamples", 10), ("seed", -1), ("seed", 1.5), ("alpha", True)],
+    [
+        ("alpha", 0.0),
+        ("alpha", 1.5),
+        ("ci_level", 1.0),
+        ("accuracy_tolerance", -0.01),
+        ("collapse_retention", 1.0),
+        ("collapse_power", 0.0),
+        ("min_samples", 0),
+        ("bootstrap_resamples", 10),
+        ("seed", -1),
+        ("seed", 1.5),
+        ("alpha", True),
+    ],
 )
 def test_config_rejects_bad_values_by_name(field, value):
     with pytest.raises(ValueError, match=field):
@@ -59,8 +77,20 @@ def test_config_from_dict_names_unknown_key():
 def test_verdict_to_dict_has_exactly_the_fields_and_is_json():
     v = Verdict("non-finite", chance=0.25, nonfinite_samples=3, n=100)
     d = v.to_dict()
-    assert list(d) == ["verdict", "chance", "nonfinite_samples", "delta", "ci_low", "ci_high", "p_value", "retained", "n",
-                       "reason", "interval", "documents_needed"]
+    assert list(d) == [
+        "verdict",
+        "chance",
+        "nonfinite_samples",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "retained",
+        "n",
+        "reason",
+        "interval",
+        "documents_needed",
+    ]
     assert d["delta"] is None and d["p_value"] is None and d["chance"] == 0.25
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     inf = Verdict("degraded", delta=math.inf, n=3).to_dict()
@@ -208,8 +238,13 @@ def test_baseline_row_carries_chance_test():
 
 @pytest.mark.parametrize(
     "quantized,baseline,chance,error",
-    [([1, 0], [1], 0.25, "paired"), ([1, 2], [1, 1], 0.25, "0 or 1"), ([1, 0], [1, 0], 1.0, "chance"),
-     ([], None, 0.25, "non-empty"), ([1, 0], [1, 0.5], 0.25, "0 or 1")],
+    [
+        ([1, 0], [1], 0.25, "paired"),
+        ([1, 2], [1, 1], 0.25, "0 or 1"),
+        ([1, 0], [1, 0], 1.0, "chance"),
+        ([], None, 0.25, "non-empty"),
+        ([1, 0], [1, 0.5], 0.25, "0 or 1"),
+    ],
 )
 def test_accuracy_input_errors(quantized, baseline, chance, error):
     with pytest.raises(ValueError, match=error):
@@ -277,7 +312,9 @@ def test_perplexity_bootstrap_interval_contains_true_difference():
     for seed in range(trials):
         nll_b, tokens = _corpus(200, seed)
         noise = np.random.default_rng(1000 + seed).normal(0, 1.0, size=tokens.size) * np.sqrt(tokens)
-        v = judge_perplexity(nll_b + 0.02 * tokens + noise, tokens, nll_b, tokens, 32000, config=dataclasses.replace(config, seed=seed))
+        v = judge_perplexity(
+            nll_b + 0.02 * tokens + noise, tokens, nll_b, tokens, 32000, config=dataclasses.replace(config, seed=seed)
+        )
         covered += v.ci_low <= truth <= v.ci_high
     assert covered / trials >= 0.85
 
@@ -377,14 +414,28 @@ def test_summarize_worst_dominant_and_counts():
     s = summarize(rows)
     w4 = s["by_recipe"]["w4"]
     assert w4["verdict"] == "degraded" and w4["dominant"] == "lossless" and w4["worst_tasks"] == ["gsm8k"]
-    assert w4["counts"] == {"baseline": 0, "lossless": 2, "degraded": 1, "inconclusive": 0, "collapsed": 0, "non-finite": 0}
+    assert w4["counts"] == {
+        "baseline": 0,
+        "lossless": 2,
+        "degraded": 1,
+        "inconclusive": 0,
+        "collapsed": 0,
+        "non-finite": 0,
+    }
     assert w4["n_tasks"] == 3
     w2 = s["by_recipe"]["w2"]
     assert w2["verdict"] == "non-finite" and w2["dominant"] == "collapsed"
     assert s["by_recipe"]["fp16"]["verdict"] == "baseline"
     assert s["by_family"][("w4", "reasoning")]["verdict"] == "lossless"
     assert s["by_family"][("w2", "math")]["worst_tasks"] == ["gsm8k"]
-    assert set(s["by_family"]) == {("w4", "reasoning"), ("w4", "math"), ("w2", "reasoning"), ("w2", "perplexity"), ("w2", "math"), ("fp16", "reasoning")}
+    assert set(s["by_family"]) == {
+        ("w4", "reasoning"),
+        ("w4", "math"),
+        ("w2", "reasoning"),
+        ("w2", "perplexity"),
+        ("w2", "math"),
+        ("fp16", "reasoning"),
+    }
 
 
 def test_summarize_tie_goes_to_more_severe_and_severity_order():
@@ -441,6 +492,7 @@ def test_documented_power_thresholds(chance, baseline, quoted):
 
 
 # --- every verdict carries its reason ---------------------------------------------------------
+
 
 def test_every_rule_gives_its_reason_with_the_numbers():
     base = np.r_[np.ones(900), np.zeros(100)]

@@ -61,7 +61,9 @@ def check_checkpoint(out: Path, model, packed, bits: int, version: int = 1) -> N
         assert torch.equal(ours.scales.half().float(), ours.scales), name  # weight scales are float16 values
         # exact: the unpacked integers times the stored fp16 scales are the evaluated fake-quant weight
         columns = torch.from_numpy(g_idx.astype(np.int64))
-        decoded = torch.from_numpy(codes - zeros[:, g_idx]).float() * torch.from_numpy(scales.astype(np.float32))[:, columns]
+        decoded = (
+            torch.from_numpy(codes - zeros[:, g_idx]).float() * torch.from_numpy(scales.astype(np.float32))[:, columns]
+        )
         assert torch.equal(decoded, linear.weight.data), name
         if linear.bias is not None:
             assert torch.equal(torch.from_numpy(tensors[f"{name}.bias"]), linear.bias.data.half()), name
@@ -76,13 +78,20 @@ def test_toy_w4_gptq_export_reads_back_exactly(tmp_path):
     check_checkpoint(out, model, result.packed, bits=4)
     settings = json.loads((out / "quantize_config.json").read_text())
     assert settings == json.loads((out / "config.json").read_text())["quantization_config"]
-    assert (settings["bits"], settings["group_size"], settings["desc_act"], settings["sym"],
-            settings["checkpoint_format"]) == (4, 128, True, False, "gptq")
+    assert (
+        settings["bits"],
+        settings["group_size"],
+        settings["desc_act"],
+        settings["sym"],
+        settings["checkpoint_format"],
+    ) == (4, 128, True, False, "gptq")
     assert (out / "tokenizer.json").exists()
 
 
-@pytest.mark.parametrize("recipe, bits, fmt", [("w3-gptq", 3, "gptq"), ("w2-rtn", 2, "gptq"),
-                                                ("w8-rtn", 8, "gptq"), ("w4-gptaq", 4, "gptq_v2")])
+@pytest.mark.parametrize(
+    "recipe, bits, fmt",
+    [("w3-gptq", 3, "gptq"), ("w2-rtn", 2, "gptq"), ("w8-rtn", 8, "gptq"), ("w4-gptaq", 4, "gptq_v2")],
+)
 def test_other_widths_and_formats(tmp_path, recipe, bits, fmt):
     model = tiny_llama(seed=3, layers=1)
     config = get_recipe(recipe)
@@ -123,7 +132,9 @@ def test_v1_refuses_a_zero_point_of_zero():
     assert "l.qzeros" in layer_tensors("l", packed, None, "gptq_v2")
 
 
-@pytest.mark.parametrize("recipe", ["w4a4-smoothquant", "w1-billm", "w1-rtn", "w2-slim-llm", "w4-awq", "w4a4-gptaq", "fp"])
+@pytest.mark.parametrize(
+    "recipe", ["w4a4-smoothquant", "w1-billm", "w1-rtn", "w2-slim-llm", "w4-awq", "w4a4-gptaq", "fp"]
+)
 def test_recipes_without_packed_form_are_refused_by_name(recipe):
     with pytest.raises(ValueError, match=rf"recipe '{recipe}'.*recipes that can be exported: .*w4-gptq"):
         check_exportable(get_recipe(recipe))

@@ -115,7 +115,7 @@ class TinyPanguTokenizer(PreTrainedTokenizer):
 
 # Remote modeling code that does run on CPU: used to exercise the Ascend branch of the
 # loader (checkpoint's own code) with the NPU probe patched to True.
-_CPU_CONFIGURATION = '''from transformers import LlamaConfig
+_CPU_CONFIGURATION = """from transformers import LlamaConfig
 
 
 class PanguEmbeddedConfig(LlamaConfig):
@@ -124,9 +124,9 @@ class PanguEmbeddedConfig(LlamaConfig):
     def __post_init__(self, **kwargs):
         self.attention_bias = bool(kwargs.pop("bias", True))
         super().__post_init__(**kwargs)
-'''
+"""
 
-_CPU_MODELING = '''from transformers import LlamaForCausalLM, LlamaModel
+_CPU_MODELING = """from transformers import LlamaForCausalLM, LlamaModel
 
 from .configuration_openpangu_dense import PanguEmbeddedConfig
 
@@ -137,7 +137,7 @@ class PanguEmbeddedModel(LlamaModel):
 
 class PanguEmbeddedForCausalLM(LlamaForCausalLM):
     config_class = PanguEmbeddedConfig
-'''
+"""
 
 
 def tiny_pangu_config(**overrides) -> dict:
@@ -170,21 +170,23 @@ def pangu_tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (vocab, hidden)
     for layer in range(config["num_hidden_layers"]):
         prefix = f"model.layers.{layer}."
-        shapes.update({
-            prefix + "input_layernorm.weight": (hidden,),
-            prefix + "post_attention_layernorm.weight": (hidden,),
-            prefix + "self_attn.q_proj.weight": (heads * head_dim, hidden),
-            prefix + "self_attn.q_proj.bias": (heads * head_dim,),
-            prefix + "self_attn.k_proj.weight": (kv, hidden),
-            prefix + "self_attn.k_proj.bias": (kv,),
-            prefix + "self_attn.v_proj.weight": (kv, hidden),
-            prefix + "self_attn.v_proj.bias": (kv,),
-            prefix + "self_attn.o_proj.weight": (hidden, heads * head_dim),
-            prefix + "self_attn.o_proj.bias": (hidden,),
-            prefix + "mlp.gate_proj.weight": (inter, hidden),
-            prefix + "mlp.up_proj.weight": (inter, hidden),
-            prefix + "mlp.down_proj.weight": (hidden, inter),
-        })
+        shapes.update(
+            {
+                prefix + "input_layernorm.weight": (hidden,),
+                prefix + "post_attention_layernorm.weight": (hidden,),
+                prefix + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+                prefix + "self_attn.q_proj.bias": (heads * head_dim,),
+                prefix + "self_attn.k_proj.weight": (kv, hidden),
+                prefix + "self_attn.k_proj.bias": (kv,),
+                prefix + "self_attn.v_proj.weight": (kv, hidden),
+                prefix + "self_attn.v_proj.bias": (kv,),
+                prefix + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                prefix + "self_attn.o_proj.bias": (hidden,),
+                prefix + "mlp.gate_proj.weight": (inter, hidden),
+                prefix + "mlp.up_proj.weight": (inter, hidden),
+                prefix + "mlp.down_proj.weight": (hidden, inter),
+            }
+        )
     return shapes
 
 
@@ -230,8 +232,10 @@ def write_weights(directory: Path, state: dict, shards: int = 1, fmt: str = "saf
         weight_map.update(dict.fromkeys(group, filename))
         written.append(directory / filename)
     if shards > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": weight_map}
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": weight_map,
+        }
         (directory / f"{stem}{suffix}.index.json").write_text(json.dumps(index, indent=2))
     return written
 
@@ -248,7 +252,10 @@ def write_remote_tokenizer(directory: Path) -> None:
     tokenizer_config = {
         "tokenizer_class": "TinyPanguTokenizer",
         "auto_map": {"AutoTokenizer": ["tokenization_tiny_pangu.TinyPanguTokenizer", None]},
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
@@ -330,10 +337,18 @@ def write_hf_model(directory: Path, kind: str = "llama", seed: int = 0):
     torch.manual_seed(seed)
     special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **special,
-        ))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=100,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                **special,
+            )
+        )
     elif kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64, **special))
     else:
@@ -345,7 +360,14 @@ def write_hf_model(directory: Path, kind: str = "llama", seed: int = 0):
 
 
 __all__ = [
-    "TINY_PANGU_CONFIG", "VOCAB", "pangu_tensor_shapes", "random_state_dict", "tiny_pangu_config",
-    "write_fast_tokenizer", "write_hf_model", "write_pangu_checkpoint", "write_remote_tokenizer",
+    "TINY_PANGU_CONFIG",
+    "VOCAB",
+    "pangu_tensor_shapes",
+    "random_state_dict",
+    "tiny_pangu_config",
+    "write_fast_tokenizer",
+    "write_hf_model",
+    "write_pangu_checkpoint",
+    "write_remote_tokenizer",
     "write_weights",
 ]

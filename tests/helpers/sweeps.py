@@ -15,8 +15,13 @@ LIMIT = 60
 
 def toy_spec(recipes=("w8-rtn",), tasks=TOY_TASKS, limit=LIMIT, **extra) -> dict:
     """A one-model toy spec on CPU."""
-    return {"models": [{"path": "toy", "device": "cpu"}], "recipes": list(recipes), "tasks": list(tasks),
-            "limit": limit, **extra}
+    return {
+        "models": [{"path": "toy", "device": "cpu"}],
+        "recipes": list(recipes),
+        "tasks": list(tasks),
+        "limit": limit,
+        **extra,
+    }
 
 
 def run_toy_sweep(out, recipes=("w8-rtn",), tasks=TOY_TASKS, limit=LIMIT, **options):

@@ -80,10 +80,13 @@ def test_export_size_on_disk_is_stored_bytes(tmp_path):
     assert fields["stored_bytes"] < fields["fp_bytes"]
 
 
-@pytest.mark.parametrize("recipe, bits_per_weight", [
-    ("w8-bnb", lambda in_features: 8 + 32 / in_features),
-    ("w4-bnb-nf4", lambda in_features: 4 + 32 / 64),
-])
+@pytest.mark.parametrize(
+    "recipe, bits_per_weight",
+    [
+        ("w8-bnb", lambda in_features: 8 + 32 / in_features),
+        ("w4-bnb-nf4", lambda in_features: 4 + 32 / 64),
+    ],
+)
 def test_bnb_theory_and_bytes_in_memory(recipe, bits_per_weight):
     bnb = pytest.importorskip("bitsandbytes")
     model = tiny_llama(seed=0, layers=1)
@@ -103,7 +106,9 @@ def test_bnb_theory_and_bytes_in_memory(recipe, bits_per_weight):
     for name, (o, i) in shapes.items():
         module = model.get_submodule(name)
         assert isinstance(module, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))
-        stored += o * i * (1 if recipe == "w8-bnb" else 0.5) + (o * 4 if recipe == "w8-bnb" else (o * i / 64) * 4 + 16 * 4)
+        stored += o * i * (1 if recipe == "w8-bnb" else 0.5) + (
+            o * 4 if recipe == "w8-bnb" else (o * i / 64) * 4 + 16 * 4
+        )
     stored += (fp_count - linear_weights) * 4
     assert fields["stored_bytes"] == pytest.approx(stored)
     assert fields["stored_bytes_kind"] == "bitsandbytes_in_memory"

@@ -30,7 +30,11 @@ def test_speed_record_is_consistent():
         rates = record[f"{phase}_tokens_per_s_all"]
         assert len(rates) == 3 and all(r > 0 for r in rates)
         assert record[f"{phase}_tokens_per_s"] == statistics.median(rates)
-        assert record[f"{phase}_tokens_per_s_min"] <= record[f"{phase}_tokens_per_s"] <= record[f"{phase}_tokens_per_s_max"]
+        assert (
+            record[f"{phase}_tokens_per_s_min"]
+            <= record[f"{phase}_tokens_per_s"]
+            <= record[f"{phase}_tokens_per_s_max"]
+        )
         spread = (max(rates) - min(rates)) / statistics.median(rates)
         assert record[f"{phase}_relative_spread"] == pytest.approx(spread)
     assert record["device"] == "cpu" and record["threads"] == torch.get_num_threads()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_llama import outlier_llama
 from transformers import LlamaForCausalLM
 
 import quantsweep
@@ -10,7 +11,6 @@ from quantsweep.methods.mappings import fold_scales, mappings_for
 from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeError
 from quantsweep.snapshot import WeightSnapshot
-from tiny_llama import outlier_llama
 
 CONFIG = AWQConfig(name="test-awq", method="awq", bits=3, group_size=32)
 
@@ -78,11 +78,15 @@ def test_folding_searched_scales_is_exact(kv_heads):
     v_weight, v_bias = v_proj.weight.detach().clone(), v_proj.bias.detach().clone()
     for layer in mappings_for(model, "awq"):
         for pair in layer:
-            result = search_scales(outlier_inputs(64, pair.targets[0].in_features), [t.weight.data for t in pair.targets],
-                                   CONFIG, reduce=lambda v, p=pair: v.reshape(-1, p.repeat, p.head_dim).mean(1).reshape(-1)
-                                   if p.repeat > 1 else v,
-                                   expand=lambda v, p=pair: v.reshape(-1, p.head_dim).repeat_interleave(p.repeat, 0).reshape(-1)
-                                   if p.repeat > 1 else v)
+            result = search_scales(
+                outlier_inputs(64, pair.targets[0].in_features),
+                [t.weight.data for t in pair.targets],
+                CONFIG,
+                reduce=lambda v, p=pair: v.reshape(-1, p.repeat, p.head_dim).mean(1).reshape(-1) if p.repeat > 1 else v,
+                expand=lambda v, p=pair: (
+                    v.reshape(-1, p.head_dim).repeat_interleave(p.repeat, 0).reshape(-1) if p.repeat > 1 else v
+                ),
+            )
             fold_scales(pair, result.scales)
     with torch.no_grad():
         torch.testing.assert_close(model(tokens).logits, reference, rtol=1e-4, atol=1e-4)
@@ -121,7 +125,9 @@ def test_bad_input():
     with pytest.raises(RecipeError, match=r"awq supports bits \[2, 3, 4, 5, 6, 7, 8\]"):
         AWQConfig(name="bad", method="awq", bits=1)
     with pytest.raises(ValueError, match="group_size 96 does not divide"):
-        quantsweep.quantize(model, AWQConfig(name="g", method="awq", group_size=96), calibration=torch.zeros(1, 4, dtype=torch.long))
+        quantsweep.quantize(
+            model, AWQConfig(name="g", method="awq", group_size=96), calibration=torch.zeros(1, 4, dtype=torch.long)
+        )
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, before)
 
 
@@ -142,8 +148,10 @@ def test_openpangu_checkpoint_folds_exactly_and_quantizes(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(tokens).logits, reference, rtol=1e-4, atol=1e-4)
     errors = {}
-    for config in (AWQConfig(name="awq-g32", method="awq", group_size=32, n_grid=10),
-                   quantsweep.get_recipe("w8a8-smoothquant")):
+    for config in (
+        AWQConfig(name="awq-g32", method="awq", group_size=32, n_grid=10),
+        quantsweep.get_recipe("w8a8-smoothquant"),
+    ):
         snapshot.restore(model)
         quantsweep.quantize(model, config, calibration=torch.randint(0, 64, (4, 32)))
         with torch.no_grad():

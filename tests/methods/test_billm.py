@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import calibration_ids, tiny_llama
 
 import quantsweep
-from quantsweep.methods.billm import BREAK_POINT_FRACTIONS, BiLLMConfig, billm_quantize, residual_binarize, split_binarize
+from quantsweep.methods.billm import (
+    BREAK_POINT_FRACTIONS,
+    BiLLMConfig,
+    billm_quantize,
+    residual_binarize,
+    split_binarize,
+)
 from quantsweep.methods.gptq_math import HessianAccumulator
 from quantsweep.quant import binarize
 from quantsweep.recipes import RecipeError
-from tiny_llama import calibration_ids, tiny_llama
 
 
 def _data(out=24, features=256, tokens=600, seed=0):
@@ -94,5 +100,6 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="needs calibration data"):
         quantsweep.quantize(tiny_llama(), "w1-billm")
     with pytest.raises(ValueError, match="does not divide"):
-        quantsweep.quantize(tiny_llama(), BiLLMConfig(name="x", method="billm", block_size=100),
-                            calibration=calibration_ids(2, 8))
+        quantsweep.quantize(
+            tiny_llama(), BiLLMConfig(name="x", method="billm", block_size=100), calibration=calibration_ids(2, 8)
+        )

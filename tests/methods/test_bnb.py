@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import calibration_ids, tiny_llama
 from torch import nn
 
 import quantsweep
@@ -11,7 +12,6 @@ from quantsweep import device as devices
 from quantsweep.layout import decoder_linears
 from quantsweep.recipes import RecipeError, get_recipe, recipe_from_yaml
 from quantsweep.snapshot import WeightSnapshot
-from tiny_llama import calibration_ids, tiny_llama
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -24,8 +24,9 @@ def _linear(seed=0, in_features=256, out_features=64):
     return linear
 
 
-@pytest.mark.parametrize("recipe, module_type", [("w8-bnb", "Linear8bitLt"), ("w4-bnb-nf4", "Linear4bit"),
-                                                  ("w4-bnb-fp4", "Linear4bit")])
+@pytest.mark.parametrize(
+    "recipe, module_type", [("w8-bnb", "Linear8bitLt"), ("w4-bnb-nf4", "Linear4bit"), ("w4-bnb-fp4", "Linear4bit")]
+)
 def test_decoder_linears_become_bnb_modules_and_restore_undoes_it(recipe, module_type):
     model = tiny_llama(seed=0, layers=2)
     ids = calibration_ids(2, 16)
@@ -120,5 +121,7 @@ def test_unsupported_device_names_device_and_version():
     assert not devices.bitsandbytes_supports("cpu", version="0.47.0", backends=("cpu", "cuda"))
     assert devices.bitsandbytes_supports("cpu", version="0.48.0", backends=("cpu", "cuda"))
     assert devices.bitsandbytes_supports("npu:0", version="0.60.0", backends=("cpu", "npu"))
-    with pytest.raises(devices.DeviceUnavailableError, match=rf"bitsandbytes {bnb.__version__} does not support device 'npu:0'"):
+    with pytest.raises(
+        devices.DeviceUnavailableError, match=rf"bitsandbytes {bnb.__version__} does not support device 'npu:0'"
+    ):
         devices.check_bitsandbytes_device("npu:0")

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from tiny_llama import calibration_ids, layer_inputs, minmax_asym, tiny_llama
 
 import quantsweep
 from quantsweep.methods.activation import activation_bits
@@ -13,7 +14,6 @@ from quantsweep.methods.gptaq import GPTAQConfig
 from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
 from quantsweep.methods.sequential import run_sequential
 from quantsweep.recipes import RecipeError
-from tiny_llama import calibration_ids, minmax_asym, layer_inputs, tiny_llama
 
 
 def _streams(tokens=400, features=32, noise=0.3, seed=0):
@@ -60,8 +60,9 @@ def test_matches_direct_least_squares_reference():
     x_fp, x_q = _streams()
     weight = torch.randn(10, 32, generator=torch.Generator().manual_seed(3))
     acc = _accumulate(x_fp, x_q)
-    ours, _ = gptq_quantize(weight, acc.hessian, bits=3, group_size=8, symmetric=False, act_order=False,
-                            block_size=12, cross=acc.cross)
+    ours, _ = gptq_quantize(
+        weight, acc.hessian, bits=3, group_size=8, symmetric=False, act_order=False, block_size=12, cross=acc.cross
+    )
     ref = reference_gptaq(weight, x_fp, x_q, 3, 8)
     assert torch.isclose(ours, ref, atol=1e-4).float().mean() > 0.98
 
@@ -103,8 +104,9 @@ def test_fp_target_of_later_groups_comes_from_the_unquantized_layer():
             if name != "self_attn.o_proj":
                 linear.weight.data.mul_(0.5)  # stands in for quantizing the q/k/v group first
         o_proj = {"self_attn.o_proj": ctx.linears()["self_attn.o_proj"]}
-        ctx.capture_inputs(o_proj, lambda n, x, x_fp: seen.setdefault(ctx.index, (x, x_fp)),
-                           with_fp=True, fp_layer=fp_layer)
+        ctx.capture_inputs(
+            o_proj, lambda n, x, x_fp: seen.setdefault(ctx.index, (x, x_fp)), with_fp=True, fp_layer=fp_layer
+        )
 
     run_sequential(model, ids, "cpu", quantizer, propagate_fp=True)
     x, x_fp = seen[1]

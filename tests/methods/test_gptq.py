@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from tiny_llama import calibration_ids, minmax_asym, tiny_llama
 
 import quantsweep
 from quantsweep.methods.gptq import GPTQConfig
@@ -13,7 +14,6 @@ from quantsweep.methods.gptq_math import HessianAccumulator, damped_inverse_chol
 from quantsweep.methods.sequential import run_sequential
 from quantsweep.quant import fake_quantize
 from quantsweep.recipes import RecipeError
-from tiny_llama import calibration_ids, minmax_asym, tiny_llama
 
 
 def _round(column, scale, zero, bits):
@@ -61,8 +61,9 @@ def test_matches_plain_obs_reference(act_order):
     weight = torch.randn(12, 64, generator=torch.Generator().manual_seed(1))
     acc = HessianAccumulator(64)
     acc.add(x)
-    ours, info = gptq_quantize(weight, acc.hessian, bits=4, group_size=16, symmetric=False,
-                               act_order=act_order, block_size=24)  # blocks straddle groups on purpose
+    ours, info = gptq_quantize(
+        weight, acc.hessian, bits=4, group_size=16, symmetric=False, act_order=act_order, block_size=24
+    )  # blocks straddle groups on purpose
     order = torch.argsort(torch.diagonal(acc.hessian), descending=True) if act_order else None
     ref = reference_gptq(weight, acc.hessian, 4, 16, order=order)
     same = torch.isclose(ours, ref, atol=1e-4)
@@ -110,8 +111,15 @@ def test_damping_grows_on_singular_hessian(caplog):
     with pytest.raises(torch.linalg.LinAlgError):
         torch.linalg.cholesky(acc.hessian)
     with caplog.at_level(logging.WARNING):
-        quantized, info = gptq_quantize(torch.randn(4, 32), acc.hessian, bits=4, group_size=None,
-                                        symmetric=True, act_order=False, dampening_frac=1e-12)
+        quantized, info = gptq_quantize(
+            torch.randn(4, 32),
+            acc.hessian,
+            bits=4,
+            group_size=None,
+            symmetric=True,
+            act_order=False,
+            dampening_frac=1e-12,
+        )
     assert info["dampening_frac"] > 1e-12
     assert "retrying" in caplog.text
     assert torch.isfinite(quantized).all()
@@ -128,8 +136,9 @@ def test_dead_inputs_are_zeroed():
     x[:, 3] = 0
     acc = HessianAccumulator(16)
     acc.add(x)
-    quantized, info = gptq_quantize(torch.randn(4, 16), acc.hessian, bits=8, group_size=None,
-                                    symmetric=True, act_order=True)
+    quantized, info = gptq_quantize(
+        torch.randn(4, 16), acc.hessian, bits=8, group_size=None, symmetric=True, act_order=True
+    )
     assert info["dead_inputs"] == 1 and torch.all(quantized[:, 3] == 0)
 
 
@@ -156,8 +165,13 @@ def test_quantize_model_end_to_end():
     assert gptq_result.method == "gptq" and len(reports["layers"]) == 2
     assert all(layer["seconds"] > 0 for layer in reports["layers"])
     assert set(reports["layers"][0]["info"]["linears"]) == {
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
     }
 
 
@@ -181,8 +195,9 @@ def test_shared_factorisation_cache_gives_same_result():
     cache: dict = {}
     for seed in (1, 2):  # two Linears reading the same input (like q and k)
         weight = torch.randn(6, 64, generator=torch.Generator().manual_seed(seed))
-        cached, _ = gptq_quantize(weight, acc.hessian, bits=3, group_size=16, symmetric=False,
-                                  act_order=True, cache=cache)
+        cached, _ = gptq_quantize(
+            weight, acc.hessian, bits=3, group_size=16, symmetric=False, act_order=True, cache=cache
+        )
         fresh, _ = gptq_quantize(weight, acc.hessian, bits=3, group_size=16, symmetric=False, act_order=True)
         torch.testing.assert_close(cached, fresh)
     assert "factor" in cache

@@ -15,8 +15,16 @@ from quantsweep.methods.mappings import (
 
 def tiny_llama(kv_heads: int = 2, model_type: str | None = None) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=kv_heads, vocab_size=96, attention_bias=True, max_position_embeddings=64)
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=96,
+        attention_bias=True,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config).eval()
     if model_type is not None:
         model.config.model_type = model_type
@@ -44,7 +52,10 @@ def test_llama_awq_and_smoothquant_pairs():
     v_to_o = awq[0][1]
     assert (v_to_o.repeat, v_to_o.head_dim, v_to_o.channels) == (2, 32, 64)
     smooth = mappings_for(model, "smoothquant")
-    assert [p.source_name for p in smooth[0]] == ["model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm"]
+    assert [p.source_name for p in smooth[0]] == [
+        "model.layers.0.input_layernorm",
+        "model.layers.0.post_attention_layernorm",
+    ]
 
 
 def test_expand_and_reduce_match_reference():
@@ -56,8 +67,12 @@ def test_expand_and_reduce_match_reference():
     torch.testing.assert_close(expand_to_consumer(scales, pair), expected)
     per_query = torch.arange(128, dtype=torch.float32)
     reduced = reduce_to_source(per_query, pair)
-    expected_reduced = torch.cat([(per_query[(2 * k) * 32 : (2 * k + 1) * 32] + per_query[(2 * k + 1) * 32 : (2 * k + 2) * 32]) / 2
-                                  for k in range(2)])
+    expected_reduced = torch.cat(
+        [
+            (per_query[(2 * k) * 32 : (2 * k + 1) * 32] + per_query[(2 * k + 1) * 32 : (2 * k + 2) * 32]) / 2
+            for k in range(2)
+        ]
+    )
     torch.testing.assert_close(reduced, expected_reduced)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import calibration_ids, tiny_llama
 
 import quantsweep
 from quantsweep.layout import decoder_linears
 from quantsweep.recipes import get_method, get_recipe
-from tiny_llama import calibration_ids, tiny_llama
 
 PACKED_METHODS = ("rtn", "gptq", "gptaq", "slim-llm")
 INT_RECIPES = [name for name in quantsweep.list_recipes() if get_recipe(name).method in PACKED_METHODS]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import calibration_ids, layer_inputs, tiny_llama
 
 from quantsweep.methods.sequential import LayerReport, capture_layer_inputs, run_sequential
 from quantsweep.quant import fake_quantize
-from tiny_llama import calibration_ids, layer_inputs, tiny_llama
 
 
 def _recording_quantizer(store, change=None):
@@ -114,7 +114,9 @@ def test_bad_calibration_and_batch_size():
 def test_linear_groups_follow_shared_inputs():
     model = tiny_llama()
     found = []
-    run_sequential(model, calibration_ids(2, 8), "cpu", lambda ctx: found.append([sorted(g) for g in ctx.linear_groups()]))
+    run_sequential(
+        model, calibration_ids(2, 8), "cpu", lambda ctx: found.append([sorted(g) for g in ctx.linear_groups()])
+    )
     assert found[0] == [
         ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
         ["self_attn.o_proj"],

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import calibration_ids, tiny_llama
 
 import quantsweep
 from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
 from quantsweep.methods.slim_llm import SliMLLMConfig, allocate_bits, slim_llm_quantize
 from quantsweep.quant import binarize, fake_quantize
 from quantsweep.recipes import RecipeError
-from tiny_llama import calibration_ids, tiny_llama
 
 
 def _data(out=16, features=512, tokens=800, seed=0):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, features, generator=generator) * torch.linspace(0.2, 3, features)
     # Column groups of very different importance, which is what SliM-LLM exploits.
-    weight = torch.randn(out, features, generator=generator) * torch.rand(features // 32, generator=generator).repeat_interleave(32) * 3
+    weight = (
+        torch.randn(out, features, generator=generator)
+        * torch.rand(features // 32, generator=generator).repeat_interleave(32)
+        * 3
+    )
     acc = HessianAccumulator(features)
     acc.add(x)
     return weight, x, acc.hessian

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_llama import outlier_llama
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 import quantsweep
@@ -11,7 +12,6 @@ from quantsweep.methods.smoothquant import SmoothQuantConfig, smooth_pairs, smoo
 from quantsweep.quant import fake_quantize, fake_quantize_activation
 from quantsweep.recipes import RecipeError
 from quantsweep.snapshot import WeightSnapshot
-from tiny_llama import outlier_llama
 
 
 def tiny_llama(outliers: bool = False) -> LlamaForCausalLM:
@@ -40,8 +40,10 @@ def test_smoothing_alone_leaves_logits_unchanged():
     maxima, handles = {}, []
     for layer in pairs_by_layer:
         for pair in layer:
+
             def hook(module, args, key=pair.source_name):
                 maxima[key] = args[0].reshape(-1, args[0].shape[-1]).abs().amax(0)
+
             handles.append(pair.targets[0].register_forward_pre_hook(hook))
     with torch.no_grad():
         model(tokens)

@@ -12,9 +12,15 @@ def tiny_llama(seed: int = 0, layers: int = 2, hidden: int = 128, intermediate: 
     """A random 2-layer Llama with q/k/v/o biases (like openPangu), fp32, eval mode."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, attention_bias=True, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attention_bias=True,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # random biases: the HF init leaves them at zero
@@ -67,8 +73,16 @@ def outlier_llama(kv_heads: int = 2, outlier_scale: float | None = 20.0) -> Llam
     a few outlier channels (x ``outlier_scale``; None for none), as real LLM activations do.
     Used by the AWQ and SmoothQuant tests, whose point is those outliers."""
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=kv_heads, vocab_size=96, attention_bias=True, max_position_embeddings=64)
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=96,
+        attention_bias=True,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():

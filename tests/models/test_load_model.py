@@ -65,7 +65,9 @@ def test_generic_unexpected_tensor_is_named(tmp_path):
 
 def test_generic_wrong_shape_is_named(tmp_path):
     write_hf_model(tmp_path / "gpt2", kind="gpt2")
-    _rewrite_weights(tmp_path / "gpt2", lambda state: state.update({"transformer.h.0.attn.c_attn.weight": torch.zeros(32, 95)}))
+    _rewrite_weights(
+        tmp_path / "gpt2", lambda state: state.update({"transformer.h.0.attn.c_attn.weight": torch.zeros(32, 95)})
+    )
     with pytest.raises(ModelLoadError, match=r"wrong shape.*transformer\.h\.0\.attn\.c_attn\.weight"):
         quantsweep.load_model(tmp_path / "gpt2", device="cpu")
 
@@ -73,18 +75,29 @@ def test_generic_wrong_shape_is_named(tmp_path):
 def test_non_causal_lm_names_its_architecture(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=64, architectures=["BertForMaskedLM"]).save_pretrained(str(tmp_path / "bert"))
+    BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        architectures=["BertForMaskedLM"],
+    ).save_pretrained(str(tmp_path / "bert"))
     with pytest.raises(ModelLoadError, match=r"BertForMaskedLM \(model_type 'bert'\), not a causal LM"):
         quantsweep.load_model(tmp_path / "bert", device="cpu")
 
 
 def test_unknown_remote_code_model_needs_trust(tmp_path):
     (tmp_path / "custom").mkdir()
-    (tmp_path / "custom" / "config.json").write_text(json.dumps({
-        "model_type": "my_lm", "architectures": ["MyLMForCausalLM"],
-        "auto_map": {"AutoModelForCausalLM": "modeling_my.MyLMForCausalLM"},
-    }))
+    (tmp_path / "custom" / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "my_lm",
+                "architectures": ["MyLMForCausalLM"],
+                "auto_map": {"AutoModelForCausalLM": "modeling_my.MyLMForCausalLM"},
+            }
+        )
+    )
     with pytest.raises(ModelLoadError, match=r"MyLMForCausalLM.*trust_remote_code=True"):
         quantsweep.load_model(tmp_path / "custom", device="cpu")
 

@@ -27,25 +27,48 @@ REAL_7B_CONFIG = {
         "AutoModel": "modeling_openpangu_dense.PanguEmbeddedModel",
         "AutoModelForCausalLM": "modeling_openpangu_dense.PanguEmbeddedForCausalLM",
     },
-    "bias": True, "attention_dropout": 0.0, "bos_token_id": 1, "pad_token_id": 0, "eos_token_id": 45892,
-    "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 12800,
-    "max_position_embeddings": 32768, "model_type": "PanguEmbedded", "num_attention_heads": 32,
-    "num_hidden_layers": 34, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 16000000.0,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.53.2",
-    "use_cache": True, "vocab_size": 153376,
+    "bias": True,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "pad_token_id": 0,
+    "eos_token_id": 45892,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 12800,
+    "max_position_embeddings": 32768,
+    "model_type": "PanguEmbedded",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 34,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 16000000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.53.2",
+    "use_cache": True,
+    "vocab_size": 153376,
 }
 
 
 def reference_model(config: dict, state: dict) -> LlamaForCausalLM:
     """The same weights loaded by hand into a Llama with q/k/v/o biases (the test's reference)."""
-    reference = LlamaForCausalLM(LlamaConfig(
-        vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
-        intermediate_size=config["intermediate_size"], num_hidden_layers=config["num_hidden_layers"],
-        num_attention_heads=config["num_attention_heads"], num_key_value_heads=config["num_key_value_heads"],
-        rms_norm_eps=config["rms_norm_eps"], max_position_embeddings=config["max_position_embeddings"],
-        rope_parameters={"rope_type": "default", "rope_theta": config["rope_theta"]},
-        tie_word_embeddings=config["tie_word_embeddings"], attention_bias=True, mlp_bias=False,
-    ))
+    reference = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            num_hidden_layers=config["num_hidden_layers"],
+            num_attention_heads=config["num_attention_heads"],
+            num_key_value_heads=config["num_key_value_heads"],
+            rms_norm_eps=config["rms_norm_eps"],
+            max_position_embeddings=config["max_position_embeddings"],
+            rope_parameters={"rope_type": "default", "rope_theta": config["rope_theta"]},
+            tie_word_embeddings=config["tie_word_embeddings"],
+            attention_bias=True,
+            mlp_bias=False,
+        )
+    )
     reference.load_state_dict(state, strict=not config["tie_word_embeddings"])
     return reference.eval()
 
@@ -68,9 +91,21 @@ def test_is_openpangu_config():
 
 def test_real_7b_config_maps_every_field():
     config = openpangu.llama_config_from_pangu(REAL_7B_CONFIG)
-    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "vocab_size",
-                  "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "hidden_act"):
+    for field in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "max_position_embeddings",
+        "vocab_size",
+        "tie_word_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "hidden_act",
+    ):
         assert getattr(config, field) == REAL_7B_CONFIG[field], field
     assert config.rope_parameters["rope_theta"] == 16000000.0
     assert config.attention_bias is True and config.mlp_bias is False
@@ -98,8 +133,9 @@ def test_missing_shape_field_is_an_error():
         openpangu.llama_config_from_pangu(config)
 
 
-@pytest.mark.parametrize(("shards", "fmt"), [(1, "safetensors"), (2, "safetensors"), (3, "safetensors"),
-                                             (1, "bin"), (2, "bin")])
+@pytest.mark.parametrize(
+    ("shards", "fmt"), [(1, "safetensors"), (2, "safetensors"), (3, "safetensors"), (1, "bin"), (2, "bin")]
+)
 def test_logits_equal_reference_llama(tmp_path, input_ids, shards, fmt):
     config, state = write_pangu_checkpoint(tmp_path / "pangu", shards=shards, fmt=fmt)
     model, tokenizer = quantsweep.load_model(tmp_path / "pangu", device="cpu", trust_remote_code=True)
@@ -153,7 +189,9 @@ def test_wrong_shape_is_named(tmp_path):
     state = random_state_dict(pangu_tensor_shapes(tiny_pangu_config()))
     state["model.layers.0.self_attn.v_proj.weight"] = torch.zeros(48, 64)
     write_pangu_checkpoint(tmp_path / "pangu", state=state)
-    with pytest.raises(ModelLoadError, match=r"wrong shape.*v_proj\.weight \(checkpoint \[48, 64\], model \[32, 64\]\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"wrong shape.*v_proj\.weight \(checkpoint \[48, 64\], model \[32, 64\]\)"
+    ):
         quantsweep.load_model(tmp_path / "pangu", device="cpu", trust_remote_code=True)
 
 

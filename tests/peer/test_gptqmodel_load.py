@@ -39,8 +39,14 @@ def test_gptqmodel_logits_match_fake_quant(tmp_path, recipe, checkpoint_format):
     model, tokenizer = quantsweep.load_model("toy", device="cpu")
     calibration = load_calibration("toy", tokenizer, n_samples=32, seq_len=64)
     result = quantsweep.apply_recipe(model, recipe, calibration=calibration)
-    out = export_gptq(model, result, tmp_path / recipe, config=get_recipe(recipe), tokenizer=tokenizer,
-                      checkpoint_format=checkpoint_format)
+    out = export_gptq(
+        model,
+        result,
+        tmp_path / recipe,
+        config=get_recipe(recipe),
+        tokenizer=tokenizer,
+        checkpoint_format=checkpoint_format,
+    )
     loaded = GPTQModel.load(str(out), device="cpu", dtype=torch.float16, backend=BACKEND.TORCH)
     q_proj = loaded.model.model.layers[0].self_attn.q_proj
     assert hasattr(q_proj, "qweight") and not isinstance(q_proj, torch.nn.Linear)  # a real packed kernel module
@@ -51,6 +57,8 @@ def test_gptqmodel_logits_match_fake_quant(tmp_path, recipe, checkpoint_format):
     error = float((theirs - ours).abs().max())
     scale = float(ours.abs().max())
     agreement = float((theirs.argmax(-1) == ours.argmax(-1)).float().mean())
-    logging.getLogger(__name__).info("%s: max |dlogit| %.4f of %.2f, top-1 agreement %.3f", recipe, error, scale, agreement)
+    logging.getLogger(__name__).info(
+        "%s: max |dlogit| %.4f of %.2f, top-1 agreement %.3f", recipe, error, scale, agreement
+    )
     assert error <= RELATIVE_TOLERANCE * scale, (error, scale)
     assert agreement >= TOP1_AGREEMENT

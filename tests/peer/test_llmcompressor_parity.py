@@ -39,13 +39,16 @@ def results():
     return benchmark.compare(benchmark.Setup())
 
 
-@pytest.mark.parametrize("label", [
-    "gptq w4 g128 asym act-order",
-    "awq w4 g128 (ours: paper + clip)",
-    "awq w4 g128 (ours: duo, no clip)",
-    "smoothquant w8a8",
-    "smoothquant w4a4",
-])
+@pytest.mark.parametrize(
+    "label",
+    [
+        "gptq w4 g128 asym act-order",
+        "awq w4 g128 (ours: paper + clip)",
+        "awq w4 g128 (ours: duo, no clip)",
+        "smoothquant w8a8",
+        "smoothquant w4a4",
+    ],
+)
 def test_error_within_tolerance_of_llmcompressor(results, label):
     row = results["rows"][label]
     ours, peer = row["ours"], row["peer"]

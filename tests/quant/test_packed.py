@@ -25,7 +25,9 @@ def test_rtn_pack_dequantizes_to_fake_quant_exactly(bits, symmetric, group_size)
     weight = torch.randn(6, 64, generator=torch.Generator().manual_seed(bits))
     packed = rtn_pack(weight, bits, group_size, symmetric)
     assert torch.equal(packed.dequantize(), fake_quantize(weight, bits, group_size, symmetric))
-    assert torch.equal(reference_dequantize(packed.codes, packed.scales, packed.zeros, packed.g_idx), packed.dequantize())
+    assert torch.equal(
+        reference_dequantize(packed.codes, packed.scales, packed.zeros, packed.g_idx), packed.dequantize()
+    )
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
     assert int(packed.codes.min()) >= low and int(packed.codes.max()) <= high
     assert packed.codes.dtype == torch.int16 and packed.g_idx.dtype == torch.int32

@@ -18,18 +18,18 @@ def reference_fake_quantize(weight, bits, group_size, symmetric):
     size = cols if group_size is None else group_size
     for r in range(rows):
         for g in range(0, cols, size):
-            block = weight[r, g:g + size].double()
+            block = weight[r, g : g + size].double()
             if symmetric:
                 qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
                 scale = fp16(max(block.abs().max().item() / qmax, 1e-12))
                 q = torch.clamp(torch.round(block / scale), qmin, qmax)
-                out[r, g:g + size] = (q * scale).to(weight.dtype)
+                out[r, g : g + size] = (q * scale).to(weight.dtype)
             else:
                 lo, hi = min(block.min().item(), 0.0), max(block.max().item(), 0.0)
-                scale = fp16(max((hi - lo) / (2 ** bits - 1), 1e-12))
+                scale = fp16(max((hi - lo) / (2**bits - 1), 1e-12))
                 zero = round(-lo / scale)
-                q = torch.clamp(torch.round(block / scale) + zero, 0, 2 ** bits - 1)
-                out[r, g:g + size] = ((q - zero) * scale).to(weight.dtype)
+                q = torch.clamp(torch.round(block / scale) + zero, 0, 2**bits - 1)
+                out[r, g : g + size] = ((q - zero) * scale).to(weight.dtype)
     return out
 
 
@@ -50,7 +50,7 @@ def test_levels_per_group_within_budget(bits):
     quantized = fake_quantize(weight, bits, 64, symmetric=False)
     for row in quantized:
         for group in row.split(64):
-            assert group.unique().numel() <= 2 ** bits
+            assert group.unique().numel() <= 2**bits
 
 
 def test_error_shrinks_as_bits_grow():
@@ -90,7 +90,9 @@ def test_binary_snr_floor():
 
 
 def test_group_size_must_divide_and_error_names_layer():
-    with pytest.raises(ValueError, match=r"group_size 100 does not divide in_features 256 of layer 'model.layers.0.mlp.up_proj'"):
+    with pytest.raises(
+        ValueError, match=r"group_size 100 does not divide in_features 256 of layer 'model.layers.0.mlp.up_proj'"
+    ):
         fake_quantize(torch.randn(4, 256), 4, 100, layer_name="model.layers.0.mlp.up_proj")
     assert check_group_size(256, None) == 256
 

@@ -11,6 +11,9 @@ def toy_sweep(tmp_path_factory):
     from quantsweep.sweep.runner import RunSpec, run
 
     out = tmp_path_factory.mktemp("toy-sweep")
-    run(RunSpec(model="toy", recipes=["w8-rtn", "w1-rtn"], tasks=["toy_mc4", "toy_ppl"], limit=60, device="cpu",
-                out_dir=out))
+    run(
+        RunSpec(
+            model="toy", recipes=["w8-rtn", "w1-rtn"], tasks=["toy_mc4", "toy_ppl"], limit=60, device="cpu", out_dir=out
+        )
+    )
     return out

@@ -22,9 +22,11 @@ def test_load_records_says_what_is_missing_and_where_it_looked(tmp_path):
 
 
 def test_frame_has_every_optional_column_and_numbers_as_floats(tmp_path):
-    rows = [record("fp", "t", "baseline", 0.9, method="none", dtype="bfloat16"),
-            record("w4", "t", "lossless", "inf", group_size=None, kernel="fake-quant"),
-            {**record("w4", "t", "lossless", 0.8), "primary": False, "metric": "acc_norm"}]
+    rows = [
+        record("fp", "t", "baseline", 0.9, method="none", dtype="bfloat16"),
+        record("w4", "t", "lossless", "inf", group_size=None, kernel="fake-quant"),
+        {**record("w4", "t", "lossless", 0.8), "primary": False, "metric": "acc_norm"},
+    ]
     frame = records_frame(load_records(write_records(tmp_path, rows)))
     assert list(frame.columns[:4]) == ["model", "model_fingerprint", "recipe", "method"]
     assert frame["value"].tolist()[:2] == [0.9, math.inf]  # "inf" as the store writes it

@@ -9,24 +9,47 @@ from helpers.report_records import record, write_records
 
 import quantsweep
 from quantsweep.cli import main
-from quantsweep.report.html import build_report, cost_table, family_summary, write_report
 from quantsweep.report.frames import records_frame
+from quantsweep.report.html import build_report, cost_table, family_summary, write_report
 
 EXTERNAL = re.compile(r"(?:https?|ftp|wss?)://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|<script|<link", re.IGNORECASE)
 
 
 def _grid():
-    return [record("fp", "mc", "baseline", 0.9, method="none", family="reasoning"),
-            record("fp", "ppl", "baseline", 12.0, method="none", family="language", metric="word_perplexity"),
-            record("w8-rtn", "mc", "lossless", 0.9, bits=8, family="reasoning"),
-            record("w8-rtn", "ppl", "lossless", 12.1, bits=8, family="language", metric="word_perplexity"),
-            record("w2-rtn", "mc", "collapsed", 0.26, bits=2, family="reasoning", retained=0.02),
-            record("w2-rtn", "ppl", "non-finite", None, bits=2, family="language", metric="word_perplexity",
-                   nonfinite_samples=7, diagnosis={"first_module": "model.layers.3.mlp.down_proj", "layer": 3}),
-            record("w4-gptq", "mc", "inconclusive", 0.88, method="gptq", family="reasoning", documents_needed=2400,
-                   reason="the drop is between 0% and 3%; about 2,400 documents would decide"),
-            {**record("w4-gptq", "ppl", "error", None, method="gptq", family="language"),
-             "error": "RuntimeError: out of memory", "primary": None, "metric": None}]
+    return [
+        record("fp", "mc", "baseline", 0.9, method="none", family="reasoning"),
+        record("fp", "ppl", "baseline", 12.0, method="none", family="language", metric="word_perplexity"),
+        record("w8-rtn", "mc", "lossless", 0.9, bits=8, family="reasoning"),
+        record("w8-rtn", "ppl", "lossless", 12.1, bits=8, family="language", metric="word_perplexity"),
+        record("w2-rtn", "mc", "collapsed", 0.26, bits=2, family="reasoning", retained=0.02),
+        record(
+            "w2-rtn",
+            "ppl",
+            "non-finite",
+            None,
+            bits=2,
+            family="language",
+            metric="word_perplexity",
+            nonfinite_samples=7,
+            diagnosis={"first_module": "model.layers.3.mlp.down_proj", "layer": 3},
+        ),
+        record(
+            "w4-gptq",
+            "mc",
+            "inconclusive",
+            0.88,
+            method="gptq",
+            family="reasoning",
+            documents_needed=2400,
+            reason="the drop is between 0% and 3%; about 2,400 documents would decide",
+        ),
+        {
+            **record("w4-gptq", "ppl", "error", None, method="gptq", family="language"),
+            "error": "RuntimeError: out of memory",
+            "primary": None,
+            "metric": None,
+        },
+    ]
 
 
 def test_report_holds_every_cell_and_nothing_external(tmp_path):
@@ -62,27 +85,45 @@ def test_csv_and_parquet_hold_the_records(tmp_path):
 
 def test_names_with_html_characters_are_escaped(tmp_path):
     evil = '<img src=x onerror=alert(1)>&"'
-    rows = [record("fp", evil, "baseline", 0.9, method="none"), record(f"w4{evil}", evil, "degraded", 0.5,
-                                                                        reason=f"<b>{evil}</b>")]
+    rows = [
+        record("fp", evil, "baseline", 0.9, method="none"),
+        record(f"w4{evil}", evil, "degraded", 0.5, reason=f"<b>{evil}</b>"),
+    ]
     html, _ = build_report(rows)
     assert "<img src=x" not in html and "<b><img" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;&amp;" in html
 
 
 def test_collapsed_perplexity_is_shown_in_nats_against_its_chance():
-    rows = [record("fp", "ppl", "baseline", 12.0, method="none", metric="word_perplexity"),
-            record("w1", "ppl", "collapsed", 900.0, bits=1, metric="word_perplexity", chance=38.9,
-                   chance_reference="unigram", chance_unigram_nats=3.66, chance_uniform_nats=4.81,
-                   cross_entropy_nats=3.9, reason="retention CI upper 0.02 <= 0.15")]
+    rows = [
+        record("fp", "ppl", "baseline", 12.0, method="none", metric="word_perplexity"),
+        record(
+            "w1",
+            "ppl",
+            "collapsed",
+            900.0,
+            bits=1,
+            metric="word_perplexity",
+            chance=38.9,
+            chance_reference="unigram",
+            chance_unigram_nats=3.66,
+            chance_uniform_nats=4.81,
+            cross_entropy_nats=3.9,
+            reason="retention CI upper 0.02 <= 0.15",
+        ),
+    ]
     html, _ = build_report(rows)
-    panel = html[html.index("Collapsed: score"):html.index('id="flips"')]
+    panel = html[html.index("Collapsed: score") : html.index('id="flips"')]
     assert "cross-entropy (nats/token)" in panel and "<td>3.9</td>" in panel and "<td>3.66</td>" in panel
     assert "unigram" in panel
 
 
 def test_missing_baseline_is_reported_not_a_crash(tmp_path):
-    rows = [record("w4", "mc", "inconclusive", 0.5), record("w4", "other", "inconclusive", 0.5),
-            record("w2", "mc", "degraded", 0.3, bits=2)]
+    rows = [
+        record("w4", "mc", "inconclusive", 0.5),
+        record("w4", "other", "inconclusive", 0.5),
+        record("w2", "mc", "degraded", 0.3, bits=2),
+    ]
     html, _ = build_report(rows)
     assert "No baseline result" in html
     assert "1 cell(s) have no record (marked MISSING): w2 / other" in html
@@ -100,10 +141,28 @@ def test_family_summary_takes_the_worst_verdict_and_the_mean_retention():
 
 
 def test_cost_table_does_not_show_fp_numbers_for_fake_quant():
-    rows = [record("w4", "mc", "lossless", 0.9, kernel="fake-quant", theoretical_bits_per_weight=4.25,
-                   peak_eval_bytes=3 * 2**20),
-            record("w4-bnb", "mc", "lossless", 0.9, kernel="bitsandbytes", theoretical_bits_per_weight=4.5,
-                   peak_eval_bytes=2 * 2**20, peak_eval_memory_kind="cuda-peak", decode_tokens_per_s=123.0)]
+    rows = [
+        record(
+            "w4",
+            "mc",
+            "lossless",
+            0.9,
+            kernel="fake-quant",
+            theoretical_bits_per_weight=4.25,
+            peak_eval_bytes=3 * 2**20,
+        ),
+        record(
+            "w4-bnb",
+            "mc",
+            "lossless",
+            0.9,
+            kernel="bitsandbytes",
+            theoretical_bits_per_weight=4.5,
+            peak_eval_bytes=2 * 2**20,
+            peak_eval_memory_kind="cuda-peak",
+            decode_tokens_per_s=123.0,
+        ),
+    ]
     table = cost_table(records_frame(rows)).set_index("recipe")
     assert table.loc["w4", "measured"] == "memory and speed are the fp model's"
     assert table.loc["w4-bnb", "measured"] == "peak eval 2.0 MiB (cuda-peak); decode 123 tokens/s"

@@ -8,8 +8,9 @@ from quantsweep.sweep.api import run_sweep
 
 def test_cells_carry_cost_fields_and_fake_quant_is_labelled(tmp_path):
     pytest.importorskip("bitsandbytes")
-    result = run_sweep(toy_spec(recipes=["w8-bnb", "w4-rtn"], tasks=["toy_mc4"], limit=30, measure=True), tmp_path,
-                       progress=False)
+    result = run_sweep(
+        toy_spec(recipes=["w8-bnb", "w4-rtn"], tasks=["toy_mc4"], limit=30, measure=True), tmp_path, progress=False
+    )
     rows = {r["recipe"]: r for r in result.records if r["primary"]}
     assert {r: rows[r]["kernel"] for r in rows} == {"fp": "none", "w8-bnb": "bitsandbytes", "w4-rtn": "fake-quant"}
     for row in rows.values():

@@ -19,8 +19,23 @@ from helpers.sweeps import result_values, stored_cells
 
 pytestmark = pytest.mark.slow
 
-COMMAND = ["run", "--model", "toy", "--recipe", "fp", "--recipe", "w8-rtn", "--recipe", "w2-rtn",
-           "--tasks", "toy_mc4,toy_ppl", "--limit", "40", "--device", "cpu"]
+COMMAND = [
+    "run",
+    "--model",
+    "toy",
+    "--recipe",
+    "fp",
+    "--recipe",
+    "w8-rtn",
+    "--recipe",
+    "w2-rtn",
+    "--tasks",
+    "toy_mc4,toy_ppl",
+    "--limit",
+    "40",
+    "--device",
+    "cpu",
+]
 EXPECTED = {(recipe, task) for recipe in ("fp", "w8-rtn", "w2-rtn") for task in ("toy_mc4", "toy_ppl")}
 
 
@@ -32,8 +47,13 @@ def _env(**extra):
 
 
 def _run(out, **env):
-    return subprocess.run([sys.executable, "-m", "quantsweep", *COMMAND, "--out", str(out)], capture_output=True,
-                          text=True, env=_env(**env), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "quantsweep", *COMMAND, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +86,18 @@ def test_killed_while_a_cell_file_is_written(tmp_path, reference, nth_write):
 
 
 def test_killed_between_cells_from_outside(tmp_path, reference):
-    process = subprocess.Popen([sys.executable, "-m", "quantsweep", *COMMAND, "--out", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantsweep", *COMMAND, "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "cells").glob("*.json")) if (tmp_path / "cells").exists() \
-            else time.time() < deadline:
+    while (
+        time.time() < deadline and not list((tmp_path / "cells").glob("*.json"))
+        if (tmp_path / "cells").exists()
+        else time.time() < deadline
+    ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -85,9 +112,16 @@ def test_killed_between_cells_from_outside(tmp_path, reference):
 
 
 def test_two_sweeps_into_one_store_compute_each_cell_once(tmp_path, reference):
-    processes = [subprocess.Popen([sys.executable, "-m", "quantsweep", *COMMAND, "--out", str(tmp_path)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "quantsweep", *COMMAND, "--out", str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
     _check_complete(tmp_path, reference)

@@ -7,11 +7,9 @@ import shutil
 import socket
 
 import pytest
-
 from ray_helpers import TOY_SPEC, cell_files, judged_rows
 
 pytestmark = pytest.mark.slow
-
 
 
 def test_ray_sweep_equals_local_cell_for_cell(ray_cluster, local_reference, tmp_path):
@@ -57,8 +55,14 @@ def test_model_unreadable_on_the_worker_node_is_a_failed_cell(ray_cluster, tmp_p
 
     checkpoint = tmp_path / "llama"
     write_hf_model(checkpoint)
-    spec = load_spec({"models": [{"name": "tiny", "path": str(checkpoint), "device": "cpu"}],
-                      "recipes": ["w8-rtn"], "tasks": ["toy_mc4"], "limit": 10})
+    spec = load_spec(
+        {
+            "models": [{"name": "tiny", "path": str(checkpoint), "device": "cpu"}],
+            "recipes": ["w8-rtn"],
+            "tasks": ["toy_mc4"],
+            "limit": 10,
+        }
+    )
     store = CellStore(tmp_path / "out")
     plan = plan_sweep(spec, store)
     shutil.rmtree(checkpoint)  # gone on "the worker's node" (the same machine here)

@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ray_helpers import TOY_SPEC, cell_files, judged_rows, keys_by_recipe, write_spec
 
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 240.0
-
 
 
 def _wait_for(condition, what: str, timeout_s: float = DEADLINE_S, poll_s: float = 0.02):
@@ -88,12 +86,24 @@ def test_a_killed_driver_resumes_with_every_cell_once(ray_cluster, local_referen
     """Kill -9 a `quantsweep sweep --backend ray` driver once a cell is stored, then rerun it."""
     out = tmp_path / "out"
     spec_path = write_spec(tmp_path)
-    command = [sys.executable, "-m", "quantsweep", "sweep", str(spec_path), "--out", str(out),
-               "--backend", "ray", "--address", ray_cluster]
+    command = [
+        sys.executable,
+        "-m",
+        "quantsweep",
+        "sweep",
+        str(spec_path),
+        "--out",
+        str(out),
+        "--backend",
+        "ray",
+        "--address",
+        ray_cluster,
+    ]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     try:
-        first = _wait_for(lambda: cell_files(out) if (out / "cells").is_dir() else None,
-                          "the first cell of the killed driver's sweep")
+        first = _wait_for(
+            lambda: cell_files(out) if (out / "cells").is_dir() else None, "the first cell of the killed driver's sweep"
+        )
         assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
@@ -125,8 +135,12 @@ def test_a_unit_whose_retries_are_spent_leaves_failed_cells_not_a_hang(ray_clust
     plan = plan_sweep(load_spec(spec), store)
     keys = {(c.recipe.name, c.task): c.key for c in plan.cells}
     outcome = {}
-    driver = threading.Thread(target=lambda: outcome.update(summaries=run_ray(
-        plan, UnitContext.from_plan(plan, store.directory), max_retries=0)), daemon=True)
+    driver = threading.Thread(
+        target=lambda: outcome.update(
+            summaries=run_ray(plan, UnitContext.from_plan(plan, store.directory), max_retries=0)
+        ),
+        daemon=True,
+    )
     driver.start()
     target = keys[("w8-rtn", "toy_mc4")]
     pid = _wait_for(lambda: _claim_pid(store.directory, target), "a worker to claim w8-rtn's cells")

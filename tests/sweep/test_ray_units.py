@@ -17,8 +17,13 @@ from quantsweep.sweep.plan import group_units
 
 def _cells(model: str, recipes: list[str], tasks=("t1", "t2")):
     spec = SimpleNamespace(name=model, device="auto")
-    return [SimpleNamespace(key=f"{model}/{r}/{t}", model=spec, recipe=SimpleNamespace(name=r), task=t,
-                            is_baseline=(r == "fp")) for r in recipes for t in tasks]
+    return [
+        SimpleNamespace(
+            key=f"{model}/{r}/{t}", model=spec, recipe=SimpleNamespace(name=r), task=t, is_baseline=(r == "fp")
+        )
+        for r in recipes
+        for t in tasks
+    ]
 
 
 def _recipes(unit):
@@ -41,7 +46,11 @@ def test_every_models_first_unit_is_submitted_first():
     cells = _cells("a", ["fp", "w8", "w4"]) + _cells("b", ["fp", "w8", "w4"])
     units = group_units(cells, {"a": 2, "b": 2})
     assert [(u.model.name, _recipes(u)) for u in units] == [
-        ("a", ["fp"]), ("b", ["fp"]), ("a", ["w8", "w4"]), ("b", ["w8", "w4"])]
+        ("a", ["fp"]),
+        ("b", ["fp"]),
+        ("a", ["w8", "w4"]),
+        ("b", ["w8", "w4"]),
+    ]
 
 
 def test_slots_share_the_cluster_between_models():
@@ -103,9 +112,24 @@ def test_cli_address_with_no_cluster_exits_2_within_seconds(tmp_path):
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "quantsweep", "sweep", str(write_spec(tmp_path)), "--out",
-                           str(tmp_path / "out"), "--backend", "ray", "--address", f"127.0.0.1:{port}"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantsweep",
+            "sweep",
+            str(write_spec(tmp_path)),
+            "--out",
+            str(tmp_path / "out"),
+            "--backend",
+            "ray",
+            "--address",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"quantsweep: error: no Ray cluster at '127.0.0.1:{port}'" in done.stderr
@@ -125,10 +149,10 @@ def test_a_cell_failed_again_under_force_or_retry_counts_as_stored(tmp_path):
     def context(started_at, force=False, retry_failed=False):
         return SimpleNamespace(started_at=started_at, force=force, retry_failed=retry_failed)
 
-    assert is_stored(store, "k", context(written + 10))                          # kept as a finding
-    assert not is_stored(store, "k", context(written + 10, force=True))          # stored before this --force run
-    assert not is_stored(store, "k", context(written + 10, retry_failed=True))   # stored before this retry
-    assert is_stored(store, "k", context(written - 10, force=True))              # failed again during it
+    assert is_stored(store, "k", context(written + 10))  # kept as a finding
+    assert not is_stored(store, "k", context(written + 10, force=True))  # stored before this --force run
+    assert not is_stored(store, "k", context(written + 10, retry_failed=True))  # stored before this retry
+    assert is_stored(store, "k", context(written - 10, force=True))  # failed again during it
     assert is_stored(store, "k", context(written - 10, retry_failed=True))
     assert not is_stored(store, "absent", context(0.0))
 
@@ -144,11 +168,14 @@ def test_cli_backend_ray_without_ray_exits_2_naming_the_extra(monkeypatch, tmp_p
     assert "quantsweep: error: the Ray backend needs Ray: pip install 'quantsweep[ray]'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("address,current,same", [
-    ("127.0.0.1:6379", "127.0.0.1:6379", True),
-    ("localhost:6379", "127.0.0.1:6379", True),
-    ("10.0.0.2:6379", "10.0.0.1:6379", False),
-    ("127.0.0.1:6380", "127.0.0.1:6379", False),
-])
+@pytest.mark.parametrize(
+    "address,current,same",
+    [
+        ("127.0.0.1:6379", "127.0.0.1:6379", True),
+        ("localhost:6379", "127.0.0.1:6379", True),
+        ("10.0.0.2:6379", "10.0.0.1:6379", False),
+        ("127.0.0.1:6380", "127.0.0.1:6379", False),
+    ],
+)
 def test_same_address(address, current, same):
     assert ray_backend._same_address(address, current) is same

@@ -67,7 +67,8 @@ def test_the_same_command_again_computes_nothing(first_sweep, monkeypatch):
     assert calls == [] and result.computed == []
     assert result.plan.describe() == "4 of 4 cells already done; 0 to run"
     assert {(r["recipe"], r["task"]) for r in result.records} == {
-        (recipe, task) for recipe in ("fp", "w8-rtn") for task in ("toy_mc4", "toy_ppl")}
+        (recipe, task) for recipe in ("fp", "w8-rtn") for task in ("toy_mc4", "toy_ppl")
+    }
 
 
 def test_another_limit_gives_new_keys_and_is_never_mixed_silently(first_sweep):
@@ -183,9 +184,15 @@ def test_many_models_per_spec_each_loaded_once_and_judged_against_its_own_baseli
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(models, "load_model", counting)
-    spec = {"models": [{"name": "toy-fp32", "path": "toy", "device": "cpu", "dtype": "float32"},
-                       {"name": "toy-bf16", "path": "toy", "device": "cpu", "dtype": "bfloat16"}],
-            "recipes": ["w8-rtn", "w4-rtn"], "tasks": ["toy_mc4"], "limit": 30}
+    spec = {
+        "models": [
+            {"name": "toy-fp32", "path": "toy", "device": "cpu", "dtype": "float32"},
+            {"name": "toy-bf16", "path": "toy", "device": "cpu", "dtype": "bfloat16"},
+        ],
+        "recipes": ["w8-rtn", "w4-rtn"],
+        "tasks": ["toy_mc4"],
+        "limit": 30,
+    }
     result = run_sweep(spec, tmp_path, progress=False)
     assert sorted(loads) == [("toy", "bfloat16"), ("toy", "float32")]  # once per model, not per recipe
     primary = {(r["model"], r["recipe"]): r for r in result.records if r["primary"]}
@@ -205,8 +212,13 @@ def test_the_current_spec_decides_the_baseline_and_the_labels(tmp_path):
     from quantsweep.sweep.api import run_sweep
 
     run_toy_sweep(tmp_path, recipes=["w8-rtn"], tasks=["toy_mc4"])
-    spec = {"models": [{"name": "toy-renamed", "path": "toy", "device": "cpu"}], "baseline": "w8-rtn",
-            "recipes": ["w4-rtn", "fp"], "tasks": ["toy_mc4"], "limit": 60}
+    spec = {
+        "models": [{"name": "toy-renamed", "path": "toy", "device": "cpu"}],
+        "baseline": "w8-rtn",
+        "recipes": ["w4-rtn", "fp"],
+        "tasks": ["toy_mc4"],
+        "limit": 60,
+    }
     result = run_sweep(spec, tmp_path, progress=False)
     rows = {r["recipe"]: r for r in result.records if r["primary"]}
     assert rows["w8-rtn"]["verdict"] == "baseline"
@@ -218,11 +230,18 @@ def test_judge_keeps_the_sweeps_own_thresholds(tmp_path):
     import quantsweep
     from quantsweep.sweep.api import run_sweep
 
-    spec = {"models": [{"path": "toy", "device": "cpu"}], "recipes": [], "tasks": ["toy_mc4"], "limit": 30,
-            "verdict": {"accuracy_tolerance": 0.02}}
+    spec = {
+        "models": [{"path": "toy", "device": "cpu"}],
+        "recipes": [],
+        "tasks": ["toy_mc4"],
+        "limit": 30,
+        "verdict": {"accuracy_tolerance": 0.02},
+    }
     run_sweep(spec, tmp_path, progress=False)
     records = quantsweep.judge(tmp_path, alpha=0.01)
-    assert {(r["verdict_config"]["alpha"], r["verdict_config"]["accuracy_tolerance"]) for r in records} == {(0.01, 0.02)}
+    assert {(r["verdict_config"]["alpha"], r["verdict_config"]["accuracy_tolerance"]) for r in records} == {
+        (0.01, 0.02)
+    }
 
 
 def test_two_different_recipes_with_one_name_are_refused(tmp_path):
@@ -237,8 +256,11 @@ def test_relative_paths_are_made_absolute_for_every_worker(tmp_path, monkeypatch
     from quantsweep.sweep.api import run_sweep
 
     monkeypatch.chdir(tmp_path)
-    result = run_sweep({"models": [{"path": "toy", "device": "cpu"}], "recipes": [], "tasks": ["toy_mc4"],
-                        "limit": 20}, "relative-store", progress=False)
+    result = run_sweep(
+        {"models": [{"path": "toy", "device": "cpu"}], "recipes": [], "tasks": ["toy_mc4"], "limit": 20},
+        "relative-store",
+        progress=False,
+    )
     assert result.out == tmp_path / "relative-store" and result.out.is_absolute()
     cell = json.loads(next((tmp_path / "relative-store" / "cells").glob("*.json")).read_text())
     assert cell["status"] == "done"

@@ -40,9 +40,17 @@ def test_wrong_types_and_impossible_numbers_are_refused():
 
 def test_calibration_defaults_belong_to_the_model_not_the_cli():
     assert RunSpec(model="toy", recipes=[], tasks=["t"]).to_sweep_spec().models[0].calibration.to_dict() == {
-        "source": "toy", "samples": 32, "seq_len": 64, "seed": 0}
+        "source": "toy",
+        "samples": 32,
+        "seq_len": 64,
+        "seed": 0,
+    }
     checkpoint = spec_from_dict({"models": [{"path": "/ckpt/model"}], "tasks": ["t"]}).models[0]
-    assert (checkpoint.calibration.source, checkpoint.calibration.samples, checkpoint.calibration.seq_len) == (None, 128, 2048)
+    assert (checkpoint.calibration.source, checkpoint.calibration.samples, checkpoint.calibration.seq_len) == (
+        None,
+        128,
+        2048,
+    )
     assert checkpoint.name == "model"
 
 
@@ -73,7 +81,8 @@ def test_cli_bad_spec_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"quantsweep: error: {spec}: unknown key 'limt' (did you mean 'limit'?); allowed keys: models, tasks, recipes, "
         "baseline, limit, num_fewshot, seed, batch_size, data_dir, include_path, allow_code_execution, verdict, measure, "
-        "max_length"]
+        "max_length"
+    ]
     missing = _cli("sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"))
     assert missing.returncode == 2 and "nope.yaml' does not exist" in missing.stderr
 
@@ -93,6 +102,22 @@ def test_batch_size_0_and_num_fewshot_minus_3_are_refused_before_the_model_loads
 
 def test_a_refused_run_creates_no_folder(tmp_path, capsys):
     out = tmp_path / "never"
-    assert main(["run", "--model", "toy", "--recipe", "w4-gptq", "--tasks", "toy_mc4", "--calib-source",
-                 str(tmp_path / "absent.txt"), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "toy",
+                "--recipe",
+                "w4-gptq",
+                "--tasks",
+                "toy_mc4",
+                "--calib-source",
+                str(tmp_path / "absent.txt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "absent.txt" in capsys.readouterr().err and not out.exists()

@@ -30,7 +30,16 @@ def test_round_trip_of_training_text_and_continuations():
 def test_one_token_per_word_and_space_marked_forms():
     tok = build_tokenizer()
     assert tok.convert_ids_to_tokens(tok.encode("the color of ba ko mi is red .\n")) == [
-        "the", "▁color", "▁of", "▁ba", "▁ko", "▁mi", "▁is", "▁red", "▁.", "\n",
+        "the",
+        "▁color",
+        "▁of",
+        "▁ba",
+        "▁ko",
+        "▁mi",
+        "▁is",
+        "▁red",
+        "▁.",
+        "\n",
     ]
 
 

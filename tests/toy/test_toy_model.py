@@ -20,7 +20,9 @@ def _load():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = toy_model_dir()
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(directory)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
+        directory
+    )
 
 
 def _mc4_accuracy(model, tokenizer) -> float:

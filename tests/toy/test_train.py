@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from quantsweep.toy.train import TrainConfig, batches, learning_rate, main, model_config, train
 from quantsweep.toy.tokenizer import build_tokenizer
+from quantsweep.toy.train import TrainConfig, batches, learning_rate, main, model_config, train
 
 TINY = TrainConfig(steps=4, batch_size=2, seq_len=24, warmup_steps=2, n_entities=20)
 
@@ -31,7 +31,9 @@ def test_short_training_is_bit_for_bit_reproducible(tmp_path):
 
 def test_other_seed_gives_other_weights(tmp_path):
     a = load_file(train(TINY, tmp_path / "a", progress=False) / "model.safetensors")
-    b = load_file(train(TrainConfig(**{**TINY.__dict__, "seed": 1}), tmp_path / "b", progress=False) / "model.safetensors")
+    b = load_file(
+        train(TrainConfig(**{**TINY.__dict__, "seed": 1}), tmp_path / "b", progress=False) / "model.safetensors"
+    )
     assert not torch.equal(a["lm_head.weight"], b["lm_head.weight"])
 
 
