@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import quantsweep  # noqa: E402
 from quantsweep import device as devices  # noqa: E402
-from quantsweep.snapshot import WeightSnapshot  # noqa: E402
+from quantsweep.models.snapshot import WeightSnapshot  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_sequential_memory.json"
 PANGU_CONFIG = Path("/work/shared/reference/openpangu-embedded-7b.config.json")

@@ -20,7 +20,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "quantsweep.models",
+    "load_model": "quantsweep.models.loading",
     "quantize": "quantsweep.recipes",
     "apply_recipe": "quantsweep.recipes",
     "QuantizationResult": "quantsweep.methods.result",
@@ -33,7 +33,7 @@ _EXPORTS = {
     "evaluate": "quantsweep.eval.harness",
     "EvalResult": "quantsweep.eval.harness",
     "resolve_device": "quantsweep.device",
-    "WeightSnapshot": "quantsweep.snapshot",
+    "WeightSnapshot": "quantsweep.models.snapshot",
     "report": "quantsweep.report",  # the subpackage itself: a callable module, quantsweep.report(DIR)
     "sweep": "quantsweep.sweep",  # likewise: quantsweep.sweep(spec, out=...) -> DataFrame
     "load_results": "quantsweep.sweep.api",

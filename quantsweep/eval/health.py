@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from quantsweep.layout import decoder_layer_prefix
+from quantsweep.models.layout import decoder_layer_prefix
 
 DEFAULT_PROBE_TEXT = "The quick brown fox jumps over the lazy dog. " * 4
 

@@ -69,7 +69,7 @@ def export_model(
         PosixPath('out/toy-w4-gptq')
     """
     from quantsweep.calibration import load_calibration
-    from quantsweep.models import load_model
+    from quantsweep.models.loading import load_model
     from quantsweep.recipes import apply_recipe, get_method, get_recipe
 
     config = get_recipe(recipe)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from quantsweep.export.gptq_format import GPTQ_BITS, layer_tensors, quantize_config
-from quantsweep.layout import decoder_linears
+from quantsweep.models.layout import decoder_linears
 
 logger = logging.getLogger(__name__)
 

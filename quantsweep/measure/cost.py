@@ -123,7 +123,7 @@ def cost_fields(model: nn.Module, recipe_config, result, *, export_dir: str | Pa
         >>> fields["theoretical_bits_per_weight"]  # doctest: +SKIP
         32.0
     """
-    from quantsweep.layout import decoder_linears
+    from quantsweep.models.layout import decoder_linears
 
     fp_bits = _fp_bits(model)
     packed = result.packed or {}

@@ -3,7 +3,7 @@
 W8A8 / W4A4 recipes (SmoothQuant, W4A4 GPTAQ) simulate integer activations by
 quantizing each token's input vector to ``bits`` on the fly, with its own scale
 (per-token, dynamic), just before the matrix multiply. The hook is recorded with
-:func:`quantsweep.snapshot.attach_hook`, so :meth:`WeightSnapshot.restore`
+:func:`quantsweep.models.snapshot.attach_hook`, so :meth:`WeightSnapshot.restore`
 removes it together with the quantized weights.
 
 Nothing here clamps or filters Inf/NaN: a non-finite input stays non-finite, so
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from quantsweep.models.snapshot import attach_hook
 from quantsweep.quant import fake_quantize_activation
-from quantsweep.snapshot import attach_hook
 
 ACTIVATION_BITS = (2, 3, 4, 5, 6, 7, 8)
 _MARK = "_quantsweep_act_bits"

@@ -14,7 +14,7 @@ model evaluated holds int8 or packed 4-bit weights and runs bitsandbytes' kernel
 
 Where bitsandbytes runs is decided by :func:`quantsweep.device.check_bitsandbytes_device`
 (CPU since 0.48, CUDA; not Ascend NPU). The swap is undone by
-:meth:`quantsweep.snapshot.WeightSnapshot.restore`.
+:meth:`quantsweep.models.snapshot.WeightSnapshot.restore`.
 
 Example:
     >>> result = quantsweep.apply_recipe(model, "w4-bnb-nf4")  # doctest: +SKIP
@@ -171,8 +171,8 @@ def apply_bnb(model: nn.Module, config: BitsAndBytesConfig, calibration=None) ->
     Example:
         >>> apply_bnb(model, get_recipe("w8-bnb"))  # doctest: +SKIP
     """
-    from quantsweep.layout import decoder_linears
-    from quantsweep.snapshot import swap_module
+    from quantsweep.models.layout import decoder_linears
+    from quantsweep.models.snapshot import swap_module
 
     device = next(model.parameters()).device
     bnb = import_bitsandbytes(device)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quantsweep.layout import decoder_layer_prefix, decoder_layers
+from quantsweep.models.layout import decoder_layer_prefix, decoder_layers
 
 KINDS = ("smoothquant", "awq")
 

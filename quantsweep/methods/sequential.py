@@ -83,7 +83,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantsweep import device as devices
-from quantsweep.layout import decoder_layer_prefix, decoder_layers, linears_in, lm_head
+from quantsweep.models.layout import decoder_layer_prefix, decoder_layers, linears_in, lm_head
 
 logger = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ def capture_layer_inputs(
     the device, and only for this call.
 
     Args:
-        model: a causal LM whose layers :func:`quantsweep.layout.decoder_layers` finds.
+        model: a causal LM whose layers :func:`quantsweep.models.layout.decoder_layers` finds.
         input_ids: LongTensor ``[N, L]``.
         device: compute device.
         batch_size: calibration samples per forward pass.

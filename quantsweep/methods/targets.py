@@ -13,7 +13,7 @@ import logging
 import torch
 from torch import nn
 
-from quantsweep.layout import decoder_linears, input_embeddings, lm_head
+from quantsweep.models.layout import decoder_linears, input_embeddings, lm_head
 from quantsweep.quant import check_group_size
 from quantsweep.quant.packed import rtn_pack
 

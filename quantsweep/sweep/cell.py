@@ -390,8 +390,8 @@ def _claim_cells(state, cells: list[CellPlan]) -> dict[str, Any]:
 def _ensure_model(state: _UnitState) -> None:
     if state.model is not None:
         return
-    from quantsweep.models import load_model
-    from quantsweep.snapshot import WeightSnapshot
+    from quantsweep.models.loading import load_model
+    from quantsweep.models.snapshot import WeightSnapshot
 
     spec = state.unit.model
     state.model, state.tokenizer = load_model(

@@ -85,13 +85,13 @@ def model_fingerprint(name_or_path: str | Path) -> str:
     """A short hash of a checkpoint's config and weight files (``toy`` included).
 
     Raises:
-        quantsweep.models.ModelLoadError: the path is missing or has no config or weights.
+        quantsweep.models.checkpoint.ModelLoadError: the path is missing or has no config or weights.
 
     Example:
         >>> model_fingerprint("toy") == model_fingerprint("toy")
         True
     """
-    from quantsweep.models import find_weight_files, resolve_model_path
+    from quantsweep.models.checkpoint import find_weight_files, resolve_model_path
 
     path = resolve_model_path(name_or_path)
     files = [path / "config.json", *find_weight_files(path)]

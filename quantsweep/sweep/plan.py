@@ -266,7 +266,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
         4
     """
     from quantsweep.calibration import require_calibration_source
-    from quantsweep.models import check_checkpoint
+    from quantsweep.models.loading import check_checkpoint
     from quantsweep.recipes import get_method
 
     tasks = resolve_tasks(spec)
@@ -364,7 +364,7 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
         >>> check_shapes(ModelSpec(path="toy"), resolve_recipes(spec))  # doctest: +SKIP
     """
     from quantsweep.methods.targets import check_group_sizes
-    from quantsweep.models import meta_model
+    from quantsweep.models.loading import meta_model
 
     try:
         structure = meta_model(model.path, model.trust_remote_code)

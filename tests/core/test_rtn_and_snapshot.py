@@ -5,9 +5,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import quantsweep
-from quantsweep.layout import decoder_linears
+from quantsweep.models.layout import decoder_linears
+from quantsweep.models.snapshot import WeightSnapshot, attach_hook
 from quantsweep.recipes import recipe_from_dict
-from quantsweep.snapshot import WeightSnapshot, attach_hook
 
 
 def tiny_llama(intermediate=384):

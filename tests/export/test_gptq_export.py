@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 import quantsweep
 from quantsweep.calibration import load_calibration
 from quantsweep.export import check_exportable, export_gptq
-from quantsweep.layout import decoder_linears
+from quantsweep.models.layout import decoder_linears
 from quantsweep.quant.packed import rtn_pack
 from quantsweep.recipes import get_recipe
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import quantsweep
-from quantsweep.layout import decoder_linears
 from quantsweep.measure.cost import cost_fields
+from quantsweep.models.layout import decoder_linears
 from quantsweep.recipes import get_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))

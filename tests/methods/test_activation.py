@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from quantsweep.methods.activation import activation_bits, attach_activation_quant
-from quantsweep.snapshot import WeightSnapshot
+from quantsweep.models.snapshot import WeightSnapshot
 
 
 def reference_per_token(x: torch.Tensor, bits: int) -> torch.Tensor:

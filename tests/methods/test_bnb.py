@@ -9,9 +9,9 @@ from torch import nn
 
 import quantsweep
 from quantsweep import device as devices
-from quantsweep.layout import decoder_linears
+from quantsweep.models.layout import decoder_linears
+from quantsweep.models.snapshot import WeightSnapshot
 from quantsweep.recipes import RecipeError, get_recipe, recipe_from_yaml
-from quantsweep.snapshot import WeightSnapshot
 
 bnb = pytest.importorskip("bitsandbytes")
 

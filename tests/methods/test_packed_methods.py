@@ -7,7 +7,7 @@ import torch
 from tiny_llama import calibration_ids, tiny_llama
 
 import quantsweep
-from quantsweep.layout import decoder_linears
+from quantsweep.models.layout import decoder_linears
 from quantsweep.recipes import get_method, get_recipe
 
 PACKED_METHODS = ("rtn", "gptq", "gptaq", "slim-llm")

@@ -9,9 +9,9 @@ import quantsweep
 from quantsweep.methods.activation import activation_bits
 from quantsweep.methods.mappings import mappings_for
 from quantsweep.methods.smoothquant import SmoothQuantConfig, smooth_pairs, smoothing_factors
+from quantsweep.models.snapshot import WeightSnapshot
 from quantsweep.quant import fake_quantize, fake_quantize_activation
 from quantsweep.recipes import RecipeError
-from quantsweep.snapshot import WeightSnapshot
 
 
 def tiny_llama(outliers: bool = False) -> LlamaForCausalLM:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import quantsweep
 from quantsweep.device import DeviceUnavailableError, is_torch_npu_importable
-from quantsweep.models import ModelLoadError, check_tensors_match, describe_keys
+from quantsweep.models.checkpoint import ModelLoadError, check_tensors_match, describe_keys
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from helpers.checkpoints import (
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import quantsweep
-import quantsweep.openpangu as openpangu
-from quantsweep.models import ModelLoadError
+import quantsweep.models.openpangu as openpangu
+from quantsweep.models.checkpoint import ModelLoadError
 
 # The published openPangu-Embedded-7B config.json, copied here so the test needs no shared files.
 REAL_7B_CONFIG = {

@@ -173,7 +173,7 @@ def test_force_recomputes_every_cell(tmp_path, monkeypatch):
 
 
 def test_many_models_per_spec_each_loaded_once_and_judged_against_its_own_baseline(tmp_path, monkeypatch):
-    import quantsweep.models as models
+    import quantsweep.models.loading as models
     from quantsweep.sweep.api import run_sweep
 
     loads = []

@@ -88,12 +88,12 @@ def test_cli_bad_spec_is_one_line_and_exit_2(tmp_path):
 
 
 def test_batch_size_0_and_num_fewshot_minus_3_are_refused_before_the_model_loads(monkeypatch, capsys):
-    import quantsweep.models
+    import quantsweep.models.loading
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr(quantsweep.models, "load_model", no_loading)
+    monkeypatch.setattr(quantsweep.models.loading, "load_model", no_loading)
     assert main(["run", "--model", "toy", "--recipe", "w8-rtn", "--tasks", "toy_mc4", "--batch-size", "0"]) == 2
     assert "--batch-size must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["run", "--model", "toy", "--recipe", "w8-rtn", "--tasks", "toy_mc4", "--num-fewshot", "-3"]) == 2

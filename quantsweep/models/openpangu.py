@@ -10,7 +10,7 @@ filled. On an Ascend host, with ``trust_remote_code=True``, the checkpoint's own
 used instead.
 
 Example:
-    >>> from quantsweep.openpangu import llama_config_from_pangu
+    >>> from quantsweep.models.openpangu import llama_config_from_pangu
     >>> config = llama_config_from_pangu({"model_type": "PanguEmbedded", "hidden_size": 64,
     ...     "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
     ...     "num_key_value_heads": 2, "vocab_size": 100, "bias": True})
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from quantsweep.device import is_npu_available
-from quantsweep.models import (
+from quantsweep.models.checkpoint import (
     ModelLoadError,
     check_loading_info,
     check_tensors_match,
