@@ -4,7 +4,7 @@ For each weight shape, both implementations quantize the *same* weight with the
 *same* Hessian (from the same inputs) to 4 bits, asymmetric, group size 128, 1%
 damping, lazy blocks of 128 columns, on the CPU, in this one process:
 
-* ``ours``  : :func:`quantsweep.methods.gptq_math.gptq_quantize`
+* ``ours``  : :func:`quantsweep.methods.engine.obs.gptq_quantize`
 * ``peer``  : ``llmcompressor.modifiers.gptq.gptq_quantize.quantize_weight`` with
   min-max group qparams from ``compressed_tensors`` (its observer's job).
 
@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize  # noqa: E402
+from quantsweep.methods.engine.obs import HessianAccumulator, gptq_quantize  # noqa: E402
 from quantsweep.quant import fake_quantize  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_gptq_vs_peer.json"

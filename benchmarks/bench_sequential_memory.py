@@ -11,7 +11,7 @@ Models:
 
 For every (model, recipe): the model's FP weights are restored, the recipe runs
 through :func:`quantsweep.quantize`, and we record the seconds of each decoder
-layer (from :class:`quantsweep.methods.sequential.LayerReport`), the peak device
+layer (from :class:`quantsweep.methods.engine.sequential.LayerReport`), the peak device
 memory on an accelerator (:func:`quantsweep.device.peak_memory_bytes`; None on
 CPU), and the peak *host* RSS above the level before quantization (sampled from
 ``/proc/self/statm`` every 5 ms by a thread; tracemalloc cannot see torch's

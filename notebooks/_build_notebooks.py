@@ -1,6 +1,8 @@
 """Writes the notebooks in notebooks/ (run from the repository root: python notebooks/_build_notebooks.py)."""
-import nbformat as nbf
 from pathlib import Path
+
+import nbformat as nbf
+
 
 def nb(cells):
     book = nbf.v4.new_notebook()
@@ -20,7 +22,7 @@ quick = nb([
 
 add = nb([
  ("md", "# Add your own quantization method\n\nA method is one function registered with `@register_method` plus a frozen config dataclass; a recipe is a YAML mapping whose keys are exactly that dataclass's fields. Here: a *stochastic-free* 'sign-magnitude' quantizer that keeps only the top-k largest weights per row (a toy pruning method) — one cell of code, no change to quantsweep."),
- ("code", "from dataclasses import dataclass\nimport torch\nimport quantsweep\nfrom quantsweep.recipes import RecipeConfig, register_method, recipe_from_yaml\nfrom quantsweep.methods.targets import weight_targets\n\n@dataclass(frozen=True, kw_only=True)\nclass TopKConfig(RecipeConfig):\n    \"\"\"Keep the `keep` fraction of largest-magnitude weights per row; zero the rest.\"\"\"\n    keep: float = 0.5\n\n@register_method(\"notebook-topk\", config=TopKConfig)\ndef apply_topk(model, config, calibration=None):\n    with torch.no_grad():\n        for name, linear in weight_targets(model, config).items():\n            w = linear.weight\n            k = max(1, int(w.shape[1] * config.keep))\n            threshold = w.abs().kthvalue(w.shape[1] - k + 1, dim=1, keepdim=True).values\n            w.mul_((w.abs() >= threshold).to(w.dtype))\n    return model"),
+ ("code", "from dataclasses import dataclass\nimport torch\nimport quantsweep\nfrom quantsweep.methods.registry import RecipeConfig, register_method\nfrom quantsweep.recipes import recipe_from_yaml\nfrom quantsweep.methods.targets import weight_targets\n\n@dataclass(frozen=True, kw_only=True)\nclass TopKConfig(RecipeConfig):\n    \"\"\"Keep the `keep` fraction of largest-magnitude weights per row; zero the rest.\"\"\"\n    keep: float = 0.5\n\n@register_method(\"notebook-topk\", config=TopKConfig)\ndef apply_topk(model, config, calibration=None):\n    with torch.no_grad():\n        for name, linear in weight_targets(model, config).items():\n            w = linear.weight\n            k = max(1, int(w.shape[1] * config.keep))\n            threshold = w.abs().kthvalue(w.shape[1] - k + 1, dim=1, keepdim=True).values\n            w.mul_((w.abs() >= threshold).to(w.dtype))\n    return model"),
  ("code", "recipe = recipe_from_yaml(\"\"\"\nname: topk-50\nmethod: notebook-topk\ndescription: keep half of each row's weights\nkeep: 0.5\n\"\"\")\nmodel, tokenizer = quantsweep.load_model(\"toy\", device=\"cpu\")\nquantsweep.quantize(model, recipe)\nzeros = (model.model.layers[0].mlp.up_proj.weight == 0).float().mean().item()\nprint(f\"fraction of zeroed weights: {zeros:.2f}\")\nassert abs(zeros - 0.5) < 0.02"),
  ("code", "try:\n    recipe_from_yaml(\"name: x\\nmethod: notebook-topk\\nkeeep: 0.3\\n\")\nexcept ValueError as error:\n    print(error)  # an unknown key is named, with the allowed keys"),
 ])

@@ -1,7 +1,7 @@
 """Strict mapping -> frozen dataclass: unknown keys are named, with "did you mean".
 
-One mechanism for every file format quantsweep reads by hand (sweep specs today;
-recipes and suites keep their own richer checks). Field types are checked against
+One mechanism for every file format quantsweep reads by hand (sweep specs and recipes;
+suites keep their own richer checks). Field types are checked against
 the dataclass's annotations, so ``limit: "ten"`` fails with the field's name.
 
 Example:
@@ -71,7 +71,38 @@ def _type_name(expected: Any) -> str:
     return text.replace("NoneType", "null").replace("typing.", "")
 
 
-def build(cls, data: Any, where: str, *, convert: Mapping[str, Any] | None = None):
+def check_types(instance: Any, where: str, *, error: type[Exception] = SchemaError) -> None:
+    """Raise ``error`` unless every field of dataclass ``instance`` fits its annotation.
+
+    What :func:`build` checks for a mapping, for a dataclass built directly in Python
+    (a config's ``__post_init__`` calls this).
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Box:
+        ...     size: int = 1
+        >>> check_types(Box(size="big"), "box")
+        Traceback (most recent call last):
+        ...
+        quantsweep._schema.SchemaError: box: 'size' must be int, got 'big'
+    """
+    hints = typing.get_type_hints(type(instance))
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        expected = hints.get(field.name, Any)
+        if not type_matches(value, expected):
+            raise error(f"{where}: {field.name!r} must be {_type_name(expected)}, got {value!r}")
+
+
+def build(
+    cls,
+    data: Any,
+    where: str,
+    *,
+    convert: Mapping[str, Any] | None = None,
+    error: type[Exception] = SchemaError,
+):
     """Build dataclass ``cls`` from mapping ``data``, strictly.
 
     Args:
@@ -80,9 +111,11 @@ def build(cls, data: Any, where: str, *, convert: Mapping[str, Any] | None = Non
         where: where the mapping came from, for messages (``"spec.yaml: models[0]"``).
         convert: field name -> function applied to that field's raw value before the
             type check (for nested dataclasses and lists of them).
+        error: the exception class raised (default :class:`SchemaError`); recipes raise
+            their own ``RecipeError``.
 
     Raises:
-        SchemaError: ``data`` is not a mapping, has an unknown key (named, with
+        SchemaError: (or ``error``) ``data`` is not a mapping, has an unknown key (named, with
             "did you mean" and the allowed keys), lacks a required key, or a value
             has the wrong type.
 
@@ -97,13 +130,11 @@ def build(cls, data: Any, where: str, *, convert: Mapping[str, Any] | None = Non
         quantsweep._schema.SchemaError: box.yaml: unknown key 'sise' (did you mean 'size'?); allowed keys: size
     """
     if not isinstance(data, Mapping):
-        raise SchemaError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
+        raise error(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
     allowed = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in data:
         if key not in allowed:
-            raise SchemaError(
-                f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}"
-            )
+            raise error(f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for field in dataclasses.fields(cls):
@@ -111,16 +142,16 @@ def build(cls, data: Any, where: str, *, convert: Mapping[str, Any] | None = Non
             continue
         if field.name not in data:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise SchemaError(f"{where}: missing required key {field.name!r}")
+                raise error(f"{where}: missing required key {field.name!r}")
             continue
         value = data[field.name]
         if convert and field.name in convert:
             value = convert[field.name](value)
         elif not type_matches(value, hints.get(field.name, Any)):
-            raise SchemaError(f"{where}: {field.name!r} must be {_type_name(hints.get(field.name))}, got {value!r}")
+            raise error(f"{where}: {field.name!r} must be {_type_name(hints.get(field.name))}, got {value!r}")
         values[field.name] = value
     try:
         return cls(**values)
-    except (TypeError, ValueError) as error:
-        message = str(error)
-        raise SchemaError(message if message.startswith(where) else f"{where}: {message}") from None
+    except (TypeError, ValueError) as problem:
+        message = str(problem)
+        raise error(message if message.startswith(where) else f"{where}: {message}") from None

@@ -384,7 +384,8 @@ def _command_judge(args) -> int:
 
 
 def _command_recipes(args) -> int:
-    from quantsweep.recipes import get_method, get_recipe, list_grids, list_recipes
+    from quantsweep.methods.registry import get_method
+    from quantsweep.recipes import get_recipe, list_grids, list_recipes
 
     for name in list_recipes():
         recipe = get_recipe(name)

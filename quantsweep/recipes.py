@@ -1,14 +1,15 @@
-"""Recipes: frozen configs that map one to one onto YAML, a method registry, and ``quantize``.
+"""Recipes: YAML files that map one to one onto method configs, grids of them, and ``quantize``.
 
 A *method* is an algorithm (``rtn``, ``gptq``, ...) registered with
-:func:`register_method` together with its config dataclass. A *recipe* is one
-YAML file in ``recipes/`` whose keys are exactly that dataclass's fields. A *grid*
-is a YAML file with a single ``grid:`` key listing recipe names.
+:func:`quantsweep.methods.registry.register_method` together with its config
+dataclass. A *recipe* is one YAML file in ``recipes/`` whose keys are exactly that
+dataclass's fields, validated by :func:`quantsweep._schema.build`. A *grid* is a YAML
+file with a single ``grid:`` key listing recipe names.
 
 Adding a method takes one new Python file and one YAML file::
 
     from dataclasses import dataclass
-    from quantsweep.recipes import RecipeConfig, register_method
+    from quantsweep.methods.registry import RecipeConfig, register_method
 
     @dataclass(frozen=True, kw_only=True)
     class MyConfig(RecipeConfig):
@@ -29,178 +30,19 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import logging
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from quantsweep._paths import shipped_dir
-from quantsweep._schema import type_matches
+from quantsweep._schema import build, did_you_mean
+from quantsweep.methods.registry import RecipeConfig, RecipeError, get_method, list_methods
 
 logger = logging.getLogger(__name__)
 
 RECIPES_DIR = shipped_dir("recipes")
-
-
-class RecipeError(ValueError):
-    """A recipe name, file or field is wrong; the message says which."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class RecipeConfig:
-    """Fields every recipe has.
-
-    Attributes:
-        name: the recipe's name, e.g. ``w4-rtn``.
-        method: the registered method that applies it, e.g. ``rtn``.
-        description: one line for ``quantsweep recipes``.
-        quantize_embeddings: also quantize the input embedding table (default off).
-        quantize_lm_head: also quantize the output head (default off).
-
-    Example:
-        >>> RecipeConfig(name="fp", method="none").quantize_lm_head
-        False
-    """
-
-    name: str
-    method: str
-    description: str = ""
-    quantize_embeddings: bool = False
-    quantize_lm_head: bool = False
-
-    def __post_init__(self) -> None:
-        _check_field_types(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved config as plain data (what results record).
-
-        Example:
-            >>> RecipeConfig(name="fp", method="none").to_dict()["method"]
-            'none'
-        """
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        """The config as YAML text that :func:`recipe_from_yaml` reads back.
-
-        Example:
-            >>> "name: fp" in RecipeConfig(name="fp", method="none").to_yaml()
-            True
-        """
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def _check_field_types(config: RecipeConfig) -> None:
-    hints = typing.get_type_hints(type(config))
-    for field in fields(config):
-        value = getattr(config, field.name)
-        expected = hints.get(field.name)
-        if expected is None or type_matches(value, expected):
-            continue
-        raise RecipeError(
-            f"recipe {getattr(config, 'name', '?')!r}: field {field.name!r} must be "
-            f"{_type_name(expected)}, got {value!r}"
-        )
-
-
-def _type_name(expected: Any) -> str:
-    return getattr(expected, "__name__", str(expected)).replace("NoneType", "None")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A registered method: its name, config class and apply function."""
-
-    name: str
-    config: type[RecipeConfig]
-    apply: Callable[..., Any]
-    needs_calibration: bool
-
-
-_METHODS: dict[str, MethodSpec] = {}
-_BUILTIN_METHOD_MODULES = (
-    "quantsweep.methods.none",
-    "quantsweep.methods.rtn",
-    "quantsweep.methods.awq",
-    "quantsweep.methods.smoothquant",
-    "quantsweep.methods.gptq",
-    "quantsweep.methods.gptaq",
-    "quantsweep.methods.billm",
-    "quantsweep.methods.slim_llm",
-    "quantsweep.methods.bnb",
-)
-_builtins_loaded = False
-
-
-def register_method(name: str, *, config: type[RecipeConfig], needs_calibration: bool = False):
-    """Decorator that registers ``fn(model, config, calibration=None) -> model`` as a method.
-
-    Raises:
-        ValueError: a method of that name is already registered.
-
-    Example:
-        >>> @register_method("doc-noop", config=RecipeConfig)  # doctest: +SKIP
-        ... def apply_noop(model, config, calibration=None):
-        ...     return model
-    """
-    if not (isinstance(config, type) and issubclass(config, RecipeConfig)):
-        raise TypeError(f"config for method {name!r} must be a RecipeConfig subclass, got {config!r}")
-
-    def decorator(fn):
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].apply.__module__})")
-        _METHODS[name] = MethodSpec(name=name, config=config, apply=fn, needs_calibration=needs_calibration)
-        return fn
-
-    return decorator
-
-
-def _load_builtin_methods() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    import importlib
-
-    for module in _BUILTIN_METHOD_MODULES:
-        importlib.import_module(module)
-
-
-def get_method(name: str) -> MethodSpec:
-    """The registered method called ``name``.
-
-    Example:
-        >>> get_method("rtn").name
-        'rtn'
-    """
-    _load_builtin_methods()
-    if name not in _METHODS:
-        raise RecipeError(
-            f"unknown method {name!r}{_did_you_mean(name, _METHODS)}; registered: {', '.join(sorted(_METHODS))}"
-        )
-    return _METHODS[name]
-
-
-def list_methods() -> list[str]:
-    """Names of all registered methods.
-
-    Example:
-        >>> "rtn" in list_methods()
-        True
-    """
-    _load_builtin_methods()
-    return sorted(_METHODS)
-
-
-def _did_you_mean(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> RecipeConfig:
@@ -215,26 +57,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> RecipeConf
     if "method" not in data:
         raise RecipeError(f"{source}: missing required key 'method' (one of: {', '.join(list_methods())})")
     spec = get_method(str(data["method"]))
-    allowed = [f.name for f in fields(spec.config)]
-    unknown = [key for key in data if key not in allowed]
-    if unknown:
-        raise RecipeError(
-            f"{source}: unknown key {unknown[0]!r}{_did_you_mean(str(unknown[0]), allowed)} for method "
-            f"{spec.name!r}; allowed keys: {', '.join(allowed)}"
-        )
-    missing = [
-        f.name
-        for f in fields(spec.config)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
-    ]
-    if missing:
-        raise RecipeError(f"{source}: missing required key {missing[0]!r}")
-    try:
-        return spec.config(**data)
-    except RecipeError as error:
-        raise RecipeError(f"{source}: {error}") from None
-    except (TypeError, ValueError) as error:
-        raise RecipeError(f"{source}: {error}") from None
+    return build(spec.config, data, source, error=RecipeError)
 
 
 def recipe_from_yaml(text: str, source: str = "<yaml>") -> RecipeConfig:
@@ -298,7 +121,7 @@ def _resolve_file(name_or_path: str) -> Path:
     files = _recipe_files()
     if name_or_path not in files:
         raise RecipeError(
-            f"unknown recipe {name_or_path!r}{_did_you_mean(name_or_path, files)}; "
+            f"unknown recipe {name_or_path!r}{did_you_mean(name_or_path, files)}; "
             f"available: {', '.join(files)} (or pass a path to a .yaml file)"
         )
     return files[name_or_path]

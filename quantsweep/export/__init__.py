@@ -69,8 +69,9 @@ def export_model(
         PosixPath('out/toy-w4-gptq')
     """
     from quantsweep.calibration import load_calibration
+    from quantsweep.methods.registry import get_method
     from quantsweep.models.loading import load_model
-    from quantsweep.recipes import apply_recipe, get_method, get_recipe
+    from quantsweep.recipes import apply_recipe, get_recipe
 
     config = get_recipe(recipe)
     check_exportable(config)

@@ -87,9 +87,10 @@ def measure_recipes(
         ['fp', 'w8-bnb']
     """
     from quantsweep.calibration import load_calibration, require_calibration_source
+    from quantsweep.methods.registry import get_method
     from quantsweep.models.loading import load_model
     from quantsweep.models.snapshot import WeightSnapshot
-    from quantsweep.recipes import apply_recipe, expand_recipes, get_method
+    from quantsweep.recipes import apply_recipe, expand_recipes
     from quantsweep.sweep.spec import calibration_settings
 
     configs = list(expand_recipes(["fp", *recipes]))

@@ -1,1 +1,1 @@
-"""Quantization algorithms, one file each, registered with :func:`quantsweep.recipes.register_method`."""
+"""Quantization algorithms, one file each, registered with :func:`quantsweep.methods.registry.register_method`."""

@@ -32,7 +32,7 @@ Deviations from the paper, stated:
   ``max_search_tokens`` / ``max_clip_tokens`` calibration tokens (memory bound); the mean
   ``|x|`` uses every token.
 * Calibration runs layer by layer on the outputs of the already quantized layers
-  (:mod:`quantsweep.methods.sequential`).
+  (:mod:`quantsweep.methods.engine.sequential`).
 * ``duo_scaling`` (off by default) uses ``s = mean|x|^alpha / mean|w|^(1-alpha)``, the
   variant of later AutoAWQ / llm-compressor releases, not the paper.
 
@@ -50,12 +50,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quantsweep.methods.engine.sequential import compute_device, require_calibration, run_sequential
 from quantsweep.methods.mappings import ResolvedScaling, expand_to_consumer, fold_scales, mappings_for, reduce_to_source
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult, layer_report
-from quantsweep.methods.sequential import compute_device, require_calibration, run_sequential
 from quantsweep.methods.targets import check_group_sizes, quantize_extra_targets
 from quantsweep.quant import fake_quantize
-from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class _InputStats:
 
 
 def quantize_layer_awq(ctx, pairs: list[ResolvedScaling], config: AWQConfig) -> dict:
-    """AWQ on one decoder layer (a :data:`~quantsweep.methods.sequential.LayerQuantizer` body).
+    """AWQ on one decoder layer (a :data:`~quantsweep.methods.engine.sequential.LayerQuantizer` body).
 
     Example:
         >>> run_sequential(model, calib, "cpu", lambda ctx: quantize_layer_awq(ctx, pairs[ctx.index], cfg))  # doctest: +SKIP

@@ -15,7 +15,7 @@ For every block of ``block_size`` (128) input columns of a Linear, BiLLM:
    concentrated part ``|w| <= p`` and a sparse part ``|w| > p``, each binarized
    with its own per-row ``α``: ``±α_c, ±α_s``, 4 values per row;
 4. spreads each column's error over the not-yet-quantized columns as GPTQ does
-   (:func:`quantsweep.methods.gptq_math.obs_sweep`).
+   (:func:`quantsweep.methods.engine.obs.obs_sweep`).
 
 **Distinct values:** within each (output row, block of ``block_size`` columns) the
 weights take at most 8 distinct values: ``{±α1 ± α2}`` on salient columns and
@@ -46,11 +46,11 @@ from dataclasses import dataclass
 
 import torch
 
-from quantsweep.methods.gptq import run_hessian_method
-from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep
+from quantsweep.methods.engine.hessian import run_hessian_method
+from quantsweep.methods.engine.obs import ColumnQuantizer, factorize, obs_sweep
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.targets import quantize_extra_targets
-from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 BILLM_BITS = (1,)
 SALIENT_CANDIDATES = (1, 2, 4, 8, 16, 32)
@@ -223,7 +223,7 @@ def billm_quantize(
 ) -> tuple[torch.Tensor, dict]:
     """BiLLM fake-quantized copy of ``weight [out, in]`` given its Hessian ``[in, in]``.
 
-    ``cache``: shared by Linears with the same input (see :func:`~quantsweep.methods.gptq_math.factorize`).
+    ``cache``: shared by Linears with the same input (see :func:`~quantsweep.methods.engine.obs.factorize`).
 
     Returns:
         ``(binarized weight, info)``; info has ``loss``, ``dampening_frac`` and

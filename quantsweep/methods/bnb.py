@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from quantsweep import device as devices
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult
-from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
 

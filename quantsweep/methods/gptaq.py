@@ -15,7 +15,7 @@ own terms): when column ``q`` is fixed, the remaining columns ``F`` absorb, besi
 GPTQ's rounding term, the residual ``w_q (X_q - X̃_q)``; its least-squares fix is
 ``w_q D[q, F] (H_FF)^-1`` with ``D = 2 ΔX X̃^T / n``. Using the Cholesky factor
 ``U`` of ``H^-1`` all these rows are ``P = triu(D U^T, 1) U``, computed once
-(:func:`quantsweep.methods.gptq_math.asymmetric_correction`) and applied with
+(:func:`quantsweep.methods.engine.obs.asymmetric_correction`) and applied with
 GPTQ's lazy batch updates. ``w_q`` is the *original* weight of column ``q``,
 because earlier corrections were made on the quantized stream already.
 
@@ -43,11 +43,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from quantsweep.methods.gptq import GPTQConfig, run_hessian_method
-from quantsweep.methods.gptq_math import gptq_quantize_packed
+from quantsweep.methods.engine.hessian import run_hessian_method
+from quantsweep.methods.engine.obs import gptq_quantize_packed
+from quantsweep.methods.gptq import GPTQConfig
+from quantsweep.methods.registry import RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.targets import quantize_extra_targets
-from quantsweep.recipes import RecipeError, register_method
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ Each decoder Linear is quantized column by column; the rounding error of a
 column is spread over the columns not yet quantized using the inverse Hessian of
 the layer loss ``||W X - Ŵ X||^2`` (``H = 2 X X^T / n`` from the calibration
 inputs). Layers are processed one at a time by
-:func:`quantsweep.methods.sequential.run_sequential`, each seeing the outputs of
+:func:`quantsweep.methods.engine.hessian.run_hessian_method`, each seeing the outputs of
 the already-quantized layers before it. The math is in
-:mod:`quantsweep.methods.gptq_math`.
+:mod:`quantsweep.methods.engine.obs`.
 
 Options and choices (all as in the paper or the reference code unless stated):
 
@@ -38,22 +38,14 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
-from torch import nn
-
-from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize_packed
+from quantsweep.methods.engine.hessian import run_hessian_method
+from quantsweep.methods.engine.obs import gptq_quantize_packed
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult, layer_report
-from quantsweep.methods.sequential import (
-    LayerContext,
-    compute_device,
-    require_calibration,
-    run_sequential,
-)
-from quantsweep.methods.targets import check_group_sizes, quantize_extra_targets
-from quantsweep.recipes import RecipeConfig, RecipeError, register_method
+from quantsweep.methods.targets import quantize_extra_targets
 
 logger = logging.getLogger(__name__)
 
@@ -101,104 +93,6 @@ class GPTQConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: dampening_frac must be in [0, 1], got {self.dampening_frac}")
         if self.block_size <= 0 or self.calibration_batch_size <= 0:
             raise RecipeError(f"recipe {self.name!r}: block_size and calibration_batch_size must be positive")
-
-
-def hessian_quantizer(
-    config, quantize_linear, *, asymmetric: bool = False, after_group=None, packed: dict | None = None
-):
-    """A :data:`~quantsweep.methods.sequential.LayerQuantizer` for Hessian-based methods.
-
-    The Linears of a decoder layer are grouped by shared input
-    (:meth:`LayerContext.linear_groups`: q/k/v, o, gate/up, down). Each group gets
-    one Hessian accumulator (and, when ``asymmetric``, GPTAQ's cross term) and one
-    factorisation cache, since its Linears see the same inputs. With
-    ``config.true_sequential`` the groups are calibrated one after another, each
-    after the previous ones were quantized; otherwise all from one pass.
-    For each Linear, ``quantize_linear(full_name, weight, accumulator, cache) ->
-    (new_weight, info)`` or ``(new_weight, info, quantized_weight)`` is called; the
-    third item, a :class:`~quantsweep.quant.packed.QuantizedWeight`, goes into
-    ``packed[full_name]`` when ``packed`` is given. ``after_group(ctx, group)``, if given, runs once
-    a group's weights are set (GPTAQ W4A4 attaches activation quantization there).
-
-    Example:
-        >>> layer_fn = hessian_quantizer(config, my_quantize_linear)  # doctest: +SKIP
-    """
-
-    def quantize_layer(ctx: LayerContext) -> dict:
-        groups = ctx.linear_groups()
-        stages = [[group] for group in groups] if getattr(config, "true_sequential", False) else [groups]
-        # The FP target of a later stage must come from the unquantized layer: keep one
-        # FP copy of this layer (one more layer of device memory) while it is quantized.
-        fp_layer = copy.deepcopy(ctx.layer) if asymmetric and len(stages) > 1 else None
-        infos = {}
-        for stage in stages:
-            # One accumulator per group, fed by the group's first Linear.
-            leaders = {next(iter(group)): group for group in stage}
-            accumulators = {
-                name: HessianAccumulator(group[name].in_features, ctx.device, asymmetric=asymmetric)
-                for name, group in leaders.items()
-            }
-            ctx.capture_inputs(
-                {name: group[name] for name, group in leaders.items()},
-                lambda name, x, x_fp: accumulators[name].add(x, x_fp),
-                with_fp=asymmetric,
-                fp_layer=fp_layer,
-            )
-            for leader, group in leaders.items():
-                cache: dict = {}
-                for name, linear in group.items():
-                    new_weight, info, *representation = quantize_linear(
-                        ctx.full_name(name), linear.weight.data, accumulators[leader], cache
-                    )
-                    linear.weight.data.copy_(new_weight)
-                    if packed is not None and representation:
-                        packed[ctx.full_name(name)] = representation[0]
-                    infos[name] = info
-                accumulators[leader] = None  # free the Hessian and its factor before the next group's
-                del cache
-                if after_group is not None:
-                    after_group(ctx, group)
-        del fp_layer
-        return {"linears": infos}
-
-    return quantize_layer
-
-
-def run_hessian_method(
-    model: nn.Module,
-    config,
-    calibration,
-    method: str,
-    quantize_linear,
-    *,
-    asymmetric: bool = False,
-    after_group=None,
-    packed: dict | None = None,
-):
-    """The shared driver of the Hessian-based methods (GPTQ, GPTAQ, BiLLM, SliM-LLM).
-
-    Checks calibration and group sizes before any weight changes, quantizes layer by
-    layer with :func:`hessian_quantizer`, and records the per-layer reports. With
-    ``asymmetric`` the full-precision stream is propagated too (GPTAQ's target).
-    Embedding/head targets are left to the caller (:func:`~quantsweep.methods.targets.quantize_extra_targets`
-    at its bit width). ``packed``, if given, receives each Linear's quantized
-    representation by full module name (see :func:`hessian_quantizer`).
-
-    Example:
-        >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)  # doctest: +SKIP
-    """
-    calibration = require_calibration(calibration, config)
-    check_group_sizes(model, config)
-    reports = run_sequential(
-        model,
-        calibration,
-        compute_device(config.device, model),
-        hessian_quantizer(config, quantize_linear, asymmetric=asymmetric, after_group=after_group, packed=packed),
-        propagate_fp=asymmetric,
-        batch_size=config.calibration_batch_size,
-        desc=f"{method} {config.name}",
-    )
-    return reports
 
 
 @register_method("gptq", config=GPTQConfig, needs_calibration=True)

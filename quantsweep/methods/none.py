@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quantsweep.methods.registry import RecipeConfig, register_method
 from quantsweep.methods.result import QuantizationResult
-from quantsweep.recipes import RecipeConfig, register_method
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,6 @@
 """What a method returns: its report and its quantized representation, never a side channel.
 
-A method registered with :func:`quantsweep.recipes.register_method` quantizes the
+A method registered with :func:`quantsweep.methods.registry.register_method` quantizes the
 model in place and returns a :class:`QuantizationResult`. The runner records the
 report (per-layer seconds and peak memory) with each cell; export and real kernels
 use ``packed``. Returning the model or ``None`` (older user methods) is still
@@ -71,7 +71,7 @@ class QuantizationResult:
 
 
 def layer_report(reports) -> dict[str, Any]:
-    """Plain data from a list of :class:`~quantsweep.methods.sequential.LayerReport`.
+    """Plain data from a list of :class:`~quantsweep.methods.engine.sequential.LayerReport`.
 
     Example:
         >>> layer_report([])["total_seconds"]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult
 from quantsweep.methods.targets import check_group_sizes
 from quantsweep.quant.packed import rtn_pack
-from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ rows, so the layout stays structured) its own bit width from ``{N-1, N, N+1}``:
    block-diagonal estimate of the layer error, ``sum_g tr(ΔW_g H_gg ΔW_g^T)`` with
    ``ΔW_g`` the round-to-nearest error of group ``g`` at its bit width.
 2. **Quantization** with GPTQ's column sweep and error compensation
-   (:func:`quantsweep.methods.gptq_math.obs_sweep`); each group's min-max scale
+   (:func:`quantsweep.methods.engine.obs.obs_sweep`); each group's min-max scale
    is set from the error-updated weights when the sweep reaches it.
 
 Deviations from the paper:
@@ -38,13 +38,13 @@ from dataclasses import dataclass
 
 import torch
 
-from quantsweep.methods.gptq import run_hessian_method
-from quantsweep.methods.gptq_math import ColumnQuantizer, factorize, obs_sweep, quantize_column
+from quantsweep.methods.engine.hessian import run_hessian_method
+from quantsweep.methods.engine.obs import ColumnQuantizer, factorize, obs_sweep, quantize_column
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult, layer_report
 from quantsweep.methods.targets import quantize_extra_targets
 from quantsweep.quant import compute_qparams, quantize_weight
 from quantsweep.quant.packed import QuantizedWeight, pack_dequantized
-from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
 

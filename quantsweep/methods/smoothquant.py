@@ -20,7 +20,7 @@ model computes the same function (a test checks this). Then every decoder Linear
 
 Deviations from the paper, stated:
 
-* Calibration runs layer by layer (:mod:`quantsweep.methods.sequential`): the channel
+* Calibration runs layer by layer (:mod:`quantsweep.methods.engine.sequential`): the channel
   maxima of layer ``i`` are measured on the outputs of the already quantized layers
   ``< i`` (activation quantization included), not on one pass of the FP model. Errors
   of earlier layers are therefore seen, as in GPTQ.
@@ -44,12 +44,12 @@ import torch
 from torch import nn
 
 from quantsweep.methods.activation import ACTIVATION_BITS, attach_activation_quant
+from quantsweep.methods.engine.sequential import compute_device, require_calibration, run_sequential
 from quantsweep.methods.mappings import ResolvedScaling, fold_scales, mappings_for
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult, layer_report
-from quantsweep.methods.sequential import compute_device, require_calibration, run_sequential
 from quantsweep.methods.targets import check_group_sizes, extra_targets
 from quantsweep.quant import fake_quantize
-from quantsweep.recipes import RecipeConfig, RecipeError, register_method
 
 logger = logging.getLogger(__name__)
 

@@ -266,8 +266,8 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
         4
     """
     from quantsweep.calibration import require_calibration_source
+    from quantsweep.methods.registry import get_method
     from quantsweep.models.loading import check_checkpoint
-    from quantsweep.recipes import get_method
 
     tasks = resolve_tasks(spec)
     recipes = resolve_recipes(spec)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantsweep.recipes import RecipeConfig
+from quantsweep.methods.registry import RecipeConfig
 from quantsweep.sweep.spec import (
     BASELINE_RECIPE,
     DEFAULT_BATCH_SIZE,

@@ -183,7 +183,7 @@ class SweepSpec:
     max_length: int | None = None
 
     def __post_init__(self) -> None:
-        from quantsweep.recipes import RecipeConfig
+        from quantsweep.methods.registry import RecipeConfig
 
         if not isinstance(self.baseline, (str, RecipeConfig)) or not self.baseline:
             raise SpecError(f"baseline must be one recipe name or YAML path, got {self.baseline!r}")
@@ -312,7 +312,7 @@ def _string_list(value: Any, where: str) -> tuple:
 
 def _recipe_list(value: Any, where: str) -> tuple:
     """Recipe names, grid names, YAML paths, or (from Python) RecipeConfig objects."""
-    from quantsweep.recipes import RecipeConfig
+    from quantsweep.methods.registry import RecipeConfig
 
     if isinstance(value, (list, tuple)) and any(isinstance(v, RecipeConfig) for v in value):
         bad = [v for v in value if not isinstance(v, (str, RecipeConfig)) or v == ""]

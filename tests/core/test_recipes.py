@@ -6,18 +6,8 @@ import pytest
 import yaml
 
 import quantsweep
-from quantsweep.recipes import (
-    RecipeConfig,
-    RecipeError,
-    expand_recipes,
-    get_method,
-    get_recipe,
-    list_grids,
-    list_recipes,
-    recipe_from_dict,
-    recipe_from_yaml,
-    register_method,
-)
+from quantsweep.methods.registry import RecipeConfig, RecipeError, get_method, register_method
+from quantsweep.recipes import expand_recipes, get_recipe, list_grids, list_recipes, recipe_from_dict, recipe_from_yaml
 
 
 @pytest.mark.parametrize("name", list_recipes())

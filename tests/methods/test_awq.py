@@ -8,9 +8,9 @@ from transformers import LlamaForCausalLM
 import quantsweep
 from quantsweep.methods.awq import AWQConfig, apply_clip, search_clip, search_scales
 from quantsweep.methods.mappings import fold_scales, mappings_for
+from quantsweep.methods.registry import RecipeError
 from quantsweep.models.snapshot import WeightSnapshot
 from quantsweep.quant import fake_quantize
-from quantsweep.recipes import RecipeError
 
 CONFIG = AWQConfig(name="test-awq", method="awq", bits=3, group_size=32)
 

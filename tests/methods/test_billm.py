@@ -14,9 +14,9 @@ from quantsweep.methods.billm import (
     residual_binarize,
     split_binarize,
 )
-from quantsweep.methods.gptq_math import HessianAccumulator
+from quantsweep.methods.engine.obs import HessianAccumulator
+from quantsweep.methods.registry import RecipeError
 from quantsweep.quant import binarize
-from quantsweep.recipes import RecipeError
 
 
 def _data(out=24, features=256, tokens=600, seed=0):

@@ -9,9 +9,10 @@ from torch import nn
 
 import quantsweep
 from quantsweep import device as devices
+from quantsweep.methods.registry import RecipeError
 from quantsweep.models.layout import decoder_linears
 from quantsweep.models.snapshot import WeightSnapshot
-from quantsweep.recipes import RecipeError, get_recipe, recipe_from_yaml
+from quantsweep.recipes import get_recipe, recipe_from_yaml
 
 bnb = pytest.importorskip("bitsandbytes")
 

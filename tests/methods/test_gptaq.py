@@ -10,10 +10,10 @@ from tiny_llama import calibration_ids, layer_inputs, minmax_asym, tiny_llama
 
 import quantsweep
 from quantsweep.methods.activation import activation_bits
+from quantsweep.methods.engine.obs import HessianAccumulator, gptq_quantize
+from quantsweep.methods.engine.sequential import run_sequential
 from quantsweep.methods.gptaq import GPTAQConfig
-from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
-from quantsweep.methods.sequential import run_sequential
-from quantsweep.recipes import RecipeError
+from quantsweep.methods.registry import RecipeError
 
 
 def _streams(tokens=400, features=32, noise=0.3, seed=0):

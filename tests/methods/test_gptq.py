@@ -9,11 +9,11 @@ import torch
 from tiny_llama import calibration_ids, minmax_asym, tiny_llama
 
 import quantsweep
+from quantsweep.methods.engine.obs import HessianAccumulator, damped_inverse_cholesky, gptq_quantize
+from quantsweep.methods.engine.sequential import run_sequential
 from quantsweep.methods.gptq import GPTQConfig
-from quantsweep.methods.gptq_math import HessianAccumulator, damped_inverse_cholesky, gptq_quantize
-from quantsweep.methods.sequential import run_sequential
+from quantsweep.methods.registry import RecipeError
 from quantsweep.quant import fake_quantize
-from quantsweep.recipes import RecipeError
 
 
 def _round(column, scale, zero, bits):

@@ -7,8 +7,9 @@ import torch
 from tiny_llama import calibration_ids, tiny_llama
 
 import quantsweep
+from quantsweep.methods.registry import get_method
 from quantsweep.models.layout import decoder_linears
-from quantsweep.recipes import get_method, get_recipe
+from quantsweep.recipes import get_recipe
 
 PACKED_METHODS = ("rtn", "gptq", "gptaq", "slim-llm")
 INT_RECIPES = [name for name in quantsweep.list_recipes() if get_recipe(name).method in PACKED_METHODS]

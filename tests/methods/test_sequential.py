@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_llama import calibration_ids, layer_inputs, tiny_llama
 
-from quantsweep.methods.sequential import LayerReport, capture_layer_inputs, run_sequential
+from quantsweep.methods.engine.sequential import LayerReport, capture_layer_inputs, run_sequential
 from quantsweep.quant import fake_quantize
 
 
@@ -126,8 +126,8 @@ def test_linear_groups_follow_shared_inputs():
 
 
 def test_require_calibration_says_how_to_supply_it():
-    from quantsweep.methods.sequential import require_calibration
-    from quantsweep.recipes import RecipeConfig
+    from quantsweep.methods.engine.sequential import require_calibration
+    from quantsweep.methods.registry import RecipeConfig
 
     config = RecipeConfig(name="w4-x", method="x")
     with pytest.raises(ValueError, match="needs calibration data.*--calib-source"):

@@ -7,10 +7,10 @@ import torch
 from tiny_llama import calibration_ids, tiny_llama
 
 import quantsweep
-from quantsweep.methods.gptq_math import HessianAccumulator, gptq_quantize
+from quantsweep.methods.engine.obs import HessianAccumulator, gptq_quantize
+from quantsweep.methods.registry import RecipeError
 from quantsweep.methods.slim_llm import SliMLLMConfig, allocate_bits, slim_llm_quantize
 from quantsweep.quant import binarize, fake_quantize
-from quantsweep.recipes import RecipeError
 
 
 def _data(out=16, features=512, tokens=800, seed=0):

@@ -8,10 +8,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 import quantsweep
 from quantsweep.methods.activation import activation_bits
 from quantsweep.methods.mappings import mappings_for
+from quantsweep.methods.registry import RecipeError
 from quantsweep.methods.smoothquant import SmoothQuantConfig, smooth_pairs, smoothing_factors
 from quantsweep.models.snapshot import WeightSnapshot
 from quantsweep.quant import fake_quantize, fake_quantize_activation
-from quantsweep.recipes import RecipeError
 
 
 def tiny_llama(outliers: bool = False) -> LlamaForCausalLM:

@@ -8,7 +8,7 @@ import pytest
 from helpers.sweeps import result_values, run_toy_sweep, stored_cells
 
 import quantsweep.eval.harness as harness
-from quantsweep.recipes import RecipeConfig, register_method
+from quantsweep.methods.registry import RecipeConfig, register_method
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,8 @@ def test_judge_keeps_the_sweeps_own_thresholds(tmp_path):
 
 
 def test_two_different_recipes_with_one_name_are_refused(tmp_path):
-    from quantsweep.recipes import RecipeError, get_recipe
+    from quantsweep.methods.registry import RecipeError
+    from quantsweep.recipes import get_recipe
 
     other = type(get_recipe("w4-rtn"))(**{**get_recipe("w4-rtn").to_dict(), "group_size": 32})
     with pytest.raises(RecipeError, match="two different recipes are named 'w4-rtn'.*group_size"):

@@ -288,11 +288,15 @@ def stack_group_params(groups: list[QuantParams]) -> tuple[torch.Tensor, torch.T
 
 
 @dataclass
-class SweepResult:
-    """Output of :func:`obs_sweep`: the quantized weight and the OBS loss estimate.
+class ColumnPassResult:
+    """Output of one OBS column pass (:func:`obs_sweep`): the quantized weight and its loss estimate.
 
     ``loss`` is ``sum_q ||w_q - q̂_q||^2 / (2 [H^-1]_qq)`` over columns, the
     second-order estimate of the increase in the layer loss.
+
+    Example:
+        >>> ColumnPassResult(weight=torch.zeros(2, 4), loss=0.0).weight.shape
+        torch.Size([2, 4])
     """
 
     weight: torch.Tensor
@@ -306,7 +310,7 @@ def obs_sweep(
     *,
     block_size: int = 128,
     asym_cross: torch.Tensor | None = None,
-) -> SweepResult:
+) -> ColumnPassResult:
     """Quantize ``weight [out, in]`` column by column, spreading each error over later columns.
 
     Args:
@@ -363,7 +367,7 @@ def obs_sweep(
         if asym_cross is not None:
             wt[i2:] += asym_cross[i1:i2, i2:].T @ original[i1:i2]
     quantized = quantized.T.contiguous()
-    return SweepResult(weight=quantized, loss=float(loss))
+    return ColumnPassResult(weight=quantized, loss=float(loss))
 
 
 @dataclass

@@ -1,0 +1,196 @@
+"""The method registry, on the ground floor: recipe configs and the methods that apply them.
+
+A *method* is an algorithm (``rtn``, ``gptq``, ...) registered with
+:func:`register_method` together with its config dataclass, a subclass of
+:class:`RecipeConfig`. Method files import this module and nothing above it;
+:mod:`quantsweep.recipes` (YAML, grids, ``quantize``) sits on top.
+
+The built-in methods are the modules named in :data:`BUILTIN_METHOD_MODULES`. They
+are imported by name, lazily, the first time a method is looked up, so importing
+this module never imports a method.
+
+Adding a method takes one new Python file and one YAML file::
+
+    from dataclasses import dataclass
+    from quantsweep.methods.registry import RecipeConfig, register_method
+
+    @dataclass(frozen=True, kw_only=True)
+    class MyConfig(RecipeConfig):
+        bits: int = 4
+
+    @register_method("my-method", config=MyConfig)
+    def apply_my_method(model, config, calibration=None):
+        ...  # quantize model in place
+        return QuantizationResult(method="my-method")  # or the model, or None
+
+Example:
+    >>> get_method("rtn").config.__name__
+    'RTNConfig'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from quantsweep._schema import check_types, did_you_mean
+
+# The modules that register the built-in methods, imported by name on first lookup.
+BUILTIN_METHOD_MODULES = (
+    "quantsweep.methods.none",
+    "quantsweep.methods.rtn",
+    "quantsweep.methods.awq",
+    "quantsweep.methods.smoothquant",
+    "quantsweep.methods.gptq",
+    "quantsweep.methods.gptaq",
+    "quantsweep.methods.billm",
+    "quantsweep.methods.slim_llm",
+    "quantsweep.methods.bnb",
+)
+
+
+class RecipeError(ValueError):
+    """A recipe name, file or field is wrong; the message says which.
+
+    Example:
+        >>> RecipeConfig(name="x", method="rtn", quantize_lm_head="yes")
+        Traceback (most recent call last):
+        ...
+        quantsweep.methods.registry.RecipeError: recipe 'x': 'quantize_lm_head' must be bool, got 'yes'
+    """
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeConfig:
+    """Fields every recipe has.
+
+    Attributes:
+        name: the recipe's name, e.g. ``w4-rtn``.
+        method: the registered method that applies it, e.g. ``rtn``.
+        description: one line for ``quantsweep recipes``.
+        quantize_embeddings: also quantize the input embedding table (default off).
+        quantize_lm_head: also quantize the output head (default off).
+
+    Example:
+        >>> RecipeConfig(name="fp", method="none").quantize_lm_head
+        False
+    """
+
+    name: str
+    method: str
+    description: str = ""
+    quantize_embeddings: bool = False
+    quantize_lm_head: bool = False
+
+    def __post_init__(self) -> None:
+        check_types(self, f"recipe {getattr(self, 'name', '?')!r}", error=RecipeError)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what results record).
+
+        Example:
+            >>> RecipeConfig(name="fp", method="none").to_dict()["method"]
+            'none'
+        """
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The config as YAML text that :func:`quantsweep.recipes.recipe_from_yaml` reads back.
+
+        Example:
+            >>> "name: fp" in RecipeConfig(name="fp", method="none").to_yaml()
+            True
+        """
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its name, config class and apply function.
+
+    Example:
+        >>> get_method("gptq").needs_calibration
+        True
+    """
+
+    name: str
+    config: type[RecipeConfig]
+    apply: Callable[..., Any]
+    needs_calibration: bool
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_builtins_loaded = False
+
+
+def register_method(name: str, *, config: type[RecipeConfig], needs_calibration: bool = False):
+    """Decorator that registers ``fn(model, config, calibration=None) -> model`` as a method.
+
+    Raises:
+        ValueError: a method of that name is already registered.
+
+    Example:
+        >>> @register_method("doc-noop", config=RecipeConfig)
+        ... def apply_noop(model, config, calibration=None):
+        ...     return model
+        >>> get_method("doc-noop").apply is apply_noop
+        True
+        >>> register_method("doc-noop", config=RecipeConfig)(apply_noop)
+        Traceback (most recent call last):
+        ...
+        ValueError: method 'doc-noop' is already registered (by quantsweep.methods.registry)
+        >>> _ = _METHODS.pop("doc-noop")  # leave the registry as it was
+    """
+    if not (isinstance(config, type) and issubclass(config, RecipeConfig)):
+        raise TypeError(f"config for method {name!r} must be a RecipeConfig subclass, got {config!r}")
+
+    def decorator(fn):
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].apply.__module__})")
+        _METHODS[name] = MethodSpec(name=name, config=config, apply=fn, needs_calibration=needs_calibration)
+        return fn
+
+    return decorator
+
+
+def _load_builtin_methods() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in BUILTIN_METHOD_MODULES:
+        importlib.import_module(module)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method called ``name``.
+
+    Raises:
+        RecipeError: no method of that name, with close matches and the registered names.
+
+    Example:
+        >>> get_method("rtn").name
+        'rtn'
+    """
+    _load_builtin_methods()
+    if name not in _METHODS:
+        raise RecipeError(
+            f"unknown method {name!r}{did_you_mean(name, _METHODS)}; registered: {', '.join(sorted(_METHODS))}"
+        )
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods.
+
+    Example:
+        >>> "rtn" in list_methods()
+        True
+    """
+    _load_builtin_methods()
+    return sorted(_METHODS)
