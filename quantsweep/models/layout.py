@@ -5,8 +5,10 @@ model family. Llama-style models (openPangu-Embedded included) keep their blocks
 at ``model.model.layers``; GPT-2 style ones at ``model.transformer.h``.
 
 Example:
-    >>> from quantsweep.toy import toy_config  # doctest: +SKIP
-    >>> layers = decoder_layers(model)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> model, _ = quantsweep.load_model("toy")
+    >>> len(decoder_layers(model)), decoder_layer_prefix(model)
+    (4, 'model.layers')
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         ValueError: the model's blocks are not at any known path.
 
     Example:
-        >>> decoder_layers(model)[0]  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> type(decoder_layers(model)[0]).__name__
+        'LlamaDecoderLayer'
     """
     for path in _LAYER_PATHS:
         found = _get_path(model, path)
@@ -45,7 +50,9 @@ def decoder_layer_prefix(model: nn.Module) -> str:
     """The dotted module path of the decoder-layer list, e.g. ``model.layers``.
 
     Example:
-        >>> decoder_layer_prefix(model)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> decoder_layer_prefix(model)
         'model.layers'
     """
     layers = decoder_layers(model)
@@ -59,8 +66,10 @@ def linears_in(module: nn.Module) -> dict[str, nn.Linear]:
     """Every ``nn.Linear`` inside ``module``, by its name relative to ``module``.
 
     Example:
-        >>> sorted(linears_in(decoder_layers(model)[0]))  # doctest: +SKIP
-        ['mlp.down_proj', 'mlp.gate_proj', ...]
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> sorted(linears_in(decoder_layers(model)[0]))[:3]
+        ['mlp.down_proj', 'mlp.gate_proj', 'mlp.up_proj']
     """
     return {name: child for name, child in module.named_modules() if isinstance(child, nn.Linear)}
 
@@ -69,8 +78,10 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every Linear of every decoder block, by full dotted name.
 
     Example:
-        >>> next(iter(decoder_linears(model)))  # doctest: +SKIP
-        'model.layers.0.self_attn.q_proj'
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> next(iter(decoder_linears(model))), len(decoder_linears(model))
+        ('model.layers.0.self_attn.q_proj', 28)
     """
     prefix = decoder_layer_prefix(model)
     found = {}
@@ -84,8 +95,10 @@ def lm_head(model: nn.Module) -> nn.Module | None:
     """The output projection, if the model exposes one.
 
     Example:
-        >>> lm_head(model)  # doctest: +SKIP
-        Linear(in_features=128, out_features=..., bias=False)
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> lm_head(model)
+        Linear(in_features=128, out_features=123, bias=False)
     """
     getter = getattr(model, "get_output_embeddings", None)
     return getter() if callable(getter) else None
@@ -95,8 +108,10 @@ def input_embeddings(model: nn.Module) -> nn.Module | None:
     """The token embedding table, if the model exposes one.
 
     Example:
-        >>> input_embeddings(model)  # doctest: +SKIP
-        Embedding(...)
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> input_embeddings(model)
+        Embedding(123, 128, padding_idx=0)
     """
     getter = getattr(model, "get_input_embeddings", None)
     return getter() if callable(getter) else None

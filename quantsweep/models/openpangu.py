@@ -94,10 +94,11 @@ def llama_config_from_pangu(config: dict):
         ModelLoadError: a field the network shape depends on is missing.
 
     Example:
-        >>> import json
-        >>> real = json.load(open("openpangu-embedded-7b.config.json"))  # doctest: +SKIP
-        >>> llama_config_from_pangu(real).num_key_value_heads  # doctest: +SKIP
-        8
+        >>> config = llama_config_from_pangu({"model_type": "PanguEmbedded", "hidden_size": 4096,
+        ...     "intermediate_size": 12800, "num_hidden_layers": 34, "num_attention_heads": 32,
+        ...     "num_key_value_heads": 8, "vocab_size": 153376, "bias": True, "rope_theta": 16000000.0})
+        >>> config.num_key_value_heads, config.attention_bias, config.rope_parameters["rope_theta"]
+        (8, True, 16000000.0)
     """
     from transformers import LlamaConfig
 
@@ -134,7 +135,18 @@ def load_openpangu(path: Path, config: dict, dtype: torch.dtype, trust_remote_co
         ModelLoadError: a tensor is missing, unexpected or mis-shaped.
 
     Example:
-        >>> model = load_openpangu(Path("openpangu-1b"), config, torch.float32, False)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from safetensors.torch import save_file
+        >>> from transformers import LlamaForCausalLM
+        >>> config = {"model_type": "PanguEmbedded", "hidden_size": 64, "intermediate_size": 160,
+        ...     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        ...     "vocab_size": 100, "bias": True, "tie_word_embeddings": False}
+        >>> llama_config = llama_config_from_pangu(config)
+        >>> folder = Path(tempfile.mkdtemp())  # a tiny openPangu-shaped checkpoint
+        >>> save_file(LlamaForCausalLM(llama_config).state_dict(), str(folder / "model.safetensors"))
+        >>> model = load_openpangu(folder, config, torch.float32, trust_remote_code=False)
+        >>> type(model).__name__, model.model.layers[0].self_attn.q_proj.bias is not None
+        ('LlamaForCausalLM', True)
     """
     has_code = "AutoModelForCausalLM" in (config.get("auto_map") or {})
     if trust_remote_code and has_code and is_npu_available():
@@ -176,7 +188,18 @@ def load_as_llama(path: Path, llama_config, dtype: torch.dtype):
         ModelLoadError: naming the missing, unexpected or mis-shaped keys.
 
     Example:
-        >>> model = load_as_llama(Path("ckpt"), llama_config, torch.float32)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from safetensors.torch import save_file
+        >>> from transformers import LlamaForCausalLM
+        >>> config = {"model_type": "PanguEmbedded", "hidden_size": 64, "intermediate_size": 160,
+        ...     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        ...     "vocab_size": 100, "bias": True, "tie_word_embeddings": False}
+        >>> llama_config = llama_config_from_pangu(config)
+        >>> folder = Path(tempfile.mkdtemp())  # a tiny openPangu-shaped checkpoint
+        >>> save_file(LlamaForCausalLM(llama_config).state_dict(), str(folder / "model.safetensors"))
+        >>> model = load_as_llama(folder, llama_config, torch.float32)
+        >>> model.model.layers[0].mlp.up_proj.bias is None
+        True
     """
     from transformers import LlamaForCausalLM
 

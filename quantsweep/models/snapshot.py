@@ -6,9 +6,17 @@ recipe attached, and puts back any module a recipe swapped out (bitsandbytes
 recipes replace Linears with bitsandbytes modules: see :func:`swap_module`).
 
 Example:
-    >>> snapshot = WeightSnapshot(model)  # doctest: +SKIP
-    >>> quantsweep.quantize(model, "w2-rtn")  # doctest: +SKIP
-    >>> snapshot.restore(model)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> model, _ = quantsweep.load_model("toy")
+    >>> weight = model.model.layers[0].mlp.up_proj.weight
+    >>> before = weight.clone()
+    >>> snapshot = WeightSnapshot(model)
+    >>> _ = quantsweep.quantize(model, "w2-rtn")
+    >>> torch.equal(weight, before)
+    False
+    >>> snapshot.restore(model)
+    >>> torch.equal(weight, before)
+    True
 """
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ def attach_hook(module: nn.Module, handle) -> None:
     """Remember a hook handle on ``module`` so :meth:`WeightSnapshot.restore` can remove it.
 
     Example:
-        >>> attach_hook(linear, linear.register_forward_pre_hook(fn))  # doctest: +SKIP
+        >>> linear = nn.Linear(4, 4)
+        >>> attach_hook(linear, linear.register_forward_pre_hook(lambda module, args: None))
+        >>> remove_hooks(linear)
+        1
     """
     handles = module.__dict__.setdefault(HOOK_ATTRIBUTE, [])
     handles.append(handle)
@@ -33,8 +44,10 @@ def remove_hooks(model: nn.Module) -> int:
     """Remove every hook quantsweep attached below ``model``; return how many.
 
     Example:
-        >>> remove_hooks(model)  # doctest: +SKIP
-        0
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        >>> attach_hook(model[0], model[0].register_forward_hook(lambda module, args, out: None))
+        >>> remove_hooks(model), remove_hooks(model)
+        (1, 0)
     """
     removed = 0
     for module in model.modules():
@@ -52,7 +65,14 @@ def swap_module(model: nn.Module, name: str, replacement: nn.Module) -> nn.Modul
     refills them from the snapshot.
 
     Example:
-        >>> swap_module(model, "model.layers.0.mlp.down_proj", bnb_linear)  # doctest: +SKIP
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        >>> snapshot = WeightSnapshot(model)
+        >>> original = swap_module(model, "0", nn.Identity())
+        >>> type(model[0]).__name__, original.weight.numel()
+        ('Identity', 0)
+        >>> snapshot.restore(model)
+        >>> model[0] is original, original.weight.shape
+        (True, torch.Size([4, 4]))
     """
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -70,8 +90,13 @@ class WeightSnapshot:
     Costs one extra copy of the weights in host memory (not on the device).
 
     Example:
-        >>> snapshot = WeightSnapshot(model)  # doctest: +SKIP
-        >>> snapshot.restore(model)  # doctest: +SKIP
+        >>> model = nn.Linear(4, 4)
+        >>> before = model.weight.clone()
+        >>> snapshot = WeightSnapshot(model)
+        >>> _ = model.weight.data.zero_()
+        >>> snapshot.restore(model)
+        >>> torch.equal(model.weight, before)
+        True
     """
 
     def __init__(self, model: nn.Module):
@@ -98,7 +123,12 @@ class WeightSnapshot:
         """Put swapped modules back, copy the saved values back in place and remove quantsweep hooks.
 
         Example:
-            >>> snapshot.restore(model)  # doctest: +SKIP
+            >>> model = nn.Linear(2, 2)
+            >>> snapshot = WeightSnapshot(model)
+            >>> _ = model.bias.data.fill_(7.0)
+            >>> snapshot.restore(model)
+            >>> bool((model.bias == 7.0).any())
+            False
         """
         remove_hooks(model)
         self._undo_swaps(model)
