@@ -22,8 +22,9 @@ head, so AWQ searches one scale per ``v_proj`` output row and repeats it per KV 
 weight rows *and* its bias entries.
 
 Example:
-    >>> from quantsweep.methods.mappings import mappings_for  # doctest: +SKIP
-    >>> [m.source for m in mappings_for(model, "smoothquant")[0]]  # doctest: +SKIP
+    >>> import quantsweep
+    >>> model, _ = quantsweep.load_model("toy")
+    >>> [m.source_name for m in mappings_for(model, "smoothquant")[0]]
     ['model.layers.0.input_layernorm', 'model.layers.0.post_attention_layernorm']
 """
 
@@ -108,8 +109,10 @@ class ResolvedScaling:
         head_dim: channels per KV head when ``repeat > 1``.
 
     Example:
-        >>> pair = mappings_for(model, "awq")[0][1]  # doctest: +SKIP
-        >>> pair.source_name, pair.target_names  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> pair = mappings_for(model, "awq")[0][1]
+        >>> pair.source_name, pair.target_names
         ('model.layers.0.self_attn.v_proj', ['model.layers.0.self_attn.o_proj'])
     """
 
@@ -125,8 +128,9 @@ class ResolvedScaling:
         """Number of scales: output channels of the source op.
 
         Example:
-            >>> pair.channels  # doctest: +SKIP
-            128
+            >>> pair = ResolvedScaling("v", nn.Linear(8, 4), ["o"], [nn.Linear(8, 8)], repeat=2, head_dim=2)
+            >>> pair.channels
+            4
         """
         return self.targets[0].in_features // self.repeat
 
@@ -135,7 +139,9 @@ def model_family(model: nn.Module) -> str | None:
     """The architecture family of ``model`` from ``config.model_type``, or None if unknown.
 
     Example:
-        >>> model_family(model)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> model_family(model)
         'llama'
     """
     model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "").lower()
@@ -164,7 +170,9 @@ def mappings_for(model: nn.Module, kind: str) -> list[list[ResolvedScaling]]:
             message names the unmatched modules and the patterns that found nothing.
 
     Example:
-        >>> len(mappings_for(model, "awq")[0])  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> len(mappings_for(model, "awq")[0])
         4
     """
     if kind not in KINDS:
@@ -282,7 +290,8 @@ def expand_to_consumer(scales: torch.Tensor, pair: ResolvedScaling) -> torch.Ten
     KV head are repeated ``repeat`` times, in order.
 
     Example:
-        >>> expand_to_consumer(torch.tensor([1., 2., 3., 4.]), pair_with_repeat_2_head_dim_2)  # doctest: +SKIP
+        >>> pair = ResolvedScaling("v", nn.Linear(8, 4), ["o"], [nn.Linear(8, 8)], repeat=2, head_dim=2)
+        >>> expand_to_consumer(torch.tensor([1.0, 2.0, 3.0, 4.0]), pair)
         tensor([1., 2., 1., 2., 3., 4., 3., 4.])
     """
     if pair.repeat == 1:
@@ -295,8 +304,9 @@ def reduce_to_source(values: torch.Tensor, pair: ResolvedScaling) -> torch.Tenso
     """Per-target-input statistics -> per-source-channel (mean over the query heads of a KV head).
 
     Example:
-        >>> reduce_to_source(torch.ones(8), pair_with_repeat_2_head_dim_2).shape  # doctest: +SKIP
-        torch.Size([4])
+        >>> pair = ResolvedScaling("v", nn.Linear(8, 4), ["o"], [nn.Linear(8, 8)], repeat=2, head_dim=2)
+        >>> reduce_to_source(torch.arange(8.0), pair)
+        tensor([1., 2., 5., 6.])
     """
     if pair.repeat == 1:
         return values
@@ -317,7 +327,13 @@ def fold_scales(pair: ResolvedScaling, scales: torch.Tensor) -> None:
         scales: positive tensor of ``pair.channels`` values.
 
     Example:
-        >>> fold_scales(pair, torch.ones(pair.channels))  # doctest: +SKIP
+        >>> source, target = nn.Linear(4, 4), nn.Linear(4, 4)
+        >>> pair = ResolvedScaling("source", source, ["target"], [target])
+        >>> x = torch.randn(3, 4)
+        >>> before = target(source(x))
+        >>> fold_scales(pair, torch.tensor([1.0, 2.0, 4.0, 8.0]))
+        >>> torch.allclose(target(source(x)), before, atol=1e-5)
+        True
     """
     if scales.shape != (pair.channels,):
         raise ValueError(f"expected {pair.channels} scales for {pair.source_name}, got shape {tuple(scales.shape)}")

@@ -1,7 +1,9 @@
 """The ``none`` method: the model as loaded, the full-precision baseline (recipe ``fp``).
 
 Example:
-    >>> quantsweep.quantize(model, "fp") is model  # doctest: +SKIP
+    >>> import quantsweep
+    >>> model, _ = quantsweep.load_model("toy")
+    >>> quantsweep.quantize(model, "fp") is model
     True
 """
 
@@ -15,7 +17,12 @@ from quantsweep.methods.result import QuantizationResult
 
 @dataclass(frozen=True, kw_only=True)
 class NoQuantConfig(RecipeConfig):
-    """No quantization: the baseline every other recipe is compared with."""
+    """No quantization: the baseline every other recipe is compared with.
+
+    Example:
+        >>> NoQuantConfig(name="fp", method="none").description
+        ''
+    """
 
 
 @register_method("none", config=NoQuantConfig)
@@ -23,7 +30,9 @@ def apply_none(model, config: NoQuantConfig, calibration=None):
     """Leave the model untouched.
 
     Example:
-        >>> apply_none(model, NoQuantConfig(name="fp", method="none")).kernel  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> apply_none(model, NoQuantConfig(name="fp", method="none")).kernel
         'none'
     """
     return QuantizationResult(method="none", kernel="none")

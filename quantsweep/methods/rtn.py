@@ -5,7 +5,10 @@ zero point when asymmetric) and every weight is rounded to the nearest level.
 ``bits: 1`` binarizes: ``sign(w) * mean|w|`` per channel or group.
 
 Example:
-    >>> quantsweep.quantize(model, "w4-rtn")  # doctest: +SKIP
+    >>> import quantsweep
+    >>> model, _ = quantsweep.load_model("toy")
+    >>> quantsweep.quantize(model, "w4-rtn") is model
+    True
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ def apply_rtn(model, config: RTNConfig, calibration=None):
     weight's codes, scales and zero points (:func:`~quantsweep.quant.packed.rtn_pack`).
 
     Example:
-        >>> apply_rtn(model, get_recipe("w4-rtn"))  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> result = apply_rtn(model, quantsweep.get_recipe("w4-rtn"))
+        >>> packed = result.packed["model.layers.0.mlp.down_proj"]
+        >>> torch.equal(packed.dequantize(torch.float32), model.model.layers[0].mlp.down_proj.weight)
+        True
     """
     targets = check_group_sizes(model, config)
     packed = {}

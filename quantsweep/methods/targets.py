@@ -1,9 +1,10 @@
 """Which modules a recipe quantizes: decoder Linears, plus optionally embeddings and head.
 
 Example:
-    >>> from quantsweep.methods.targets import weight_targets  # doctest: +SKIP
-    >>> list(weight_targets(model, config))[:1]  # doctest: +SKIP
-    [('model.layers.0.self_attn.q_proj', Linear(...))]
+    >>> import quantsweep
+    >>> model, _ = quantsweep.load_model("toy")
+    >>> list(weight_targets(model, quantsweep.get_recipe("w4-rtn")))[:1]
+    ['model.layers.0.self_attn.q_proj']
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def weight_targets(model: nn.Module, config) -> dict[str, nn.Module]:
     only when ``config.quantize_embeddings`` / ``config.quantize_lm_head`` say so.
 
     Example:
-        >>> len(weight_targets(model, get_recipe("w4-rtn")))  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> len(weight_targets(model, quantsweep.get_recipe("w4-rtn")))
         28
     """
     targets: dict[str, nn.Module] = {}
@@ -53,7 +56,10 @@ def check_group_sizes(model: nn.Module, config) -> dict[str, nn.Module]:
         ValueError: naming the first layer whose ``in_features`` the group size does not divide.
 
     Example:
-        >>> check_group_sizes(model, get_recipe("w4-rtn"))  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> len(check_group_sizes(model, quantsweep.get_recipe("w4-rtn")))
+        28
     """
     group_size = getattr(config, "group_size", None)
     targets = weight_targets(model, config)
@@ -68,7 +74,9 @@ def extra_targets(model: nn.Module, config) -> dict[str, nn.Module]:
     Layer-by-layer methods calibrate only decoder Linears; these get a plain format instead.
 
     Example:
-        >>> extra_targets(model, get_recipe("w4-gptq"))  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> extra_targets(model, quantsweep.get_recipe("w4-gptq"))
         {}
     """
     decoder = {id(module) for module in decoder_linears(model).values()}
@@ -81,7 +89,9 @@ def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | N
     ``packed``, if given, receives each target's :class:`~quantsweep.quant.packed.QuantizedWeight`.
 
     Example:
-        >>> quantize_extra_targets(model, get_recipe("w4-gptq"), 4)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> quantize_extra_targets(model, quantsweep.get_recipe("w4-gptq"), 4)
         0
     """
     extra = extra_targets(model, config)

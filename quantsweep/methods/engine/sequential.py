@@ -65,9 +65,12 @@ Writing a method on top of it (what AWQ, SmoothQuant and GPTQ do)::
     reports = run_sequential(model, calibration, "cpu", quantize_layer, desc="my-method")
 
 Example:
-    >>> reports = run_sequential(model, calibration, "cpu", lambda ctx: None)  # doctest: +SKIP
-    >>> [round(r.seconds, 3) for r in reports]  # doctest: +SKIP
-    [0.012, 0.011]
+    >>> import quantsweep
+    >>> model, _ = quantsweep.load_model("toy")
+    >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+    >>> reports = run_sequential(model, calibration, "cpu", lambda ctx: None)
+    >>> [report.name for report in reports]
+    ['model.layers.0', 'model.layers.1', 'model.layers.2', 'model.layers.3']
 """
 
 from __future__ import annotations
@@ -154,9 +157,14 @@ class LayerContext:
             :data:`POSITIONAL_KEY`. Call the layer through :meth:`forward`.
 
     Example:
-        >>> def quantizer(ctx):  # doctest: +SKIP
-        ...     outputs = ctx.forward()          # the layer's outputs, per batch
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+        >>> def quantizer(ctx):
+        ...     outputs = ctx.forward()  # the layer's outputs, per batch
         ...     return {"batches": len(outputs)}
+        >>> run_sequential(model, calibration, "cpu", quantizer)[0].info
+        {'batches': 1}
     """
 
     index: int
@@ -171,7 +179,14 @@ class LayerContext:
         """The layer's Linears by name relative to the layer (``self_attn.q_proj``, ...).
 
         Example:
-            >>> sorted(ctx.linears())[:1]  # doctest: +SKIP
+            >>> import quantsweep
+            >>> model, _ = quantsweep.load_model("toy")
+            >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+            >>> seen = {}
+            >>> def look(ctx):
+            ...     seen[ctx.index] = sorted(ctx.linears())[:1]
+            >>> _ = run_sequential(model, calibration, "cpu", look)
+            >>> seen[0]
             ['mlp.down_proj']
         """
         return linears_in(self.layer)
@@ -180,7 +195,14 @@ class LayerContext:
         """The model-level dotted name of a module of this layer.
 
         Example:
-            >>> ctx.full_name("mlp.up_proj")  # doctest: +SKIP
+            >>> import quantsweep
+            >>> model, _ = quantsweep.load_model("toy")
+            >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+            >>> seen = {}
+            >>> def look(ctx):
+            ...     seen[ctx.index] = ctx.full_name("mlp.up_proj")
+            >>> _ = run_sequential(model, calibration, "cpu", look)
+            >>> seen[0]
             'model.layers.0.mlp.up_proj'
         """
         return f"{self.name}.{relative}"
@@ -192,7 +214,15 @@ class LayerContext:
             inputs: batches to run; defaults to :attr:`inputs` (the quantized stream).
 
         Example:
-            >>> outputs = ctx.forward()  # doctest: +SKIP
+            >>> import quantsweep
+            >>> model, _ = quantsweep.load_model("toy")
+            >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+            >>> seen = {}
+            >>> def look(ctx):
+            ...     seen[ctx.index] = [tuple(output.shape) for output in ctx.forward()]
+            >>> _ = run_sequential(model, calibration, "cpu", look)
+            >>> seen[0]
+            [(1, 8, 128)]
         """
         batches = self.inputs if inputs is None else inputs
         return [
@@ -209,8 +239,15 @@ class LayerContext:
         Found from one forward pass on the first batch.
 
         Example:
-            >>> [sorted(g) for g in ctx.linear_groups()][0]  # doctest: +SKIP
-            ['self_attn.k_proj', 'self_attn.q_proj', 'self_attn.v_proj']
+            >>> import quantsweep
+            >>> model, _ = quantsweep.load_model("toy")
+            >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+            >>> seen = {}
+            >>> def look(ctx):
+            ...     seen[ctx.index] = [sorted(group) for group in ctx.linear_groups()]
+            >>> _ = run_sequential(model, calibration, "cpu", look)
+            >>> seen[0]
+            [['self_attn.k_proj', 'self_attn.q_proj', 'self_attn.v_proj'], ['self_attn.o_proj'], ['mlp.gate_proj', 'mlp.up_proj'], ['mlp.down_proj']]
         """
         linears = self.linears()
         order: list[tuple[str, int]] = []
@@ -270,7 +307,17 @@ class LayerContext:
             ValueError: ``with_fp=True`` but the engine does not carry the FP stream.
 
         Example:
-            >>> ctx.capture_inputs(ctx.linears(), lambda name, x, x_fp: print(name, x.shape))  # doctest: +SKIP
+            >>> import quantsweep
+            >>> model, _ = quantsweep.load_model("toy")
+            >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+            >>> shapes = {}
+            >>> def look(ctx):
+            ...     def observe(name, x, x_fp):
+            ...         shapes[name] = tuple(x.shape)
+            ...     ctx.capture_inputs(ctx.linears(), observe)
+            >>> _ = run_sequential(model, calibration, "cpu", look)
+            >>> shapes["mlp.down_proj"], shapes["self_attn.q_proj"]  # [tokens, in_features]
+            ((8, 384), (8, 128))
         """
         if with_fp and self.fp_inputs is None:
             raise ValueError("capture_inputs(with_fp=True) needs run_sequential(..., propagate_fp=True)")
@@ -412,7 +459,12 @@ def capture_layer_inputs(
         activations_on_host: keep the captured hidden states in host memory.
 
     Example:
-        >>> inputs, kwargs = capture_layer_inputs(model, calibration.input_ids, "cpu")  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+        >>> inputs, kwargs = capture_layer_inputs(model, calibration, "cpu")
+        >>> tuple(inputs[0].shape), "position_embeddings" in kwargs[0]
+        ((1, 8, 128), True)
     """
     layers = decoder_layers(model)
     inside = {id(m) for layer in layers for m in layer.modules()}
@@ -458,9 +510,11 @@ def require_calibration(calibration, config):
     Accepts :class:`quantsweep.calibration.CalibrationData` or a LongTensor ``[N, L]``.
 
     Example:
-        >>> require_calibration(None, get_recipe("w4-gptq"))  # doctest: +SKIP
+        >>> import quantsweep
+        >>> require_calibration(None, quantsweep.get_recipe("w4-gptq"))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        ValueError: recipe 'w4-gptq' (method gptq) needs calibration data ...
+        ...
+        ValueError: recipe 'w4-gptq' (method gptq) needs calibration data: pass ...
     """
     if calibration is None:
         raise ValueError(
@@ -487,7 +541,7 @@ def compute_device(requested: str, model: nn.Module) -> str:
     :func:`quantsweep.device.resolve_device`.
 
     Example:
-        >>> compute_device("cpu", model)  # doctest: +SKIP
+        >>> compute_device("cpu", nn.Linear(2, 2))
         'cpu'
     """
     if requested == "auto":
@@ -532,7 +586,12 @@ def run_sequential(
         One :class:`LayerReport` per decoder layer, in order.
 
     Example:
-        >>> reports = run_sequential(model, calibration, "cpu", lambda ctx: None)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> calibration = torch.randint(0, 123, (1, 8))  # token ids [N, L]
+        >>> reports = run_sequential(model, calibration, "cpu", lambda ctx: {"layer": ctx.index})
+        >>> len(reports), reports[-1].info
+        (4, {'layer': 3})
     """
     input_ids = calibration.input_ids if hasattr(calibration, "input_ids") else calibration
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
