@@ -37,7 +37,10 @@ Deviations from the paper, stated:
   variant of later AutoAWQ / llm-compressor releases, not the paper.
 
 Example:
-    >>> quantsweep.quantize(model, "w4-awq", calibration=calibration)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> recipe = quantsweep.get_recipe("w4-awq")
+    >>> recipe.bits, recipe.group_size, recipe.n_grid, recipe.clip_search
+    (4, 128, 20, True)
 """
 
 from __future__ import annotations
@@ -274,7 +277,17 @@ def quantize_layer_awq(ctx, pairs: list[ResolvedScaling], config: AWQConfig) -> 
     """AWQ on one decoder layer (a :data:`~quantsweep.methods.engine.sequential.LayerQuantizer` body).
 
     Example:
-        >>> run_sequential(model, calib, "cpu", lambda ctx: quantize_layer_awq(ctx, pairs[ctx.index], cfg))  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> pairs, config = mappings_for(model, "awq"), quantsweep.get_recipe("w4-awq")
+        >>> reports = run_sequential(model, calibration, "cpu", lambda ctx: quantize_layer_awq(ctx, pairs[ctx.index], config))
+        >>> sorted(reports[0].info)
+        ['alphas', 'clipped', 'error_vs_rtn']
     """
     linears = ctx.linears()
     by_id = {id(m): name for name, m in linears.items()}
@@ -345,7 +358,15 @@ def apply_awq(model, config: AWQConfig, calibration=None):
             All checks run before any weight changes.
 
     Example:
-        >>> apply_awq(model, get_recipe("w4-awq"), calibration)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> apply_awq(model, quantsweep.get_recipe("w4-awq"), calibration).method
+        'awq'
     """
     require_calibration(calibration, config)
     pairs_by_layer = mappings_for(model, "awq")

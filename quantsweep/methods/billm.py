@@ -37,7 +37,10 @@ Deviations from the paper and its reference code:
   RTN per block (:func:`quantsweep.quant.binarize`).
 
 Example:
-    >>> quantsweep.quantize(model, "w1-billm", calibration=calibration)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> recipe = quantsweep.get_recipe("w1-billm")
+    >>> recipe.bits, recipe.block_size
+    (1, 128)
 """
 
 from __future__ import annotations
@@ -257,7 +260,16 @@ def apply_billm(model, config: BiLLMConfig, calibration=None):
         ValueError: no calibration data, or a block size that does not divide a layer.
 
     Example:
-        >>> apply_billm(model, get_recipe("w1-billm"), calibration=calibration)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> result = apply_billm(model, quantsweep.get_recipe("w1-billm"), calibration=calibration)
+        >>> result.method, len(result.report["layers"])
+        ('billm', 1)
     """
 
     def quantize_linear(name, weight, accumulator, cache):

@@ -35,7 +35,10 @@ Deviations from the paper and its reference code:
 * Otherwise GPTQ's options apply unchanged (see :mod:`quantsweep.methods.gptq`).
 
 Example:
-    >>> quantsweep.quantize(model, "w4-gptaq", calibration=calibration)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> recipe = quantsweep.get_recipe("w4a4-gptaq")
+    >>> recipe.method, recipe.bits, recipe.activation_bits
+    ('gptaq', 4, 4)
 """
 
 from __future__ import annotations
@@ -90,7 +93,16 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
         ValueError: no calibration data, or a group size that does not divide a layer.
 
     Example:
-        >>> apply_gptaq(model, get_recipe("w4a4-gptaq"), calibration=calibration)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> result = apply_gptaq(model, quantsweep.get_recipe("w4-gptaq"), calibration=calibration)
+        >>> result.method, len(result.packed)
+        ('gptaq', 7)
     """
 
     def quantize_linear(name, weight, accumulator, cache):

@@ -32,8 +32,10 @@ Options and choices (all as in the paper or the reference code unless stated):
   same bits and groups (they have no calibration Hessian here).
 
 Example:
-    >>> calibration = load_calibration("toy", tokenizer, n_samples=16, seq_len=128)  # doctest: +SKIP
-    >>> quantsweep.quantize(model, "w4-gptq", calibration=calibration)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> recipe = quantsweep.get_recipe("w4-gptq")
+    >>> recipe.bits, recipe.group_size, recipe.act_order, recipe.true_sequential
+    (4, 128, True, True)
 """
 
 from __future__ import annotations
@@ -103,7 +105,16 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
         ValueError: no calibration data, or a group size that does not divide a layer.
 
     Example:
-        >>> apply_gptq(model, get_recipe("w4-gptq"), calibration=calibration)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> result = apply_gptq(model, quantsweep.get_recipe("w4-gptq"), calibration=calibration)
+        >>> result.method, len(result.packed), len(result.report["layers"])
+        ('gptq', 7, 1)
     """
 
     def quantize_linear(name, weight, accumulator, cache):

@@ -28,7 +28,10 @@ Deviations from the paper:
   rather than the output error of the full layer; no act-order.
 
 Example:
-    >>> quantsweep.quantize(model, "w2-slim-llm", calibration=calibration)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> recipe = quantsweep.get_recipe("w2-slim-llm")
+    >>> recipe.bits, recipe.group_size
+    (2, 128)
 """
 
 from __future__ import annotations
@@ -247,7 +250,16 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
         ValueError: no calibration data, or a group size that does not divide a layer.
 
     Example:
-        >>> apply_slim_llm(model, get_recipe("w2-slim-llm"), calibration=calibration)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> result = apply_slim_llm(model, quantsweep.get_recipe("w2-slim-llm"), calibration=calibration)
+        >>> result.method, len(result.packed)
+        ('slim-llm', 7)
     """
 
     def quantize_linear(name, weight, accumulator, cache):

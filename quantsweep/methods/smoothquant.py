@@ -32,7 +32,10 @@ Deviations from the paper, stated:
   channels) only; whatever W4A4 produces is what the evaluation sees.
 
 Example:
-    >>> quantsweep.quantize(model, "w8a8-smoothquant", calibration=calibration)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> recipe = quantsweep.get_recipe("w8a8-smoothquant")
+    >>> recipe.weight_bits, recipe.activation_bits, recipe.alpha
+    (8, 8, 0.5)
 """
 
 from __future__ import annotations
@@ -134,7 +137,16 @@ def smooth_pairs(
     Only rescales: the FP function is unchanged (up to rounding).
 
     Example:
-        >>> smooth_pairs(pairs, [torch.ones(p.channels) for p in pairs], 0.5)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> before = model(ids).logits
+        >>> pairs = mappings_for(model, "smoothquant")[0]
+        >>> factors = smooth_pairs(pairs, [torch.rand(p.channels) + 0.5 for p in pairs], 0.5)
+        >>> [tuple(f.shape) for f in factors]
+        [(128,), (128,)]
+        >>> torch.allclose(model(ids).logits, before, atol=1e-3)
+        True
     """
     factors = []
     for pair, absmax in zip(pairs, activation_absmax):
@@ -166,7 +178,15 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
             All checks run before any weight changes.
 
     Example:
-        >>> apply_smoothquant(model, get_recipe("w8a8-smoothquant"), calibration)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> apply_smoothquant(model, quantsweep.get_recipe("w8a8-smoothquant"), calibration).method
+        'smoothquant'
     """
     require_calibration(calibration, config)
     pairs_by_layer = mappings_for(model, "smoothquant")

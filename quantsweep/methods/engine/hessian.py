@@ -6,18 +6,15 @@ layer by layer through :func:`~quantsweep.methods.engine.sequential.run_sequenti
 They differ only in how one Linear is quantized from its Hessian, which each method
 passes in as ``quantize_linear(full_name, weight, accumulator, cache)``.
 
-Example:
+Example: the body of a ``quantize_linear`` (here GPTQ's), on one Linear's Hessian:
     >>> import torch
-    >>> import quantsweep
-    >>> from quantsweep.methods.engine.obs import gptq_quantize
-    >>> model, _ = quantsweep.load_model("toy", device="cpu")
-    >>> config = quantsweep.get_recipe("w4-gptq")
-    >>> def quantize_linear(name, weight, accumulator, cache):
-    ...     return gptq_quantize(weight, accumulator.hessian, bits=4, group_size=None, symmetric=True, act_order=False)
-    >>> calibration = torch.randint(0, 100, (2, 16))
-    >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)
-    >>> len(reports) == model.config.num_hidden_layers
-    True
+    >>> from quantsweep.methods.engine.obs import HessianAccumulator, gptq_quantize
+    >>> accumulator = HessianAccumulator(8)
+    >>> accumulator.add(torch.randn(64, 8))  # the Linear's inputs [tokens, in_features]
+    >>> weight, info = gptq_quantize(torch.randn(4, 8), accumulator.hessian, bits=4, group_size=None,
+    ...                              symmetric=True, act_order=False)
+    >>> tuple(weight.shape)
+    (4, 8)
 """
 
 from __future__ import annotations
@@ -49,7 +46,21 @@ def hessian_quantizer(
     a group's weights are set (GPTAQ W4A4 attaches activation quantization there).
 
     Example:
-        >>> layer_fn = hessian_quantizer(config, my_quantize_linear)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> from quantsweep.methods.engine.obs import gptq_quantize
+        >>> def quantize_linear(name, weight, accumulator, cache):
+        ...     return gptq_quantize(weight, accumulator.hessian, bits=4, group_size=None,
+        ...                          symmetric=True, act_order=False)
+        >>> layer_fn = hessian_quantizer(quantsweep.get_recipe("w4-gptq"), quantize_linear)
+        >>> reports = run_sequential(model, calibration, "cpu", layer_fn)
+        >>> sorted(reports[0].info["linears"])[:3]
+        ['mlp.down_proj', 'mlp.gate_proj', 'mlp.up_proj']
     """
 
     def quantize_layer(ctx: LayerContext) -> dict:
@@ -113,7 +124,21 @@ def run_hessian_method(
     representation by full module name (see :func:`hessian_quantizer`).
 
     Example:
-        >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> shape = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=1,
+        ...                     num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(shape).eval()  # one random decoder layer keeps the example fast
+        >>> calibration = torch.randint(0, 64, (2, 16))  # token ids [N, L]
+        >>> from quantsweep.methods.engine.obs import gptq_quantize
+        >>> def quantize_linear(name, weight, accumulator, cache):
+        ...     return gptq_quantize(weight, accumulator.hessian, bits=4, group_size=None,
+        ...                          symmetric=True, act_order=False)
+        >>> config = quantsweep.get_recipe("w4-gptq")
+        >>> reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear)
+        >>> [report.name for report in reports]
+        ['model.layers.0']
     """
     calibration = require_calibration(calibration, config)
     check_group_sizes(model, config)
