@@ -1,6 +1,8 @@
 """Writes the notebooks in notebooks/ (run from the repository root: python notebooks/_build_notebooks.py)."""
-import nbformat as nbf
 from pathlib import Path
+
+import nbformat as nbf
+
 
 def nb(cells):
     book = nbf.v4.new_notebook()
@@ -10,7 +12,7 @@ def nb(cells):
 
 quick = nb([
  ("md", "# quantsweep quickstart\n\nLoad the embedded `toy` model (openPangu-Embedded architecture, trained by this repo), quantize it, evaluate it with lm-eval, and judge the result against the full-precision baseline. Runs on CPU in about a minute."),
- ("code", "import quantsweep\nfrom quantsweep.eval.judge import judge_task\n\nmodel, tokenizer = quantsweep.load_model(\"toy\", device=\"cpu\")\nsnapshot = quantsweep.WeightSnapshot(model)  # full-precision copy, to restore between recipes\nquantsweep.list_recipes()"),
+ ("code", "import quantsweep\nfrom quantsweep.verdicts.task import judge_task\n\nmodel, tokenizer = quantsweep.load_model(\"toy\", device=\"cpu\")\nsnapshot = quantsweep.WeightSnapshot(model)  # full-precision copy, to restore between recipes\nquantsweep.list_recipes()"),
  ("code", "baseline = quantsweep.evaluate(model, tokenizer, tasks=[\"toy_mc4\"])  # all 1,600 documents\nbase_task = baseline.tasks[\"toy_mc4\"]\nprint(\"fp accuracy\", base_task.metrics[\"acc\"].value, \"+/-\", base_task.metrics[\"acc\"].stderr, \"n =\", base_task.n)"),
  ("code", "results = {}\nfor recipe in [\"w8-rtn\", \"w2-rtn\", \"w1-rtn\"]:\n    snapshot.restore(model)\n    quantsweep.quantize(model, recipe)\n    task = quantsweep.evaluate(model, tokenizer, tasks=[\"toy_mc4\"]).tasks[\"toy_mc4\"]\n    results[recipe] = judge_task(task, base_task, metric=\"acc\", vocab_size=model.config.vocab_size)\n    print(f\"{recipe:8s} acc={task.metrics['acc'].value:.3f} verdict={results[recipe]['verdict']:12s} delta={results[recipe]['delta']:+.3f}\")\n    print(f\"         why: {results[recipe]['reason']}\")\nsnapshot.restore(model)"),
  ("code", "assert results[\"w8-rtn\"][\"verdict\"] == \"lossless\"\nassert results[\"w1-rtn\"][\"verdict\"] == \"collapsed\"  # binary keeps under 15% of the margin above chance\nassert all(r[\"reason\"] for r in results.values())  # every verdict says why"),
