@@ -1,8 +1,6 @@
 """Writes the notebooks in notebooks/ (run from the repository root: python notebooks/_build_notebooks.py)."""
-from pathlib import Path
-
 import nbformat as nbf
-
+from pathlib import Path
 
 def nb(cells):
     book = nbf.v4.new_notebook()
