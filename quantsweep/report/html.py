@@ -33,7 +33,8 @@ from typing import Any
 import pandas as pd
 
 from quantsweep.report import frames, plots
-from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask, worst
+from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask
+from quantsweep.verdicts.summary import family_overview
 
 logger = logging.getLogger(__name__)
 
@@ -151,12 +152,10 @@ def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str,
     return rows
 
 
-def _worst(verdicts) -> str:
-    return worst(verdicts) or "missing"
-
-
 def family_summary(cells: pd.DataFrame) -> pd.DataFrame:
     """Per recipe and family: the worst verdict and the mean retained margin above chance.
+
+    The table of :func:`quantsweep.verdicts.summary.family_overview`, the one family summary.
 
     Example:
         >>> cells = pd.DataFrame([{"recipe": "w4", "family": "mc", "verdict": "lossless", "retained": 0.9},
@@ -164,11 +163,8 @@ def family_summary(cells: pd.DataFrame) -> pd.DataFrame:
         >>> family_summary(cells).iloc[0].to_dict()
         {'recipe': 'w4', 'family': 'mc', 'worst verdict': 'degraded', 'mean retained': 0.7, 'cells': 2}
     """
-    compared = cells[cells["verdict"] != "baseline"].assign(family=lambda f: f["family"].fillna("other"))
-    grouped = compared.groupby(["recipe", "family"], sort=False)
-    return grouped.agg(
-        **{"worst verdict": ("verdict", _worst), "mean retained": ("retained", "mean"), "cells": ("verdict", "size")}
-    ).reset_index()
+    rows = family_overview(cells.to_dict("records"))
+    return pd.DataFrame(rows, columns=["recipe", "family", "worst verdict", "mean retained", "cells"])
 
 
 def _table(frame: pd.DataFrame, empty: str) -> str:

@@ -18,8 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from quantsweep.eval.suites import task_family
@@ -116,3 +117,42 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "reasons": reasons,
         "documents_needed": needed,
     }
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def family_overview(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (recipe, family) of the report's cells: the worst rung, the mean retained margin, the cell count.
+
+    ``cells`` are the table's cells (one primary or error record per (recipe, task), as
+    :func:`~quantsweep.verdicts.rules.is_primary_or_error` keeps); the baseline's are left
+    out. Unlike :func:`summarize_records`, a failed cell counts here: it makes its family's
+    worst rung ``error``. A cell without a family falls into ``other``; retention is
+    averaged over the cells that have one (NaN when none has).
+
+    Example:
+        >>> family_overview([{"recipe": "w4", "family": "mc", "verdict": "lossless", "retained": 0.9},
+        ...                  {"recipe": "w4", "family": "mc", "verdict": "error", "retained": None}])
+        [{'recipe': 'w4', 'family': 'mc', 'worst verdict': 'error', 'mean retained': 0.9, 'cells': 2}]
+    """
+    groups: dict[tuple[Any, str], list[Mapping[str, Any]]] = {}
+    for cell in cells:
+        if cell.get("verdict") == "baseline":
+            continue
+        family = cell.get("family")
+        groups.setdefault((cell["recipe"], family if isinstance(family, str) else "other"), []).append(cell)
+    rows = []
+    for (recipe, family), group in groups.items():
+        retained = [float(c["retained"]) for c in group if _finite(c.get("retained"))]
+        rows.append(
+            {
+                "recipe": recipe,
+                "family": family,
+                "worst verdict": worst(c.get("verdict") for c in group) or "missing",
+                "mean retained": sum(retained) / len(retained) if retained else math.nan,
+                "cells": len(group),
+            }
+        )
+    return rows
