@@ -224,6 +224,8 @@ ERROR = "error"
 # THE ladder: every rung a cell's record can carry, from least to most severe.
 LADDER = ("baseline", "lossless", "inconclusive", "degraded", "collapsed", "non-finite", ERROR)
 
+assert set(LADDER) == {*VERDICTS, ERROR}, "the ladder holds every verdict, and error, once"
+
 # Higher is worse; picks the headline verdict of a summary and breaks ties.
 SEVERITY = {name: rank for rank, name in enumerate(LADDER)}
 
