@@ -128,8 +128,8 @@ def main() -> int:
 
     import quantsweep
     from quantsweep.calibration import load_calibration
-    from quantsweep.eval.judge import judge_task
     from quantsweep.toy import toy_model_dir
+    from quantsweep.verdicts.task import judge_task
 
     patched = _patch_pinning_on_cpu_only_hosts()
     path = toy_model_dir()

@@ -240,7 +240,7 @@ def _run(spec) -> int:
 
 
 def _print_summary(records) -> None:
-    from quantsweep.sweep.summary import summarize_records
+    from quantsweep.verdicts.summary import summarize_records
 
     summary = summarize_records(records)
     if summary["by_recipe"]:
@@ -255,7 +255,7 @@ def _print_summary(records) -> None:
 
 
 def _verdict_config(args):
-    from quantsweep.eval.verdicts import VerdictConfig
+    from quantsweep.verdicts.config import VerdictConfig
 
     chosen = {
         "alpha": args.alpha,

@@ -1,5 +1,5 @@
-"""Evaluation: the lm-eval bridge (``harness``), non-finite diagnosis (``health``), chance
-levels (``chance``), statistical tests (``stats``) and verdicts (``verdicts``).
+"""Evaluation: the lm-eval bridge (``harness``), tasks and suites, and non-finite diagnosis (``health``).
 
-Nothing is imported here, so ``import quantsweep.eval.verdicts`` stays free of torch and lm-eval.
+Chance levels, statistics and verdicts live in :mod:`quantsweep.verdicts`.
+Nothing is imported here, so ``import quantsweep.eval.tasks`` stays free of torch and lm-eval.
 """

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantsweep.eval.chance import unigram_cross_entropy
 from quantsweep.eval.health import NonFiniteLogitCounter
 from quantsweep.eval.suites import SuiteEntry, suite_entry
 from quantsweep.eval.tasks import (  # noqa: F401
@@ -42,6 +41,7 @@ from quantsweep.eval.tasks import (  # noqa: F401
     task_manager,
     task_search_paths,
 )
+from quantsweep.verdicts.chance import unigram_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class TaskResult:
 
     ``unigram_chance_nats`` (rolling log-likelihood tasks only): the cross-entropy, in
     nats per token, of the scored tokens under their own unigram distribution
-    (:func:`quantsweep.eval.chance.unigram_cross_entropy`); the perplexity chance level.
+    (:func:`quantsweep.verdicts.chance.unigram_cross_entropy`); the perplexity chance level.
     ``max_length``: the window (tokens) log-likelihoods were scored in.
 
     Example:

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from quantsweep.eval.tasks import TASKS_DIR, TaskNotFoundError, task_config, task_yaml
+from quantsweep.eval.tasks import OUTPUT_TYPES, TASKS_DIR, TaskNotFoundError, task_config, task_yaml
 
 SUITES_DIR = TASKS_DIR / "suites"
 FAMILIES = ("language_modelling", "commonsense_reasoning", "knowledge", "math", "code")
@@ -52,7 +52,6 @@ _MOVED = {
     )
 }
 _MOVED.update({name: "quantsweep.hub" for name in ("effective_hub_endpoint", "use_hub_mirror", "hub_reachable")})
-_MOVED.update({name: "quantsweep.eval.chance" for name in ("chance_rule", "chance_level")})
 
 
 def __getattr__(name: str):
@@ -397,6 +396,23 @@ def suite_entry(task: str) -> SuiteEntry | None:
         if entry is not None:
             return entry
     return None
+
+
+def task_family(task: str, output_type: str | None = None) -> str:
+    """The family of a task: from its suite entry, else from its lm-eval output type (``other`` if unknown).
+
+    It lives here, beside :func:`suite_entry`, rather than in :mod:`quantsweep.eval.tasks`
+    (beside :data:`~quantsweep.eval.tasks.OUTPUT_TYPES`), because suites import tasks.
+
+    Example:
+        >>> task_family("arc_easy"), task_family("my_task", "generate_until"), task_family("my_task")
+        ('commonsense_reasoning', 'generation', 'other')
+    """
+    entry = suite_entry(task)
+    if entry is not None:
+        return entry.family
+    kind = OUTPUT_TYPES.get(output_type or "")
+    return kind.family if kind is not None else "other"
 
 
 # ---------------------------------------------------------------- the lm-eval task behind an entry

@@ -21,7 +21,8 @@ Example:
 from __future__ import annotations
 
 from quantsweep._verbs import make_callable
-from quantsweep.report.text import LEGEND, VERDICT_MARKERS, format_cell, format_reasons, format_table, primary_records
+from quantsweep.report.text import LEGEND, format_cell, format_reasons, format_table, primary_records
+from quantsweep.verdicts.rules import VERDICT_MARKERS
 
 __all__ = ["LEGEND", "VERDICT_MARKERS", "format_cell", "format_reasons", "format_table", "primary_records"]
 

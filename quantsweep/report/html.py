@@ -32,15 +32,13 @@ from typing import Any
 
 import pandas as pd
 
-from quantsweep.eval.verdicts import SEVERITY as VERDICT_SEVERITY
 from quantsweep.report import frames, plots
-from quantsweep.report.text import VERDICT_MARKERS
+from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask
+from quantsweep.verdicts.summary import family_overview
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = "report.html.j2"
-# Verdicts from least to most severe (the verdict rules' own order); "error" (a failed cell) ranks above all.
-SEVERITY = (*sorted(VERDICT_SEVERITY, key=VERDICT_SEVERITY.get), "error")
 MARKERS = {**VERDICT_MARKERS, "missing": "MISSING"}  # the text table's markers, plus cells with no record
 _PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "word_perplexity", "byte_perplexity", "bits_per_byte"}
 _COST_FIELDS = (
@@ -69,7 +67,7 @@ def _format_value(value) -> str:
 
 def _format_delta(row) -> str:
     """Delta and its interval in the metric's units: percent for accuracies and perplexity ratios."""
-    if row.verdict in ("baseline", "error", "non-finite") or _missing(row.delta):
+    if row.verdict in ("baseline", ERROR, "non-finite") or _missing(row.delta):
         return ""
     if row.metric in _PERCENT_METRICS:
         show = lambda x: "?" if _missing(x) else f"{100 * x:+.1f}"  # noqa: E731 - local formatter
@@ -130,12 +128,12 @@ def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str,
                     )
                     continue
                 verdict = row.verdict if row.verdict in MARKERS else "missing"
-                reason = row.error if verdict == "error" else row.reason
+                reason = row.error if verdict == ERROR else row.reason
                 entries.append(
                     {
                         "verdict": verdict,
                         "marker": MARKERS[verdict],
-                        "value": "" if verdict == "error" else _format_value(row.value),
+                        "value": "" if verdict == ERROR else _format_value(row.value),
                         "delta": _format_delta(row),
                         "n": "" if _missing(row.n) else int(row.n),
                         "reason": reason if isinstance(reason, str) else "",
@@ -154,13 +152,10 @@ def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str,
     return rows
 
 
-def _worst(verdicts) -> str:
-    present = [v for v in verdicts if v in SEVERITY]
-    return max(present, key=SEVERITY.index) if present else "missing"
-
-
 def family_summary(cells: pd.DataFrame) -> pd.DataFrame:
     """Per recipe and family: the worst verdict and the mean retained margin above chance.
+
+    The table of :func:`quantsweep.verdicts.summary.family_overview`, the one family summary.
 
     Example:
         >>> cells = pd.DataFrame([{"recipe": "w4", "family": "mc", "verdict": "lossless", "retained": 0.9},
@@ -168,11 +163,8 @@ def family_summary(cells: pd.DataFrame) -> pd.DataFrame:
         >>> family_summary(cells).iloc[0].to_dict()
         {'recipe': 'w4', 'family': 'mc', 'worst verdict': 'degraded', 'mean retained': 0.7, 'cells': 2}
     """
-    compared = cells[cells["verdict"] != "baseline"].assign(family=lambda f: f["family"].fillna("other"))
-    grouped = compared.groupby(["recipe", "family"], sort=False)
-    return grouped.agg(
-        **{"worst verdict": ("verdict", _worst), "mean retained": ("retained", "mean"), "cells": ("verdict", "size")}
-    ).reset_index()
+    rows = family_overview(cells.to_dict("records"))
+    return pd.DataFrame(rows, columns=["recipe", "family", "worst verdict", "mean retained", "cells"])
 
 
 def _table(frame: pd.DataFrame, empty: str) -> str:
@@ -323,7 +315,7 @@ def _run_record(records: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str,
         if record.get("calibration"):
             calibration.setdefault(record["recipe"], json.dumps(record["calibration"], sort_keys=True))
     thresholds = next((r["verdict_config"] for r in records if r.get("verdict_config")), {})
-    failed = frame[frame["verdict"] == "error"][["recipe", "task", "error"]]
+    failed = frame[frame["verdict"] == ERROR][["recipe", "task", "error"]]
     return {
         "model": distinct("model"),
         "fingerprint": distinct("model_fingerprint"),
@@ -353,7 +345,7 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
     import jinja2
 
     frame = frames.records_frame(records)
-    cells = frame[frame["primary"] | (frame["verdict"] == "error")].drop_duplicates(["recipe", "task"], keep="first")
+    cells = frame[primary_or_error_mask(frame)].drop_duplicates(["recipe", "task"], keep="first")
     recipe_groups, task_groups = _recipe_order(cells), _task_order(cells)
     recipes = [r for _, group in recipe_groups for r in group]
     tasks = [t for _, group in task_groups for t in group]
@@ -372,7 +364,7 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         warnings.append(
             "No baseline result: no cell could be compared, so no cell has a delta or a verdict against the baseline."
         )
-    failed = cells[cells["verdict"] == "error"]
+    failed = cells[cells["verdict"] == ERROR]
     if not failed.empty:
         warnings.append(
             f"{len(failed)} cell(s) failed and have no result: "
@@ -405,10 +397,10 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
                 "recipe": r.recipe,
                 "task": r.task,
                 "verdict": r.verdict,
-                "reason": (r.error if r.verdict == "error" else r.reason) or "no reason recorded",
+                "reason": (r.error if r.verdict == ERROR else r.reason) or "no reason recorded",
             }
             for r in cells.itertuples()
-            if r.verdict not in ("lossless", "baseline")
+            if r.verdict not in UNREMARKABLE
         ],
         family_table=_table(
             summary.assign(**{"mean retained": summary["mean retained"].round(3)}), "no compared cells"

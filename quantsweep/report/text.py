@@ -13,15 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-VERDICT_MARKERS = {
-    "baseline": "base",
-    "lossless": "ok",
-    "degraded": "DEGRADED",
-    "inconclusive": "?",
-    "collapsed": "COLLAPSED",
-    "non-finite": "NON-FINITE",
-    "error": "ERROR",
-}
+from quantsweep.verdicts.rules import UNREMARKABLE, VERDICT_MARKERS, is_error, is_primary_or_error
 
 LEGEND = (
     "verdicts: base = baseline, ok = lossless, ? = inconclusive, DEGRADED = significantly worse, "
@@ -38,8 +30,8 @@ def format_cell(record: dict[str, Any]) -> str:
     """
     marker = VERDICT_MARKERS.get(record.get("verdict") or "", record.get("verdict") or "")
     value = record.get("value")
-    if record.get("verdict") == "error":
-        return "ERROR"
+    if is_error(record):
+        return VERDICT_MARKERS["error"]
     if value is None or value in ("inf", "-inf"):
         text = "nan" if value is None else str(value)
     elif isinstance(value, (int, float)):
@@ -56,7 +48,7 @@ def primary_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         >>> primary_records([{"recipe": "fp", "task": "t", "metric": "acc", "primary": True}])[0]["metric"]
         'acc'
     """
-    return [r for r in records if r.get("primary") or r.get("verdict") == "error"]
+    return [r for r in records if is_primary_or_error(r)]
 
 
 def format_reasons(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -72,9 +64,9 @@ def format_reasons(records: Iterable[dict[str, Any]]) -> list[str]:
     lines = []
     for record in primary_records(records):
         verdict = record.get("verdict")
-        if verdict in ("lossless", "baseline"):
+        if verdict in UNREMARKABLE:
             continue
-        why = record.get("error") if verdict == "error" else record.get("reason")
+        why = record.get("error") if is_error(record) else record.get("reason")
         lines.append(f"{record['recipe']} / {record['task']}: {verdict}: {why or 'no reason recorded'}")
     return lines
 

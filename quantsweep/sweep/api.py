@@ -287,9 +287,9 @@ def judge(directory, **thresholds) -> list[dict[str, Any]]:
         >>> records = quantsweep.judge("toy-sweep", alpha=0.01)  # doctest: +SKIP
     """
     from quantsweep._schema import build
-    from quantsweep.eval.verdicts import VerdictConfig
     from quantsweep.sweep.judging import rebuild_derived
     from quantsweep.sweep.store import CellStore
+    from quantsweep.verdicts.config import VerdictConfig
 
     path = Path(directory)
     if not (path / "store.json").is_file():

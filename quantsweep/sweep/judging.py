@@ -80,7 +80,7 @@ def _base(cell: dict[str, Any], verdict_config) -> dict[str, Any]:
 
 
 def _error_records(cell: dict[str, Any], base: dict[str, Any], error: str) -> list[dict[str, Any]]:
-    from quantsweep.sweep.summary import task_family
+    from quantsweep.eval.suites import task_family
 
     return [
         {
@@ -109,9 +109,9 @@ def judge_cell(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_co
         >>> judge_cell(cell, baseline_cell, VerdictConfig())[0]["verdict"]  # doctest: +SKIP
         'lossless'
     """
-    from quantsweep.eval.judge import judge_all_metrics
+    from quantsweep.eval.suites import task_family
     from quantsweep.sweep.cell import task_result_from_dict
-    from quantsweep.sweep.summary import task_family
+    from quantsweep.verdicts.task import judge_all_metrics
 
     base = _base(cell, verdict_config)
     if cell["status"] != "done":
@@ -259,7 +259,7 @@ def rebuild_derived(store, verdict_config) -> list[dict[str, Any]]:
 
 
 def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from quantsweep.sweep.summary import summarize_records
+    from quantsweep.verdicts.summary import summarize_records
 
     baseline_first = sorted(
         records,

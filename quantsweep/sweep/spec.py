@@ -157,7 +157,7 @@ class SweepSpec:
         data_dir: folder of local dataset files for suite tasks (offline).
         include_path: extra folders of lm-eval task YAML.
         allow_code_execution: let code tasks run model-written code.
-        verdict: verdict thresholds (:class:`quantsweep.eval.verdicts.VerdictConfig` fields).
+        verdict: verdict thresholds (:class:`quantsweep.verdicts.config.VerdictConfig` fields).
         measure: also measure prefill/decode speed of each recipe (a separate timing step).
         max_length: the scoring window in tokens (default: the suite's, e.g. 2048 for
             WikiText and C4, else the model's positions).
@@ -227,7 +227,7 @@ class SweepSpec:
 
 
 def verdict_config(spec: SweepSpec):
-    """The spec's :class:`~quantsweep.eval.verdicts.VerdictConfig`.
+    """The spec's :class:`~quantsweep.verdicts.config.VerdictConfig`.
 
     Raises:
         SpecError: an unknown threshold name or an out-of-range value.
@@ -236,7 +236,7 @@ def verdict_config(spec: SweepSpec):
         >>> verdict_config(SweepSpec(models=(ModelSpec(path="toy"),), recipes=(), tasks=("t",), verdict={"alpha": 0.01})).alpha
         0.01
     """
-    from quantsweep.eval.verdicts import VerdictConfig
+    from quantsweep.verdicts.config import VerdictConfig
 
     try:
         return build(VerdictConfig, dict(spec.verdict), "verdict")

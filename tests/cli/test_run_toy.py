@@ -105,7 +105,7 @@ def test_run_stores_one_cell_file_per_cell_with_every_document(run_records):
 
 def test_fp_against_itself_is_lossless():
     import quantsweep
-    from quantsweep.eval.judge import judge_task
+    from quantsweep.verdicts.task import judge_task
 
     model, tokenizer = quantsweep.load_model("toy", device="cpu")
     first = quantsweep.evaluate(model, tokenizer, ["toy_mc4"]).tasks["toy_mc4"]
@@ -162,7 +162,7 @@ def test_baseline_given_as_a_path_and_a_judging_failure_is_recorded(monkeypatch)
     """The baseline is recognised when named by its YAML path; a recipe whose judging fails is an error row."""
     from pathlib import Path
 
-    import quantsweep.eval.judge as judge
+    import quantsweep.verdicts.task as judge
     from quantsweep.sweep.runner import RunSpec, run
 
     real = judge.judge_all_metrics

@@ -6,7 +6,7 @@ from transformers import LlamaForCausalLM
 
 from quantsweep.eval.harness import evaluate
 from quantsweep.eval.health import diagnose_nonfinite
-from quantsweep.eval.judge import judge_task
+from quantsweep.verdicts.task import judge_task
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_generation_nonfinite_counted_per_sample(random_toy):
 
 def test_perplexity_metrics_share_one_judgement(random_toy):
     """word/byte/bits-per-byte perplexity are judged once on per-token cross-entropy, identically."""
-    from quantsweep.eval.judge import judge_all_metrics
+    from quantsweep.verdicts.task import judge_all_metrics
 
     model, tokenizer = random_toy
     task = evaluate(model, tokenizer, ["toy_ppl"], limit=25).tasks["toy_ppl"]

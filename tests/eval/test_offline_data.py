@@ -29,6 +29,7 @@ from helpers.suite_data import (
 import quantsweep
 from quantsweep import hub
 from quantsweep.eval import suites
+from quantsweep.verdicts.chance import chance_level
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -312,11 +313,11 @@ def test_chance_levels_are_computed_from_the_evaluated_samples(offline_result, m
     model, _ = model_and_tokenizer
     vocab = model.config.vocab_size
     # ARC docs 0-2 have 4, 3 and 5 options: mean(1/4, 1/3, 1/5), not a hard-coded 1/4.
-    assert suites.chance_level(offline_result.tasks["arc_easy"]) == pytest.approx((1 / 4 + 1 / 3 + 1 / 5) / 3)
-    assert suites.chance_level(offline_result.tasks["piqa"]) == pytest.approx(0.5)
-    assert suites.chance_level(offline_result.tasks["social_iqa"]) == pytest.approx(1 / 3)
-    assert suites.chance_level(offline_result.tasks["gsm8k"]) == 0.0
-    assert suites.chance_level(offline_result.tasks["lambada_openai"]) == 0.0
-    assert suites.chance_level(offline_result.tasks["wikitext"], vocab_size=vocab) == float(vocab)
+    assert chance_level(offline_result.tasks["arc_easy"]) == pytest.approx((1 / 4 + 1 / 3 + 1 / 5) / 3)
+    assert chance_level(offline_result.tasks["piqa"]) == pytest.approx(0.5)
+    assert chance_level(offline_result.tasks["social_iqa"]) == pytest.approx(1 / 3)
+    assert chance_level(offline_result.tasks["gsm8k"]) == 0.0
+    assert chance_level(offline_result.tasks["lambada_openai"]) == 0.0
+    assert chance_level(offline_result.tasks["wikitext"], vocab_size=vocab) == float(vocab)
     with pytest.raises(ValueError, match="needs vocab_size"):
-        suites.chance_level(offline_result.tasks["c4"])
+        chance_level(offline_result.tasks["c4"])

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from quantsweep.eval import suites
+from quantsweep.verdicts.chance import chance_level, chance_rule
 
 EXPECTED = {
     "language_modelling": {"wikitext", "c4"},
@@ -183,12 +184,12 @@ def test_entry_to_dict_round_trips_through_validation():
 
 
 def test_chance_rule_from_suite_or_output_type():
-    assert suites.chance_rule("wikitext") == ("uniform_vocab", 0.0)
-    assert suites.chance_rule("mbpp_offline") == ("zero", 0.0)
-    assert suites.chance_rule("toy_mc4", "multiple_choice") == ("choices", 0.0)
-    assert suites.chance_rule("toy_gen", "generate_until") == ("zero", 0.0)
+    assert chance_rule("wikitext") == ("uniform_vocab", 0.0)
+    assert chance_rule("mbpp_offline") == ("zero", 0.0)
+    assert chance_rule("toy_mc4", "multiple_choice") == ("choices", 0.0)
+    assert chance_rule("toy_gen", "generate_until") == ("zero", 0.0)
     with pytest.raises(ValueError, match="no chance rule"):
-        suites.chance_rule("toy_x", "something_else")
+        chance_rule("toy_x", "something_else")
 
 
 def test_chance_floor_is_recorded_for_exact_match_tasks(tmp_path):
@@ -198,8 +199,8 @@ def test_chance_floor_is_recorded_for_exact_match_tasks(tmp_path):
     from quantsweep.eval.harness import TaskResult
 
     result = TaskResult("yesno_em", "generate_until", {}, [], 0, 0)
-    assert suites.chance_rule("yesno_em") == ("zero", 0.5)
-    assert suites.chance_level(result) == 0.5
+    assert chance_rule("yesno_em") == ("zero", 0.5)
+    assert chance_level(result) == 0.5
 
 
 def test_multiple_choice_chance_needs_choice_counts():
@@ -207,4 +208,4 @@ def test_multiple_choice_chance_needs_choice_counts():
 
     result = TaskResult("piqa", "multiple_choice", {}, [SampleOutcome(0, {}, n_choices=None)], 0, 0)
     with pytest.raises(ValueError, match="n_choices"):
-        suites.chance_level(result)
+        chance_level(result)

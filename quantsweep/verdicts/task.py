@@ -1,7 +1,7 @@
-"""Turn one task's evaluation (and its baseline's) into a verdict record.
+"""Judging one evaluated task: its result (and its baseline's) -> verdict records, per metric.
 
 This is the glue between :mod:`quantsweep.eval.harness` (per-sample outcomes)
-and :mod:`quantsweep.eval.verdicts` (the statistics). It pairs documents by
+and :mod:`quantsweep.verdicts.judge` (the statistics). It pairs documents by
 ``doc_id``, picks the right test for the metric, and computes the chance level
 from the data:
 
@@ -28,9 +28,16 @@ reverse (``flips_n`` documents). When every paired document has a
 ``SampleOutcome.cluster``, the interval is cluster-robust (``interval`` says so).
 
 Example:
-    >>> judged = judge_task(task, baseline_task, metric="acc", vocab_size=512)  # doctest: +SKIP
-    >>> judged["verdict"]  # doctest: +SKIP
-    'lossless'
+    >>> from quantsweep.eval.harness import MetricResult, SampleOutcome, TaskResult
+    >>> def multiple_choice(correct):  # a 4-way multiple-choice task: one 0/1 answer per document
+    ...     samples = [SampleOutcome(i, {"acc": float(c)}, n_choices=4) for i, c in enumerate(correct)]
+    ...     metric = MetricResult("acc", sum(correct) / len(correct), None, len(correct), True)
+    ...     return TaskResult("toy_mc4", "multiple_choice", {"acc": metric}, samples, 0, 0)
+    >>> baseline_task = multiple_choice([1] * 900 + [0] * 100)
+    >>> task = multiple_choice([1] * 900 + [0] * 100)
+    >>> judged = judge_task(task, baseline_task, metric="acc", vocab_size=512)
+    >>> judged["verdict"], judged["flips_n"]
+    ('lossless', 1000)
 """
 
 from __future__ import annotations
@@ -41,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from quantsweep.eval import chance as chance_levels
-from quantsweep.eval import stats
-from quantsweep.eval.verdicts import Verdict, VerdictConfig, judge_accuracy, judge_perplexity, judge_scores
-
-__all__ = ["VerdictConfig", "judge_task"]
+from quantsweep.verdicts import chance as chance_levels
+from quantsweep.verdicts import stats
+from quantsweep.verdicts.config import VerdictConfig
+from quantsweep.verdicts.judge import judge_accuracy, judge_perplexity, judge_scores
+from quantsweep.verdicts.rules import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +104,11 @@ def judge_task(
         (and ``n``) as JSON-friendly values.
 
     Example:
-        >>> judge_task(task, None, metric="acc", vocab_size=512, is_baseline=True)["verdict"]  # doctest: +SKIP
+        >>> from quantsweep.eval.harness import MetricResult, SampleOutcome, TaskResult
+        >>> samples = [SampleOutcome(i, {"acc": float(i % 4 != 0)}, n_choices=4) for i in range(40)]
+        >>> task = TaskResult("toy_mc4", "multiple_choice", {"acc": MetricResult("acc", 0.75, None, 40, True)},
+        ...                   samples, 0, 0)
+        >>> judge_task(task, None, metric="acc", vocab_size=512, is_baseline=True)["verdict"]
         'baseline'
     """
     config = config or VerdictConfig()
@@ -224,8 +235,12 @@ def perplexity_chance(task, baseline_task, vocab_size: int) -> dict[str, Any]:
         ``chance_unigram_nats`` (None when unknown) and ``chance_uniform_nats``.
 
     Example:
-        >>> perplexity_chance(task, None, 512)["chance_reference"]  # doctest: +SKIP
+        >>> from quantsweep.eval.harness import TaskResult
+        >>> task = TaskResult("toy_ppl", "loglikelihood_rolling", {}, [], 0, 0, unigram_chance_nats=4.5)
+        >>> perplexity_chance(task, None, 512)["chance_reference"]
         'unigram'
+        >>> perplexity_chance(TaskResult("toy_ppl", "loglikelihood_rolling", {}, [], 0, 0), None, 512)["chance_reference"]
+        'uniform'
     """
     uniform = chance_levels.chance_cross_entropy(vocab_size)
     unigram = getattr(task, "unigram_chance_nats", None)
@@ -270,8 +285,14 @@ def judge_all_metrics(
     the same per-token cross-entropy, so their bootstrap runs once and is shared.
 
     Example:
-        >>> sorted(judge_all_metrics(task, None, vocab_size=512, is_baseline=True))  # doctest: +SKIP
-        ['bits_per_byte', 'byte_perplexity', 'word_perplexity']
+        >>> from quantsweep.eval.harness import MetricResult, SampleOutcome, TaskResult
+        >>> samples = [SampleOutcome(i, {m: (-2.0 * (10 + i % 3), 10) for m in ("word_perplexity", "bits_per_byte")},
+        ...                          n_tokens=10 + i % 3) for i in range(30)]
+        >>> metrics = {m: MetricResult(m, 7.4, None, 30, False) for m in ("word_perplexity", "bits_per_byte")}
+        >>> task = TaskResult("toy_ppl", "loglikelihood_rolling", metrics, samples, 0, 0)
+        >>> judged = judge_all_metrics(task, None, vocab_size=512, is_baseline=True)
+        >>> sorted(judged), judged["bits_per_byte"] == judged["word_perplexity"]
+        (['bits_per_byte', 'word_perplexity'], True)
     """
     judged: dict[str, dict[str, Any]] = {}
     shared_perplexity = None

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from quantsweep.eval import chance
+from quantsweep.verdicts import chance
 
 
 def test_multiple_choice_chance_is_mean_of_reciprocals():

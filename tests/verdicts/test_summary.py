@@ -1,6 +1,6 @@
 """summary.json: worst verdict per recipe and per (recipe, family), and the recipes that failed."""
 
-from quantsweep.sweep.summary import summarize_records
+from quantsweep.verdicts.summary import summarize_records
 
 
 def test_summary_keeps_verdicts_and_failed_recipes():

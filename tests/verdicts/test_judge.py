@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from quantsweep.eval.harness import MetricResult, SampleOutcome, TaskResult
-from quantsweep.eval.judge import judge_task
+from quantsweep.verdicts.task import judge_task
 
 N = 200
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from quantsweep.eval import stats
+from quantsweep.verdicts import stats
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_percentile_interval_equals_numpy_quantile():
 
 def test_cluster_robust_paired_difference_matches_statsmodels_ols_with_clustered_errors():
     sm = pytest.importorskip("statsmodels.api")
-    from quantsweep.eval.stats import cluster_robust_paired_difference
+    from quantsweep.verdicts.stats import cluster_robust_paired_difference
 
     rng = np.random.default_rng(3)
     n, groups = 400, rng.integers(0, 15, 400)
@@ -223,7 +223,7 @@ def test_cluster_robust_paired_difference_matches_statsmodels_ols_with_clustered
 
 
 def test_cluster_robust_interval_is_wider_than_the_independent_one_when_clusters_move_together():
-    from quantsweep.eval.stats import cluster_robust_paired_difference
+    from quantsweep.verdicts.stats import cluster_robust_paired_difference
 
     # whole subjects flip together: 10 subjects of 20 documents, 3 subjects lose every answer
     clusters = np.repeat(np.arange(10), 20)
@@ -236,7 +236,7 @@ def test_cluster_robust_interval_is_wider_than_the_independent_one_when_clusters
 
 
 def test_cluster_robust_needs_two_clusters_and_matching_lengths():
-    from quantsweep.eval.stats import cluster_robust_paired_difference
+    from quantsweep.verdicts.stats import cluster_robust_paired_difference
 
     with pytest.raises(ValueError, match="at least 2 clusters"):
         cluster_robust_paired_difference([1, 0], [1, 1], ["a", "a"])
@@ -245,7 +245,7 @@ def test_cluster_robust_needs_two_clusters_and_matching_lengths():
 
 
 def test_documents_needed_for_mcnemar_gives_80_percent_power_by_simulation():
-    from quantsweep.eval.stats import documents_needed_paired_proportions
+    from quantsweep.verdicts.stats import documents_needed_paired_proportions
 
     discordance, tolerance = 0.12, 0.03
     n = int(np.ceil(documents_needed_paired_proportions(discordance, tolerance, alpha=0.05, power=0.8)))
@@ -268,7 +268,7 @@ def test_documents_needed_for_mcnemar_gives_80_percent_power_by_simulation():
 
 def test_documents_needed_from_interval_matches_statsmodels_normal_power():
     power_module = pytest.importorskip("statsmodels.stats.power")
-    from quantsweep.eval.stats import documents_needed_from_interval
+    from quantsweep.verdicts.stats import documents_needed_from_interval
 
     n, sd, difference = 250, 0.4, 0.02
     half = sps.norm.ppf(0.975) * sd / np.sqrt(n)

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from quantsweep.eval import verdicts as V
-from quantsweep.eval.verdicts import Verdict, VerdictConfig, judge_accuracy, judge_perplexity, judge_scores, summarize
+from quantsweep.verdicts import rules as V
+from quantsweep.verdicts.config import VerdictConfig
+from quantsweep.verdicts.judge import judge_accuracy, judge_perplexity, judge_scores
+from quantsweep.verdicts.rules import Verdict
+from quantsweep.verdicts.summary import summarize
 
 FAST = VerdictConfig(bootstrap_resamples=500)
 
@@ -473,7 +476,7 @@ def test_importing_verdicts_does_not_import_torch_or_lm_eval():
     import subprocess
     import sys
 
-    code = "import sys, quantsweep.eval.verdicts; print('torch' in sys.modules, 'lm_eval' in sys.modules)"
+    code = "import sys, quantsweep.verdicts.judge, quantsweep.verdicts.summary; print('torch' in sys.modules, 'lm_eval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 
