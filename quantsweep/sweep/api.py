@@ -33,7 +33,7 @@ WAIT_POLL_S = 2.0
 
 
 @dataclass
-class SweepResult:
+class SweepOutcome:
     """What a sweep did: its plan, the records of its cells, and where they are stored.
 
     Attributes:
@@ -69,7 +69,7 @@ def run_sweep(
     progress: bool = True,
     on_plan: Callable | None = None,
     on_recipe: Callable | None = None,
-) -> SweepResult:
+) -> SweepOutcome:
     """Run a sweep into the store ``out`` and return what it did.
 
     Args:
@@ -90,8 +90,8 @@ def run_sweep(
     Example:
         >>> result = run_sweep({"models": ["toy"], "recipes": ["w8-rtn"], "tasks": ["toy_mc4"]}, "out")  # doctest: +SKIP
     """
-    from quantsweep.sweep.cell import UnitContext
-    from quantsweep.sweep.judging import Judge
+    from quantsweep.sweep.context import UnitContext
+    from quantsweep.sweep.derived import DerivedFiles
     from quantsweep.sweep.plan import plan_cells, sort_cells
     from quantsweep.sweep.progress import CellProgress
     from quantsweep.sweep.store import CellStore
@@ -117,11 +117,11 @@ def run_sweep(
     bar = CellProgress(total=len(plan.to_run), skipped=len(plan.done) + len(plan.failed), enabled=progress)
     computed: list[dict[str, Any]] = []
 
-    judge = Judge(store, verdicts, plan=plan)
+    derived = DerivedFiles(store, verdicts, plan=plan)
 
     def judged_recipe(recipe_name, summaries):
         if on_recipe is not None and summaries:
-            on_recipe(summaries[0]["model"], recipe_name, judge.records([s["key"] for s in summaries]))
+            on_recipe(summaries[0]["model"], recipe_name, derived.records([s["key"] for s in summaries]))
 
     try:
         pending = list(plan.to_run)
@@ -131,17 +131,17 @@ def run_sweep(
                 from quantsweep.sweep.local import run_local
 
                 computed += run_local(
-                    _replan(plan, pending), context, bar, on_cell=lambda _: judge.rebuild(), on_recipe=judged_recipe
+                    _replan(plan, pending), context, bar, on_cell=lambda _: derived.rebuild(), on_recipe=judged_recipe
                 )
             else:
                 from quantsweep.sweep.ray import run_ray
 
                 computed += run_ray(
-                    _replan(plan, pending), context, bar, address=address, on_cell=lambda _: judge.rebuild()
+                    _replan(plan, pending), context, bar, address=address, on_cell=lambda _: derived.rebuild()
                 )
-            pending = _wait_for_others(store, [c for c in pending if not is_stored(store, c.key, context)], context)
+            pending = _wait_for_others(store, [c for c in pending if not store.is_settled(c.key, context)], context)
             if pending and len(pending) >= before:  # a round that stored nothing would repeat forever
-                from quantsweep.sweep.cell import store_failed_cells
+                from quantsweep.sweep.claims import store_failed_cells
                 from quantsweep.sweep.plan import group_units
 
                 error = RuntimeError(
@@ -154,25 +154,13 @@ def run_sweep(
                 pending = []
     finally:
         bar.close()
-    judge.rebuild()
-    records = judge.records([c.key for c in plan.cells])
-    return SweepResult(plan=plan, records=records, out=store.directory, computed=computed)
+    derived.rebuild()
+    records = derived.records([c.key for c in plan.cells])
+    return SweepOutcome(plan=plan, records=records, out=store.directory, computed=computed)
 
 
 def _replan(plan, cells):
     return dataclasses.replace(plan, to_run=list(cells))
-
-
-def is_stored(store, key: str, context) -> bool:
-    """Whether ``key`` needs nothing more in this run (see :func:`quantsweep.sweep.cell.is_settled`).
-
-    Example:
-        >>> is_stored(store, cell.key, context)  # doctest: +SKIP
-        True
-    """
-    from quantsweep.sweep.cell import is_settled
-
-    return is_settled(store, key, context)
 
 
 def _wait_for_others(store, missing, context) -> list:
@@ -189,7 +177,7 @@ def _wait_for_others(store, missing, context) -> list:
             )
             announced = True
         time.sleep(WAIT_POLL_S)
-        missing = [c for c in missing if not is_stored(store, c.key, context)]
+        missing = [c for c in missing if not store.is_settled(c.key, context)]
     return []
 
 
@@ -278,7 +266,9 @@ def load_results(directory):
 def judge(directory, **thresholds) -> list[dict[str, Any]]:
     """Re-judge a store from disk with new verdict thresholds (nothing is evaluated again).
 
-    Rewrites ``results.jsonl`` and ``summary.json`` and returns the records.
+    Rewrites ``results.jsonl`` and ``summary.json`` and returns the records. Thresholds
+    not given are the store's own (kept in its ``store.json`` by the last judgement);
+    the ones used are recorded there.
 
     Raises:
         ValueError: not a store, or an unknown threshold name.
@@ -288,19 +278,27 @@ def judge(directory, **thresholds) -> list[dict[str, Any]]:
     """
     from quantsweep._schema import build
     from quantsweep.eval.verdicts import VerdictConfig
-    from quantsweep.sweep.judging import rebuild_derived
+    from quantsweep.sweep.derived import DerivedFiles
     from quantsweep.sweep.store import CellStore
 
     path = Path(directory)
     if not (path / "store.json").is_file():
         raise ValueError(f"{str(path)!r} is not a quantsweep store (no store.json there)")
+    store = CellStore(path)
     # start from the thresholds the store was last judged with (the sweep's own), then apply the new ones
-    previous = {}
-    results = path / "results.jsonl"
-    if results.is_file():
-        import json
-
-        first = next((line for line in results.read_text().splitlines() if line.strip()), None)
-        previous = (json.loads(first).get("verdict_config") or {}) if first else {}
+    previous = store.verdict_thresholds()
+    if previous is None:
+        previous = _thresholds_in_results(path)  # a store from before its metadata kept them: read once
     config = build(VerdictConfig, {**previous, **thresholds}, "verdict thresholds")
-    return rebuild_derived(CellStore(path), config)
+    return DerivedFiles(store, config).rebuild()  # records the thresholds in the store's metadata
+
+
+def _thresholds_in_results(path: Path) -> dict[str, Any]:
+    """The thresholds on the first record of ``results.jsonl``: where stores before ``store.json`` kept them."""
+    import json
+
+    results = path / "results.jsonl"
+    if not results.is_file():
+        return {}
+    first = next((line for line in results.read_text().splitlines() if line.strip()), None)
+    return (json.loads(first).get("verdict_config") or {}) if first else {}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from quantsweep.sweep.cell import UnitContext, run_unit
+from quantsweep.sweep.cell import run_unit
+from quantsweep.sweep.context import UnitContext
 
 
 def run_local(

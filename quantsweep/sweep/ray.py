@@ -276,7 +276,7 @@ def run_ray(
 
     Args:
         plan: the :class:`~quantsweep.sweep.plan.SweepPlan` (its ``to_run`` cells are run).
-        context: the :class:`~quantsweep.sweep.cell.UnitContext`; its store folder must be
+        context: the :class:`~quantsweep.sweep.context.UnitContext`; its store folder must be
             on a filesystem every node sees at the same path.
         progress: a :class:`~quantsweep.sweep.progress.CellProgress`, told of every cell
             as it lands in the store, with the host and device it ran on.
@@ -406,10 +406,9 @@ class _StoreFollower:
         self.summaries: list[dict[str, Any]] = []
 
     def poll(self) -> None:
-        from quantsweep.sweep.api import is_stored
-        from quantsweep.sweep.cell import cell_summary
+        from quantsweep.sweep.records import cell_summary
 
-        for key in [k for k in self.waiting if is_stored(self.store, k, self.context)]:
+        for key in [k for k in self.waiting if self.store.is_settled(k, self.context)]:
             record = self.store.read_cell(key)
             if record is None:
                 continue
@@ -432,7 +431,7 @@ class _StoreFollower:
             self.progress.running(sum(1 for key in self.waiting if self.store.claim_owner(key) is not None))
 
     def fail_missing(self, unit: WorkUnit, error: BaseException) -> None:
-        from quantsweep.sweep.cell import store_failed_cells
+        from quantsweep.sweep.claims import store_failed_cells
 
         self.poll()
         missing = [c.key for c in unit.cells if c.key in self.waiting and self.store.claim_owner(c.key) is None]

@@ -266,6 +266,7 @@ class CellStore:
         self.directory = Path(directory)
         self.stale_after_s = stale_after_s
         self._statuses: dict[str, tuple[int, int, str]] = {}  # key -> (mtime_ns, size, status) of its file
+        self._meta: dict[str, Any] = {}
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
         meta_path = self.directory / "store.json"
@@ -280,6 +281,7 @@ class CellStore:
                     f"format {meta.get('format')!r}; this quantsweep {quantsweep.__version__} reads format "
                     f"{STORE_FORMAT}. Nothing was changed; use another --out folder"
                 )
+            self._meta = meta
         elif (self.directory / "results.jsonl").is_file():
             raise StoreError(
                 f"{self.directory} holds a results.jsonl from a quantsweep without cell stores (no store.json); "
@@ -287,11 +289,38 @@ class CellStore:
             )
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(
-                meta_path, json.dumps({"format": STORE_FORMAT, "quantsweep_version": quantsweep.__version__}) + "\n"
-            )
+            self._meta = {"format": STORE_FORMAT, "quantsweep_version": quantsweep.__version__}
+            atomic_write_text(meta_path, json.dumps(self._meta) + "\n")
         for name in ("cells", "claims", "logs"):
             (self.directory / name).mkdir(exist_ok=True)
+
+    # ------------------------------------------------------------------ metadata
+    def verdict_thresholds(self) -> dict[str, Any] | None:
+        """The verdict thresholds this store was last judged with (``store.json``), or None if never recorded.
+
+        Example:
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.verdict_thresholds() is None
+            True
+        """
+        thresholds = self._meta.get("verdict")
+        return dict(thresholds) if isinstance(thresholds, dict) else None
+
+    def record_verdict_thresholds(self, thresholds: dict[str, Any]) -> None:
+        """Keep ``thresholds`` in ``store.json``: what :func:`quantsweep.judge` starts from next time.
+
+        Example:
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.record_verdict_thresholds({"alpha": 0.01})
+            >>> CellStore(store.directory).verdict_thresholds()
+            {'alpha': 0.01}
+        """
+        if self._meta.get("verdict") == thresholds:
+            return
+        self._meta = {**self._meta, "verdict": dict(thresholds)}
+        atomic_write_text(self.directory / "store.json", json.dumps(jsonable(self._meta)) + "\n")
 
     # ------------------------------------------------------------------ cells
     def cell_path(self, key: str) -> Path:
@@ -365,6 +394,35 @@ class CellStore:
             return None
         self._statuses[key] = (stat.st_mtime_ns, stat.st_size, cell["status"])
         return cell["status"]
+
+    def is_settled(self, key: str, run) -> bool:
+        """Whether cell ``key`` needs no computing in this run.
+
+        ``run`` says when the run began and what it recomputes (``started_at`` in epoch s,
+        ``force``, ``retry_failed``). A cell is settled when it is stored and either it was
+        written during this run, or it is a stored result the run keeps: a done cell unless
+        ``force``, a failed cell unless ``retry_failed`` or ``force``. So a cell that fails
+        again during a retry is final for that run, never retried forever.
+
+        Example:
+            >>> import tempfile, types
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> run = types.SimpleNamespace(started_at=0.0, force=False, retry_failed=False)
+            >>> store.is_settled("absent", run)
+            False
+        """
+        status = self.status(key)
+        if status is None:
+            return False
+        try:
+            written_now = self.cell_path(key).stat().st_mtime >= run.started_at
+        except FileNotFoundError:
+            return False
+        if written_now:
+            return True
+        if run.force:
+            return False
+        return status == "done" or not run.retry_failed
 
     def write_cell(self, cell: dict[str, Any]) -> Path:
         """Store one finished cell atomically (replacing an earlier version of the same key).
