@@ -541,8 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``quantsweep`` command; returns the exit code.
 
     Example:
-        >>> main(["recipes"])  # doctest: +SKIP
-        0
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     code = main(["recipes"])
+        >>> code, "w4-rtn" in out.getvalue()
+        (0, True)
     """
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -14,10 +14,11 @@ Non-finite outputs are counted per task while it runs:
   generating its answer contain NaN or Inf (a hook on the model's output).
 
 Example:
-    >>> model, tokenizer = quantsweep.load_model("toy")  # doctest: +SKIP
-    >>> result = quantsweep.evaluate(model, tokenizer, tasks=["toy_mc4"], limit=50)  # doctest: +SKIP
-    >>> result.tasks["toy_mc4"].metrics["acc"].value  # doctest: +SKIP
-    0.98
+    >>> import quantsweep
+    >>> model, tokenizer = quantsweep.load_model("toy", device="cpu")
+    >>> result = quantsweep.evaluate(model, tokenizer, tasks=["toy_mc4"], limit=16)
+    >>> result.tasks["toy_mc4"].metrics["acc"].value > 0.5
+    True
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ class TaskResult:
     ``max_length``: the window (tokens) log-likelihoods were scored in.
 
     Example:
-        >>> result.tasks["toy_mc4"].n  # doctest: +SKIP
-        800
+        >>> TaskResult("t", "multiple_choice", {}, [SampleOutcome(doc_id=0, scores={"acc": 1.0})], 0, 0).n
+        1
     """
 
     task: str
@@ -182,7 +183,7 @@ class EvalResult:
     ``batch_size="auto"``; ``fallbacks``: reason -> requests scored by lm-eval's own path.
 
     Example:
-        >>> sorted(result.tasks)  # doctest: +SKIP
+        >>> sorted(EvalResult(tasks={"toy_ppl": None, "toy_mc4": None}).tasks)
         ['toy_mc4', 'toy_ppl']
     """
 
@@ -195,7 +196,8 @@ class EvalResult:
         """One plain dict per (task, metric): task, metric, value, stderr, n.
 
         Example:
-            >>> result.metric_rows()[0]["metric"]  # doctest: +SKIP
+            >>> task = TaskResult("t", "multiple_choice", {"acc": MetricResult("acc", 0.5, 0.1, 4, True)}, [], 0, 0)
+            >>> EvalResult(tasks={"t": task}).metric_rows()[0]["metric"]
             'acc'
         """
         rows = []

@@ -6,8 +6,12 @@ built from :func:`records_frame` of those records. Fields the sweep store adds
 ``theoretical_bits_per_weight``) are optional: a missing one is an empty column.
 
 Example:
-    >>> records = load_records("quantsweep-demo")  # doctest: +SKIP
-    >>> records_frame(records)[["recipe", "task", "verdict"]].head()  # doctest: +SKIP
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "results.jsonl").write_text(json.dumps({"recipe": "fp", "task": "t", "verdict": "baseline"}))
+    >>> records_frame(load_records(folder))[["recipe", "task", "verdict"]].values.tolist()
+    [['fp', 't', 'baseline']]
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ returns a DataFrame (:func:`quantsweep.sweep.api.sweep`).
 
 Example:
     >>> import quantsweep
-    >>> frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
+    >>> import tempfile
+    >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+    >>> frame = quantsweep.sweep(spec, out=tempfile.mkdtemp(), progress=False)
+    >>> list(frame.query("primary").verdict)
+    ['baseline']
 """
 
 from quantsweep._verbs import make_callable

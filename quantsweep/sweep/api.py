@@ -10,8 +10,11 @@ never compute a cell twice at once: a cell claimed by a live process elsewhere i
 waited for.
 
 Example:
-    >>> frame = sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
-    >>> frame[frame.verdict != "lossless"]  # doctest: +SKIP
+    >>> import tempfile
+    >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w8-rtn"], "tasks": ["toy_mc4"], "limit": 8}
+    >>> frame = sweep(spec, out=tempfile.mkdtemp(), progress=False)
+    >>> sorted(set(frame.recipe))
+    ['fp', 'w8-rtn']
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ class SweepOutcome:
         computed: summaries of the cells computed by this run.
 
     Example:
-        >>> result.plan.describe()  # doctest: +SKIP
-        '14 of 20 cells already done; 6 to run'
+        >>> import tempfile
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> result = run_sweep(spec, tempfile.mkdtemp(), progress=False)
+        >>> result.plan.describe()
+        '0 of 1 cells already done; 1 to run'
     """
 
     plan: Any
@@ -88,7 +94,13 @@ def run_sweep(
             calibration source, or an incompatible store: all before any model loads.
 
     Example:
-        >>> result = run_sweep({"models": ["toy"], "recipes": ["w8-rtn"], "tasks": ["toy_mc4"]}, "out")  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> [r["verdict"] for r in run_sweep(spec, out, progress=False).records if r["primary"]]
+        ['baseline']
+        >>> run_sweep(spec, out, progress=False).plan.describe()  # a rerun computes nothing
+        '1 of 1 cells already done; 0 to run'
     """
     from quantsweep.sweep.context import UnitContext
     from quantsweep.sweep.derived import DerivedFiles
@@ -198,8 +210,11 @@ def sweep(
     the same ``out`` computes only what is missing.
 
     Example:
-        >>> frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
-        >>> frame.query("primary and verdict != 'lossless'")[["recipe", "task", "verdict"]]  # doctest: +SKIP
+        >>> import quantsweep, tempfile
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> frame = quantsweep.sweep(spec, out=tempfile.mkdtemp(), progress=False)
+        >>> frame.query("primary")[["recipe", "task", "verdict"]].values.tolist()
+        [['fp', 'toy_mc4', 'baseline']]
     """
     result = run_sweep(
         spec_or_path, out, backend=backend, address=address, retry_failed=retry_failed, force=force, progress=progress
@@ -225,7 +240,8 @@ def refresh_derived(directory) -> bool:
     Returns whether it rebuilt. Nothing is evaluated; the store's last thresholds are kept.
 
     Example:
-        >>> refresh_derived("toy-sweep")  # doctest: +SKIP
+        >>> import tempfile
+        >>> refresh_derived(tempfile.mkdtemp())  # not a store: nothing to do
         False
     """
     path = Path(directory)
@@ -249,7 +265,12 @@ def load_results(directory):
         ValueError: the folder has no results (the message says where it looked).
 
     Example:
-        >>> frame = quantsweep.load_results("toy-sweep")  # doctest: +SKIP
+        >>> import quantsweep, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> _ = run_sweep(spec, out, progress=False)
+        >>> list(quantsweep.load_results(out).query("primary").verdict)
+        ['baseline']
     """
     from quantsweep.report.frames import load_records
 
@@ -274,7 +295,12 @@ def judge(directory, **thresholds) -> list[dict[str, Any]]:
         ValueError: not a store, or an unknown threshold name.
 
     Example:
-        >>> records = quantsweep.judge("toy-sweep", alpha=0.01)  # doctest: +SKIP
+        >>> import quantsweep, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> _ = run_sweep(spec, out, progress=False)
+        >>> {r["verdict_config"]["alpha"] for r in quantsweep.judge(out, alpha=0.01)}
+        {0.01}
     """
     from quantsweep._schema import build
     from quantsweep.eval.verdicts import VerdictConfig

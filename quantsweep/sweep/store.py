@@ -18,9 +18,12 @@ owner died (same host and its pid gone, or no heartbeat for ``stale_after_s``) i
 taken over.
 
 Example:
-    >>> store = CellStore(tmp_path)  # doctest: +SKIP
-    >>> with store.claim("abc") as claim:  # doctest: +SKIP
-    ...     store.write_cell({"key": "abc", "status": "done"})
+    >>> import tempfile
+    >>> store = CellStore(tempfile.mkdtemp())
+    >>> with store.claim("abc") as claim:
+    ...     path = store.write_cell({"key": "abc", "status": "done"})
+    >>> store.status("abc")
+    'done'
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically: temporary file, fsync, rename, fsync of the folder.
 
     Example:
-        >>> atomic_write_text(Path(tmp) / "x.json", "{}")  # doctest: +SKIP
+        >>> import tempfile
+        >>> atomic_write_text(Path(tempfile.mkdtemp()) / "x.json", "{}")
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -148,8 +152,11 @@ class Claim:
     :meth:`mark_running`). Only the owner whose token is in the file may release it.
 
     Example:
-        >>> with store.claim(key) as claim:  # doctest: +SKIP
+        >>> import tempfile
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> with store.claim("abc") as claim:
         ...     claim.key
+        'abc'
     """
 
     def __init__(self, path: Path, key: str, owner: dict[str, Any]):
@@ -163,7 +170,9 @@ class Claim:
         """How many earlier owners died while computing this cell.
 
         Example:
-            >>> claim.attempts  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").attempts
             0
         """
         return int(self.owner.get("attempts", 0))
@@ -172,7 +181,9 @@ class Claim:
         """Whether the claim file is still this owner's (not taken over by another process).
 
         Example:
-            >>> claim.holds()  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").holds()
             True
         """
         return _read_owner(self.path).get("token") == self.owner["token"]
@@ -189,7 +200,9 @@ class Claim:
         """Record in the claim whether the cell is being computed now, so that a death then counts.
 
         Example:
-            >>> claim.mark_running()  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").mark_running()
         """
         if self.holds():
             self.owner = {**self.owner, "running": running}
@@ -199,7 +212,9 @@ class Claim:
         """Stop the heartbeat and remove the claim file if it is still this owner's (once).
 
         Example:
-            >>> claim.release()  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").release()
         """
         if self._stop.is_set():
             return  # released already
@@ -255,8 +270,9 @@ class CellStore:
             (a ``results.jsonl`` and no ``store.json``): nothing there is touched.
 
     Example:
-        >>> store = CellStore(tmp_path)  # doctest: +SKIP
-        >>> store.status("no-such-key") is None  # doctest: +SKIP
+        >>> import tempfile
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> store.status("no-such-key") is None
         True
     """
 
@@ -327,7 +343,9 @@ class CellStore:
         """The file of cell ``key``.
 
         Example:
-            >>> store.cell_path("abc").name  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.cell_path("abc").name
             'abc.json'
         """
         return self.directory / "cells" / f"{key}.json"
@@ -336,7 +354,9 @@ class CellStore:
         """The log file of cell ``key``.
 
         Example:
-            >>> store.log_path("abc").name  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.log_path("abc").name
             'abc.log'
         """
         return self.directory / "logs" / f"{key}.log"
@@ -347,7 +367,9 @@ class CellStore:
         so the cell is computed again.
 
         Example:
-            >>> store.read_cell("abc") is None  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.read_cell("abc") is None
             True
         """
         path = self.cell_path(key)
@@ -379,7 +401,10 @@ class CellStore:
         cell file is parsed once per version (its modification time and size), not per call.
 
         Example:
-            >>> store.status("abc")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> _ = store.write_cell({"key": "abc", "status": "done"})
+            >>> store.status("abc")
             'done'
         """
         try:
@@ -428,7 +453,10 @@ class CellStore:
         """Store one finished cell atomically (replacing an earlier version of the same key).
 
         Example:
-            >>> store.write_cell({"key": "abc", "status": "done"})  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.write_cell({"key": "abc", "status": "done"}).name
+            'abc.json'
         """
         if cell.get("status") not in ("done", "failed") or not cell.get("key"):
             raise ValueError("a cell needs a 'key' and a status of 'done' or 'failed'")
@@ -440,8 +468,11 @@ class CellStore:
         """Keys of every stored cell file.
 
         Example:
-            >>> store.keys()  # doctest: +SKIP
-            ['0a1b...', ...]
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> _ = store.write_cell({"key": "abc", "status": "done"})
+            >>> store.keys()
+            ['abc']
         """
         return sorted(p.stem for p in (self.directory / "cells").glob("*.json"))
 
@@ -449,8 +480,11 @@ class CellStore:
         """Every readable stored cell.
 
         Example:
-            >>> [c["recipe"] for c in store.cells()]  # doctest: +SKIP
-            ['fp', 'w8-rtn']
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> _ = store.write_cell({"key": "abc", "status": "done", "recipe": "fp"})
+            >>> [c["recipe"] for c in store.cells()]
+            ['fp']
         """
         for key in self.keys():
             cell = self.read_cell(key)
@@ -469,7 +503,12 @@ class CellStore:
         more than the old one's.
 
         Example:
-            >>> claim = store.claim("abc")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> claim = store.claim("abc")
+            >>> store.claim("abc") is None  # held by this process: no second claim
+            True
+            >>> claim.release()
         """
         path = self._claim_path(key)
         attempts = 0
@@ -509,7 +548,10 @@ class CellStore:
         """Who holds a live claim on ``key`` (host, pid, started), or None.
 
         Example:
-            >>> store.claim_owner("abc")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim_owner("abc") is None
+            True
         """
         path = self._claim_path(key)
         owner = _read_owner(path)
@@ -533,7 +575,10 @@ class CellStore:
         """Write a derived file (``results.jsonl``, ``summary.json``) atomically.
 
         Example:
-            >>> store.write_derived("summary.json", "{}")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.write_derived("summary.json", "{}").name
+            'summary.json'
         """
         path = self.directory / name
         atomic_write_text(path, text)
