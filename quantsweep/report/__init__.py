@@ -15,7 +15,7 @@ Example:
     >>> folder = Path(tempfile.mkdtemp())
     >>> record = {"model": "toy", "recipe": "fp", "task": "toy_mc4", "metric": "acc", "primary": True,
     ...           "value": 0.9, "verdict": "baseline"}
-    >>> _ = (folder / "results.jsonl").write_text(json.dumps(record) + "\n")
+    >>> _ = (folder / "results.jsonl").write_text(json.dumps(record))
     >>> quantsweep.report(folder).name
     'report.html'
     >>> from quantsweep.report import format_cell
