@@ -80,14 +80,15 @@ def check_batch_size(value, *, allow_auto: bool) -> int | str:
     return value
 
 
-def setting(default: Any, help: str, **cli: Any):
-    """A field of :class:`EvalSettings`: its default and help text, and how its flag parses (``type``, ``action``).
+def setting(default: Any, help: str, *, in_key: bool = False, **cli: Any):
+    """A field of :class:`EvalSettings`: its default and help text, how its flag parses (``type``, ``action``),
+    and whether it changes results (``in_key``: part of every cell's content key).
 
     Example:
         >>> setting(None, "a new knob", type=int).metadata["help"]
         'a new knob'
     """
-    metadata = {"help": help, **cli}
+    metadata = {"help": help, "in_key": in_key, **cli}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -113,10 +114,12 @@ class EvalSettings:
     """
 
     limit: int | float | None = setting(
-        None, "evaluate only the first N documents of each task (a fraction if < 1)", type=float
+        None, "evaluate only the first N documents of each task (a fraction if < 1)", in_key=True, type=float
     )
-    num_fewshot: int | None = setting(None, "override every task's few-shot count", type=int)
-    seed: int = setting(DEFAULT_SEED, f"seed of lm-eval's samplers, numpy and torch (default {DEFAULT_SEED})", type=int)
+    num_fewshot: int | None = setting(None, "override every task's few-shot count", in_key=True, type=int)
+    seed: int = setting(
+        DEFAULT_SEED, f"seed of lm-eval's samplers, numpy and torch (default {DEFAULT_SEED})", in_key=True, type=int
+    )
     batch_size: int | str = setting(
         DEFAULT_BATCH_SIZE,
         f"documents per forward pass (default {DEFAULT_BATCH_SIZE}; halved on out-of-memory, down to 1)",
@@ -132,6 +135,7 @@ class EvalSettings:
     max_length: int | None = setting(
         None,
         "scoring window in tokens (default: the suite's, e.g. 2048 for WikiText/C4, else the model's)",
+        in_key=True,
         type=int,
     )
 
@@ -163,6 +167,15 @@ class EvalSettings:
         """
         given = {name: value for name, value in changes.items() if value is not None}
         return dataclasses.replace(self, **given) if given else self
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that change results (fields made with ``in_key=True``): part of every cell's key.
+
+        Example:
+            >>> sorted(EvalSettings().key_fields())
+            ['limit', 'max_length', 'num_fewshot', 'seed']
+        """
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("in_key")}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as a record keeps it.

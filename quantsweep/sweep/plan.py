@@ -199,10 +199,11 @@ def resolve_tasks(spec: SweepSpec) -> TaskSetup:
     from quantsweep.eval.suites import check_code_execution, check_data_available, expand_tasks, local_task_configs
 
     names = expand_tasks(list(spec.tasks))
-    check_code_execution(names, spec.allow_code_execution)
-    check_data_available(names, spec.data_dir)
-    configs = local_task_configs(names, spec.data_dir)
-    include = list(spec.include_path) or None
+    settings = spec.evaluation
+    check_code_execution(names, settings.allow_code_execution)
+    check_data_available(names, settings.data_dir)
+    configs = local_task_configs(names, settings.data_dir)
+    include = list(settings.include_path) or None
     check_tasks([t for t in names if t not in configs], include)
     from quantsweep.eval.suites import suite_entry
 
@@ -338,10 +339,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
             "dtype": _dtype_name(model, kind),
             "device_type": kind,
             "trust_remote_code": model.trust_remote_code,
-            "limit": spec.limit,
-            "num_fewshot": spec.num_fewshot,
-            "seed": spec.seed,
-            "max_length": spec.max_length,
+            **spec.evaluation.key_fields(),  # limit, num_fewshot, seed, max_length: whatever changes results
             "versions": versions,
         }
         calibration = _calibration_fields(model)
