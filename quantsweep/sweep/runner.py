@@ -105,6 +105,7 @@ class RunSpec:
         verdict_config: Any = None,
         **spec_fields: Any,
     ):
+        self.model, self.recipes, self.tasks = model, recipes, tasks  # as given (the CLI prints them)
         self.out_dir, self.retry_failed, self.force = out_dir, retry_failed, force
         calibration = {
             "source": calibration_source,
