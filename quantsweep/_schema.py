@@ -1,7 +1,9 @@
 """Strict mapping -> frozen dataclass: unknown keys are named, with "did you mean".
 
-One mechanism for every file format quantsweep reads by hand (sweep specs and recipes;
-suites keep their own richer checks). Field types are checked against
+One mechanism for every file format quantsweep reads by hand: sweep specs are built
+by :func:`build`; suites word their messages their own way but find unknown and
+missing keys here (:func:`unknown_keys`, :func:`missing_keys`); every "did you mean"
+in the package comes from :func:`close_matches`. Field types are checked against
 the dataclass's annotations, so ``limit: "ten"`` fails with the field's name.
 
 Example:
@@ -27,6 +29,16 @@ class SchemaError(ValueError):
     """A mapping does not fit its schema; the message names the key and where it was."""
 
 
+def close_matches(name: str, choices, *, n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The choices closest to ``name`` (at most ``n``, similarity at least ``cutoff``): the package's one difflib call.
+
+    Example:
+        >>> close_matches("openpangu17", ["openpangu18", "toy"])
+        ['openpangu18']
+    """
+    return difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=cutoff)
+
+
 def did_you_mean(name: str, choices) -> str:
     """`` (did you mean 'x'?)`` for close matches of ``name``, else an empty string.
 
@@ -34,8 +46,60 @@ def did_you_mean(name: str, choices) -> str:
         >>> did_you_mean("recipies", ["recipes", "tasks"])
         " (did you mean 'recipes'?)"
     """
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.6)
+    close = close_matches(name, choices)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def allowed_keys(cls, *, exclude=()) -> list[str]:
+    """The keys a mapping for dataclass ``cls`` may have: its init fields, in order, less ``exclude``.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Pair:
+        ...     a: int = 0
+        ...     b: int = 0
+        >>> allowed_keys(Pair, exclude=("b",))
+        ['a']
+    """
+    return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in exclude]
+
+
+def unknown_keys(cls, data: Mapping, *, exclude=()) -> list[str]:
+    """Keys of ``data`` that are not fields of ``cls`` (see :func:`allowed_keys`), in the mapping's order.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class One:
+        ...     a: int = 0
+        >>> unknown_keys(One, {"a": 1, "z": 2})
+        ['z']
+    """
+    allowed = allowed_keys(cls, exclude=exclude)
+    return [key for key in data if key not in allowed]
+
+
+def missing_keys(cls, data: Mapping, *, exclude=()) -> list[str]:
+    """Required fields of ``cls`` (no default) that ``data`` lacks, in field order.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Need:
+        ...     a: int
+        >>> missing_keys(Need, {})
+        ['a']
+    """
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.name not in exclude
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in data
+    ]
 
 
 def type_matches(value: Any, expected: Any) -> bool:
@@ -131,10 +195,13 @@ def build(
     """
     if not isinstance(data, Mapping):
         raise error(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
-    allowed = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in data:
-        if key not in allowed:
-            raise error(f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}")
+    allowed = allowed_keys(cls)
+    unknown = unknown_keys(cls, data)
+    if unknown:
+        key = unknown[0]
+        raise error(
+            f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}"
+        )
     hints = typing.get_type_hints(cls)
     values = {}
     for field in dataclasses.fields(cls):

@@ -91,26 +91,45 @@ def _add_resume_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--limit", type=float, default=None, help="evaluate only the first N documents of each task (a fraction if < 1)"
-    )
+def add_evaluation_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One flag per evaluation setting (``--batch-size`` for ``batch_size``), made from the field's metadata.
+
+    A new :class:`~quantsweep.eval.settings.EvalSettings` field is a new flag of ``run``
+    with no change here. Flags not given are None, so the spec's defaults apply.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_evaluation_flags(parser)
+        >>> parser.parse_args(["--batch-size", "8", "--include-path", "a"]).batch_size
+        8
+    """
+    import dataclasses
+
+    from quantsweep.eval.settings import EvalSettings
+
+    for setting in dataclasses.fields(EvalSettings):
+        if names is not None and setting.name not in names:
+            continue
+        options = {k: v for k, v in setting.metadata.items() if k in ("type", "action")}
+        flag = "--" + setting.name.replace("_", "-")
+        parser.add_argument(flag, dest=setting.name, default=None, help=setting.metadata["help"], **options)
+
+
+def _evaluation_flags_given(args) -> dict:
+    import dataclasses
+
+    from quantsweep.eval.settings import EvalSettings
+
+    names = (f.name for f in dataclasses.fields(EvalSettings))
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _add_run_options(parser: argparse.ArgumentParser, settings: tuple[str, ...] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, npu or npu:N (default auto)")
     parser.add_argument(
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA/NPU), float32, bfloat16, float16"
     )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="scoring window in tokens (default: the suite's, e.g. 2048 for WikiText/C4, else the model's)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=32,
-        help="documents per forward pass (default 32; halved on out-of-memory, down to 1)",
-    )
+    add_evaluation_flags(parser, settings)
     parser.add_argument(
         "--out", default=None, help="store folder: one file per cell, results.jsonl and summary.json; a rerun resumes"
     )
@@ -132,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="toy model × {fp, w8, w4, w2, w1}-rtn × the four demo tasks")
-    _add_run_options(demo)
+    _add_run_options(demo, ("limit", "batch_size", "max_length"))
     demo.set_defaults(out="quantsweep-demo", limit=DEMO_LIMIT)
 
     run = sub.add_parser("run", help="run recipes × tasks on one model")
@@ -141,15 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", action="append", required=True, help="recipe name, grid name or path to recipe YAML (repeatable)"
     )
     run.add_argument("--tasks", required=True, help="comma-separated task names (or a suite name)")
-    run.add_argument("--num-fewshot", type=int, default=None, help="override every task's few-shot count")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
-    run.add_argument("--include-path", action="append", default=None, help="extra folder of lm-eval task YAML")
-    run.add_argument("--data-dir", default=None, help="folder of local dataset files for suite tasks (offline)")
-    run.add_argument(
-        "--allow-code-execution",
-        action="store_true",
-        help="let code tasks (HumanEval, MBPP) execute model-written code, with a time-out",
-    )
     _add_calibration_options(run)
     _add_run_options(run)
     run.set_defaults(out="quantsweep-out")
@@ -178,18 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _limit(value: float | None):
-    import math
-
-    if value is None:
-        return None
-    if not math.isfinite(value) or value <= 0:
-        raise UserError(f"--limit must be positive, got {value:g}")
-    if value >= 1 and value != int(value):
-        raise UserError(f"--limit above 1 must be a whole number of documents, got {value:g}")
-    return int(value) if value >= 1 else value
-
-
 def _print_progress_row(outcome) -> None:
     """One line per finished recipe, so long runs show progress; the aligned table follows at the end."""
     from quantsweep.report import format_cell, primary_records
@@ -202,18 +201,30 @@ def _print_plan(plan) -> None:
     print(plan.describe(), flush=True)
 
 
-def _check_run_numbers(args) -> None:
-    """Refuse impossible numbers before any model loads."""
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if getattr(args, "max_length", None) is not None and args.max_length < 1:
-        raise UserError(f"--max-length must be a positive number of tokens, got {args.max_length}")
-    if getattr(args, "num_fewshot", None) is not None and args.num_fewshot < 0:
-        raise UserError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
-    for name in ("calib_samples", "calib_seq_len"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+def _one_model_spec(args, **fields):
+    """The run's :class:`~quantsweep.sweep.runner.RunSpec`: the flags as a one-model spec mapping, validated as a
+    spec file is; an impossible setting is named by its flag."""
+    from quantsweep.eval.settings import SettingError
+    from quantsweep.sweep.runner import RunSpec
+
+    try:
+        return RunSpec(
+            device=args.device,
+            dtype=args.dtype,
+            out_dir=args.out,
+            verdict_config=_verdict_config(args),
+            retry_failed=args.retry_failed,
+            force=args.force,
+            **fields,
+            **_evaluation_flags_given(args),
+        )
+    except ValueError as error:
+        cause = error
+        while cause is not None and not isinstance(cause, SettingError):
+            cause = cause.__context__
+        if cause is not None:
+            raise UserError(cause.for_flag()) from None
+        raise
 
 
 def _run(spec) -> int:
@@ -267,54 +278,21 @@ def _verdict_config(args):
 
 
 def _command_demo(args) -> int:
-    from quantsweep.sweep.runner import RunSpec
-
     print(f"quantsweep demo: toy model × {', '.join(DEMO_RECIPES)} × {', '.join(DEMO_TASKS)}", flush=True)
-    _check_run_numbers(args)
-    spec = RunSpec(
-        model="toy",
-        recipes=DEMO_RECIPES[1:],
-        tasks=DEMO_TASKS,
-        limit=_limit(args.limit),
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        out_dir=args.out,
-        verdict_config=_verdict_config(args),
-        retry_failed=args.retry_failed,
-        force=args.force,
-        max_length=args.max_length,
-    )
-    return _run(spec)
+    return _run(_one_model_spec(args, model="toy", recipes=DEMO_RECIPES[1:], tasks=DEMO_TASKS))
 
 
 def _command_run(args) -> int:
-    from quantsweep.sweep.runner import RunSpec
-
-    tasks = _split_tasks(args.tasks)
-    _check_run_numbers(args)
-    spec = RunSpec(
+    spec = _one_model_spec(
+        args,
         model=args.model,
         recipes=args.recipe,
-        tasks=tasks,
-        limit=_limit(args.limit),
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        num_fewshot=args.num_fewshot,
-        out_dir=args.out,
+        tasks=_split_tasks(args.tasks),
         trust_remote_code=args.trust_remote_code,
-        include_path=args.include_path,
-        data_dir=args.data_dir,
-        allow_code_execution=args.allow_code_execution,
         calibration_source=args.calib_source,
         calibration_samples=args.calib_samples,
         calibration_seq_len=args.calib_seq_len,
         calibration_seed=args.calib_seed,
-        verdict_config=_verdict_config(args),
-        retry_failed=args.retry_failed,
-        force=args.force,
-        max_length=args.max_length,
     )
     return _run(spec)
 
@@ -411,7 +389,9 @@ def _add_report_parser(sub) -> None:
 
 def _command_report(args) -> int:
     import quantsweep.report
+    from quantsweep.sweep.api import refresh_derived
 
+    refresh_derived(args.results_dir)  # a store killed before its last rebuild: the report reads it whole
     path = quantsweep.report(args.results_dir, args.out, title=args.title)
     print(f"report written to {path} (results.csv, results.parquet and PNGs beside it)")
     return 0
@@ -562,8 +542,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``quantsweep`` command; returns the exit code.
 
     Example:
-        >>> main(["recipes"])  # doctest: +SKIP
-        0
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     code = main(["recipes"])
+        >>> code, "w4-rtn" in out.getvalue()
+        (0, True)
     """
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -14,15 +14,17 @@ Non-finite outputs are counted per task while it runs:
   generating its answer contain NaN or Inf (a hook on the model's output).
 
 Example:
-    >>> model, tokenizer = quantsweep.load_model("toy")  # doctest: +SKIP
-    >>> result = quantsweep.evaluate(model, tokenizer, tasks=["toy_mc4"], limit=50)  # doctest: +SKIP
-    >>> result.tasks["toy_mc4"].metrics["acc"].value  # doctest: +SKIP
-    0.98
+    >>> import quantsweep
+    >>> model, tokenizer = quantsweep.load_model("toy", device="cpu")
+    >>> result = quantsweep.evaluate(model, tokenizer, tasks=["toy_mc4"], limit=16)
+    >>> result.tasks["toy_mc4"].metrics["acc"].value > 0.5
+    True
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from quantsweep.eval.health import NonFiniteLogitCounter
+from quantsweep.eval.settings import EvalSettings
 from quantsweep.eval.suites import SuiteEntry, suite_entry
 from quantsweep.eval.tasks import (  # noqa: F401
     LOGLIKELIHOOD_TYPES,
@@ -99,8 +102,8 @@ class TaskResult:
     ``max_length``: the window (tokens) log-likelihoods were scored in.
 
     Example:
-        >>> result.tasks["toy_mc4"].n  # doctest: +SKIP
-        800
+        >>> TaskResult("t", "multiple_choice", {}, [SampleOutcome(doc_id=0, scores={"acc": 1.0})], 0, 0).n
+        1
     """
 
     task: str
@@ -118,6 +121,59 @@ class TaskResult:
     def n(self) -> int:
         return len(self.samples)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (metrics and every document), as a store keeps it; :meth:`from_dict` reads it back.
+
+        Example:
+            >>> task = TaskResult("t", "multiple_choice", {"acc": MetricResult("acc", 1.0, 0.0, 1, True)},
+            ...                   [SampleOutcome(doc_id=0, scores={"acc": 1.0})], 0, 0)
+            >>> TaskResult.from_dict(task.to_dict()) == task
+            True
+        """
+        data = dataclasses.asdict(self)
+        data["samples"] = [dataclasses.asdict(s) for s in self.samples]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        """Rebuild a task result stored by :meth:`to_dict`.
+
+        Non-finite numbers were stored as null/"inf"; they come back as NaN/Inf.
+
+        Example:
+            >>> TaskResult.from_dict({"task": "t", "output_type": "loglikelihood_rolling", "nonfinite_samples": 0,
+            ...     "num_fewshot": 0, "metrics": {"ppl": {"metric": "ppl", "value": "inf", "stderr": None, "n": 1,
+            ...     "higher_is_better": False}}, "samples": []}).metrics["ppl"].value
+            inf
+        """
+
+        def number(value):
+            if value is None:
+                return float("nan")
+            if value in ("inf", "-inf"):
+                return float(value)
+            return value
+
+        def restore(value):
+            if isinstance(value, list):
+                return [restore(v) for v in value]
+            return number(value) if value is None or value in ("inf", "-inf") else value
+
+        sample_fields = {f.name for f in dataclasses.fields(SampleOutcome)}
+        task_fields = {f.name for f in dataclasses.fields(cls)}
+        metrics = {name: MetricResult(**{**m, "value": number(m["value"])}) for name, m in data["metrics"].items()}
+        samples = [
+            SampleOutcome(
+                **{
+                    **{k: v for k, v in s.items() if k in sample_fields},
+                    "scores": {k: restore(v) for k, v in s["scores"].items()},
+                }
+            )
+            for s in data["samples"]
+        ]
+        rest = {k: v for k, v in data.items() if k in task_fields and k not in ("metrics", "samples")}
+        return cls(**rest, metrics=metrics, samples=samples)
+
 
 @dataclass
 class EvalResult:
@@ -127,7 +183,7 @@ class EvalResult:
     ``batch_size="auto"``; ``fallbacks``: reason -> requests scored by lm-eval's own path.
 
     Example:
-        >>> sorted(result.tasks)  # doctest: +SKIP
+        >>> sorted(EvalResult(tasks={"toy_ppl": None, "toy_mc4": None}).tasks)
         ['toy_mc4', 'toy_ppl']
     """
 
@@ -140,7 +196,8 @@ class EvalResult:
         """One plain dict per (task, metric): task, metric, value, stderr, n.
 
         Example:
-            >>> result.metric_rows()[0]["metric"]  # doctest: +SKIP
+            >>> task = TaskResult("t", "multiple_choice", {"acc": MetricResult("acc", 0.5, 0.1, 4, True)}, [], 0, 0)
+            >>> EvalResult(tasks={"t": task}).metric_rows()[0]["metric"]
             'acc'
         """
         rows = []
@@ -267,14 +324,16 @@ def evaluate(
     tokenizer,
     tasks: list[str] | str,
     limit: int | float | None = None,
-    batch_size: int | str = 32,
+    batch_size: int | str | None = None,
     num_fewshot: int | None = None,
     *,
     include_path: str | Path | list | None = None,
     task_configs: dict[str, dict] | None = None,
-    allow_code_execution: bool = False,
-    seed: int = 1234,
+    allow_code_execution: bool | None = None,
+    seed: int | None = None,
     max_length: int | None = None,
+    data_dir: str | Path | None = None,
+    settings: EvalSettings | None = None,
 ) -> EvalResult:
     """Evaluate an in-memory causal LM on lm-eval tasks and keep every sample's outcome.
 
@@ -282,24 +341,30 @@ def evaluate(
     multiple-choice context is computed once, and perplexity runs in bounded memory,
     with the same numbers as lm-eval's ``HFLM``.
 
+    The settings are one :class:`~quantsweep.eval.settings.EvalSettings` (a sweep passes
+    its spec's); each keyword argument given (not None) replaces that field of it.
+
     Args:
         model: a Hugging Face causal LM, already on its device (not reloaded).
         tokenizer: its tokenizer.
         tasks: task names (or one comma-separated string) from ``tasks/``, a user
             ``include_path`` or lm-eval's registry.
         limit: evaluate only the first ``limit`` documents of each task.
-        batch_size: documents per forward pass, or ``"auto"`` (start at 64 and halve on
-            out-of-memory; halvings are recorded in ``EvalResult.batch_size_halvings``).
+        batch_size: documents per forward pass (default 32), or ``"auto"`` (start at 64
+            and halve on out-of-memory; halvings are recorded in ``EvalResult.batch_size_halvings``).
         num_fewshot: override every task's few-shot count.
         include_path: extra folder(s) of task YAML.
         task_configs: per-task config overrides (e.g. local data files), as
-            produced by :mod:`quantsweep.eval.suites`; keys are task names.
+            produced by :mod:`quantsweep.eval.suites`; keys are task names. Default: made
+            from ``data_dir`` for suite tasks that have local data there.
         allow_code_execution: let tasks that execute model-written code run
             (HumanEval, MBPP). Off by default.
-        seed: seeds lm-eval's samplers, numpy and torch for reproducibility.
+        seed: seeds lm-eval's samplers, numpy and torch for reproducibility (default 1234).
         max_length: the scoring window in tokens for every task (default: a suite
             entry's ``max_length``, else the model's positions). Above the model's
             positions, or below a task's longest continuation, is an error.
+        data_dir: folder of local dataset files for suite tasks (offline).
+        settings: all of the above as one object (default: :class:`EvalSettings` defaults).
 
     Returns:
         :class:`EvalResult` with metrics (value, stderr, n) and per-sample outcomes.
@@ -309,22 +374,40 @@ def evaluate(
         ValueError: bad ``batch_size`` or ``max_length`` (naming the numbers).
 
     Example:
-        >>> result = evaluate(model, tokenizer, tasks=["toy_mc4"], limit=100)  # doctest: +SKIP
-        >>> result.tasks["toy_mc4"].metrics["acc"].n  # doctest: +SKIP
-        100
+        >>> import quantsweep
+        >>> model, tokenizer = quantsweep.load_model("toy", device="cpu")
+        >>> result = evaluate(model, tokenizer, tasks=["toy_mc4"], limit=8, batch_size=8)
+        >>> result.tasks["toy_mc4"].metrics["acc"].n
+        8
     """
     import lm_eval
 
-    from quantsweep.eval.lm import ContextCachedLM, check_batch_size, check_max_length, model_positions
+    from quantsweep.eval.lm import ContextCachedLM, check_max_length, model_positions
 
+    settings = (settings or EvalSettings()).replace(
+        limit=limit,
+        batch_size=batch_size,
+        num_fewshot=num_fewshot,
+        include_path=include_path,
+        allow_code_execution=allow_code_execution,
+        seed=seed,
+        max_length=max_length,
+        data_dir=data_dir,
+    )
+    limit, batch_size, num_fewshot, seed = settings.limit, settings.batch_size, settings.num_fewshot, settings.seed
+    max_length = settings.max_length
+    include_path = list(settings.include_path) or None
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}")
-    check_batch_size(batch_size)
     positions = model_positions(model)
     if max_length is not None:
         check_max_length(max_length, positions)  # before any task is loaded
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    if task_configs is None and settings.data_dir is not None:
+        from quantsweep.eval.offline import local_task_configs
+
+        task_configs = local_task_configs(names, settings.data_dir)
     overrides = task_configs or {}
     check_tasks([n for n in names if n not in overrides], include_path)
     manager = manager_for([n for n in names if n not in overrides], include_path)
@@ -355,7 +438,7 @@ def evaluate(
                     numpy_random_seed=seed,
                     torch_random_seed=seed,
                     fewshot_random_seed=seed,
-                    confirm_run_unsafe_code=allow_code_execution,
+                    confirm_run_unsafe_code=settings.allow_code_execution,
                     verbosity="ERROR",
                 )
             found = _task_results(output, tokenizer, counter.total - generated_before, entries.get(name))

@@ -87,14 +87,38 @@ def check_max_length(max_length, positions: int | None) -> None:
         raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
 
 
-def check_batch_size(batch_size) -> None:
-    """Raise ValueError unless ``batch_size`` is an integer >= 1 or ``"auto"``.
+def halve_on_out_of_memory(run, batch_size: int, *, device, on_out_of_memory=None):
+    """Call ``run(batch_size)``; on out-of-memory free the cache and retry at half the size, down to 1.
+
+    The one out-of-memory policy: the evaluator applies it per batch (``batch_size="auto"``),
+    a sweep's cell to a whole evaluation. ``on_out_of_memory(size, error)`` is told of every
+    out-of-memory, the last one at size 1 included, after which the error is raised. Any
+    other error is raised at once.
+
+    Returns:
+        ``(result, batch size used)``.
 
     Example:
-        >>> check_batch_size("auto")
+        >>> def run(size):
+        ...     if size > 8:
+        ...         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        ...     return size
+        >>> halve_on_out_of_memory(run, 32, device="cpu")
+        (8, 8)
     """
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+    while True:
+        try:
+            return run(batch_size), batch_size
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
+            if not devices.is_out_of_memory(error):
+                raise
+            if on_out_of_memory is not None:
+                on_out_of_memory(batch_size, error)
+            devices.empty_cache(device)
+            if batch_size <= 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            logger.warning("out of memory; retrying at batch size %d", batch_size)
 
 
 class ContextCachedLM(HFLM):
@@ -132,7 +156,6 @@ class ContextCachedLM(HFLM):
         positions = model_positions(kwargs.get("pretrained", args[0] if args else None))
         if max_length is not None:
             check_max_length(max_length, positions)
-        check_batch_size(batch_size)
         self._auto_batch = batch_size == "auto"
         super().__init__(
             *args, max_length=max_length, batch_size=MAX_AUTO_BATCH_SIZE if self._auto_batch else batch_size, **kwargs
@@ -175,22 +198,25 @@ class ContextCachedLM(HFLM):
         return stack
 
     def _batches(self, items: list, run) -> list:
-        """Run ``run(batch)`` over ``items`` in batches, halving the batch size on out-of-memory."""
+        """Run ``run(batch)`` over ``items`` in batches; with ``"auto"``, halving on out-of-memory."""
         out, start = [], 0
         while start < len(items):
             size = int(self.batch_size)
-            try:
+            if not self._auto_batch:
                 out.extend(run(items[start : start + size]))
-            except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
-                if size == 1 or not self._auto_batch or not devices.is_out_of_memory(error):
-                    raise
-                devices.empty_cache(self.device)
-                self.oom_halvings.append((size, size // 2))
-                logger.warning("out of memory at batch size %d; retrying at %d", size, size // 2)
-                self.batch_size_per_gpu = size // 2
+                start += size
                 continue
-            start += size
+            done, used = halve_on_out_of_memory(
+                lambda n: run(items[start : start + n]), size, device=self.device, on_out_of_memory=self._halving
+            )
+            self.batch_size_per_gpu = used
+            out.extend(done)
+            start += used
         return out
+
+    def _halving(self, size: int, error: BaseException) -> None:
+        if size > 1:
+            self.oom_halvings.append((size, size // 2))
 
     def _cache_unsupported(self) -> str | None:
         if self._cache_reason is False:

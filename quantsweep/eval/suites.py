@@ -20,18 +20,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import importlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from quantsweep.eval.tasks import OUTPUT_TYPES, TASKS_DIR, TaskNotFoundError, task_config, task_yaml
+from quantsweep._schema import allowed_keys, close_matches, did_you_mean, missing_keys, unknown_keys
+from quantsweep.eval.tasks import TASKS_DIR, TaskNotFoundError, task_config, task_yaml
 
 SUITES_DIR = TASKS_DIR / "suites"
 FAMILIES = ("language_modelling", "commonsense_reasoning", "knowledge", "math", "code")
@@ -249,18 +249,14 @@ class Suite:
 def _build(cls, data: Any, where: str, source: str):
     if not isinstance(data, Mapping):
         raise SuiteError(f"{source}: {where} must be a mapping, got {type(data).__name__}")
-    allowed = [f.name for f in fields(cls) if f.name != "source"]
-    unknown = [key for key in data if key not in allowed]
+    unknown = unknown_keys(cls, data, exclude=("source",))
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SuiteError(f"{source}: unknown key {unknown[0]!r}{hint} in {where}; allowed keys: {', '.join(allowed)}")
-    required = [
-        f.name
-        for f in fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name != "source"
-    ]
-    missing = [key for key in required if key not in data]
+        allowed = allowed_keys(cls, exclude=("source",))
+        raise SuiteError(
+            f"{source}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], allowed)} in {where}; "
+            f"allowed keys: {', '.join(allowed)}"
+        )
+    missing = missing_keys(cls, data, exclude=("source",))
     if missing:
         raise SuiteError(f"{source}: {where} is missing required key(s) {', '.join(missing)}")
     try:
@@ -343,7 +339,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     """
     path = _suite_path(name_or_path)
     if path is None:
-        close = difflib.get_close_matches(str(name_or_path), list_suites(), n=3, cutoff=0.6)
+        close = close_matches(str(name_or_path), list_suites())
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise SuiteError(f"unknown suite {str(name_or_path)!r}{hint}; available: {', '.join(list_suites())}")
     resolved = path.resolve()

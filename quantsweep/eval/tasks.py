@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import logging
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from quantsweep._paths import shipped_dir
+from quantsweep._schema import close_matches
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def check_tasks(names: list[str], include_path: str | Path | list | None = None)
     known = set(manager.all_tasks)
     for name in names:
         if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            close = close_matches(name, sorted(known))
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             searched = ", ".join(str(p) for p in task_search_paths(include_path))
             raise TaskNotFoundError(f"unknown task {name!r}{hint}; searched {searched} and lm-eval's built-in registry")

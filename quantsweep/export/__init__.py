@@ -10,9 +10,10 @@ This package is itself callable (as ``quantsweep.sweep`` and ``quantsweep.report
 is the writer.
 
 Example:
-    >>> import quantsweep
-    >>> quantsweep.export("toy", "w4-gptq", "out/toy-w4-gptq")  # doctest: +SKIP
-    PosixPath('out/toy-w4-gptq')
+    >>> import quantsweep, tempfile
+    >>> out = quantsweep.export("toy", "w4-rtn", tempfile.mkdtemp(), device="cpu", overwrite=True)
+    >>> (out / "quantize_config.json").is_file()
+    True
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import logging
 from pathlib import Path
 
 from quantsweep._verbs import make_callable
-from quantsweep.calibration import require_calibration_source
 from quantsweep.export.gptq import check_exportable, check_out_dir, export_gptq, exportable_recipes, is_exportable
-from quantsweep.sweep.spec import calibration_settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,28 +64,34 @@ def export_model(
             data, all before the model is loaded.
 
     Example:
-        >>> export_model("toy", "w4-gptq", "out/toy-w4-gptq")  # doctest: +SKIP
-        PosixPath('out/toy-w4-gptq')
+        >>> import tempfile
+        >>> out = export_model("toy", "w8-rtn", tempfile.mkdtemp(), device="cpu", overwrite=True)
+        >>> out.is_dir()
+        True
     """
-    from quantsweep.calibration import load_calibration
-    from quantsweep.methods.registry import get_method
-    from quantsweep.models.loading import load_model
-    from quantsweep.recipes import apply_recipe, get_recipe
+    from quantsweep.recipes import get_recipe
+    from quantsweep.sweep.prepare import prepare
+    from quantsweep.sweep.spec import model_from_dict
 
     config = get_recipe(recipe)
     check_exportable(config)
     check_out_dir(out, overwrite)
-    needs_data = get_method(config.method).needs_calibration
-    source, samples, seq_len = calibration_settings(
-        model_name_or_path, calibration_source, calibration_samples, calibration_seq_len
+    calibration = {
+        "source": calibration_source,
+        "samples": calibration_samples,
+        "seq_len": calibration_seq_len,
+        "seed": calibration_seed,
+    }
+    spec = model_from_dict(
+        {
+            "path": str(model_name_or_path),
+            "device": device,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "calibration": {k: v for k, v in calibration.items() if v is not None},
+        }
     )
-    if needs_data:
-        require_calibration_source([config.name], source)
-    model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    calibration = None
-    if needs_data:
-        calibration = load_calibration(source, tokenizer, n_samples=samples, seq_len=seq_len, seed=calibration_seed)
-    result = apply_recipe(model, config, calibration=calibration)
+    model, tokenizer, result = prepare(spec, config)
     return export_gptq(
         model, result, out, config=config, tokenizer=tokenizer, overwrite=overwrite, checkpoint_format=checkpoint_format
     )

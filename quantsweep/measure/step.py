@@ -12,9 +12,9 @@ Timing must not share the machine with evaluation, which is why this is a separa
 step that a sweep can switch on.
 
 Example:
-    >>> records = measure_recipes("toy", ["w8-bnb", "w4-rtn"], prompt_tokens=128, new_tokens=32)  # doctest: +SKIP
-    >>> records[1]["kernel"], records[1]["speed_measured_on"]  # doctest: +SKIP
-    ('bitsandbytes', 'bitsandbytes kernels')
+    >>> records = measure_recipes("toy", ["w4-rtn"], device="cpu", prompt_tokens=8, new_tokens=2, repeats=1, warmup=0)
+    >>> records[1]["kernel"], records[1]["speed_measured_on"]
+    ('fake-quant', 'fp model (fake-quant)')
 """
 
 from __future__ import annotations
@@ -47,13 +47,78 @@ def timed(model, tokenizer, **speed_options) -> dict:
     """:func:`measure_speed` inside :class:`PeakMemory`: speed and peak memory of one model.
 
     Example:
-        >>> timed(model, tokenizer, prompt_tokens=32, new_tokens=8, repeats=2)["peak_memory_kind"]  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, tokenizer = quantsweep.load_model("toy", device="cpu")
+        >>> timed(model, tokenizer, prompt_tokens=8, new_tokens=2, repeats=1, warmup=0)["peak_memory_kind"]
         'process_rss'
     """
     device = str(next(model.parameters()).device)
     with PeakMemory(device) as peak:
         speed = measure_speed(model, tokenizer, **speed_options)
     return {**speed, **peak.to_dict()}
+
+
+SPEED_PROMPT_TOKENS, SPEED_NEW_TOKENS = 512, 128  # a sweep's timing: prefill prompt and decode length, batch 1
+_SPEED_KEYS_RECORDED = (
+    "prefill_tokens_per_s",
+    "prefill_relative_spread",
+    "decode_tokens_per_s",
+    "decode_relative_spread",
+    "prompt_tokens",
+    "new_tokens",
+    "repeats",
+)
+
+
+def _error_text(error: BaseException) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}".rstrip(": ")
+
+
+def recipe_cost(model, recipe, quantized) -> dict:
+    """What a recipe costs (:func:`~quantsweep.measure.cost.cost_fields`), or its kernel and why it was not measured.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> recipe_cost(None, SimpleNamespace(name="x"), SimpleNamespace(kernel="fake-quant"))["kernel"]
+        'fake-quant'
+    """
+    try:
+        return cost_fields(model, recipe, quantized)
+    except Exception as error:  # noqa: BLE001 - a cost we cannot measure is recorded as such
+        logger.warning("cost of %s not measured: %s", getattr(recipe, "name", recipe), error)
+        return {"kernel": quantized.kernel, "cost_error": _error_text(error)}
+
+
+def speed_fields(model, tokenizer, quantized) -> dict:
+    """Prefill/decode speed and peak memory of a recipe with a real kernel, as a sweep's cell records them.
+
+    A fake-quant model is the fp model with rounded weights: its speed and memory are the
+    fp model's, so no number is recorded for it, only that label.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> speed_fields(None, None, SimpleNamespace(kernel="fake-quant"))["speed_measured"]
+        False
+    """
+    if quantized.kernel == "fake-quant":
+        return {"speed_measured": False, "speed_note": "fake-quant: memory and speed are the fp model's"}
+    prompt_tokens, new_tokens = SPEED_PROMPT_TOKENS, SPEED_NEW_TOKENS
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and prompt_tokens + new_tokens > positions:  # e.g. the toy's 512 positions
+        prompt_tokens, new_tokens = positions * 3 // 4, positions // 8
+    try:
+        measured = timed(model, tokenizer, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    except Exception as error:  # noqa: BLE001 - a timing we could not take is recorded as such
+        return {"speed_measured": False, "speed_note": f"not measured: {_error_text(error)}"}
+    return {
+        "speed_measured": True,
+        **{k: measured.get(k) for k in _SPEED_KEYS_RECORDED},
+        "speed_device": measured.get("device"),
+        "speed_threads": measured.get("threads"),
+        "speed_peak_memory_bytes": measured.get("peak_memory_bytes"),
+        "speed_peak_memory_kind": measured.get("peak_memory_kind"),
+    }
 
 
 def measure_recipes(
@@ -83,34 +148,38 @@ def measure_recipes(
         ValueError: unknown recipes, missing calibration data or bad counts, before the model loads.
 
     Example:
-        >>> [r["recipe"] for r in measure_recipes("toy", ["w8-bnb"], prompt_tokens=64, new_tokens=8)]  # doctest: +SKIP
-        ['fp', 'w8-bnb']
+        >>> records = measure_recipes("toy", ["w8-rtn"], device="cpu", prompt_tokens=8, new_tokens=2, repeats=1,
+        ...                           warmup=0)
+        >>> [(r["recipe"], r["speed_measured_on"]) for r in records]
+        [('fp', 'fp model'), ('w8-rtn', 'fp model (fake-quant)')]
     """
-    from quantsweep.calibration import load_calibration, require_calibration_source
-    from quantsweep.methods.registry import get_method
-    from quantsweep.models.loading import load_model
-    from quantsweep.models.snapshot import WeightSnapshot
-    from quantsweep.recipes import apply_recipe, expand_recipes
-    from quantsweep.sweep.spec import calibration_settings
+    from quantsweep.recipes import expand_recipes
+    from quantsweep.sweep.prepare import PreparedModel
+    from quantsweep.sweep.spec import model_from_dict
 
     configs = list(expand_recipes(["fp", *recipes]))
     configs = [c for i, c in enumerate(configs) if c.name not in {d.name for d in configs[:i]}]
-    needs_data = [c.name for c in configs if get_method(c.method).needs_calibration]
-    source, samples, seq_len = calibration_settings(
-        model_name_or_path, calibration_source, calibration_samples, calibration_seq_len
+    calibration = {
+        "source": calibration_source,
+        "samples": calibration_samples,
+        "seq_len": calibration_seq_len,
+        "seed": calibration_seed,
+    }
+    spec = model_from_dict(
+        {
+            "path": str(model_name_or_path),
+            "device": device,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "calibration": {k: v for k, v in calibration.items() if v is not None},
+        }
     )
-    if needs_data:
-        require_calibration_source(needs_data, source)
-    model, tokenizer = load_model(model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    calibration = None
-    if needs_data:
-        calibration = load_calibration(source, tokenizer, n_samples=samples, seq_len=seq_len, seed=calibration_seed)
-    snapshot = WeightSnapshot(model)
+    prepared = PreparedModel(spec)
+    prepared.check(configs)
+    model, tokenizer = prepared.load()
     records, fp_measured = [], None
     for config in configs:
-        snapshot.restore(model)
-        data = calibration if get_method(config.method).needs_calibration else None
-        result = apply_recipe(model, config, calibration=data)
+        result = prepared.quantize(config)
         record = {"model": str(model_name_or_path), "recipe": config.name, **cost_fields(model, config, result)}
         if result.kernel == "fake-quant" and fp_measured is not None:
             record.update({key: fp_measured[key] for key in SPEED_KEYS_COPIED_FROM_FP if key in fp_measured})
@@ -126,7 +195,7 @@ def measure_recipes(
             if result.kernel == "none":
                 fp_measured = measured
         records.append(record)
-    snapshot.restore(model)
+    prepared.restore()
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,14 @@ a results folder whichever way the package was imported first. Only the text hel
 load with it; pandas, matplotlib and jinja2 load when a report is made.
 
 Example:
-    >>> import quantsweep
-    >>> quantsweep.report("quantsweep-demo")  # doctest: +SKIP
-    PosixPath('quantsweep-demo/report.html')
+    >>> import json, quantsweep, tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> record = {"model": "toy", "recipe": "fp", "task": "toy_mc4", "metric": "acc", "primary": True,
+    ...           "value": 0.9, "verdict": "baseline"}
+    >>> _ = (folder / "results.jsonl").write_text(json.dumps(record))
+    >>> quantsweep.report(folder).name
+    'report.html'
     >>> from quantsweep.report import format_cell
     >>> format_cell({"value": 0.5, "verdict": "lossless"})
     '0.500 ok'

@@ -6,8 +6,12 @@ built from :func:`records_frame` of those records. Fields the sweep store adds
 ``theoretical_bits_per_weight``) are optional: a missing one is an empty column.
 
 Example:
-    >>> records = load_records("quantsweep-demo")  # doctest: +SKIP
-    >>> records_frame(records)[["recipe", "task", "verdict"]].head()  # doctest: +SKIP
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "results.jsonl").write_text(json.dumps({"recipe": "fp", "task": "t", "verdict": "baseline"}))
+    >>> records_frame(load_records(folder))[["recipe", "task", "verdict"]].values.tolist()
+    [['fp', 't', 'baseline']]
 """
 
 from __future__ import annotations
@@ -93,7 +97,9 @@ _DTYPE_BITS = {"float32": 32, "float64": 64, "bfloat16": 16, "float16": 16}
 def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of a results folder (its ``results.jsonl``), in file order.
 
-    For a store, ``results.jsonl`` is rebuilt first when a cell is newer than it.
+    Records are read as they are: a report never judges nor rewrites a store. A store
+    whose derived files may be stale (a run killed before its rebuild) is refreshed by
+    the sweep layer first (:func:`quantsweep.load_results`, ``quantsweep report``).
 
     Raises:
         FileNotFoundError: the folder or its results file does not exist (the message says
@@ -106,10 +112,6 @@ def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
         FileNotFoundError: no results.jsonl in '/nonexistent' ...
     """
     folder = Path(results_dir)
-    if folder.is_dir():
-        from quantsweep.sweep.api import refresh_derived
-
-        refresh_derived(folder)  # a store whose last cells came after its last rebuild (a killed run)
     path = folder / RESULTS_FILE if folder.is_dir() or folder.suffix != ".jsonl" else folder
     if not path.is_file():
         raise FileNotFoundError(

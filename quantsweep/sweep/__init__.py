@@ -2,9 +2,12 @@
 
 - :mod:`~quantsweep.sweep.spec`: the sweep spec (YAML, strict).
 - :mod:`~quantsweep.sweep.plan`: cell keys, what is stored, the work units.
-- :mod:`~quantsweep.sweep.cell`: one unit's cells: restore -> quantize -> evaluate -> store.
-- :mod:`~quantsweep.sweep.store`: one atomic file per cell; claims.
-- :mod:`~quantsweep.sweep.judging`: verdicts from the store; derived results.jsonl/summary.json.
+- :mod:`~quantsweep.sweep.prepare`: load -> calibrate -> quantize (shared with export and measure).
+- :mod:`~quantsweep.sweep.cell`: one unit's cells: restore -> quantize -> evaluate -> store;
+  with :mod:`~quantsweep.sweep.context` (what a worker gets), :mod:`~quantsweep.sweep.claims`,
+  :mod:`~quantsweep.sweep.records` and :mod:`~quantsweep.sweep.logs`.
+- :mod:`~quantsweep.sweep.store`: one atomic file per cell; claims; "is this cell settled"; its metadata.
+- :mod:`~quantsweep.sweep.derived`: verdicts from the store; derived results.jsonl/summary.json.
 - :mod:`~quantsweep.sweep.local`, :mod:`~quantsweep.sweep.ray`: the backends.
 - :mod:`~quantsweep.sweep.api`: the driver (:func:`~quantsweep.sweep.api.run_sweep`).
 
@@ -13,7 +16,11 @@ returns a DataFrame (:func:`quantsweep.sweep.api.sweep`).
 
 Example:
     >>> import quantsweep
-    >>> frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
+    >>> import tempfile
+    >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+    >>> frame = quantsweep.sweep(spec, out=tempfile.mkdtemp(), progress=False)
+    >>> list(frame.query("primary").verdict)
+    ['baseline']
 """
 
 from quantsweep._verbs import make_callable

@@ -10,8 +10,11 @@ never compute a cell twice at once: a cell claimed by a live process elsewhere i
 waited for.
 
 Example:
-    >>> frame = sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
-    >>> frame[frame.verdict != "lossless"]  # doctest: +SKIP
+    >>> import tempfile
+    >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w8-rtn"], "tasks": ["toy_mc4"], "limit": 8}
+    >>> frame = sweep(spec, out=tempfile.mkdtemp(), progress=False)
+    >>> sorted(set(frame.recipe))
+    ['fp', 'w8-rtn']
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ WAIT_POLL_S = 2.0
 
 
 @dataclass
-class SweepResult:
+class SweepOutcome:
     """What a sweep did: its plan, the records of its cells, and where they are stored.
 
     Attributes:
@@ -43,8 +46,11 @@ class SweepResult:
         computed: summaries of the cells computed by this run.
 
     Example:
-        >>> result.plan.describe()  # doctest: +SKIP
-        '14 of 20 cells already done; 6 to run'
+        >>> import tempfile
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> result = run_sweep(spec, tempfile.mkdtemp(), progress=False)
+        >>> result.plan.describe()
+        '0 of 1 cells already done; 1 to run'
     """
 
     plan: Any
@@ -69,7 +75,7 @@ def run_sweep(
     progress: bool = True,
     on_plan: Callable | None = None,
     on_recipe: Callable | None = None,
-) -> SweepResult:
+) -> SweepOutcome:
     """Run a sweep into the store ``out`` and return what it did.
 
     Args:
@@ -88,10 +94,16 @@ def run_sweep(
             calibration source, or an incompatible store: all before any model loads.
 
     Example:
-        >>> result = run_sweep({"models": ["toy"], "recipes": ["w8-rtn"], "tasks": ["toy_mc4"]}, "out")  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> [r["verdict"] for r in run_sweep(spec, out, progress=False).records if r["primary"]]
+        ['baseline']
+        >>> run_sweep(spec, out, progress=False).plan.describe()  # a rerun computes nothing
+        '1 of 1 cells already done; 0 to run'
     """
-    from quantsweep.sweep.cell import UnitContext
-    from quantsweep.sweep.judging import Judge
+    from quantsweep.sweep.context import UnitContext
+    from quantsweep.sweep.derived import DerivedFiles
     from quantsweep.sweep.plan import plan_cells, sort_cells
     from quantsweep.sweep.progress import CellProgress
     from quantsweep.sweep.store import CellStore
@@ -117,11 +129,11 @@ def run_sweep(
     bar = CellProgress(total=len(plan.to_run), skipped=len(plan.done) + len(plan.failed), enabled=progress)
     computed: list[dict[str, Any]] = []
 
-    judge = Judge(store, verdicts, plan=plan)
+    derived = DerivedFiles(store, verdicts, plan=plan)
 
     def judged_recipe(recipe_name, summaries):
         if on_recipe is not None and summaries:
-            on_recipe(summaries[0]["model"], recipe_name, judge.records([s["key"] for s in summaries]))
+            on_recipe(summaries[0]["model"], recipe_name, derived.records([s["key"] for s in summaries]))
 
     try:
         pending = list(plan.to_run)
@@ -131,17 +143,17 @@ def run_sweep(
                 from quantsweep.sweep.local import run_local
 
                 computed += run_local(
-                    _replan(plan, pending), context, bar, on_cell=lambda _: judge.rebuild(), on_recipe=judged_recipe
+                    _replan(plan, pending), context, bar, on_cell=lambda _: derived.rebuild(), on_recipe=judged_recipe
                 )
             else:
                 from quantsweep.sweep.ray import run_ray
 
                 computed += run_ray(
-                    _replan(plan, pending), context, bar, address=address, on_cell=lambda _: judge.rebuild()
+                    _replan(plan, pending), context, bar, address=address, on_cell=lambda _: derived.rebuild()
                 )
-            pending = _wait_for_others(store, [c for c in pending if not is_stored(store, c.key, context)], context)
+            pending = _wait_for_others(store, [c for c in pending if not store.is_settled(c.key, context)], context)
             if pending and len(pending) >= before:  # a round that stored nothing would repeat forever
-                from quantsweep.sweep.cell import store_failed_cells
+                from quantsweep.sweep.claims import store_failed_cells
                 from quantsweep.sweep.plan import group_units
 
                 error = RuntimeError(
@@ -154,25 +166,13 @@ def run_sweep(
                 pending = []
     finally:
         bar.close()
-    judge.rebuild()
-    records = judge.records([c.key for c in plan.cells])
-    return SweepResult(plan=plan, records=records, out=store.directory, computed=computed)
+    derived.rebuild()
+    records = derived.records([c.key for c in plan.cells])
+    return SweepOutcome(plan=plan, records=records, out=store.directory, computed=computed)
 
 
 def _replan(plan, cells):
     return dataclasses.replace(plan, to_run=list(cells))
-
-
-def is_stored(store, key: str, context) -> bool:
-    """Whether ``key`` needs nothing more in this run (see :func:`quantsweep.sweep.cell.is_settled`).
-
-    Example:
-        >>> is_stored(store, cell.key, context)  # doctest: +SKIP
-        True
-    """
-    from quantsweep.sweep.cell import is_settled
-
-    return is_settled(store, key, context)
 
 
 def _wait_for_others(store, missing, context) -> list:
@@ -189,7 +189,7 @@ def _wait_for_others(store, missing, context) -> list:
             )
             announced = True
         time.sleep(WAIT_POLL_S)
-        missing = [c for c in missing if not is_stored(store, c.key, context)]
+        missing = [c for c in missing if not store.is_settled(c.key, context)]
     return []
 
 
@@ -210,8 +210,11 @@ def sweep(
     the same ``out`` computes only what is missing.
 
     Example:
-        >>> frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")  # doctest: +SKIP
-        >>> frame.query("primary and verdict != 'lossless'")[["recipe", "task", "verdict"]]  # doctest: +SKIP
+        >>> import quantsweep, tempfile
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> frame = quantsweep.sweep(spec, out=tempfile.mkdtemp(), progress=False)
+        >>> frame.query("primary")[["recipe", "task", "verdict"]].values.tolist()
+        [['fp', 'toy_mc4', 'baseline']]
     """
     result = run_sweep(
         spec_or_path, out, backend=backend, address=address, retry_failed=retry_failed, force=force, progress=progress
@@ -237,7 +240,8 @@ def refresh_derived(directory) -> bool:
     Returns whether it rebuilt. Nothing is evaluated; the store's last thresholds are kept.
 
     Example:
-        >>> refresh_derived("toy-sweep")  # doctest: +SKIP
+        >>> import tempfile
+        >>> refresh_derived(tempfile.mkdtemp())  # not a store: nothing to do
         False
     """
     path = Path(directory)
@@ -261,7 +265,12 @@ def load_results(directory):
         ValueError: the folder has no results (the message says where it looked).
 
     Example:
-        >>> frame = quantsweep.load_results("toy-sweep")  # doctest: +SKIP
+        >>> import quantsweep, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> _ = run_sweep(spec, out, progress=False)
+        >>> list(quantsweep.load_results(out).query("primary").verdict)
+        ['baseline']
     """
     from quantsweep.report.frames import load_records
 
@@ -278,29 +287,45 @@ def load_results(directory):
 def judge(directory, **thresholds) -> list[dict[str, Any]]:
     """Re-judge a store from disk with new verdict thresholds (nothing is evaluated again).
 
-    Rewrites ``results.jsonl`` and ``summary.json`` and returns the records.
+    Rewrites ``results.jsonl`` and ``summary.json`` and returns the records. Thresholds
+    not given are the store's own (kept in its ``store.json`` by the last judgement);
+    the ones used are recorded there.
 
     Raises:
         ValueError: not a store, or an unknown threshold name.
 
     Example:
-        >>> records = quantsweep.judge("toy-sweep", alpha=0.01)  # doctest: +SKIP
+        >>> import quantsweep, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> spec = {"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8}
+        >>> _ = run_sweep(spec, out, progress=False)
+        >>> {r["verdict_config"]["alpha"] for r in quantsweep.judge(out, alpha=0.01)}
+        {0.01}
     """
     from quantsweep._schema import build
-    from quantsweep.sweep.judging import rebuild_derived
+    from quantsweep.verdicts.config import VerdictConfig
+    from quantsweep.sweep.derived import DerivedFiles
     from quantsweep.sweep.store import CellStore
     from quantsweep.verdicts.config import VerdictConfig
 
     path = Path(directory)
     if not (path / "store.json").is_file():
         raise ValueError(f"{str(path)!r} is not a quantsweep store (no store.json there)")
+    store = CellStore(path)
     # start from the thresholds the store was last judged with (the sweep's own), then apply the new ones
-    previous = {}
-    results = path / "results.jsonl"
-    if results.is_file():
-        import json
-
-        first = next((line for line in results.read_text().splitlines() if line.strip()), None)
-        previous = (json.loads(first).get("verdict_config") or {}) if first else {}
+    previous = store.verdict_thresholds()
+    if previous is None:
+        previous = _thresholds_in_results(path)  # a store from before its metadata kept them: read once
     config = build(VerdictConfig, {**previous, **thresholds}, "verdict thresholds")
-    return rebuild_derived(CellStore(path), config)
+    return DerivedFiles(store, config).rebuild()  # records the thresholds in the store's metadata
+
+
+def _thresholds_in_results(path: Path) -> dict[str, Any]:
+    """The thresholds on the first record of ``results.jsonl``: where stores before ``store.json`` kept them."""
+    import json
+
+    results = path / "results.jsonl"
+    if not results.is_file():
+        return {}
+    first = next((line for line in results.read_text().splitlines() if line.strip()), None)
+    return (json.loads(first).get("verdict_config") or {}) if first else {}

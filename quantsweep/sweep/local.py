@@ -4,14 +4,23 @@ Each model is one unit: it is loaded once, its baseline runs first, and the
 full-precision weights are restored between recipes.
 
 Example:
-    >>> run_local(plan, context, progress)  # doctest: +SKIP
+    >>> import tempfile
+    >>> from quantsweep.sweep.plan import plan_sweep
+    >>> from quantsweep.sweep.spec import spec_from_dict
+    >>> from quantsweep.sweep.store import CellStore
+    >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "limit": 8})
+    >>> store = CellStore(tempfile.mkdtemp())
+    >>> plan = plan_sweep(spec, store)
+    >>> [s["status"] for s in run_local(plan, UnitContext.from_plan(plan, store.directory))]
+    ['done']
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from quantsweep.sweep.cell import UnitContext, run_unit
+from quantsweep.sweep.cell import run_unit
+from quantsweep.sweep.context import UnitContext
 
 
 def run_local(
@@ -23,7 +32,9 @@ def run_local(
     files there), ``on_recipe`` after each recipe.
 
     Example:
-        >>> summaries = run_local(plan, UnitContext.from_plan(plan, "out"))  # doctest: +SKIP
+        >>> from types import SimpleNamespace
+        >>> run_local(SimpleNamespace(units=list), UnitContext(store_dir="out", task_configs={}))  # no units: nothing
+        []
     """
     summaries = []
 

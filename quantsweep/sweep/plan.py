@@ -16,9 +16,13 @@ once and restores its full-precision weights between recipes. The baseline's cel
 come first, since every verdict compares with them.
 
 Example:
-    >>> plan = plan_sweep(spec, store)  # doctest: +SKIP
-    >>> plan.describe()  # doctest: +SKIP
-    '14 of 20 cells already done; 6 to run'
+    >>> import tempfile
+    >>> from quantsweep.sweep.spec import spec_from_dict
+    >>> from quantsweep.sweep.store import CellStore
+    >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w4-rtn"], "tasks": ["toy_mc4"]})
+    >>> plan = plan_sweep(spec, CellStore(tempfile.mkdtemp()))
+    >>> plan.describe()
+    '0 of 2 cells already done; 2 to run'
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ class TaskSetup:
     """The resolved tasks of a sweep: names (suites expanded), local overrides, fingerprints.
 
     Example:
-        >>> setup = resolve_tasks(spec)  # doctest: +SKIP
-        >>> setup.names  # doctest: +SKIP
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> resolve_tasks(spec_from_dict({"models": ["toy"], "tasks": ["toy_mc4", "toy_ppl"]})).names
         ('toy_mc4', 'toy_ppl')
     """
 
@@ -55,7 +59,14 @@ class CellPlan:
     """One cell to look up or compute.
 
     Example:
-        >>> cell.recipe.name, cell.task  # doctest: +SKIP
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w4-rtn"], "tasks": ["toy_mc4"]})
+        >>> import tempfile
+        >>> from quantsweep.sweep.store import CellStore
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> plan = plan_sweep(spec, store)
+        >>> cell = plan.cells[1]
+        >>> cell.recipe.name, cell.task
         ('w4-rtn', 'toy_mc4')
     """
 
@@ -74,7 +85,14 @@ class WorkUnit:
     """One model and the cells to compute on it, recipe by recipe (baseline first).
 
     Example:
-        >>> [r.name for r in unit.recipes]  # doctest: +SKIP
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w4-rtn"], "tasks": ["toy_mc4"]})
+        >>> import tempfile
+        >>> from quantsweep.sweep.store import CellStore
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> plan = plan_sweep(spec, store)
+        >>> unit = plan.units()[0]
+        >>> [r.name for r in unit.recipes]
         ['fp', 'w4-rtn']
     """
 
@@ -106,8 +124,10 @@ class SweepPlan:
         units: ``to_run`` grouped per model (see :func:`group_units`).
 
     Example:
-        >>> plan.describe()  # doctest: +SKIP
-        '14 of 20 cells already done; 6 to run'
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"]})
+        >>> SweepPlan(spec=spec, tasks=None, cells=[]).describe()
+        '0 of 0 cells already done; 0 to run'
     """
 
     spec: SweepSpec
@@ -121,8 +141,10 @@ class SweepPlan:
         """One line: how many cells are done, failed (kept) and to run.
 
         Example:
-            >>> plan.describe()  # doctest: +SKIP
-            '2 of 6 cells already done; 4 to run'
+            >>> from quantsweep.sweep.spec import spec_from_dict
+            >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"]})
+            >>> SweepPlan(spec=spec, tasks=None, cells=[], done={"a", "b"}).describe()
+            '2 of 0 cells already done; 0 to run'
         """
         parts = [f"{len(self.done)} of {len(self.cells)} cells already done"]
         if self.failed:
@@ -134,8 +156,14 @@ class SweepPlan:
         """The cells to run as work units; see :func:`group_units`.
 
         Example:
-            >>> [len(u.cells) for u in plan.units()]  # doctest: +SKIP
-            [6]
+            >>> from quantsweep.sweep.spec import spec_from_dict
+            >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w4-rtn"], "tasks": ["toy_mc4"]})
+            >>> import tempfile
+            >>> from quantsweep.sweep.store import CellStore
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> plan = plan_sweep(spec, store)
+            >>> [len(u.cells) for u in plan.units()]
+            [2]
         """
         return group_units(self.to_run, slots_per_model)
 
@@ -163,17 +191,19 @@ def resolve_tasks(spec: SweepSpec) -> TaskSetup:
             tasks without local data while the hub is unreachable.
 
     Example:
-        >>> resolve_tasks(spec).names  # doctest: +SKIP
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> resolve_tasks(spec_from_dict({"models": ["toy"], "tasks": ["toy_mc4"]})).names
         ('toy_mc4',)
     """
     from quantsweep.eval.harness import check_tasks
     from quantsweep.eval.suites import check_code_execution, check_data_available, expand_tasks, local_task_configs
 
     names = expand_tasks(list(spec.tasks))
-    check_code_execution(names, spec.allow_code_execution)
-    check_data_available(names, spec.data_dir)
-    configs = local_task_configs(names, spec.data_dir)
-    include = list(spec.include_path) or None
+    settings = spec.evaluation
+    check_code_execution(names, settings.allow_code_execution)
+    check_data_available(names, settings.data_dir)
+    configs = local_task_configs(names, settings.data_dir)
+    include = list(settings.include_path) or None
     check_tasks([t for t in names if t not in configs], include)
     from quantsweep.eval.suites import suite_entry
 
@@ -191,7 +221,8 @@ def resolve_recipes(spec: SweepSpec) -> list:
     """The baseline followed by the spec's recipes, grids expanded, without duplicates.
 
     Example:
-        >>> [r.name for r in resolve_recipes(spec)]  # doctest: +SKIP
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> [r.name for r in resolve_recipes(spec_from_dict({"models": ["toy"], "recipes": ["w4-rtn"], "tasks": ["t"]}))]
         ['fp', 'w4-rtn']
     """
     from quantsweep.recipes import expand_recipes
@@ -243,8 +274,13 @@ def plan_sweep(
         device_kind_of: see :func:`plan_cells`.
 
     Example:
-        >>> plan_sweep(spec, store).describe()  # doctest: +SKIP
-        '0 of 4 cells already done; 4 to run'
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w4-rtn"], "tasks": ["toy_mc4"]})
+        >>> import tempfile
+        >>> from quantsweep.sweep.store import CellStore
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> plan_sweep(spec, store).describe()
+        '0 of 2 cells already done; 2 to run'
     """
     return sort_cells(plan_cells(spec, device_kind_of=device_kind_of), store, retry_failed=retry_failed, force=force)
 
@@ -262,8 +298,10 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
             source, or a model path that does not exist: all before any model loads.
 
     Example:
-        >>> len(plan_cells(spec).cells)  # doctest: +SKIP
-        4
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w4-rtn"], "tasks": ["toy_mc4"]})
+        >>> len(plan_cells(spec).cells)
+        2
     """
     from quantsweep.calibration import require_calibration_source
     from quantsweep.methods.registry import get_method
@@ -301,10 +339,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
             "dtype": _dtype_name(model, kind),
             "device_type": kind,
             "trust_remote_code": model.trust_remote_code,
-            "limit": spec.limit,
-            "num_fewshot": spec.num_fewshot,
-            "seed": spec.seed,
-            "max_length": spec.max_length,
+            **spec.evaluation.key_fields(),  # limit, num_fewshot, seed, max_length: whatever changes results
             "versions": versions,
         }
         calibration = _calibration_fields(model)
@@ -339,8 +374,13 @@ def sort_cells(plan: SweepPlan, store, *, retry_failed: bool = False, force: boo
     """Sort a plan's cells into done, failed (kept) and to run, by what ``store`` holds.
 
     Example:
-        >>> sort_cells(plan_cells(spec), store).describe()  # doctest: +SKIP
-        '2 of 4 cells already done; 2 to run'
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w4-rtn"], "tasks": ["toy_mc4"]})
+        >>> import tempfile
+        >>> from quantsweep.sweep.store import CellStore
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> sort_cells(plan_cells(spec), store).describe()
+        '0 of 2 cells already done; 2 to run'
     """
     for cell in plan.cells:
         status = None if force else store.status(cell.key)
@@ -361,7 +401,8 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
             naming the recipe, the layer and both sizes.
 
     Example:
-        >>> check_shapes(ModelSpec(path="toy"), resolve_recipes(spec))  # doctest: +SKIP
+        >>> from quantsweep.recipes import expand_recipes
+        >>> check_shapes(ModelSpec(path="toy"), expand_recipes(["w4-rtn"]))
     """
     from quantsweep.methods.targets import check_group_sizes
     from quantsweep.models.loading import meta_model
@@ -389,8 +430,11 @@ def group_units(cells: list[CellPlan], slots_per_model: dict[str, int] | None = 
     unit; a unit runs its recipes one after the other on one load).
 
     Example:
-        >>> [[r.name for r in u.recipes] for u in group_units(plan.to_run, {"toy": 2})]  # doctest: +SKIP
-        [['fp', 'w8-rtn'], ['w4-rtn']]
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "recipes": ["w8-rtn", "w4-rtn"], "tasks": ["toy_mc4"]})
+        >>> plan = plan_cells(spec)
+        >>> [[r.name for r in u.recipes] for u in group_units(plan.cells, {"toy": 2})]
+        [['fp'], ['w8-rtn', 'w4-rtn']]
     """
     slots_per_model = slots_per_model or {}
     by_model: dict[str, list] = {}

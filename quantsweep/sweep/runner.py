@@ -1,13 +1,16 @@
 """``quantsweep run``: the one-model shorthand of a sweep, with the same store, resume and judging.
 
-:class:`RunSpec` mirrors the command's options; :func:`run` turns it into a one-model
-:class:`~quantsweep.sweep.spec.SweepSpec` and runs it with the local backend. Results
-go to ``out_dir`` (a store: one file per cell; rerunning skips finished cells). With
-no ``out_dir`` the cells live in a temporary store that is removed afterwards.
+:class:`RunSpec` is a thin constructor: its keyword arguments become the mapping a
+sweep spec file holds, validated by the same :func:`~quantsweep.sweep.spec.spec_from_dict`
+into the same :class:`~quantsweep.sweep.spec.SweepSpec`, with one model. :func:`run`
+runs it with the local backend. Results go to ``out_dir`` (a store: one file per cell;
+rerunning skips finished cells). With no ``out_dir`` the cells live in a temporary
+store that is removed afterwards.
 
 Example:
-    >>> spec = RunSpec(model="toy", recipes=["fp", "w4-rtn"], tasks=["toy_mc4"], limit=100)  # doctest: +SKIP
-    >>> outcomes = run(spec)  # doctest: +SKIP
+    >>> spec = RunSpec(model="toy", recipes=["w4-rtn"], tasks=["toy_mc4"], limit=8, device="cpu")
+    >>> [o.recipe.name for o in run(spec)]
+    ['fp', 'w4-rtn']
 """
 
 from __future__ import annotations
@@ -20,54 +23,99 @@ from pathlib import Path
 from typing import Any
 
 from quantsweep.methods.registry import RecipeConfig
-from quantsweep.sweep.spec import (
-    BASELINE_RECIPE,
-    DEFAULT_BATCH_SIZE,
-    CalibrationSpec,
-    ModelSpec,
-    SweepSpec,
-    calibration_settings,
-)
+from quantsweep.sweep.spec import BASELINE_RECIPE, SweepSpec, spec_from_dict
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RunSpec:
-    """What to run on one model. Mirrors the options of ``quantsweep run``.
+def one_model_mapping(
+    model: str | Path,
+    recipes: list,
+    tasks: list[str] | str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    calibration: dict[str, Any] | None = None,
+    baseline: str | RecipeConfig = BASELINE_RECIPE,
+    verdict: dict[str, Any] | None = None,
+    measure: bool = False,
+    **evaluation: Any,
+) -> dict[str, Any]:
+    """The sweep spec mapping (as in a spec file) of one model; ``evaluation`` holds the evaluation settings given.
 
-    Calibration fields left as None take the model's defaults (the toy's own
-    32 x 64 from ``toy``; 128 x 2048 for checkpoints, which need a source).
+    Settings left as None are left out, so the spec's defaults apply.
+
+    Example:
+        >>> one_model_mapping("toy", ["w8-rtn"], ["toy_mc4"], limit=None, batch_size=8)["batch_size"]
+        8
+    """
+    model_entry = {"path": str(model), "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code}
+    calibration = {k: v for k, v in (calibration or {}).items() if v is not None}
+    if calibration:
+        model_entry["calibration"] = calibration
+    if not tasks:
+        raise ValueError("no tasks given; pass at least one task name")
+    return {
+        "models": [model_entry],
+        "recipes": list(recipes),
+        "tasks": tasks,
+        "baseline": baseline,
+        "verdict": dict(verdict or {}),
+        "measure": measure,
+        **{name: value for name, value in evaluation.items() if value is not None},
+    }
+
+
+class RunSpec:
+    """What to run on one model, as keyword arguments: a thin constructor of the one-model :class:`SweepSpec`.
+
+    Args:
+        model: ``toy`` or a local checkpoint; ``device``, ``dtype``, ``trust_remote_code`` as in a spec.
+        recipes, tasks, baseline, measure: as in a spec.
+        out_dir: the store (None: a temporary one); ``retry_failed``, ``force``: what a rerun recomputes.
+        calibration_source, calibration_samples, calibration_seq_len, calibration_seed: the
+            model's calibration (None takes the model's defaults: the toy's own 32 x 64 from
+            ``toy``; 128 x 2048 for checkpoints, which need a source).
+        verdict_config: a :class:`~quantsweep.verdicts.config.VerdictConfig` (default thresholds if None).
+        evaluation: the evaluation settings (:class:`~quantsweep.eval.settings.EvalSettings`
+            fields: ``limit``, ``batch_size``, ``max_length``, ...).
+
+    Raises:
+        SpecError: as a spec file with the same content would.
 
     Example:
         >>> RunSpec(model="toy", recipes=["w8-rtn"], tasks=["toy_mc4"]).to_sweep_spec().models[0].calibration.samples
         32
     """
 
-    model: str
-    recipes: list[str | RecipeConfig]
-    tasks: list[str]
-    limit: int | float | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = DEFAULT_BATCH_SIZE
-    num_fewshot: int | None = None
-    out_dir: str | Path | None = None
-    trust_remote_code: bool = False
-    include_path: str | Path | list | None = None
-    data_dir: str | Path | None = None
-    allow_code_execution: bool = False
-    calibration_source: str | None = None
-    calibration_samples: int | None = None
-    calibration_seq_len: int | None = None
-    calibration_seed: int = 0
-    baseline: str | RecipeConfig = BASELINE_RECIPE
-    verdict_config: Any = None
-    seed: int = 1234
-    retry_failed: bool = False
-    force: bool = False
-    measure: bool = False
-    max_length: int | None = None
+    def __init__(
+        self,
+        model: str | Path,
+        recipes: list,
+        tasks: list[str],
+        *,
+        out_dir: str | Path | None = None,
+        retry_failed: bool = False,
+        force: bool = False,
+        calibration_source: str | None = None,
+        calibration_samples: int | None = None,
+        calibration_seq_len: int | None = None,
+        calibration_seed: int = 0,
+        verdict_config: Any = None,
+        **spec_fields: Any,
+    ):
+        self.model, self.recipes, self.tasks = model, recipes, tasks  # as given (the CLI prints them)
+        self.out_dir, self.retry_failed, self.force = out_dir, retry_failed, force
+        calibration = {
+            "source": calibration_source,
+            "samples": calibration_samples,
+            "seq_len": calibration_seq_len,
+            "seed": calibration_seed,
+        }
+        verdict = verdict_config.to_dict() if verdict_config is not None else {}
+        mapping = one_model_mapping(model, recipes, tasks, calibration=calibration, verdict=verdict, **spec_fields)
+        self.spec = spec_from_dict(mapping, "the run")
 
     def to_sweep_spec(self) -> SweepSpec:
         """The one-model sweep this run is.
@@ -76,38 +124,7 @@ class RunSpec:
             >>> RunSpec(model="toy", recipes=[], tasks=["toy_mc4"]).to_sweep_spec().tasks
             ('toy_mc4',)
         """
-        source, samples, seq_len = calibration_settings(
-            self.model, self.calibration_source, self.calibration_samples, self.calibration_seq_len
-        )
-        calibration = CalibrationSpec(source=source, samples=samples, seq_len=seq_len, seed=self.calibration_seed)
-        model = ModelSpec(
-            path=str(self.model),
-            device=self.device,
-            dtype=self.dtype,
-            trust_remote_code=self.trust_remote_code,
-            calibration=calibration,
-        )
-        include = self.include_path
-        include = [] if include is None else [include] if isinstance(include, (str, Path)) else list(include)
-        verdict = self.verdict_config.to_dict() if self.verdict_config is not None else {}
-        if not self.tasks:
-            raise ValueError("no tasks given; pass at least one task name")
-        return SweepSpec(
-            models=(model,),
-            recipes=tuple(self.recipes),
-            tasks=tuple(self.tasks),
-            baseline=self.baseline,
-            limit=self.limit,
-            num_fewshot=self.num_fewshot,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            data_dir=str(self.data_dir) if self.data_dir is not None else None,
-            include_path=tuple(str(p) for p in include),
-            allow_code_execution=self.allow_code_execution,
-            verdict=verdict,
-            measure=self.measure,
-            max_length=self.max_length,
-        )
+        return self.spec
 
 
 @dataclass
@@ -115,8 +132,9 @@ class RecipeOutcome:
     """One recipe's results in a run: its records (one per task x metric) and its first error.
 
     Example:
-        >>> outcome.recipe.name  # doctest: +SKIP
-        'w4-rtn'
+        >>> from quantsweep.recipes import get_recipe
+        >>> RecipeOutcome(recipe=get_recipe("w4-rtn")).error is None
+        True
     """
 
     recipe: RecipeConfig
@@ -136,9 +154,9 @@ def run(
     each recipe finishes (cells stored earlier are reported at the end).
 
     Example:
-        >>> outcomes = run(RunSpec(model="toy", recipes=["w8-rtn"], tasks=["toy_mc4"], limit=50))  # doctest: +SKIP
-        >>> [o.recipe.name for o in outcomes]  # doctest: +SKIP
-        ['fp', 'w8-rtn']
+        >>> outcomes = run(RunSpec(model="toy", recipes=["w8-rtn"], tasks=["toy_mc4"], limit=8, device="cpu"))
+        >>> [(o.recipe.name, o.error) for o in outcomes]
+        [('fp', None), ('w8-rtn', None)]
     """
     from quantsweep.sweep.api import run_sweep
     from quantsweep.sweep.plan import resolve_recipes

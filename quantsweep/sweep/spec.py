@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,9 @@ from typing import Any
 import yaml
 
 from quantsweep._schema import SchemaError, build
+from quantsweep.eval.settings import DEFAULT_BATCH_SIZE, DEFAULT_SEED, EvalSettings
 
 BASELINE_RECIPE = "fp"
-DEFAULT_BATCH_SIZE = 32
 # Calibration defaults belong to the model: the toy's bios are short, the literature's
 # defaults (128 windows of 2048 tokens) are for real checkpoints.
 TOY_CALIBRATION = {"source": "toy", "samples": 32, "seq_len": 64}
@@ -88,24 +87,6 @@ def default_calibration(model_path: str) -> dict[str, Any]:
     return dict(TOY_CALIBRATION if model_path == "toy" else CHECKPOINT_CALIBRATION)
 
 
-def calibration_settings(
-    model_name_or_path, source: str | None, samples: int | None, seq_len: int | None
-) -> tuple[str | None, int, int]:
-    """``(source, samples, seq_len)`` as ``quantsweep run`` resolves them (the sweep spec's defaults):
-    toy: 32 x 64 tokens from ``toy``; any other model: 128 x 2048 and no default source.
-
-    Example:
-        >>> calibration_settings("toy", None, None, None)
-        ('toy', 32, 64)
-    """
-    defaults = default_calibration(str(model_name_or_path))
-    return (
-        source if source is not None else defaults["source"],
-        samples or defaults["samples"],
-        seq_len or defaults["seq_len"],
-    )
-
-
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """One model of a sweep.
@@ -150,17 +131,13 @@ class SweepSpec:
         recipes: recipe names, grid names or YAML paths (the baseline is added first).
         tasks: task or suite names.
         baseline: the recipe every other one is judged against (default ``fp``).
-        limit: first N documents of each task (a fraction if < 1), or None for all.
-        num_fewshot: override every task's few-shot count.
-        seed: lm-eval's sampling seed.
-        batch_size: documents per forward pass; halved on out-of-memory, down to 1.
-        data_dir: folder of local dataset files for suite tasks (offline).
-        include_path: extra folders of lm-eval task YAML.
-        allow_code_execution: let code tasks run model-written code.
+        limit, num_fewshot, seed, batch_size, data_dir, include_path, allow_code_execution,
+            max_length: the evaluation settings, keys of the spec file as they always were;
+            they are checked once, as the :class:`~quantsweep.eval.settings.EvalSettings`
+            in :attr:`evaluation` (what workers and the evaluator receive).
         verdict: verdict thresholds (:class:`quantsweep.verdicts.config.VerdictConfig` fields).
         measure: also measure prefill/decode speed of each recipe (a separate timing step).
-        max_length: the scoring window in tokens (default: the suite's, e.g. 2048 for
-            WikiText and C4, else the model's positions).
+        evaluation: the frozen evaluation settings, made from the fields above.
 
     Example:
         >>> SweepSpec(models=(ModelSpec(path="toy"),), recipes=("w4-rtn",), tasks=("toy_mc4",)).baseline
@@ -173,7 +150,7 @@ class SweepSpec:
     baseline: Any = BASELINE_RECIPE
     limit: int | float | None = None
     num_fewshot: int | None = None
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
     batch_size: int = DEFAULT_BATCH_SIZE
     data_dir: str | None = None
     include_path: tuple[str, ...] = ()
@@ -181,23 +158,21 @@ class SweepSpec:
     verdict: dict[str, Any] = field(default_factory=dict)
     measure: bool = False
     max_length: int | None = None
+    evaluation: EvalSettings = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from quantsweep.methods.registry import RecipeConfig
 
         if not isinstance(self.baseline, (str, RecipeConfig)) or not self.baseline:
             raise SpecError(f"baseline must be one recipe name or YAML path, got {self.baseline!r}")
-        if self.max_length is not None and (
-            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1
-        ):
-            raise SpecError(f"max_length must be a positive number of tokens, got {self.max_length!r}")
+        names = [f.name for f in dataclasses.fields(EvalSettings)]
+        evaluation = EvalSettings(**{name: getattr(self, name) for name in names})  # the one check of each
+        object.__setattr__(self, "evaluation", evaluation)
+        for name in names:  # normalised: a whole limit as an int, include_path as a tuple
+            object.__setattr__(self, name, getattr(evaluation, name))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "recipes", tuple(self.recipes))
         object.__setattr__(self, "tasks", tuple(self.tasks))
-        include = self.include_path
-        object.__setattr__(
-            self, "include_path", tuple([include] if isinstance(include, (str, Path)) else include or ())
-        )
         if not self.models:
             raise SpecError("a sweep needs at least one model under 'models'")
         names = [m.name for m in self.models]
@@ -206,9 +181,6 @@ class SweepSpec:
             raise SpecError(f"two models are named {duplicate!r}; give each a distinct 'name'")
         if not self.tasks:
             raise SpecError("a sweep needs at least one task under 'tasks'")
-        check_batch_size(self.batch_size)
-        check_num_fewshot(self.num_fewshot)
-        object.__setattr__(self, "limit", check_limit(self.limit))
         verdict_config(self)  # thresholds checked now, not after the first model loaded
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +191,7 @@ class SweepSpec:
             ['toy_mc4']
         """
         data = dataclasses.asdict(self)
+        del data["evaluation"]  # the same settings, flat
         data["recipes"] = [r if isinstance(r, str) else r.name for r in self.recipes]
         data["baseline"] = self.baseline if isinstance(self.baseline, str) else self.baseline.name
         for key in ("models", "tasks", "include_path"):
@@ -244,49 +217,16 @@ def verdict_config(spec: SweepSpec):
         raise SpecError(str(error)) from None
 
 
-def check_batch_size(value) -> int:
-    """A batch size must be a positive integer.
+def model_from_dict(data: Any, where: str = "model") -> ModelSpec:
+    """Validate one model entry (a path, or a mapping with ``path``) into a :class:`ModelSpec`.
+
+    Calibration keys left out take the model's defaults (:func:`default_calibration`);
+    ``export`` and ``measure`` build their model this way, as a sweep does.
 
     Example:
-        >>> check_batch_size(8)
-        8
+        >>> model_from_dict({"path": "toy", "calibration": {"samples": 8}}).calibration.seq_len
+        64
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"batch size must be a positive integer, got {value!r}")
-    return value
-
-
-def check_num_fewshot(value) -> int | None:
-    """A few-shot count must be None or an integer >= 0.
-
-    Example:
-        >>> check_num_fewshot(0)
-        0
-    """
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise SpecError(f"num_fewshot must be an integer >= 0, got {value!r}")
-    return value
-
-
-def check_limit(value):
-    """A limit is None, a positive integer, or a fraction in (0, 1).
-
-    Example:
-        >>> check_limit(0.5)
-        0.5
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise SpecError(f"limit must be positive (documents, or a fraction below 1), got {value!r}")
-    if isinstance(value, float) and value >= 1:
-        if value != int(value):
-            raise SpecError(f"limit above 1 must be a whole number of documents, got {value!r}")
-        return int(value)
-    return value
-
-
-def _model(data: Any, where: str) -> ModelSpec:
     if isinstance(data, str):
         data = {"path": data}
     if not isinstance(data, dict):
@@ -328,6 +268,8 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
     Raises:
         SpecError: unknown key (with "did you mean"), wrong type, missing models/tasks,
             or a bad batch size, few-shot count, limit or verdict threshold.
+        SettingError: (raised as a SpecError) an impossible evaluation setting; the
+            error's ``__context__`` chain holds the :class:`~quantsweep.eval.settings.SettingError`.
 
     Example:
         >>> spec_from_dict({"models": ["toy"], "recipes": ["w8-rtn"], "tasks": "toy_mc4,toy_ppl"}).tasks
@@ -343,10 +285,11 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
     if not isinstance(models, list):
         models = [models]
     convert = {
-        "models": lambda _: tuple(_model(m, f"{source}: models[{i}]") for i, m in enumerate(models)),
+        "models": lambda _: tuple(model_from_dict(m, f"{source}: models[{i}]") for i, m in enumerate(models)),
         "recipes": lambda v: _recipe_list(v, f"{source}: recipes") if v else (),
         "tasks": lambda v: _string_list(v, f"{source}: tasks"),
-        "include_path": lambda v: _string_list(v, f"{source}: include_path") if v else (),
+        "include_path": lambda v: _string_list(_path_text(v), f"{source}: include_path") if v else (),
+        "data_dir": lambda v: _path_text(v, f"{source}: data_dir"),
         "verdict": lambda v: (
             v if isinstance(v, dict) else _raise(SpecError(f"{source}: verdict must be a mapping of thresholds"))
         ),
@@ -357,6 +300,17 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
         raise
     except SchemaError as error:
         raise SpecError(str(error)) from None
+
+
+def _path_text(value: Any, where: str | None = None) -> Any:
+    """Paths as text (``pathlib.Path`` objects from Python callers); with ``where``, a single path or None."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [str(v) if isinstance(v, Path) else v for v in value]
+    if where is not None and value is not None and not isinstance(value, str):
+        raise SpecError(f"{where}: expected a folder path, got {value!r}")
+    return value
 
 
 def _raise(error: Exception):

@@ -18,9 +18,12 @@ owner died (same host and its pid gone, or no heartbeat for ``stale_after_s``) i
 taken over.
 
 Example:
-    >>> store = CellStore(tmp_path)  # doctest: +SKIP
-    >>> with store.claim("abc") as claim:  # doctest: +SKIP
-    ...     store.write_cell({"key": "abc", "status": "done"})
+    >>> import tempfile
+    >>> store = CellStore(tempfile.mkdtemp())
+    >>> with store.claim("abc") as claim:
+    ...     path = store.write_cell({"key": "abc", "status": "done"})
+    >>> store.status("abc")
+    'done'
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically: temporary file, fsync, rename, fsync of the folder.
 
     Example:
-        >>> atomic_write_text(Path(tmp) / "x.json", "{}")  # doctest: +SKIP
+        >>> import tempfile
+        >>> atomic_write_text(Path(tempfile.mkdtemp()) / "x.json", "{}")
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -148,8 +152,11 @@ class Claim:
     :meth:`mark_running`). Only the owner whose token is in the file may release it.
 
     Example:
-        >>> with store.claim(key) as claim:  # doctest: +SKIP
+        >>> import tempfile
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> with store.claim("abc") as claim:
         ...     claim.key
+        'abc'
     """
 
     def __init__(self, path: Path, key: str, owner: dict[str, Any]):
@@ -163,7 +170,9 @@ class Claim:
         """How many earlier owners died while computing this cell.
 
         Example:
-            >>> claim.attempts  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").attempts
             0
         """
         return int(self.owner.get("attempts", 0))
@@ -172,7 +181,9 @@ class Claim:
         """Whether the claim file is still this owner's (not taken over by another process).
 
         Example:
-            >>> claim.holds()  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").holds()
             True
         """
         return _read_owner(self.path).get("token") == self.owner["token"]
@@ -189,7 +200,9 @@ class Claim:
         """Record in the claim whether the cell is being computed now, so that a death then counts.
 
         Example:
-            >>> claim.mark_running()  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").mark_running()
         """
         if self.holds():
             self.owner = {**self.owner, "running": running}
@@ -199,7 +212,9 @@ class Claim:
         """Stop the heartbeat and remove the claim file if it is still this owner's (once).
 
         Example:
-            >>> claim.release()  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim("abc").release()
         """
         if self._stop.is_set():
             return  # released already
@@ -255,8 +270,9 @@ class CellStore:
             (a ``results.jsonl`` and no ``store.json``): nothing there is touched.
 
     Example:
-        >>> store = CellStore(tmp_path)  # doctest: +SKIP
-        >>> store.status("no-such-key") is None  # doctest: +SKIP
+        >>> import tempfile
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> store.status("no-such-key") is None
         True
     """
 
@@ -266,6 +282,7 @@ class CellStore:
         self.directory = Path(directory)
         self.stale_after_s = stale_after_s
         self._statuses: dict[str, tuple[int, int, str]] = {}  # key -> (mtime_ns, size, status) of its file
+        self._meta: dict[str, Any] = {}
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
         meta_path = self.directory / "store.json"
@@ -280,6 +297,7 @@ class CellStore:
                     f"format {meta.get('format')!r}; this quantsweep {quantsweep.__version__} reads format "
                     f"{STORE_FORMAT}. Nothing was changed; use another --out folder"
                 )
+            self._meta = meta
         elif (self.directory / "results.jsonl").is_file():
             raise StoreError(
                 f"{self.directory} holds a results.jsonl from a quantsweep without cell stores (no store.json); "
@@ -287,18 +305,47 @@ class CellStore:
             )
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(
-                meta_path, json.dumps({"format": STORE_FORMAT, "quantsweep_version": quantsweep.__version__}) + "\n"
-            )
+            self._meta = {"format": STORE_FORMAT, "quantsweep_version": quantsweep.__version__}
+            atomic_write_text(meta_path, json.dumps(self._meta) + "\n")
         for name in ("cells", "claims", "logs"):
             (self.directory / name).mkdir(exist_ok=True)
+
+    # ------------------------------------------------------------------ metadata
+    def verdict_thresholds(self) -> dict[str, Any] | None:
+        """The verdict thresholds this store was last judged with (``store.json``), or None if never recorded.
+
+        Example:
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.verdict_thresholds() is None
+            True
+        """
+        thresholds = self._meta.get("verdict")
+        return dict(thresholds) if isinstance(thresholds, dict) else None
+
+    def record_verdict_thresholds(self, thresholds: dict[str, Any]) -> None:
+        """Keep ``thresholds`` in ``store.json``: what :func:`quantsweep.judge` starts from next time.
+
+        Example:
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.record_verdict_thresholds({"alpha": 0.01})
+            >>> CellStore(store.directory).verdict_thresholds()
+            {'alpha': 0.01}
+        """
+        if self._meta.get("verdict") == thresholds:
+            return
+        self._meta = {**self._meta, "verdict": dict(thresholds)}
+        atomic_write_text(self.directory / "store.json", json.dumps(jsonable(self._meta)) + "\n")
 
     # ------------------------------------------------------------------ cells
     def cell_path(self, key: str) -> Path:
         """The file of cell ``key``.
 
         Example:
-            >>> store.cell_path("abc").name  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.cell_path("abc").name
             'abc.json'
         """
         return self.directory / "cells" / f"{key}.json"
@@ -307,7 +354,9 @@ class CellStore:
         """The log file of cell ``key``.
 
         Example:
-            >>> store.log_path("abc").name  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.log_path("abc").name
             'abc.log'
         """
         return self.directory / "logs" / f"{key}.log"
@@ -318,7 +367,9 @@ class CellStore:
         so the cell is computed again.
 
         Example:
-            >>> store.read_cell("abc") is None  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.read_cell("abc") is None
             True
         """
         path = self.cell_path(key)
@@ -350,7 +401,10 @@ class CellStore:
         cell file is parsed once per version (its modification time and size), not per call.
 
         Example:
-            >>> store.status("abc")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> _ = store.write_cell({"key": "abc", "status": "done"})
+            >>> store.status("abc")
             'done'
         """
         try:
@@ -366,11 +420,43 @@ class CellStore:
         self._statuses[key] = (stat.st_mtime_ns, stat.st_size, cell["status"])
         return cell["status"]
 
+    def is_settled(self, key: str, run) -> bool:
+        """Whether cell ``key`` needs no computing in this run.
+
+        ``run`` says when the run began and what it recomputes (``started_at`` in epoch s,
+        ``force``, ``retry_failed``). A cell is settled when it is stored and either it was
+        written during this run, or it is a stored result the run keeps: a done cell unless
+        ``force``, a failed cell unless ``retry_failed`` or ``force``. So a cell that fails
+        again during a retry is final for that run, never retried forever.
+
+        Example:
+            >>> import tempfile, types
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> run = types.SimpleNamespace(started_at=0.0, force=False, retry_failed=False)
+            >>> store.is_settled("absent", run)
+            False
+        """
+        status = self.status(key)
+        if status is None:
+            return False
+        try:
+            written_now = self.cell_path(key).stat().st_mtime >= run.started_at
+        except FileNotFoundError:
+            return False
+        if written_now:
+            return True
+        if run.force:
+            return False
+        return status == "done" or not run.retry_failed
+
     def write_cell(self, cell: dict[str, Any]) -> Path:
         """Store one finished cell atomically (replacing an earlier version of the same key).
 
         Example:
-            >>> store.write_cell({"key": "abc", "status": "done"})  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.write_cell({"key": "abc", "status": "done"}).name
+            'abc.json'
         """
         if cell.get("status") not in ("done", "failed") or not cell.get("key"):
             raise ValueError("a cell needs a 'key' and a status of 'done' or 'failed'")
@@ -382,8 +468,11 @@ class CellStore:
         """Keys of every stored cell file.
 
         Example:
-            >>> store.keys()  # doctest: +SKIP
-            ['0a1b...', ...]
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> _ = store.write_cell({"key": "abc", "status": "done"})
+            >>> store.keys()
+            ['abc']
         """
         return sorted(p.stem for p in (self.directory / "cells").glob("*.json"))
 
@@ -391,8 +480,11 @@ class CellStore:
         """Every readable stored cell.
 
         Example:
-            >>> [c["recipe"] for c in store.cells()]  # doctest: +SKIP
-            ['fp', 'w8-rtn']
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> _ = store.write_cell({"key": "abc", "status": "done", "recipe": "fp"})
+            >>> [c["recipe"] for c in store.cells()]
+            ['fp']
         """
         for key in self.keys():
             cell = self.read_cell(key)
@@ -411,7 +503,12 @@ class CellStore:
         more than the old one's.
 
         Example:
-            >>> claim = store.claim("abc")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> claim = store.claim("abc")
+            >>> store.claim("abc") is None  # held by this process: no second claim
+            True
+            >>> claim.release()
         """
         path = self._claim_path(key)
         attempts = 0
@@ -451,7 +548,10 @@ class CellStore:
         """Who holds a live claim on ``key`` (host, pid, started), or None.
 
         Example:
-            >>> store.claim_owner("abc")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.claim_owner("abc") is None
+            True
         """
         path = self._claim_path(key)
         owner = _read_owner(path)
@@ -475,7 +575,10 @@ class CellStore:
         """Write a derived file (``results.jsonl``, ``summary.json``) atomically.
 
         Example:
-            >>> store.write_derived("summary.json", "{}")  # doctest: +SKIP
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> store.write_derived("summary.json", "{}").name
+            'summary.json'
         """
         path = self.directory / name
         atomic_write_text(path, text)

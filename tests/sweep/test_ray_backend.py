@@ -47,7 +47,7 @@ def test_model_unreadable_on_the_worker_node_is_a_failed_cell(ray_cluster, tmp_p
     """The driver could read the checkpoint when it planned; the worker's node cannot."""
     from helpers.checkpoints import write_hf_model
 
-    from quantsweep.sweep.cell import UnitContext
+    from quantsweep.sweep.context import UnitContext
     from quantsweep.sweep.plan import plan_sweep
     from quantsweep.sweep.ray import run_ray
     from quantsweep.sweep.spec import load_spec

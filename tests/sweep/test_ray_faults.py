@@ -124,7 +124,7 @@ def test_a_killed_driver_resumes_with_every_cell_once(ray_cluster, local_referen
 
 def test_a_unit_whose_retries_are_spent_leaves_failed_cells_not_a_hang(ray_cluster, tmp_path):
     """With no retries left, the driver stores the dead unit's missing cells as failed, with Ray's error."""
-    from quantsweep.sweep.cell import UnitContext
+    from quantsweep.sweep.context import UnitContext
     from quantsweep.sweep.plan import plan_sweep
     from quantsweep.sweep.ray import run_ray
     from quantsweep.sweep.spec import load_spec

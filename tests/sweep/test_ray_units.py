@@ -139,8 +139,9 @@ def test_cli_address_with_no_cluster_exits_2_within_seconds(tmp_path):
 
 def test_a_cell_failed_again_under_force_or_retry_counts_as_stored(tmp_path):
     """--force / --retry-failed with a failing recipe: the new failed file ends the wait (no endless recomputing)."""
-    from quantsweep.sweep.api import is_stored
     from quantsweep.sweep.store import CellStore
+
+    is_stored = CellStore.is_settled
 
     store = CellStore(tmp_path)
     store.write_cell({"key": "k", "status": "failed", "error": "ValueError: bad recipe"})

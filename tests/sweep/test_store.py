@@ -125,3 +125,21 @@ def test_releasing_twice_never_removes_a_later_claim(tmp_path):
     first.release()  # a stale handle released again
     assert store.claim_owner("k") is not None and store.claim("k") is None
     second.release()
+
+
+def test_verdict_thresholds_live_in_the_store_and_older_stores_fall_back_once(tmp_path):
+    """A store from before store.json kept thresholds: judge reads them from results.jsonl once, then records them."""
+    import json
+
+    import quantsweep
+    from quantsweep.sweep.store import CellStore
+
+    CellStore(tmp_path)
+    (tmp_path / "results.jsonl").write_text(json.dumps({"verdict_config": {"accuracy_tolerance": 0.02}}) + "\n")
+    assert CellStore(tmp_path).verdict_thresholds() is None
+    quantsweep.judge(tmp_path, alpha=0.01)
+    assert CellStore(tmp_path).verdict_thresholds()["accuracy_tolerance"] == 0.02
+    (tmp_path / "results.jsonl").write_text("")  # no longer read: the store's own metadata answers
+    quantsweep.judge(tmp_path)
+    kept = CellStore(tmp_path).verdict_thresholds()
+    assert (kept["alpha"], kept["accuracy_tolerance"]) == (0.01, 0.02)

@@ -1,4 +1,4 @@
-"""Judging from disk: verdict records from stored cells, paired with their stored baseline.
+"""The derived files of a store: verdict records judged from stored cells, paired with their stored baseline.
 
 The driver judges; workers only evaluate. A recipe's cell is paired with the
 baseline cell of the same model, task and settings (its ``baseline_key``) document
@@ -14,8 +14,11 @@ store holds more than one cell for the same model, recipe and task (another
 setting, or an edited task), ``summary.json`` says so in ``warning``.
 
 Example:
-    >>> records = judge_cells(store, VerdictConfig())  # doctest: +SKIP
-    >>> rebuild_derived(store, VerdictConfig())  # doctest: +SKIP
+    >>> import tempfile
+    >>> from quantsweep.verdicts.config import VerdictConfig
+    >>> from quantsweep.sweep.store import CellStore
+    >>> DerivedFiles(CellStore(tempfile.mkdtemp()), VerdictConfig()).rebuild()
+    []
 """
 
 from __future__ import annotations
@@ -99,19 +102,22 @@ def _error_records(cell: dict[str, Any], base: dict[str, Any], error: str) -> li
     ]
 
 
-def judge_cell(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_config) -> list[dict[str, Any]]:
+def cell_records(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_config) -> list[dict[str, Any]]:
     """The records of one stored cell, judged against its stored baseline cell.
 
     A failed cell gives one ``error`` record carrying its error; a judging failure
     gives the same, saying "judging failed", and never stops the others.
 
     Example:
-        >>> judge_cell(cell, baseline_cell, VerdictConfig())[0]["verdict"]  # doctest: +SKIP
-        'lossless'
+        >>> from quantsweep.verdicts.config import VerdictConfig
+        >>> failed = {"key": "k", "model": "toy", "recipe": "w1-rtn", "task": "toy_mc4", "status": "failed",
+        ...           "error": "RuntimeError: boom"}
+        >>> cell_records(failed, None, VerdictConfig())[0]["verdict"]
+        'error'
     """
-    from quantsweep.eval.suites import task_family
-    from quantsweep.sweep.cell import task_result_from_dict
+    from quantsweep.eval.harness import TaskResult
     from quantsweep.verdicts.task import judge_all_metrics
+    from quantsweep.eval.suites import task_family
 
     base = _base(cell, verdict_config)
     if cell["status"] != "done":
@@ -119,11 +125,11 @@ def judge_cell(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_co
     is_baseline = bool(cell.get("is_baseline"))
     baseline_tasks = {}
     if baseline is not None and baseline.get("status") == "done" and not is_baseline:
-        baseline_tasks = {name: task_result_from_dict(t) for name, t in baseline["tasks"].items()}
+        baseline_tasks = {name: TaskResult.from_dict(t) for name, t in baseline["tasks"].items()}
     records = []
     try:
         for name, stored in cell["tasks"].items():
-            task = task_result_from_dict(stored)
+            task = TaskResult.from_dict(stored)
             verdicts = judge_all_metrics(
                 task,
                 baseline_tasks.get(name),
@@ -159,16 +165,23 @@ def judge_cell(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_co
     return records
 
 
-class Judge:
-    """Judges stored cells and keeps the derived files current, re-judging only what changed.
+class DerivedFiles:
+    """The files derived from a store (``results.jsonl``, ``summary.json``), kept current from its cells.
 
-    Judged records are cached per cell (by the cell's and its baseline's file times), so
-    rebuilding ``results.jsonl`` after every finished cell costs one judgement, not a
-    re-judgement of the whole store.
+    Records are judged per cell and cached (by the cell's and its baseline's file times),
+    so rebuilding after every finished cell costs one judgement, not a re-judgement of
+    the whole store. The thresholds used are recorded in the store's own metadata
+    (``store.json``), the source :func:`quantsweep.judge` starts from.
 
     Example:
-        >>> judge = Judge(store, VerdictConfig())  # doctest: +SKIP
-        >>> judge.rebuild()  # doctest: +SKIP
+        >>> import tempfile
+        >>> from quantsweep.verdicts.config import VerdictConfig
+        >>> from quantsweep.sweep.store import CellStore
+        >>> store = CellStore(tempfile.mkdtemp())
+        >>> DerivedFiles(store, VerdictConfig()).rebuild()
+        []
+        >>> store.verdict_thresholds()["alpha"]
+        0.05
     """
 
     def __init__(self, store, verdict_config, plan=None):
@@ -187,11 +200,14 @@ class Judge:
             return None
 
     def records(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Records of the given cells (default: every stored cell), in the order given.
+        """Judged records of the given cells (default: every stored cell), in the order given.
 
         Example:
-            >>> len(judge.records())  # doctest: +SKIP
-            12
+            >>> import tempfile
+            >>> from quantsweep.verdicts.config import VerdictConfig
+            >>> from quantsweep.sweep.store import CellStore
+            >>> DerivedFiles(CellStore(tempfile.mkdtemp()), VerdictConfig()).records(["absent"])
+            []
         """
         keys = list(keys) if keys is not None else self.store.keys()
         out = []
@@ -217,7 +233,7 @@ class Judge:
                 }
             baseline_key = None if cell.get("is_baseline") else cell.get("baseline_key")
             baseline = self.store.read_cell(baseline_key) if baseline_key else None
-            records = judge_cell(cell, baseline, self.verdict_config)
+            records = cell_records(cell, baseline, self.verdict_config)
             self._cache[key] = ((stamp, self._mtime(baseline_key), baseline_key), records)
             out += records
         return out
@@ -225,37 +241,22 @@ class Judge:
     def rebuild(self) -> list[dict[str, Any]]:
         """Rewrite ``results.jsonl`` and ``summary.json`` from every stored cell; returns the records.
 
-        A lock file serialises rebuilds, so two writers cannot leave an older list last.
+        The thresholds are recorded in the store's metadata first. A lock file serialises
+        rebuilds, so two writers cannot leave an older list last.
 
         Example:
-            >>> records = judge.rebuild()  # doctest: +SKIP
+            >>> import tempfile
+            >>> from quantsweep.verdicts.config import VerdictConfig
+            >>> from quantsweep.sweep.store import CellStore
+            >>> DerivedFiles(CellStore(tempfile.mkdtemp()), VerdictConfig()).rebuild()
+            []
         """
         import fcntl
 
         with open(self.store.directory / ".derived.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self.store.record_verdict_thresholds(self.verdict_config.to_dict())
             return _write_derived(self.store, self.records())
-
-
-def judge_cells(store, verdict_config, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Records of the given stored cells (default: every cell in the store), in order.
-
-    Example:
-        >>> len(judge_cells(store, VerdictConfig()))  # doctest: +SKIP
-        12
-    """
-    return Judge(store, verdict_config).records(keys)
-
-
-def rebuild_derived(store, verdict_config) -> list[dict[str, Any]]:
-    """Re-judge every stored cell and rewrite ``results.jsonl`` and ``summary.json`` atomically.
-
-    Returns the records written.
-
-    Example:
-        >>> records = rebuild_derived(store, VerdictConfig())  # doctest: +SKIP
-    """
-    return Judge(store, verdict_config).rebuild()
 
 
 def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
