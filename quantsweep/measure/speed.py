@@ -16,7 +16,7 @@ runs it as its own step.
 Example:
     >>> import quantsweep
     >>> model, tokenizer = quantsweep.load_model("toy")
-    >>> record = measure_speed(model, tokenizer, prompt_tokens=64, new_tokens=16, repeats=3)
+    >>> record = measure_speed(model, tokenizer, prompt_tokens=16, new_tokens=4, repeats=3)
     >>> record["decode_tokens_per_s"] > 0 and record["prefill_tokens_per_s"] > 0  # times vary; rates are positive
     True
     >>> record["decode_tokens_per_s_min"] <= record["decode_tokens_per_s"] <= record["decode_tokens_per_s_max"]
@@ -134,7 +134,7 @@ def measure_speed(
     Example:
         >>> import quantsweep
         >>> model, tokenizer = quantsweep.load_model("toy")
-        >>> record = measure_speed(model, tokenizer, prompt_tokens=32, new_tokens=8, repeats=2)
+        >>> record = measure_speed(model, tokenizer, prompt_tokens=8, new_tokens=2, repeats=2, warmup=0)
         >>> record["repeats"], len(record["decode_tokens_per_s_all"])
         (2, 2)
     """
