@@ -23,7 +23,13 @@ def make_callable(module_name: str, target: str) -> None:
     The target is imported at call time, so the package import stays light.
 
     Example:
-        >>> make_callable("quantsweep.sweep", "quantsweep.sweep.api:sweep")  # doctest: +SKIP
+        >>> import sys, types
+        >>> sys.modules["demo_verb"] = types.ModuleType("demo_verb")
+        >>> make_callable("demo_verb", "math:hypot")
+        >>> import demo_verb
+        >>> demo_verb(3, 4)
+        5.0
+        >>> del sys.modules["demo_verb"]
     """
     module_path, function_name = target.split(":")
 

@@ -20,10 +20,13 @@ Results record :meth:`CalibrationData.provenance` (source, N, L, seed, and a
 fingerprint of the token ids), so every number can be traced to its data.
 
 Example:
-    >>> from quantsweep.toy import build_tokenizer  # doctest: +SKIP
-    >>> calibration = load_calibration("toy", build_tokenizer(), n_samples=8, seq_len=64)  # doctest: +SKIP
-    >>> calibration.input_ids.shape  # doctest: +SKIP
+    >>> from quantsweep.toy.tokenizer import build_tokenizer
+    >>> calibration = load_calibration("toy", build_tokenizer(), n_samples=8, seq_len=64)
+    >>> calibration.input_ids.shape
     torch.Size([8, 64])
+    >>> again = load_calibration("toy", build_tokenizer(), n_samples=8, seq_len=64)
+    >>> again.provenance() == calibration.provenance()  # same source, N, L and seed: same windows
+    True
 """
 
 from __future__ import annotations
@@ -148,7 +151,17 @@ def load_calibration(
             text shorter than ``seq_len`` tokens.
 
     Example:
-        >>> calibration = load_calibration("wiki.txt", tokenizer, n_samples=16, seq_len=512)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from quantsweep.toy.tokenizer import build_tokenizer
+        >>> text = Path(tempfile.mkdtemp()) / "bios.txt"
+        >>> _ = text.write_text("the pet of ba ko mi is a cat .\\n" * 40)
+        >>> calibration = load_calibration(str(text), build_tokenizer(), n_samples=4, seq_len=16, seed=1)
+        >>> calibration.input_ids.shape, calibration.n_source_tokens
+        (torch.Size([4, 16]), 440)
+        >>> load_calibration(str(text), build_tokenizer(), n_samples=4, seq_len=1000)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: calibration source '...bios.txt' has only 440 tokens, fewer than seq_len=1000; ...
     """
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples <= 0:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
@@ -195,7 +208,10 @@ def require_calibration_source(recipes: list[str], source: str | None, where: st
     """Refuse calibrated recipes without a calibration source, or with an unknown one, before loading.
 
     Example:
-        >>> require_calibration_source(["w4-gptq"], "toy")
+        >>> require_calibration_source(["w4-gptq"], "toy")  # accepted: returns None
+        >>> require_calibration_source(["w4-gptq"], None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: recipes w4-gptq need calibration data; pass --calib-source ...
     """
     if not source:
         raise ValueError(
@@ -210,7 +226,10 @@ def check_calibration_source(source: str) -> None:
     """Refuse an unknown calibration source or a missing file, before any model loads.
 
     Example:
-        >>> check_calibration_source("toy")
+        >>> check_calibration_source("toy")  # accepted: returns None
+        >>> check_calibration_source("wiki.parquet")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: unknown calibration source 'wiki.parquet'; use one of toy, wikitext2, c4, pile ...
     """
     if source == "toy" or source in HF_SOURCES:
         return

@@ -5,8 +5,10 @@ calibration text make the same decision: ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFL
 mean no network; a user-set ``HF_ENDPOINT`` mirror always wins.
 
 Example:
-    >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-    >>> hub_offline(), hub_reachable()
+    >>> import os
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):
+    ...     hub_offline(), hub_reachable()
     (True, False)
 """
 
@@ -27,8 +29,10 @@ def hub_offline() -> bool:
     """Whether the user marked the hub offline (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` true).
 
     Example:
-        >>> import os; os.environ["HF_DATASETS_OFFLINE"] = "yes"
-        >>> hub_offline()
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"HF_DATASETS_OFFLINE": "yes"}):
+        ...     hub_offline()
         True
     """
     return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE") for var in _OFFLINE_VARIABLES)
@@ -38,8 +42,15 @@ def effective_hub_endpoint(endpoint: str | None = None) -> str | None:
     """The hub mirror in effect: the user's ``HF_ENDPOINT`` if set, else ``endpoint``, else None.
 
     Example:
-        >>> effective_hub_endpoint("https://hf-mirror.example")  # with HF_ENDPOINT unset  # doctest: +SKIP
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ):
+        ...     _ = os.environ.pop("HF_ENDPOINT", None)
+        ...     effective_hub_endpoint("https://hf-mirror.example")
         'https://hf-mirror.example'
+        >>> with mock.patch.dict(os.environ, {"HF_ENDPOINT": "https://my-mirror.example"}):
+        ...     effective_hub_endpoint("https://hf-mirror.example")
+        'https://my-mirror.example'
     """
     return os.environ.get("HF_ENDPOINT") or endpoint or None
 
@@ -55,8 +66,20 @@ def use_hub_mirror(endpoint: str) -> str:
         the endpoint in effect.
 
     Example:
-        >>> use_hub_mirror("https://hf-mirror.example")  # doctest: +SKIP
-        'https://hf-mirror.example'
+        >>> import os, sys
+        >>> from unittest import mock
+        >>> import huggingface_hub.constants as hub_constants
+        >>> with (
+        ...     mock.patch.dict(os.environ),  # HF_ENDPOINT is restored afterwards
+        ...     mock.patch.object(hub_constants, "ENDPOINT"),
+        ...     mock.patch.dict(sys.modules, {"datasets.config": None}),  # as if datasets were not imported
+        ... ):
+        ...     _ = os.environ.pop("HF_ENDPOINT", None)
+        ...     print(use_hub_mirror("https://hf-mirror.example/"), os.environ["HF_ENDPOINT"], hub_constants.ENDPOINT)
+        https://hf-mirror.example https://hf-mirror.example https://hf-mirror.example
+        >>> with mock.patch.dict(os.environ, {"HF_ENDPOINT": "https://my-mirror.example"}):
+        ...     use_hub_mirror("https://hf-mirror.example")  # the user's mirror wins
+        'https://my-mirror.example'
     """
     if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
         raise ValueError(f"hub endpoint must be an http(s) URL, got {endpoint!r}")
@@ -85,8 +108,10 @@ def hub_reachable(endpoint: str | None = None, timeout_s: float = PROBE_TIMEOUT_
     closed network is found in seconds instead of after datasets' retries.
 
     Example:
-        >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
-        >>> hub_reachable()
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):
+        ...     hub_reachable()  # answered without touching the network
         False
     """
     import socket

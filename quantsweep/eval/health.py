@@ -6,9 +6,14 @@ module (in execution order) whose output contains NaN or Inf. It also reports
 any parameters that are themselves non-finite.
 
 Example:
-    >>> report = diagnose_nonfinite(model, tokenizer)  # doctest: +SKIP
-    >>> report.first_module  # doctest: +SKIP
-    'model.layers.2.mlp.down_proj'
+    >>> import quantsweep
+    >>> model, tokenizer = quantsweep.load_model("toy")
+    >>> model.model.layers[2].mlp.down_proj.weight.data[0, 0] = float("nan")  # break one weight
+    >>> report = diagnose_nonfinite(model, tokenizer)
+    >>> report.first_module, report.first_layer
+    ('model.layers.2.mlp.down_proj', 2)
+    >>> report.nonfinite_weights
+    ['model.layers.2.mlp.down_proj.weight']
 """
 
 from __future__ import annotations
@@ -72,8 +77,14 @@ def diagnose_nonfinite(model: nn.Module, tokenizer, text: str = DEFAULT_PROBE_TE
     """Run one probe forward pass and name where NaN/Inf first appears.
 
     Example:
-        >>> diagnose_nonfinite(model, tokenizer).logits_finite  # doctest: +SKIP
-        False
+        >>> import quantsweep
+        >>> model, tokenizer = quantsweep.load_model("toy")
+        >>> diagnose_nonfinite(model, tokenizer)
+        NonFiniteReport(logits_finite=True, first_module=None, first_layer=None, nonfinite_weights=[])
+        >>> model.lm_head.bias = torch.nn.Parameter(torch.full((model.config.vocab_size,), float("inf")))
+        >>> report = diagnose_nonfinite(model, tokenizer)
+        >>> report.logits_finite, report.first_module, report.first_layer
+        (False, 'lm_head', None)
     """
     order: list[str] = []
     handles = []
@@ -115,11 +126,20 @@ class NonFiniteLogitCounter:
     not counted twice.
 
     Example:
-        >>> counter = NonFiniteLogitCounter(model)  # doctest: +SKIP
-        >>> with counter.tracking(batch_size=4):  # doctest: +SKIP
-        ...     model.generate(ids)
-        >>> counter.total  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, tokenizer = quantsweep.load_model("toy")
+        >>> prompts = tokenizer(["the color of po ba fe is", "the home of po ba fe is"], return_tensors="pt")
+        >>> counter = NonFiniteLogitCounter(model)
+        >>> with counter.tracking(batch_size=2):
+        ...     _ = model.generate(**prompts, max_new_tokens=2, do_sample=False)
+        >>> counter.total
         0
+        >>> model.lm_head.weight.data[1] = float("nan")  # every row's logits now hold a NaN
+        >>> with counter.tracking(batch_size=2):
+        ...     _ = model.generate(**prompts, max_new_tokens=2, do_sample=False)
+        >>> counter.total
+        2
+        >>> counter.close()
     """
 
     def __init__(self, model: nn.Module):

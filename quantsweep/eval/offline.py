@@ -181,7 +181,13 @@ def check_columns(entry: SuiteEntry, files: Mapping[str, list[str]]) -> None:
     """Raise :class:`MissingDataError` when a file lacks a column the task's prompts use.
 
     Example:
-        >>> check_columns(suite_entry("piqa"), {})
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "validation.jsonl"
+        >>> _ = path.write_text(json.dumps({"goal": "open a jar", "sol1": "twist", "sol2": "push"}) + "\\n")
+        >>> check_columns(suite_entry("piqa"), {"validation": [str(path)]})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        quantsweep.eval.offline.MissingDataError: task 'piqa': ...validation.jsonl lacks column(s) label; ...
     """
     for _split, paths in files.items():
         for path in paths[:1]:
@@ -251,9 +257,21 @@ def local_task_configs(
         SuiteError: a suite entry inconsistent with its lm-eval task.
 
     Example:
-        >>> configs = local_task_configs(["arc_easy"], "data")  # doctest: +SKIP
-        >>> configs["arc_easy"]["dataset_kwargs"]["data_files"]  # doctest: +SKIP
-        {'test': ['data/arc_easy/test.jsonl']}
+        >>> import json, os, tempfile
+        >>> from pathlib import Path
+        >>> from unittest import mock
+        >>> data = Path(tempfile.mkdtemp())
+        >>> (data / "arc_easy").mkdir()
+        >>> row = {"question": "2 + 2 = ?", "choices": {"text": ["3", "4"], "label": ["A", "B"]}, "answerKey": "B"}
+        >>> _ = (data / "arc_easy" / "test.jsonl").write_text(json.dumps(row) + "\\n")
+        >>> config = local_task_configs(["arc_easy"], data)["arc_easy"]
+        >>> config["dataset_path"], config["dataset_kwargs"]["data_files"] == {"test": [str(data / "arc_easy" / "test.jsonl")]}
+        ('json', True)
+        >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):  # no hub mirror to fall back to
+        ...     local_task_configs(["piqa"], data)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        quantsweep.eval.offline.MissingDataError: local data missing for 1 task(s) ...
+          piqa: expected validation{.jsonl,...} (split(s) validation; columns goal, sol1, sol2, label) in ...
     """
     names = expand_tasks(task_names)
     if hub_endpoint is not None:

@@ -10,8 +10,13 @@ the start (:func:`quantsweep.quant.compute_qparams`), so storing them in fp16, a
 format requires, changes nothing: the checkpoint decodes to the evaluated weights exactly.
 
 Example:
-    >>> result = quantsweep.apply_recipe(model, "w4-gptq", calibration=ids)  # doctest: +SKIP
-    >>> export_gptq(model, result, "out/w4-gptq", config=get_recipe("w4-gptq"), tokenizer=tokenizer)  # doctest: +SKIP
+    >>> import json, tempfile
+    >>> import quantsweep
+    >>> model, tokenizer = quantsweep.load_model("toy")
+    >>> result = quantsweep.apply_recipe(model, "w4-rtn")  # a calibrated w4-gptq result exports the same way
+    >>> out = export_gptq(model, result, tempfile.mkdtemp(), config=quantsweep.get_recipe("w4-rtn"), tokenizer=tokenizer)
+    >>> json.loads((out / "quantize_config.json").read_text())["bits"]
+    4
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def is_exportable(config) -> bool:
     the format cannot hold) and SmoothQuant or W4A4 (activation fake-quant) have none.
 
     Example:
-        >>> from quantsweep.recipes import get_recipe
+        >>> from quantsweep import get_recipe
         >>> is_exportable(get_recipe("w4-gptq")), is_exportable(get_recipe("w4a4-smoothquant"))
         (True, False)
     """
@@ -67,8 +72,11 @@ def check_exportable(config) -> None:
     """Raise ``ValueError`` naming the recipe and the exportable ones when it has no packed form.
 
     Example:
-        >>> from quantsweep.recipes import get_recipe
-        >>> check_exportable(get_recipe("w4-rtn"))
+        >>> from quantsweep import get_recipe
+        >>> check_exportable(get_recipe("w4-rtn"))  # exportable: returns None
+        >>> check_exportable(get_recipe("w1-billm"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: recipe 'w1-billm' (method billm) has no GPTQ packed form ...
     """
     if not is_exportable(config):
         raise ValueError(
@@ -150,8 +158,18 @@ def export_gptq(
         ValueError: a recipe with no packed form, a non-empty folder, or weights the format cannot store.
 
     Example:
-        >>> export_gptq(model, result, "out", config=get_recipe("w4-gptq"))  # doctest: +SKIP
-        PosixPath('out')
+        >>> import tempfile
+        >>> from safetensors import safe_open
+        >>> import quantsweep
+        >>> model, tokenizer = quantsweep.load_model("toy")
+        >>> result = quantsweep.apply_recipe(model, "w4-rtn")
+        >>> out = export_gptq(model, result, tempfile.mkdtemp(), config=quantsweep.get_recipe("w4-rtn"))
+        >>> with safe_open(out / "model.safetensors", "pt") as stored:
+        ...     sum(key.endswith(".qweight") for key in stored.keys())  # the 7 Linears of each of 4 layers
+        28
+        >>> export_gptq(model, result, out)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: export folder '...' exists and is not empty; pass --overwrite (overwrite=True) to replace it
     """
     from safetensors.torch import save_file
 

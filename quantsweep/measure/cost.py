@@ -16,9 +16,14 @@ record says so (``stored_bytes_kind``, ``measured_as``): its memory and speed ar
 the fp model's, not the format's.
 
 Example:
-    >>> result = quantsweep.apply_recipe(model, "w4-rtn")  # doctest: +SKIP
-    >>> cost_fields(model, get_recipe("w4-rtn"), result)["kernel"]  # doctest: +SKIP
-    'fake-quant'
+    >>> import quantsweep
+    >>> model, tokenizer = quantsweep.load_model("toy")
+    >>> result = quantsweep.apply_recipe(model, "w4-rtn")
+    >>> fields = cost_fields(model, quantsweep.get_recipe("w4-rtn"), result)
+    >>> fields["kernel"], fields["theoretical_basis"], round(fields["theoretical_bits_per_weight"], 2)
+    ('fake-quant', 'packed', 5.32)
+    >>> fields["stored_bytes"] == fields["fp_bytes"]  # fake-quant: stored as the fp model
+    True
 """
 
 from __future__ import annotations
@@ -119,9 +124,13 @@ def cost_fields(model: nn.Module, recipe_config, result, *, export_dir: str | Pa
         ``fp_bits``, ``weights`` (parameter count of the fp model), ``quantized_weights``, ``measured_as``.
 
     Example:
-        >>> fields = cost_fields(model, get_recipe("fp"), quantsweep.apply_recipe(model, "fp"))  # doctest: +SKIP
-        >>> fields["theoretical_bits_per_weight"]  # doctest: +SKIP
-        32.0
+        >>> import quantsweep
+        >>> model, tokenizer = quantsweep.load_model("toy")
+        >>> fields = cost_fields(model, quantsweep.get_recipe("fp"), quantsweep.apply_recipe(model, "fp"))
+        >>> fields["theoretical_bits_per_weight"], fields["quantized_weights"]
+        (32.0, 0)
+        >>> fields["stored_bytes"] == 4 * fields["weights"]  # fp32 on CPU
+        True
     """
     from quantsweep.models.layout import decoder_linears
 

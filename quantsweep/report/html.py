@@ -15,8 +15,18 @@ cost fields are recorded, and the record of the run (model, fingerprint, device,
 dtype, versions, calibration, thresholds, failed cells with their errors).
 
 Example:
-    >>> write_report("quantsweep-demo")  # doctest: +SKIP
-    PosixPath('quantsweep-demo/report.html')
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> def record(recipe, bits, value, verdict, reason=None):  # a primary accuracy record, as a sweep stores it
+    ...     return {"model": "toy", "recipe": recipe, "recipe_config": {"method": "rtn" if bits else "none", "bits": bits},
+    ...             "task": "toy_mc4", "family": "knowledge", "metric": "acc", "primary": True, "value": value,
+    ...             "verdict": verdict, "reason": reason, "retained": None if bits is None else value / 0.91}
+    >>> records = [record("fp", None, 0.91, "baseline"), record("w4-rtn", 4, 0.90, "lossless"),
+    ...            record("w1-rtn", 1, 0.26, "collapsed", "accuracy 0.260 is at chance (0.250)")]
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in records))
+    >>> write_report(folder) == folder / "report.html"
+    True
 """
 
 from __future__ import annotations
@@ -338,9 +348,17 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
     """The report's HTML text and its figures (file name -> PNG bytes), from result records.
 
     Example:
-        >>> html, figures = build_report(load_records("quantsweep-demo"))  # doctest: +SKIP
-        >>> sorted(figures)[0]  # doctest: +SKIP
-        'report-retention-language_modelling.png'
+        >>> def record(recipe, bits, value, verdict, reason=None):  # a primary accuracy record, as a sweep stores it
+        ...     return {"model": "toy", "recipe": recipe, "recipe_config": {"method": "rtn" if bits else "none", "bits": bits},
+        ...             "task": "toy_mc4", "family": "knowledge", "metric": "acc", "primary": True, "value": value,
+        ...             "verdict": verdict, "reason": reason, "retained": None if bits is None else value / 0.91}
+        >>> records = [record("fp", None, 0.91, "baseline"), record("w4-rtn", 4, 0.90, "lossless"),
+        ...            record("w1-rtn", 1, 0.26, "collapsed", "accuracy 0.260 is at chance (0.250)")]
+        >>> html, figures = build_report(records, title="toy")
+        >>> sorted(figures)
+        ['report-retention-knowledge.png', 'report-verdict-map.png']
+        >>> "<title>toy</title>" in html, "accuracy 0.260 is at chance (0.250)" in html
+        (True, True)
     """
     import jinja2
 
@@ -434,8 +452,19 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, titl
         FileNotFoundError, ValueError: no results in ``results_dir`` (the message says where it looked).
 
     Example:
-        >>> write_report("quantsweep-demo", "demo.html")  # doctest: +SKIP
-        PosixPath('demo.html')
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> def record(recipe, bits, value, verdict, reason=None):  # a primary accuracy record, as a sweep stores it
+        ...     return {"model": "toy", "recipe": recipe, "recipe_config": {"method": "rtn" if bits else "none", "bits": bits},
+        ...             "task": "toy_mc4", "family": "knowledge", "metric": "acc", "primary": True, "value": value,
+        ...             "verdict": verdict, "reason": reason, "retained": None if bits is None else value / 0.91}
+        >>> records = [record("fp", None, 0.91, "baseline"), record("w4-rtn", 4, 0.90, "lossless"),
+        ...            record("w1-rtn", 1, 0.26, "collapsed", "accuracy 0.260 is at chance (0.250)")]
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in records))
+        >>> out = write_report(folder, folder / "html" / "demo.html")
+        >>> sorted(p.name for p in out.parent.iterdir())
+        ['demo.html', 'report-retention-knowledge.png', 'report-verdict-map.png', 'results.csv', 'results.parquet']
     """
     records = frames.load_records(results_dir)
     out = Path(results_dir) / "report.html" if out is None else Path(out)

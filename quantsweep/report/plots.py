@@ -5,8 +5,19 @@ pyplot, so making a report never changes the caller's backend or open figures.
 :func:`png_bytes` renders one to PNG for embedding or saving.
 
 Example:
-    >>> frame = primary_frame(load_records("quantsweep-demo"))  # doctest: +SKIP
-    >>> png = png_bytes(verdict_heatmap(frame))  # doctest: +SKIP
+    >>> from quantsweep.report.frames import primary_frame
+    >>> def record(recipe, bits, value, verdict, reason=None):  # a primary accuracy record, as a sweep stores it
+    ...     return {"model": "toy", "recipe": recipe, "recipe_config": {"method": "rtn" if bits else "none", "bits": bits},
+    ...             "task": "toy_mc4", "family": "knowledge", "metric": "acc", "primary": True, "value": value,
+    ...             "verdict": verdict, "reason": reason, "retained": None if bits is None else value / 0.91}
+    >>> records = [record("fp", None, 0.91, "baseline"), record("w4-rtn", 4, 0.90, "lossless"),
+    ...            record("w1-rtn", 1, 0.26, "collapsed", "accuracy 0.260 is at chance (0.250)")]
+    >>> cells = primary_frame(records)
+    >>> figure = verdict_heatmap(cells, ["fp", "w4-rtn", "w1-rtn"], ["toy_mc4"])
+    >>> [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    ['fp', 'w4-rtn', 'w1-rtn']
+    >>> png_bytes(figure)[:4]
+    b'\\x89PNG'
 """
 
 from __future__ import annotations

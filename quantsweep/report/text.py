@@ -5,7 +5,21 @@ the table, every cell that is not lossless (or the baseline) gets a line saying
 why, in words with the numbers (the verdict's ``reason``).
 
 Example:
-    >>> print(format_table(records))  # doctest: +SKIP
+    >>> def record(recipe, bits, value, verdict, reason=None):  # a primary accuracy record, as a sweep stores it
+    ...     return {"model": "toy", "recipe": recipe, "recipe_config": {"method": "rtn" if bits else "none", "bits": bits},
+    ...             "task": "toy_mc4", "family": "knowledge", "metric": "acc", "primary": True, "value": value,
+    ...             "verdict": verdict, "reason": reason, "retained": None if bits is None else value / 0.91}
+    >>> records = [record("fp", None, 0.91, "baseline"), record("w4-rtn", 4, 0.90, "lossless"),
+    ...            record("w1-rtn", 1, 0.26, "collapsed", "accuracy 0.260 is at chance (0.250)")]
+    >>> print(format_table(records))
+    recipe  toy_mc4 (acc)
+    ------  ---------------
+    fp      0.910 base
+    w4-rtn  0.900 ok
+    w1-rtn  0.260 COLLAPSED
+    <BLANKLINE>
+    why:
+      w1-rtn / toy_mc4: collapsed: accuracy 0.260 is at chance (0.250)
 """
 
 from __future__ import annotations

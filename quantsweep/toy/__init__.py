@@ -7,8 +7,10 @@ tasks ``toy_mc4``, ``toy_mc2``, ``toy_gen`` and ``toy_ppl`` (:mod:`quantsweep.to
 The trained weights are committed under ``quantsweep/assets/toy``.
 
 Example:
-    >>> from transformers import AutoModelForCausalLM  # doctest: +SKIP
-    >>> model = AutoModelForCausalLM.from_pretrained(toy_model_dir())  # doctest: +SKIP
+    >>> from transformers import AutoModelForCausalLM
+    >>> model = AutoModelForCausalLM.from_pretrained(toy_model_dir())  # a plain Llama checkpoint
+    >>> model.config.model_type, model.config.num_hidden_layers
+    ('llama', 4)
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def mc_docs(
     word comes next does not help; the gold position is random.
 
     Example:
-        >>> doc = mc_docs(2, template=1, n_entities=3)[0]
+        >>> doc = mc_docs(2, template=1)[0]
         >>> sorted(doc)
         ['attribute', 'choices', 'entity', 'gold', 'query']
     """
@@ -91,7 +91,7 @@ def gen_docs(
     generation as it is, without stripping.
 
     Example:
-        >>> gen_docs(1, n_entities=3)[0]["answer"].startswith(" ")
+        >>> gen_docs(1)[0]["answer"].startswith(" ")
         True
     """
     world = make_world(n_entities, world_seed)

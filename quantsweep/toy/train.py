@@ -13,7 +13,12 @@ Usage::
     python -m quantsweep.toy.train --out quantsweep/assets/toy   # the committed assets
 
 Example:
-    >>> train(TrainConfig(steps=5, batch_size=2, seq_len=32), "/tmp/toy")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from quantsweep.toy import REQUIRED_FILES
+    >>> tiny = TrainConfig(steps=2, batch_size=2, seq_len=16, hidden_size=32, intermediate_size=64, num_layers=1)
+    >>> out = train(tiny, tempfile.mkdtemp(), progress=False)
+    >>> all((out / name).is_file() for name in REQUIRED_FILES)
+    True
 """
 
 from __future__ import annotations
@@ -163,8 +168,12 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     same config give bit-identical weights.
 
     Example:
-        >>> train(TrainConfig(steps=5, batch_size=2, seq_len=32), "/tmp/toy")  # doctest: +SKIP
-        PosixPath('/tmp/toy')
+        >>> import tempfile
+        >>> tiny = TrainConfig(steps=2, batch_size=2, seq_len=16, hidden_size=32, intermediate_size=64, num_layers=1)
+        >>> first = train(tiny, tempfile.mkdtemp(), progress=False)
+        >>> second = train(tiny, tempfile.mkdtemp(), progress=False)
+        >>> (first / WEIGHTS_FILE).read_bytes() == (second / WEIGHTS_FILE).read_bytes()  # bit-identical
+        True
     """
     from transformers import LlamaForCausalLM
 
@@ -254,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``python -m quantsweep.toy.train --out DIR``.
 
     Example:
-        >>> main(["--out", "/tmp/toy", "--steps", "5"])  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> main(["--out", out, "--steps", "2", "--batch-size", "2", "--seq-len", "16"])
         0
+        >>> "--steps 2" in (Path(out) / "PROVENANCE.md").read_text()
+        True
     """
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description="Train the embedded toy model (CPU, one thread, deterministic).")

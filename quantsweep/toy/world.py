@@ -15,8 +15,12 @@ With balancing that lookup scores ~0.27.
 Example:
     >>> world = make_world()
     >>> fact = world.facts[0]
-    >>> render_fact(fact, template=0)  # doctest: +SKIP
-    'the color of ba ko mi is red .'
+    >>> fact
+    Fact(entity='po ba fe', attribute='color', value='purple')
+    >>> render_fact(fact, template=0)
+    'the color of po ba fe is purple .'
+    >>> len(world.entities), len(world.facts)  # one fact per (entity, attribute)
+    (400, 1600)
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ class World:
         seed: the seed the world was drawn with.
 
     Example:
-        >>> w = make_world(n_entities=10)
-        >>> len(w.facts)
-        40
+        >>> w = make_world()  # the default world is cached: examples and tasks share it
+        >>> len(w.facts) == 4 * len(w.entities)
+        True
     """
 
     entities: tuple[str, ...]
@@ -92,7 +96,7 @@ class World:
         """The facts about one entity, in attribute order.
 
         Example:
-            >>> w = make_world(n_entities=3)
+            >>> w = make_world()
             >>> [f.attribute for f in w.facts_of(w.entities[0])]
             ['color', 'city', 'pet', 'job']
         """
@@ -111,8 +115,8 @@ def make_world(n_entities: int = DEFAULT_N_ENTITIES, seed: int = DEFAULT_WORLD_S
     not depend on torch or numpy versions.
 
     Example:
-        >>> make_world(n_entities=5) == make_world(n_entities=5)
-        True
+        >>> make_world().entities[:3]  # the same names on every machine
+        ('po ba fe', 'ni ru mi', 'ko sa po')
     """
     max_entities = len(SYLLABLES) ** NAME_LENGTH
     if not 1 <= n_entities <= max_entities:
@@ -227,7 +231,7 @@ def render_bio(world: World, entity: str, rng: random.Random) -> str:
     """Everything about one entity: its facts in random order and phrasing, one per line.
 
     Example:
-        >>> w = make_world(n_entities=2)
+        >>> w = make_world()
         >>> render_bio(w, w.entities[0], random.Random(0)).count("\\n")
         4
     """
@@ -255,8 +259,7 @@ def bios_stream(world: World, seed: int):
     """An endless, deterministic stream of entity bios: epochs over shuffled entities.
 
     Example:
-        >>> w = make_world(n_entities=3)
-        >>> stream = bios_stream(w, seed=0)
+        >>> stream = bios_stream(make_world(), seed=0)
         >>> next(stream).endswith(".\\n")
         True
     """
