@@ -199,9 +199,7 @@ def build(
     unknown = unknown_keys(cls, data)
     if unknown:
         key = unknown[0]
-        raise error(
-            f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}"
-        )
+        raise error(f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for field in dataclasses.fields(cls):

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from quantsweep._schema import allowed_keys, close_matches, did_you_mean, missing_keys, unknown_keys
-from quantsweep.eval.tasks import TASKS_DIR, TaskNotFoundError, task_config, task_yaml
+from quantsweep.eval.tasks import OUTPUT_TYPES, TASKS_DIR, TaskNotFoundError, task_config, task_yaml
 
 SUITES_DIR = TASKS_DIR / "suites"
 FAMILIES = ("language_modelling", "commonsense_reasoning", "knowledge", "math", "code")

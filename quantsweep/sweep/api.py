@@ -303,7 +303,6 @@ def judge(directory, **thresholds) -> list[dict[str, Any]]:
         {0.01}
     """
     from quantsweep._schema import build
-    from quantsweep.verdicts.config import VerdictConfig
     from quantsweep.sweep.derived import DerivedFiles
     from quantsweep.sweep.store import CellStore
     from quantsweep.verdicts.config import VerdictConfig

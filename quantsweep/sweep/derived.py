@@ -116,8 +116,8 @@ def cell_records(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_
         'error'
     """
     from quantsweep.eval.harness import TaskResult
-    from quantsweep.verdicts.task import judge_all_metrics
     from quantsweep.eval.suites import task_family
+    from quantsweep.verdicts.task import judge_all_metrics
 
     base = _base(cell, verdict_config)
     if cell["status"] != "done":

@@ -64,6 +64,7 @@ def run_records(tmp_path_factory):
     return out, read_jsonl(out / "results.jsonl")
 
 
+@pytest.mark.slow
 def test_run_stores_every_field(run_records):
     _, records = run_records
     assert {(r["recipe"], r["task"]) for r in records if r["primary"]} == {
@@ -75,6 +76,7 @@ def test_run_stores_every_field(run_records):
     assert primary(records, "w8-rtn", "toy_mc4")["recipe_config"]["bits"] == 8
 
 
+@pytest.mark.slow
 def test_run_verdicts_are_correct(run_records):
     _, records = run_records
     assert primary(records, "fp", "toy_mc4")["verdict"] == "baseline"
@@ -87,6 +89,7 @@ def test_run_verdicts_are_correct(run_records):
     assert w1["retained"] < 0.2  # keeps under a fifth of fp's margin above chance
 
 
+@pytest.mark.slow
 def test_run_stores_one_cell_file_per_cell_with_every_document(run_records):
     out, records = run_records
     cells = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
@@ -103,6 +106,7 @@ def test_run_stores_one_cell_file_per_cell_with_every_document(run_records):
     assert summary["by_recipe"]["w1-rtn"]["verdict"] == "collapsed"
 
 
+@pytest.mark.slow
 def test_fp_against_itself_is_lossless():
     import quantsweep
     from quantsweep.verdicts.task import judge_task
@@ -113,6 +117,7 @@ def test_fp_against_itself_is_lossless():
     assert judge_task(second, first, metric="acc", vocab_size=model.config.vocab_size)["verdict"] == "lossless"
 
 
+@pytest.mark.slow
 def test_demo_shows_the_expected_pattern(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
