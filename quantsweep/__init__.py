@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from quantsweep._version import __version__
 
 _EXPORTS = {
     "load_model": "quantsweep.models.loading",
@@ -26,7 +26,7 @@ _EXPORTS = {
     "QuantizationResult": "quantsweep.methods.result",
     "get_recipe": "quantsweep.recipes",
     "list_recipes": "quantsweep.recipes",
-    "list_methods": "quantsweep.methods.registry",
+    "list_methods": "quantsweep.methods.catalog",
     "expand_recipes": "quantsweep.recipes",
     "register_method": "quantsweep.methods.registry",
     "RecipeConfig": "quantsweep.methods.registry",

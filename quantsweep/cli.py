@@ -362,7 +362,7 @@ def _command_judge(args) -> int:
 
 
 def _command_recipes(args) -> int:
-    from quantsweep.methods.registry import get_method
+    from quantsweep.methods.catalog import get_method
     from quantsweep.recipes import get_recipe, list_grids, list_recipes
 
     for name in list_recipes():

@@ -38,7 +38,8 @@ import yaml
 
 from quantsweep._paths import shipped_dir
 from quantsweep._schema import build, did_you_mean
-from quantsweep.methods.registry import RecipeConfig, RecipeError, get_method, list_methods
+from quantsweep.methods.catalog import get_method, list_methods
+from quantsweep.methods.registry import RecipeConfig, RecipeError
 
 logger = logging.getLogger(__name__)
 

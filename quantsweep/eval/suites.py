@@ -6,9 +6,9 @@ few-shot count, the family, the chance rule, a version, whether it executes
 model-written code, and the local files ``--data-dir`` expects. Suite files are
 validated like recipes: an unknown key is an error naming it and the allowed keys.
 
-Local data and the code-execution gate live in :mod:`quantsweep.eval.offline`, hub
-access in :mod:`quantsweep.hub`, task lookup in :mod:`quantsweep.eval.tasks`; their
-public names are re-exported here (lazily, so that no import cycle forms).
+Local data and the code-execution gate live in :mod:`quantsweep.eval.offline` (which
+reads suite entries from here), hub access in :mod:`quantsweep.hub`, task lookup in
+:mod:`quantsweep.eval.tasks`.
 
 Example:
     >>> expand_tasks(["openpangu18"])[:2]
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,28 +35,6 @@ from quantsweep.eval.tasks import OUTPUT_TYPES, TASKS_DIR, TaskNotFoundError, ta
 SUITES_DIR = TASKS_DIR / "suites"
 FAMILIES = ("language_modelling", "commonsense_reasoning", "knowledge", "math", "code")
 CHANCE_RULES = ("choices", "zero", "uniform_vocab")
-
-# Names that moved to their own modules, still importable from here.
-_MOVED = {
-    name: "quantsweep.eval.offline"
-    for name in (
-        "MissingDataError",
-        "DATA_FORMATS",
-        "DEFAULT_CODE_TIMEOUT_S",
-        "check_code_execution",
-        "check_data_available",
-        "local_task_configs",
-        "find_data_files",
-        "check_columns",
-    )
-}
-_MOVED.update({name: "quantsweep.hub" for name in ("effective_hub_endpoint", "use_hub_mirror", "hub_reachable")})
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SuiteError(ValueError):

@@ -5,9 +5,10 @@ A *method* is an algorithm (``rtn``, ``gptq``, ...) registered with
 :class:`RecipeConfig`. Method files import this module and nothing above it;
 :mod:`quantsweep.recipes` (YAML, grids, ``quantize``) sits on top.
 
-The built-in methods are the modules named in :data:`BUILTIN_METHOD_MODULES`. They
-are imported by name, lazily, the first time a method is looked up, so importing
-this module never imports a method.
+The built-in methods are the modules named in
+:data:`quantsweep.methods.catalog.BUILTIN_METHOD_MODULES`. The catalog, one floor up,
+imports them by name the first time a method is looked up, so importing this module
+never imports a method, and no method module imports the catalog.
 
 Adding a method takes one new Python file and one YAML file::
 
@@ -24,6 +25,7 @@ Adding a method takes one new Python file and one YAML file::
         return QuantizationResult(method="my-method")  # or the model, or None
 
 Example:
+    >>> from quantsweep.methods.catalog import get_method
     >>> get_method("rtn").config.__name__
     'RTNConfig'
 """
@@ -31,27 +33,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from quantsweep._schema import check_types, did_you_mean
-
-# The modules that register the built-in methods, imported by name on first lookup.
-BUILTIN_METHOD_MODULES = (
-    "quantsweep.methods.none",
-    "quantsweep.methods.rtn",
-    "quantsweep.methods.awq",
-    "quantsweep.methods.smoothquant",
-    "quantsweep.methods.gptq",
-    "quantsweep.methods.gptaq",
-    "quantsweep.methods.billm",
-    "quantsweep.methods.slim_llm",
-    "quantsweep.methods.bnb",
-)
+from quantsweep._schema import check_types
 
 
 class RecipeError(ValueError):
@@ -125,7 +113,6 @@ class MethodSpec:
 
 
 _METHODS: dict[str, MethodSpec] = {}
-_builtins_loaded = False
 
 
 def register_method(name: str, *, config: type[RecipeConfig], needs_calibration: bool = False):
@@ -138,7 +125,7 @@ def register_method(name: str, *, config: type[RecipeConfig], needs_calibration:
         >>> @register_method("doc-noop", config=RecipeConfig)
         ... def apply_noop(model, config, calibration=None):
         ...     return model
-        >>> get_method("doc-noop").apply is apply_noop
+        >>> registered_methods()["doc-noop"].apply is apply_noop
         True
         >>> register_method("doc-noop", config=RecipeConfig)(apply_noop)
         Traceback (most recent call last):
@@ -158,39 +145,12 @@ def register_method(name: str, *, config: type[RecipeConfig], needs_calibration:
     return decorator
 
 
-def _load_builtin_methods() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    for module in BUILTIN_METHOD_MODULES:
-        importlib.import_module(module)
-
-
-def get_method(name: str) -> MethodSpec:
-    """The registered method called ``name``.
-
-    Raises:
-        RecipeError: no method of that name, with close matches and the registered names.
+def registered_methods() -> dict[str, MethodSpec]:
+    """The methods registered so far, by name (the built-ins load through :mod:`quantsweep.methods.catalog`).
 
     Example:
-        >>> get_method("rtn").name
-        'rtn'
-    """
-    _load_builtin_methods()
-    if name not in _METHODS:
-        raise RecipeError(
-            f"unknown method {name!r}{did_you_mean(name, _METHODS)}; registered: {', '.join(sorted(_METHODS))}"
-        )
-    return _METHODS[name]
-
-
-def list_methods() -> list[str]:
-    """Names of all registered methods.
-
-    Example:
-        >>> "rtn" in list_methods()
+        >>> from quantsweep.methods.catalog import list_methods
+        >>> "rtn" in list_methods() and "rtn" in registered_methods()
         True
     """
-    _load_builtin_methods()
-    return sorted(_METHODS)
+    return _METHODS

@@ -173,10 +173,10 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import quantsweep
+    from quantsweep._version import __version__
 
     return {
-        "quantsweep": quantsweep.__version__,
+        "quantsweep": __version__,
         "lm_eval": getattr(lm_eval, "__version__", "?"),
         "transformers": transformers.__version__,
         "torch": torch.__version__,
@@ -196,7 +196,8 @@ def resolve_tasks(spec: SweepSpec) -> TaskSetup:
         ('toy_mc4',)
     """
     from quantsweep.eval.harness import check_tasks
-    from quantsweep.eval.suites import check_code_execution, check_data_available, expand_tasks, local_task_configs
+    from quantsweep.eval.offline import check_code_execution, check_data_available, local_task_configs
+    from quantsweep.eval.suites import expand_tasks
 
     names = expand_tasks(list(spec.tasks))
     settings = spec.evaluation
@@ -304,7 +305,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
         2
     """
     from quantsweep.calibration import require_calibration_source
-    from quantsweep.methods.registry import get_method
+    from quantsweep.methods.catalog import get_method
     from quantsweep.models.loading import check_checkpoint
 
     tasks = resolve_tasks(spec)

@@ -30,7 +30,8 @@ def needs_calibration(recipe) -> bool:
         >>> needs_calibration("w4-gptq"), needs_calibration("w4-rtn")
         (True, False)
     """
-    from quantsweep.recipes import get_method, get_recipe
+    from quantsweep.methods.catalog import get_method
+    from quantsweep.recipes import get_recipe
 
     return get_method(get_recipe(recipe).method).needs_calibration
 

@@ -277,7 +277,7 @@ class CellStore:
     """
 
     def __init__(self, directory: str | Path, *, stale_after_s: float = STALE_AFTER_S):
-        import quantsweep
+        from quantsweep._version import __version__
 
         self.directory = Path(directory)
         self.stale_after_s = stale_after_s
@@ -294,7 +294,7 @@ class CellStore:
             if meta.get("format") != STORE_FORMAT:
                 raise StoreError(
                     f"{self.directory} was written by quantsweep {meta.get('quantsweep_version', '?')} in store "
-                    f"format {meta.get('format')!r}; this quantsweep {quantsweep.__version__} reads format "
+                    f"format {meta.get('format')!r}; this quantsweep {__version__} reads format "
                     f"{STORE_FORMAT}. Nothing was changed; use another --out folder"
                 )
             self._meta = meta
@@ -305,7 +305,7 @@ class CellStore:
             )
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._meta = {"format": STORE_FORMAT, "quantsweep_version": quantsweep.__version__}
+            self._meta = {"format": STORE_FORMAT, "quantsweep_version": __version__}
             atomic_write_text(meta_path, json.dumps(self._meta) + "\n")
         for name in ("cells", "claims", "logs"):
             (self.directory / name).mkdir(exist_ok=True)

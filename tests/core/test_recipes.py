@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 import quantsweep
-from quantsweep.methods.registry import RecipeConfig, RecipeError, get_method, register_method
+from quantsweep.methods.catalog import get_method
+from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.recipes import expand_recipes, get_recipe, list_grids, list_recipes, recipe_from_dict, recipe_from_yaml
 
 

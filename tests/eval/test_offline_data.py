@@ -28,7 +28,7 @@ from helpers.suite_data import (
 
 import quantsweep
 from quantsweep import hub
-from quantsweep.eval import suites
+from quantsweep.eval import offline, suites
 from quantsweep.verdicts.chance import chance_level
 
 
@@ -65,7 +65,7 @@ CODE_TASKS = ["humaneval_offline", "mbpp_offline"]
 @pytest.fixture(scope="module")
 def offline_result(data_dir, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    configs = suites.local_task_configs(NON_CODE_TASKS, data_dir)
+    configs = offline.local_task_configs(NON_CODE_TASKS, data_dir)
     return quantsweep.evaluate(model, tokenizer, tasks=NON_CODE_TASKS, task_configs=configs, limit=3, batch_size=4)
 
 
@@ -146,7 +146,7 @@ def test_perplexity_samples_report_token_counts_of_the_local_text(offline_result
 
 
 def test_local_configs_keep_lm_eval_prompts_and_swap_only_the_data(data_dir):
-    configs = suites.local_task_configs(["arc_easy", "c4", "gsm8k"], data_dir)
+    configs = offline.local_task_configs(["arc_easy", "c4", "gsm8k"], data_dir)
     arc = configs["arc_easy"]
     assert arc["dataset_path"] == "parquet" and arc["dataset_name"] is None
     assert arc["dataset_kwargs"] == {
@@ -166,8 +166,8 @@ def test_local_configs_keep_lm_eval_prompts_and_swap_only_the_data(data_dir):
 def test_missing_data_errors_up_front_naming_task_files_and_folder(tmp_path):
     (tmp_path / "arc_easy").mkdir()
     start = time.monotonic()
-    with pytest.raises(suites.MissingDataError) as info:
-        suites.local_task_configs(["arc_easy", "gsm8k"], tmp_path)
+    with pytest.raises(offline.MissingDataError) as info:
+        offline.local_task_configs(["arc_easy", "gsm8k"], tmp_path)
     assert time.monotonic() - start < 5.0  # no hub retries, no time-outs
     message = str(info.value)
     assert "arc_easy" in message and "gsm8k" in message
@@ -177,31 +177,31 @@ def test_missing_data_errors_up_front_naming_task_files_and_folder(tmp_path):
 
 def test_missing_data_error_reaches_the_caller_before_any_model_work(tmp_path):
     with pytest.raises(ValueError, match="hellaswag"):
-        suites.local_task_configs(["openpangu18"], tmp_path)
+        offline.local_task_configs(["openpangu18"], tmp_path)
 
 
 def test_wrong_columns_are_named(tmp_path):
     _write_jsonl(
         tmp_path / "piqa" / "validation.jsonl", [{"goal": "g", "solution1": "a", "solution2": "b", "label": 0}]
     )
-    with pytest.raises(suites.MissingDataError, match="lacks column\\(s\\) sol1, sol2"):
-        suites.local_task_configs(["piqa"], tmp_path)
+    with pytest.raises(offline.MissingDataError, match="lacks column\\(s\\) sol1, sol2"):
+        offline.local_task_configs(["piqa"], tmp_path)
 
 
 def test_two_formats_for_one_split_is_ambiguous(tmp_path):
     _write_jsonl(tmp_path / "boolq" / "validation.jsonl", [{"question": "q", "passage": "p", "label": 0}])
     _write_csv(tmp_path / "boolq" / "validation.csv", [{"question": "q", "passage": "p", "label": 0}])
-    with pytest.raises(suites.MissingDataError, match="several candidate files"):
-        suites.local_task_configs(["boolq"], tmp_path)
+    with pytest.raises(offline.MissingDataError, match="several candidate files"):
+        offline.local_task_configs(["boolq"], tmp_path)
 
 
 def test_data_dir_must_exist(tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
-        suites.local_task_configs(["piqa"], tmp_path / "nope")
+        offline.local_task_configs(["piqa"], tmp_path / "nope")
 
 
 def test_tasks_outside_suites_are_left_to_lm_eval(tmp_path):
-    assert suites.local_task_configs(["toy_mc4"], tmp_path) == {}
+    assert offline.local_task_configs(["toy_mc4"], tmp_path) == {}
 
 
 # ---------------------------------------------------------------- hub mirror
@@ -211,7 +211,7 @@ def test_user_hf_endpoint_is_kept_and_missing_data_falls_back_to_the_mirror(tmp_
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.user.example")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    configs = suites.local_task_configs(["piqa"], tmp_path, hub_endpoint="https://other.example")
+    configs = offline.local_task_configs(["piqa"], tmp_path, hub_endpoint="https://other.example")
     assert os.environ["HF_ENDPOINT"] == "https://mirror.user.example"
     assert configs == {}  # no override: piqa loads from the hub, through the user's mirror
     assert hub.effective_hub_endpoint("https://other.example") == "https://mirror.user.example"
@@ -220,8 +220,8 @@ def test_user_hf_endpoint_is_kept_and_missing_data_falls_back_to_the_mirror(tmp_
 def test_mirror_is_not_used_when_the_hub_is_marked_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://mirror.user.example")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(suites.MissingDataError, match="piqa"):
-        suites.local_task_configs(["piqa"], tmp_path)
+    with pytest.raises(offline.MissingDataError, match="piqa"):
+        offline.local_task_configs(["piqa"], tmp_path)
 
 
 def test_hub_endpoint_argument_sets_the_mirror_when_the_user_did_not(monkeypatch):
@@ -246,21 +246,21 @@ def test_hub_endpoint_argument_sets_the_mirror_when_the_user_did_not(monkeypatch
 def test_code_tasks_refuse_without_the_opt_in(monkeypatch):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     with pytest.raises(ValueError, match="humaneval_offline, mbpp_offline.*allow-code-execution"):
-        suites.check_code_execution(["openpangu18"], allow=False)
+        offline.check_code_execution(["openpangu18"], allow=False)
     with pytest.raises(ValueError, match="humaneval"):
-        suites.check_code_execution(["humaneval"], allow=False)  # lm-eval's own code task too
-    assert suites.check_code_execution(["arc_easy", "toy_mc4"], allow=False) == []
+        offline.check_code_execution(["humaneval"], allow=False)  # lm-eval's own code task too
+    assert offline.check_code_execution(["arc_easy", "toy_mc4"], allow=False) == []
     assert "HF_ALLOW_CODE_EVAL" not in os.environ
 
 
 def test_opt_in_enables_execution_with_a_time_out(monkeypatch):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     monkeypatch.delenv("QUANTSWEEP_CODE_TIMEOUT_S", raising=False)
-    assert suites.check_code_execution(["mbpp_offline"], allow=True, timeout_s=2.5) == ["mbpp_offline"]
+    assert offline.check_code_execution(["mbpp_offline"], allow=True, timeout_s=2.5) == ["mbpp_offline"]
     assert os.environ["HF_ALLOW_CODE_EVAL"] == "1"
     assert os.environ["QUANTSWEEP_CODE_TIMEOUT_S"] == "2.5"
     with pytest.raises(ValueError, match="timeout_s"):
-        suites.check_code_execution(["mbpp_offline"], allow=True, timeout_s=0)
+        offline.check_code_execution(["mbpp_offline"], allow=True, timeout_s=0)
 
 
 def _code_utils():
@@ -294,8 +294,8 @@ def test_executor_refuses_without_opt_in_and_kills_programs_that_run_too_long(mo
 def test_code_tasks_run_offline_with_the_opt_in(data_dir, model_and_tokenizer, monkeypatch):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     model, tokenizer = model_and_tokenizer
-    suites.check_code_execution(CODE_TASKS, allow=True, timeout_s=5.0)
-    configs = suites.local_task_configs(CODE_TASKS, data_dir)
+    offline.check_code_execution(CODE_TASKS, allow=True, timeout_s=5.0)
+    configs = offline.local_task_configs(CODE_TASKS, data_dir)
     result = quantsweep.evaluate(
         model, tokenizer, tasks=CODE_TASKS, task_configs=configs, limit=2, allow_code_execution=True
     )

@@ -7,7 +7,7 @@ import torch
 from tiny_llama import calibration_ids, tiny_llama
 
 import quantsweep
-from quantsweep.methods.registry import get_method
+from quantsweep.methods.catalog import get_method
 from quantsweep.models.layout import decoder_linears
 from quantsweep.recipes import get_recipe
 

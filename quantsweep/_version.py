@@ -1,0 +1,8 @@
+"""The package version, in a module of its own so that any module can read it without importing the package's lazy verbs.
+
+Example:
+    >>> __version__.count(".") >= 2
+    True
+"""
+
+__version__ = "0.1.0"
