@@ -311,7 +311,7 @@ def local_task_configs(
     if problems:
         raise MissingDataError(
             "local data missing for {} task(s) (no hub mirror configured, so nothing is downloaded; "
-            "see docs/offline-data.md):\n{}".format(len(problems), "\n".join(problems))
+            "see docs/suite-and-offline-data.md):\n{}".format(len(problems), "\n".join(problems))
         )
     return configs
 
@@ -338,6 +338,6 @@ def check_data_available(task_names: list[str], data_dir: str | Path | None) -> 
     more = f" (and {len(entries) - 6} more tasks)" if len(entries) > 6 else ""
     raise MissingDataError(
         f"no local data given and the hub ({effective_hub_endpoint() or 'https://huggingface.co'}) cannot be "
-        f"reached; pass --data-dir DATA_DIR holding {needed}{more} (see docs/offline-data.md), or set "
+        f"reached; pass --data-dir DATA_DIR holding {needed}{more} (see docs/suite-and-offline-data.md), or set "
         "HF_ENDPOINT to a reachable mirror"
     )

@@ -71,25 +71,20 @@ def export_model(
     """
     from quantsweep.recipes import get_recipe
     from quantsweep.sweep.prepare import prepare
-    from quantsweep.sweep.spec import model_from_dict
+    from quantsweep.sweep.spec import model_from_options
 
     config = get_recipe(recipe)
     check_exportable(config)
     check_out_dir(out, overwrite)
-    calibration = {
-        "source": calibration_source,
-        "samples": calibration_samples,
-        "seq_len": calibration_seq_len,
-        "seed": calibration_seed,
-    }
-    spec = model_from_dict(
-        {
-            "path": str(model_name_or_path),
-            "device": device,
-            "dtype": dtype,
-            "trust_remote_code": trust_remote_code,
-            "calibration": {k: v for k, v in calibration.items() if v is not None},
-        }
+    spec = model_from_options(
+        model_name_or_path,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        calibration_source=calibration_source,
+        calibration_samples=calibration_samples,
+        calibration_seq_len=calibration_seq_len,
+        calibration_seed=calibration_seed,
     )
     model, tokenizer, result = prepare(spec, config)
     return export_gptq(

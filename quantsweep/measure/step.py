@@ -155,24 +155,19 @@ def measure_recipes(
     """
     from quantsweep.recipes import expand_recipes
     from quantsweep.sweep.prepare import PreparedModel
-    from quantsweep.sweep.spec import model_from_dict
+    from quantsweep.sweep.spec import model_from_options
 
     configs = list(expand_recipes(["fp", *recipes]))
     configs = [c for i, c in enumerate(configs) if c.name not in {d.name for d in configs[:i]}]
-    calibration = {
-        "source": calibration_source,
-        "samples": calibration_samples,
-        "seq_len": calibration_seq_len,
-        "seed": calibration_seed,
-    }
-    spec = model_from_dict(
-        {
-            "path": str(model_name_or_path),
-            "device": device,
-            "dtype": dtype,
-            "trust_remote_code": trust_remote_code,
-            "calibration": {k: v for k, v in calibration.items() if v is not None},
-        }
+    spec = model_from_options(
+        model_name_or_path,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        calibration_source=calibration_source,
+        calibration_samples=calibration_samples,
+        calibration_seq_len=calibration_seq_len,
+        calibration_seed=calibration_seed,
     )
     prepared = PreparedModel(spec)
     prepared.check(configs)

@@ -85,11 +85,11 @@ class PreparedModel:
             >>> model, tokenizer = PreparedModel(model_from_dict({"path": "toy", "device": "cpu"})).load()
         """
         if self.model is None:
-            from quantsweep import models
+            from quantsweep.models import loading
             from quantsweep.models.snapshot import WeightSnapshot
 
             spec = self.spec
-            self.model, self.tokenizer = models.load_model(
+            self.model, self.tokenizer = loading.load_model(
                 spec.path, device=self.device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
             )
             self._snapshot = WeightSnapshot(self.model)

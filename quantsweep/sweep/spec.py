@@ -242,6 +242,42 @@ def model_from_dict(data: Any, where: str = "model") -> ModelSpec:
     return build(ModelSpec, {**data, "calibration": calibration}, where, convert={"calibration": lambda value: value})
 
 
+def model_from_options(
+    path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    calibration_source: str | None = None,
+    calibration_samples: int | None = None,
+    calibration_seq_len: int | None = None,
+    calibration_seed: int | None = None,
+) -> ModelSpec:
+    """One model from the flat options of ``export`` and ``measure``, through :func:`model_from_dict`.
+
+    Calibration options left as None take the model's defaults.
+
+    Example:
+        >>> model_from_options("toy", calibration_samples=8).calibration.samples
+        8
+    """
+    calibration = {
+        "source": calibration_source,
+        "samples": calibration_samples,
+        "seq_len": calibration_seq_len,
+        "seed": calibration_seed,
+    }
+    return model_from_dict(
+        {
+            "path": str(path),
+            "device": device,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "calibration": {k: v for k, v in calibration.items() if v is not None},
+        }
+    )
+
+
 def _string_list(value: Any, where: str) -> tuple:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]

@@ -64,7 +64,7 @@ def _write_json_list(path: Path, rows: list[dict]) -> None:
 
 
 def write_suite_data(root: Path) -> Path:
-    """Write small files for all 18 openpangu18 tasks under ``root`` (layout of docs/offline-data.md)."""
+    """Write small files for all 18 openpangu18 tasks under ``root`` (layout of docs/suite-and-offline-data.md)."""
     # language modelling: wikitext_document_level (parquet, column `page`), C4 (json.gz, text/timestamp/url)
     _write_parquet(
         root / "wikitext" / "test.parquet",
