@@ -102,8 +102,10 @@ class MethodSpec:
     """A registered method: its name, config class and apply function.
 
     Example:
-        >>> get_method("gptq").needs_calibration
-        True
+        >>> spec = MethodSpec(name="doc-identity", config=RecipeConfig, apply=lambda model, config, calibration=None: model,
+        ...                   needs_calibration=False)
+        >>> spec.apply("the model", None)
+        'the model'
     """
 
     name: str

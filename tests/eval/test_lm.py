@@ -20,7 +20,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 import quantsweep
-from quantsweep.eval import suites
+from quantsweep.eval import offline
 from quantsweep.eval.lm import ContextCachedLM
 from quantsweep.eval.tasks import manager_for
 
@@ -145,7 +145,7 @@ def test_random_pangu_shaped_model_matches_lm_eval(pangu_shaped):
 def test_offline_suite_data_matches_lm_eval(tmp_path):
     torch.set_num_threads(1)
     model, tokenizer = tiny_model_and_tokenizer()
-    configs = suites.local_task_configs(OFFLINE_TASKS, write_suite_data(tmp_path))
+    configs = offline.local_task_configs(OFFLINE_TASKS, write_suite_data(tmp_path))
     assert assert_same_numbers(model, tokenizer, OFFLINE_TASKS, limit=3, task_configs=configs) > 40
 
 
