@@ -23,8 +23,14 @@ or a model whose logits are not ``lm_head(decoder hidden states)`` (logit scalin
 soft-capping, found by a check on the first call).
 
 Example:
-    >>> lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8)  # doctest: +SKIP
-    >>> lm.loglikelihood(requests)  # doctest: +SKIP
+    >>> import quantsweep
+    >>> from lm_eval.api.instance import Instance
+    >>> model, tokenizer = quantsweep.load_model("toy", device="cpu")
+    >>> lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8)
+    >>> requests = [Instance("loglikelihood", {}, ("the", " cat"), 0), Instance("loglikelihood", {}, ("the", " dog"), 1)]
+    >>> scores = lm.loglikelihood(requests, disable_tqdm=True)
+    >>> len(scores), all(logprob <= 0 for logprob, _ in scores)
+    (2, True)
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ def model_positions(model) -> int | None:
     """The number of positions a model was built for, from its config (None if it names none).
 
     Example:
-        >>> model_positions(model)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model_positions(quantsweep.load_model("toy", device="cpu")[0])
         512
     """
     config = getattr(model, "config", None)
@@ -139,7 +146,10 @@ class ContextCachedLM(HFLM):
         oom_halvings: ``(from, to)`` batch sizes, one per out-of-memory halving.
 
     Example:
-        >>> lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8)  # doctest: +SKIP
+        >>> import quantsweep
+        >>> model, tokenizer = quantsweep.load_model("toy", device="cpu")
+        >>> ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8).batch_size
+        8
     """
 
     def __init__(
@@ -174,7 +184,14 @@ class ContextCachedLM(HFLM):
         """Score later requests in windows of ``max_length`` tokens (at most the model's positions).
 
         Example:
-            >>> lm.use_max_length(2048)  # doctest: +SKIP
+            >>> import quantsweep
+            >>> model, tokenizer = quantsweep.load_model("toy", device="cpu")
+            >>> lm = ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=8)
+            >>> lm.use_max_length(64)
+            >>> lm.use_max_length(4096)  # beyond the toy's positions
+            Traceback (most recent call last):
+            ...
+            ValueError: max_length 4096 exceeds the model's 512 positions
         """
         check_max_length(max_length, self._positions)
         self._max_length = max_length
