@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from quantsweep.eval.sandbox import default_sandbox
 from quantsweep.eval.suites import SuiteEntry, SuiteError, expand_tasks, lm_eval_task_config, suite_entry
 from quantsweep.hub import effective_hub_endpoint, hub_offline, hub_reachable, use_hub_mirror
 
@@ -63,7 +64,9 @@ def check_code_execution(
 
     With ``allow=True`` and at least one such task, sets ``HF_ALLOW_CODE_EVAL=1`` (the
     switch the hub's ``code_eval`` metric and quantsweep's executor both check) and
-    ``QUANTSWEEP_CODE_TIMEOUT_S`` (seconds per program, read by the shipped code tasks).
+    ``QUANTSWEEP_CODE_TIMEOUT_S`` (seconds per program, read by the shipped code tasks),
+    and probes the sandbox (:mod:`quantsweep.eval.sandbox`), which warns here, before any
+    work, about each protection this machine cannot give.
     lm-eval's ``unsafe_code`` guard is lifted separately by passing
     ``allow_code_execution=True`` to :func:`quantsweep.evaluate`.
 
@@ -91,6 +94,8 @@ def check_code_execution(
     os.environ["HF_ALLOW_CODE_EVAL"] = "1"
     os.environ["QUANTSWEEP_CODE_TIMEOUT_S"] = f"{float(timeout_s):g}"
     logger.warning("executing model-written code for %s (time-out %g s per program)", ", ".join(code_tasks), timeout_s)
+    # Probe the sandbox now, so that what it cannot protect here is said before any work.
+    _ = default_sandbox().isolation
     return code_tasks
 
 

@@ -2,8 +2,11 @@
 
 * MATH: answer extraction and equivalence are lm-eval's own (``hendrycks_math``).
 * HumanEval / MBPP: pass@1 scored by running each program in a fresh Python process
-  with a time-out. lm-eval's own versions load the ``code_eval`` metric from the
-  Hugging Face hub when imported, which cannot work offline.
+  with a time-out, inside quantsweep's sandbox (:mod:`quantsweep.eval.sandbox`: no
+  network, an empty environment, resource limits, a private folder with nothing writable
+  outside it, and every descendant killed; what the machine cannot give is warned about
+  before the first program runs). lm-eval's own versions load the ``code_eval`` metric
+  from the Hugging Face hub when imported, which cannot work offline.
 
 Code execution is refused unless ``HF_ALLOW_CODE_EVAL=1`` (the convention of the
 hub's ``code_eval`` metric), which ``quantsweep.eval.suites.check_code_execution``
@@ -18,12 +21,10 @@ Example:
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 
 from lm_eval.tasks.hendrycks_math import utils as _hendrycks_math
+
+from quantsweep.eval.sandbox import default_sandbox
 
 DEFAULT_CODE_TIMEOUT_S = 10.0  # per program; HF's code_eval uses 3 s, generous for slow CPUs
 
@@ -64,10 +65,10 @@ def code_timeout_s() -> float:
 
 
 def run_program(program: str, timeout_s: float | None = None) -> bool:
-    """Run ``program`` in a fresh, isolated Python process; True when it exits with status 0.
+    """Run ``program`` in the sandbox (a fresh ``python -I``); True when it exits with status 0.
 
-    The process gets its own session so that on time-out the whole process group
-    (including anything it spawned) is killed. Output is discarded.
+    The program and everything it started are killed when it ends or at the time-out.
+    Output is discarded.
 
     Raises:
         ValueError: code execution was not enabled (``HF_ALLOW_CODE_EVAL`` is not ``1``).
@@ -82,24 +83,7 @@ def run_program(program: str, timeout_s: float | None = None) -> bool:
             "(pass --allow-code-execution / allow_code_execution=True)"
         )
     timeout_s = code_timeout_s() if timeout_s is None else timeout_s
-    with tempfile.TemporaryDirectory(prefix="quantsweep-code-") as workdir:
-        path = os.path.join(workdir, "program.py")
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(program)
-        process = subprocess.Popen(
-            [sys.executable, "-I", path],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            return process.wait(timeout=timeout_s) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return False
+    return default_sandbox().run(program, timeout_s=timeout_s).passed
 
 
 def humaneval_process_results(doc, results):
