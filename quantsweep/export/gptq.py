@@ -30,6 +30,7 @@ from torch import nn
 
 from quantsweep.export.gptq_format import GPTQ_BITS, layer_tensors, quantize_config
 from quantsweep.models.layout import decoder_linears
+from quantsweep.quant.finite import require_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def export_gptq(
 
     Raises:
         ValueError: a recipe with no packed form, a non-empty folder, or weights the format cannot store.
+        NonFiniteWeightsError: the model holds NaN or Inf weights (a ValueError naming the modules).
 
     Example:
         >>> import tempfile
@@ -181,6 +183,12 @@ def export_gptq(
             f"method {result.method!r} returned no packed weights; recipes that can be exported: "
             f"{', '.join(exportable_recipes())}"
         )
+    require_finite_weights(
+        model,
+        "the GPTQ export",
+        "the format stores integer codes, which cannot hold NaN or Inf, so the checkpoint would decode "
+        "to different, finite weights",
+    )
     first = next(iter(result.packed.values()))
     if any(
         p.symmetric != first.symmetric or p.group_size != first.group_size or p.bits[0] != first.bits[0]

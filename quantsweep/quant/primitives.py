@@ -9,6 +9,9 @@ Conventions (shared by every method):
 * Asymmetric k-bit: integers in ``[0, 2**k - 1]``,
   ``scale = (max - min) / (2**k - 1)``, ``zero = round(-min / scale)``.
 * Binary: ``sign(w) * mean|w|`` per group (sign(0) is taken as +1).
+* Non-finite weights stay non-finite: a NaN or Inf weight gives a non-finite scale and
+  non-finite outputs for its group, never a large finite number (a broken checkpoint must
+  not look repaired by quantization). Finite weights are unaffected by this rule.
 
 Example:
     >>> import torch
@@ -119,8 +122,13 @@ def compute_qparams(
 
 
 def _storable(scale: torch.Tensor) -> torch.Tensor:
-    """Scales as float16 holds them (kept in float32): what a GPTQ checkpoint stores."""
-    return scale.clamp(_FP16_TINY, _FP16_MAX).to(torch.float16).to(torch.float32)
+    """Scales as float16 holds them (kept in float32): what a GPTQ checkpoint stores.
+
+    Finite scales are clamped to float16's range; a NaN or Inf scale (from a non-finite
+    weight) stays as it is, so the broken weight is not turned into a large finite one.
+    """
+    stored = scale.clamp(_FP16_TINY, _FP16_MAX).to(torch.float16).to(torch.float32)
+    return torch.where(torch.isfinite(scale), stored, scale)
 
 
 def quantize_to_int(weight: torch.Tensor, params: QuantParams, group_size: int | None = None) -> torch.Tensor:
@@ -133,7 +141,8 @@ def quantize_to_int(weight: torch.Tensor, params: QuantParams, group_size: int |
     """
     groups = _grouped(weight, group_size, "<tensor>").float()
     q = torch.round(groups / params.scale) + params.zero
-    return q.clamp(params.qmin, params.qmax)
+    # Clamping would turn an Inf code into qmax: keep NaN/Inf codes as they are.
+    return torch.where(torch.isfinite(q), q.clamp(params.qmin, params.qmax), q)
 
 
 def dequantize(codes: torch.Tensor, params: QuantParams, shape: torch.Size | tuple[int, int]) -> torch.Tensor:

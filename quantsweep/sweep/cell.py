@@ -57,7 +57,15 @@ class _UnitState:
         self.prepared = PreparedModel(unit.model, device=device)
         self.ran_on = {"host": socket.gethostname(), "pid": os.getpid(), "device": None}
 
+    def checkpoint_diagnosis(self) -> dict[str, Any] | None:
+        """The model's own non-finite weights (found once, at load), or None."""
+        found = self.prepared.nonfinite_weights
+        return {"checkpoint_nonfinite_weights": dict(found)} if found else None
+
     def fail(self, cell: CellPlan, stage: str, error: BaseException, **extra) -> dict[str, Any]:
+        diagnosis = self.checkpoint_diagnosis()
+        if diagnosis is not None:
+            extra.setdefault("diagnosis", diagnosis)
         return store_failure(self.store, cell, self.ran_on, stage, error, **extra)
 
 
@@ -224,11 +232,11 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
             calibration=calibration,
         )
     tasks = {name: task.to_dict() for name, task in result.tasks.items()}
-    diagnosis = None
+    diagnosis = state.checkpoint_diagnosis()
     if any(task.nonfinite_samples for task in result.tasks.values()):
         from quantsweep.eval.health import diagnose_nonfinite
 
-        diagnosis = diagnose_nonfinite(model, tokenizer).to_dict()
+        diagnosis = {**diagnose_nonfinite(model, tokenizer).to_dict(), **(diagnosis or {})}
     record = {
         **base_record(cell, state.ran_on),
         "status": "done",

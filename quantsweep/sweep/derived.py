@@ -82,9 +82,27 @@ def _base(cell: dict[str, Any], verdict_config) -> dict[str, Any]:
     }
 
 
+def checkpoint_note(cell: dict[str, Any]) -> str | None:
+    """The cell's checkpoint diagnosis in words (its model's own NaN/Inf weights), or None.
+
+    Example:
+        >>> checkpoint_note({"diagnosis": {"checkpoint_nonfinite_weights": {"lm_head.weight": "1 Inf of 8"}}})
+        'the checkpoint itself has non-finite weights in lm_head.weight (1 Inf of 8)'
+        >>> checkpoint_note({"diagnosis": None}) is None
+        True
+    """
+    from quantsweep.quant.finite import describe
+
+    found = (cell.get("diagnosis") or {}).get("checkpoint_nonfinite_weights")
+    return f"the checkpoint itself has non-finite weights in {describe(found)}" if found else None
+
+
 def _error_records(cell: dict[str, Any], base: dict[str, Any], error: str) -> list[dict[str, Any]]:
     from quantsweep.eval.suites import task_family
 
+    note = checkpoint_note(cell)
+    if note and "non-finite weights" not in error:
+        error = f"{error} ({note})"
     return [
         {
             **base,
@@ -98,6 +116,7 @@ def _error_records(cell: dict[str, Any], base: dict[str, Any], error: str) -> li
             "verdict": "error",
             "error": error,
             "stage": cell.get("stage"),
+            "diagnosis": cell.get("diagnosis"),
         }
     ]
 
@@ -162,6 +181,10 @@ def cell_records(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_
     if baseline is None and not is_baseline:
         for record in records:
             record["baseline_missing"] = True
+    note = checkpoint_note(cell)
+    if note:  # the model's own diagnosis shows in every one of its cells, whatever the verdict
+        for record in records:
+            record["reason"] = f"{record['reason']}; {note}" if record.get("reason") else note
     return records
 
 

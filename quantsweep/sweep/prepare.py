@@ -45,6 +45,8 @@ class PreparedModel:
 
     Attributes:
         model, tokenizer: None until :meth:`load`.
+        nonfinite_weights: each weight of the loaded checkpoint that holds NaN or Inf (found
+            once, at load, and logged as a warning): the diagnosis every cell of the model carries.
 
     Example:
         >>> from quantsweep.sweep.spec import model_from_dict
@@ -60,6 +62,7 @@ class PreparedModel:
         self.model = self.tokenizer = None
         self._snapshot = None
         self._calibration = None
+        self.nonfinite_weights: dict[str, str] = {}
 
     def check(self, recipes) -> None:
         """Refuse, before anything loads, calibrated recipes without a calibration source.
@@ -87,12 +90,21 @@ class PreparedModel:
         if self.model is None:
             from quantsweep.models import loading
             from quantsweep.models.snapshot import WeightSnapshot
+            from quantsweep.quant.finite import describe, nonfinite_weights
 
             spec = self.spec
             self.model, self.tokenizer = loading.load_model(
                 spec.path, device=self.device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
             )
             self._snapshot = WeightSnapshot(self.model)
+            self.nonfinite_weights = nonfinite_weights(self.model)
+            if self.nonfinite_weights:
+                logger.warning(
+                    "model %s: the checkpoint has non-finite weights in %s; every cell of this model "
+                    "carries this diagnosis",
+                    spec.path,
+                    describe(self.nonfinite_weights),
+                )
         return self.model, self.tokenizer
 
     def calibration(self):

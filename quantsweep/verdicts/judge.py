@@ -5,7 +5,10 @@ One skeleton (:func:`_judge`) does what every metric kind shares, in this order
 
 1. the non-finite check of the recipe's per-document values and its reported metric;
 2. the baseline row (no baseline given, or ``is_baseline=True``);
-3. pairing with the baseline's documents, and the baseline's own non-finite check;
+3. pairing with the baseline's documents, and the baseline's own non-finite check: a
+   baseline with non-finite per-document values cannot be paired, so the cell is judged
+   against chance alone (:func:`_against_chance`: ``collapsed`` when confidently at chance,
+   else ``inconclusive``), and its reason says the baseline could not be paired;
 4. the ladder (:func:`~quantsweep.verdicts.rules.decide`) on the paired comparison;
 5. for an inconclusive cell, the documents that would decide it.
 
@@ -47,7 +50,7 @@ from quantsweep.verdicts.rules import Comparison, Verdict, decide
 
 logger = logging.getLogger(__name__)
 
-_BASELINE_NONFINITE = "the baseline has non-finite per-document values, so there is nothing sound to pair with"
+_BASELINE_NONFINITE = "the baseline has non-finite per-document values, so it could not be paired"
 
 # Power at which "documents needed" is computed for an inconclusive cell.
 _DECIDING_POWER = 0.8
@@ -198,8 +201,8 @@ def _judge(
         return kind.baseline_row(q, n)
     b = kind.read_baseline(baseline, q)
     if not np.isfinite(b[0]).all():
-        logger.warning("baseline has non-finite per-document %s; the comparison is inconclusive", kind.values_name)
-        return Verdict("inconclusive", chance=kind.chance, n=n, reason=_BASELINE_NONFINITE)
+        logger.warning("baseline has non-finite per-document %s; judging against chance alone", kind.values_name)
+        return _against_chance(kind, q, n, config)
     paired = kind.compare(q, b, n)
     verdict, reason = decide(paired.comparison, config, paired.collapse)
     needed = paired.documents_needed() if verdict == "inconclusive" else None
@@ -219,6 +222,39 @@ def _judge(
         ),
         needed,
     )
+
+
+def _against_chance(kind, q, n: int, config: VerdictConfig) -> Verdict:
+    """The verdict of a cell whose baseline cannot be paired: chance needs no baseline.
+
+    ``kind.margin_interval(q)`` gives the cell's margin above chance (its estimate and
+    ``ci_level`` interval, in the metric's own units, higher is better) and the room a
+    perfect model would have. The cell is ``collapsed`` when the interval holds 0 (not
+    significantly above chance) and its upper end is at most ``collapse_retention`` of
+    that room (the data rule out anything but near-chance); otherwise it is
+    ``inconclusive``, since there is no baseline to measure a drop from.
+    """
+    measured = kind.margin_interval(q) if not math.isnan(kind.chance) else None
+    if measured is None:
+        return Verdict(
+            "inconclusive",
+            chance=kind.chance,
+            n=n,
+            reason=f"{_BASELINE_NONFINITE}, and chance alone cannot settle this metric (no chance level or best score)",
+        )
+    margin, low, high, room, interval = measured
+    ceiling = config.collapse_retention * room
+    words = f"margin above chance {margin:.3g} ({config.ci_level:.0%} CI {low:.3g} to {high:.3g})"
+    if low <= 0 and high <= ceiling:
+        verdict = "collapsed"
+        reason = (
+            f"at chance {kind.chance:.3g}: {words}, at most {config.collapse_retention:g} of a perfect "
+            f"model's margin {room:.3g}; {_BASELINE_NONFINITE}, so it was judged against chance alone"
+        )
+    else:
+        verdict = "inconclusive"
+        reason = f"{_BASELINE_NONFINITE}; against chance alone: {words}, which does not settle it"
+    return Verdict(verdict, kind.chance, 0, margin, low, high, math.nan, math.nan, n, reason, interval)
 
 
 # ---------------------------------------------------------------- accuracy
@@ -280,6 +316,11 @@ class _Accuracy:
         _check_paired("quantized", q[0], "baseline", b)
         _check_binary("baseline", b)
         return (b,)
+
+    def margin_interval(self, q) -> tuple[float, float, float, float, str]:
+        k, n = int(q[0].sum()), int(q[0].size)
+        low, high = stats.clopper_pearson_interval(k, n, self.config.ci_level)
+        return k / n - self.chance, low - self.chance, high - self.chance, 1.0 - self.chance, "clopper-pearson"
 
     def baseline_row(self, q, n: int) -> Verdict:
         k = int(q[0].sum())
@@ -427,6 +468,19 @@ class _Perplexity:
         _check_paired("quantized_nll", q[0], "baseline_nll", b[0])
         return b
 
+    def margin_interval(self, q) -> tuple[float, float, float, float, str]:
+        # Margin in nats per unit: chance cross-entropy minus the cell's; a perfect model has all of it.
+        q_nll, q_tok = q
+        samples = stats.bootstrap_distribution(
+            lambda nll, tok: self.chance_ce - _corpus_cross_entropy(nll, tok),
+            [q_nll, q_tok],
+            self.config.bootstrap_resamples,
+            self.config.seed,
+        )
+        low, high = stats.percentile_interval(samples, self.config.ci_level)
+        margin = self.chance_ce - float(q_nll.sum() / q_tok.sum())
+        return margin, low, high, self.chance_ce, "bootstrap (nats)"
+
     def baseline_row(self, q, n: int) -> Verdict:
         q_nll, q_tok = q
         ce_q = float(q_nll.sum() / q_tok.sum())
@@ -564,6 +618,20 @@ class _Scores:
         b = _per_document("baseline_scores", baseline)
         _check_paired("quantized_scores", q[0], "baseline_scores", b)
         return (b,)
+
+    def margin_interval(self, q) -> tuple[float, float, float, float, str] | None:
+        (q,), chance_value, sign = q, self.chance, self.sign
+        if not (0.0 <= chance_value <= 1.0 and ((q >= 0) & (q <= 1)).all()):
+            return None  # no known best score: room above chance is undefined
+        result = stats.paired_bootstrap(
+            lambda x: sign * (x.mean(axis=-1) - chance_value),
+            q,
+            resamples=self.config.bootstrap_resamples,
+            seed=self.config.seed,
+            level=self.config.ci_level,
+        )
+        room = 1.0 - chance_value if self.higher_is_better else chance_value
+        return result.estimate, result.ci_low, result.ci_high, room, "bootstrap"
 
     def baseline_row(self, q, n: int) -> Verdict:
         if not self.has_chance:

@@ -26,6 +26,7 @@ from torch import nn
 from quantsweep.methods.engine.obs import HessianAccumulator
 from quantsweep.methods.engine.sequential import LayerContext, compute_device, require_calibration, run_sequential
 from quantsweep.methods.targets import check_group_sizes
+from quantsweep.quant.finite import require_finite_weights
 
 
 def hessian_quantizer(
@@ -116,7 +117,8 @@ def run_hessian_method(
 ):
     """The shared driver of the Hessian-based methods (GPTQ, GPTAQ, BiLLM, SliM-LLM).
 
-    Checks calibration and group sizes before any weight changes, quantizes layer by
+    Checks calibration, group sizes and that every weight is finite
+    (:func:`~quantsweep.quant.finite.require_finite_weights`) before any weight changes, quantizes layer by
     layer with :func:`hessian_quantizer`, and records the per-layer reports. With
     ``asymmetric`` the full-precision stream is propagated too (GPTAQ's target).
     Embedding/head targets are left to the caller (:func:`~quantsweep.methods.targets.quantize_extra_targets`
@@ -142,6 +144,12 @@ def run_hessian_method(
     """
     calibration = require_calibration(calibration, config)
     check_group_sizes(model, config)
+    require_finite_weights(
+        model,
+        f"{method} ({config.name})",
+        "its Hessians come from calibration activations, which are non-finite past that module, "
+        "and its integer codes cannot hold NaN or Inf (evaluate 'fp' for the non-finite verdict)",
+    )
     reports = run_sequential(
         model,
         calibration,
