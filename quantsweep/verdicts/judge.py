@@ -227,6 +227,7 @@ def _judge(
 def _against_chance(kind, q, n: int, config: VerdictConfig) -> Verdict:
     """The verdict of a cell whose baseline cannot be paired: chance needs no baseline.
 
+    Below ``min_samples`` documents it is ``inconclusive``, as any cell. Otherwise
     ``kind.margin_interval(q)`` gives the cell's margin above chance (its estimate and
     ``ci_level`` interval, in the metric's own units, higher is better) and the room a
     perfect model would have. The cell is ``collapsed`` when the interval holds 0 (not
@@ -234,6 +235,9 @@ def _against_chance(kind, q, n: int, config: VerdictConfig) -> Verdict:
     that room (the data rule out anything but near-chance); otherwise it is
     ``inconclusive``, since there is no baseline to measure a drop from.
     """
+    if n < config.min_samples:
+        reason = f"{_BASELINE_NONFINITE}, and n = {n} < min_samples = {config.min_samples} is too few to judge against chance"
+        return Verdict("inconclusive", chance=kind.chance, n=n, reason=reason)
     measured = kind.margin_interval(q) if not math.isnan(kind.chance) else None
     if measured is None:
         return Verdict(

@@ -19,7 +19,7 @@ def _correct(k: int, n: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("k", "n", "expected"), [(411, 1600, "collapsed"), (960, 1600, "inconclusive"), (3, 10, "inconclusive")]
+    ("k", "n", "expected"), [(411, 1600, "collapsed"), (960, 1600, "inconclusive"), (6, 24, "inconclusive")]
 )
 def test_accuracy_against_chance_alone(k, n, expected):
     config, chance = VerdictConfig(), 0.25
@@ -55,6 +55,11 @@ def test_scores_against_chance_alone():
     assert judge_scores(half, broken, chance=0.0).verdict == "inconclusive"
     no_chance = judge_scores(half, broken, chance=None)
     assert no_chance.verdict == "inconclusive" and "could not be paired" in no_chance.reason
+
+
+def test_too_few_documents_stay_inconclusive():
+    verdict = judge_accuracy(np.zeros(10), np.full(10, np.nan), chance=0.25)
+    assert verdict.verdict == "inconclusive" and "min_samples" in verdict.reason
 
 
 def test_a_finite_baseline_is_still_paired():
