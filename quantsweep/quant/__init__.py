@@ -1,7 +1,8 @@
 """Pure tensor math for number formats: int-k, binary and activation fake-quant, and packed codes.
 
 Algorithms (RTN, GPTQ, AWQ, ...) live in :mod:`quantsweep.methods` and decide how
-to call these functions; nothing here knows about models or devices.
+to call these functions; nothing here knows about model architectures or devices
+(:mod:`quantsweep.quant.finite` only walks a module's tensors to name NaN/Inf weights).
 """
 
 from quantsweep.quant.packed import QuantizedWeight, pack_dequantized, rtn_pack
