@@ -248,7 +248,7 @@ class Sandbox:
         python: the interpreter that runs the programs (default: this one, ``sys.executable``).
 
     Raises:
-        ValueError: an unknown backend name.
+        ValueError: an unknown backend name; or (on first use) no backend can run a program here.
 
     Example:
         >>> Sandbox(backends=("none",)).run("raise SystemExit(3)", timeout_s=20.0)
@@ -304,7 +304,7 @@ class Sandbox:
                     return isolation
                 first_line = (stderr.strip().splitlines() or [f"exit status {result.returncode}"])[0]
                 failures.append(f"{backend}{' as nobody' if run_as_nobody else ''}: {first_line}")
-        raise RuntimeError(f"no sandbox backend can run a program here: {'; '.join(failures)}")
+        raise ValueError(f"cannot run model-written code here: no sandbox backend works: {'; '.join(failures)}")
 
     def _announce(self, isolation: Isolation) -> None:
         if isolation.missing:

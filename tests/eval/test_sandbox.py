@@ -31,7 +31,7 @@ def _make_sandbox(backend: str, caplog, python: str | None = None) -> Sandbox:
     with caplog.at_level(logging.INFO, logger="quantsweep.eval.sandbox"):
         try:
             isolation = sandbox.isolation
-        except RuntimeError as error:
+        except ValueError as error:
             pytest.skip(f"backend {backend} cannot run here: {error}")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     if isolation.missing:  # said before any program ran, naming every missing protection
