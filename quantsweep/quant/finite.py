@@ -87,4 +87,6 @@ def require_finite_weights(model: nn.Module, what: str, why: str) -> None:
     """
     found = nonfinite_weights(model)
     if found:
-        raise NonFiniteWeightsError(f"the checkpoint has non-finite weights in {describe(found)}; {what} refuses: {why}")
+        raise NonFiniteWeightsError(
+            f"the checkpoint has non-finite weights in {describe(found)}; {what} refuses: {why}"
+        )
