@@ -41,8 +41,7 @@ from torch import nn
 
 from quantsweep.models.layout import decoder_layer_prefix, decoder_layers
 from quantsweep.models.snapshot import attach_hook
-from quantsweep.quant.kv_cache import check_kv_settings, fake_quantize_kv
-from quantsweep.quant.primitives import check_group_size
+from quantsweep.quant.kv_cache import check_kv_group_size, check_kv_settings, fake_quantize_kv
 
 # The name attention modules give their KV-cache argument: transformers 5.2x, then older ones.
 CACHE_PARAMETERS = ("cache", "past_key_values", "past_key_value")
@@ -180,13 +179,13 @@ def attach_kv_cache_quant(
         >>> attach_kv_cache_quant(model, bits=4, group_size=24)
         Traceback (most recent call last):
         ...
-        ValueError: group_size 24 does not divide in_features 32 of layer 'model.layers.0.self_attn.head_dim'; choose a group size that divides 32, or None for per-channel
+        ValueError: KV-cache group_size 24 does not divide head_dim 32 of model.layers.0.self_attn; choose a divisor of 32, or None for one scale per head
     """
     check_kv_settings(bits, group_size, symmetric)
     modules = attention_modules(model)
     head_dims = {name: _head_dim(name, module) for name, module in modules.items()}
     for name, head_dim in head_dims.items():
-        check_group_size(head_dim, group_size, f"{name}.head_dim")
+        check_kv_group_size(head_dim, group_size, name)
     current = kv_cache_bits(model)
     if current is not None:
         raise ValueError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from quantsweep.quant.primitives import check_group_size, compute_qparams, dequantize, quantize_to_int
+from quantsweep.quant.primitives import compute_qparams, dequantize, quantize_to_int
 
 KV_CACHE_BITS = (2, 3, 4, 5, 6, 7, 8)
 
@@ -46,6 +46,26 @@ def check_kv_settings(bits: int, group_size: int | None = None, symmetric: bool 
         raise ValueError(f"KV-cache group_size must be a positive integer or None (whole head), got {group_size!r}")
     if not isinstance(symmetric, bool):
         raise TypeError(f"KV-cache symmetric must be true or false, got {symmetric!r}")
+
+
+def check_kv_group_size(head_dim: int, group_size: int | None, where: str = "keys and values") -> int:
+    """The effective group size (``head_dim`` for None), or ValueError unless ``group_size`` divides ``head_dim``.
+
+    Example:
+        >>> check_kv_group_size(128, 64), check_kv_group_size(128, None)
+        (64, 128)
+        >>> check_kv_group_size(32, 24, "model.layers.0.self_attn")
+        Traceback (most recent call last):
+        ValueError: KV-cache group_size 24 does not divide head_dim 32 of model.layers.0.self_attn; choose a divisor of 32, or None for one scale per head
+    """
+    if group_size is None:
+        return head_dim
+    if head_dim % group_size:
+        raise ValueError(
+            f"KV-cache group_size {group_size} does not divide head_dim {head_dim} of {where}; "
+            f"choose a divisor of {head_dim}, or None for one scale per head"
+        )
+    return group_size
 
 
 def fake_quantize_kv(
@@ -73,11 +93,11 @@ def fake_quantize_kv(
         [[0.0, 1.0, 2.0, 3.0]]
         >>> fake_quantize_kv(x, bits=2, group_size=3)
         Traceback (most recent call last):
-        ValueError: group_size 3 does not divide in_features 4 of layer 'head_dim'; choose a group size that divides 4, or None for per-channel
+        ValueError: KV-cache group_size 3 does not divide head_dim 4 of keys and values; choose a divisor of 4, or None for one scale per head
     """
     check_kv_settings(bits, group_size, symmetric)
     head_dim = states.shape[-1]
-    size = check_group_size(head_dim, group_size, "head_dim")
+    size = check_kv_group_size(head_dim, group_size)
     flat = states.reshape(-1, head_dim)  # one row per (batch, head, token)
     params = compute_qparams(flat, bits, size, symmetric, storable_scales=False)
     codes = quantize_to_int(flat, params, size)

@@ -230,7 +230,9 @@ def test_restore_removes_it_and_the_logits_are_fp_again_exactly(toy):
 
 def test_group_size_that_does_not_divide_head_dim_names_the_module(pangu):
     model, _, _ = pangu
-    with pytest.raises(ValueError, match=r"group_size 6 does not divide in_features 16 of layer 'model\.layers\.0\."):
+    with pytest.raises(
+        ValueError, match=r"KV-cache group_size 6 does not divide head_dim 16 of model\.layers\.0\.self_attn;"
+    ):
         attach_kv_cache_quant(model, bits=4, group_size=6)
     assert kv_cache_bits(model) is None  # nothing attached
 

@@ -67,7 +67,7 @@ def test_error_falls_with_bits_and_dtype_is_kept():
         ({"bits": "4"}, TypeError, "must be an integer"),
         ({"bits": True}, TypeError, "must be an integer"),
         ({"bits": 4, "group_size": 0}, ValueError, "group_size must be a positive integer or None"),
-        ({"bits": 4, "group_size": 12}, ValueError, "group_size 12 does not divide in_features 32"),
+        ({"bits": 4, "group_size": 12}, ValueError, "KV-cache group_size 12 does not divide head_dim 32"),
         ({"bits": 4, "symmetric": "yes"}, TypeError, "symmetric must be true or false"),
     ],
 )
