@@ -211,7 +211,12 @@ class _Run:
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.kwarg: cache}, **self.keep
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self.kwarg: cache},
+            **self.keep,
         )
         returned = getattr(out, self.kwarg, None)
         returned = returned if returned is not None else getattr(out, "past_key_values", None)

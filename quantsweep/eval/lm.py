@@ -593,9 +593,7 @@ class ContextCachedLM(HFLM):
                     stats=self.generation_stats,
                 )
 
-        _, rows = halve_on_out_of_memory(
-            run, self._generation_rows, device=self.device, on_out_of_memory=self._halving
-        )
+        _, rows = halve_on_out_of_memory(run, self._generation_rows, device=self.device, on_out_of_memory=self._halving)
         self._generation_rows = rows  # later tasks start where out-of-memory left it
         return done
 
