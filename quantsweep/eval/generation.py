@@ -49,6 +49,10 @@ STOP_LOOKBACK = 2  # tokens beyond a stop string's own length looked at, as lm-e
 CACHE_KWARGS = ("cache", "past_key_values")  # transformers 5.2x names the KV cache `cache`, older ones not
 
 
+class CacheUnsupported(TypeError):
+    """The model takes or fills no plain ``DynamicCache``; the caller should generate another way."""
+
+
 @dataclass(frozen=True)
 class GenerationJob:
     """One greedy generation request.
@@ -160,7 +164,7 @@ def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     layers = list(getattr(cache, "layers", []))
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        raise TypeError(f"{type(cache).__name__} is not a plain DynamicCache (sliding or quantized layers)")
+        raise CacheUnsupported(f"{type(cache).__name__} is not a plain DynamicCache (sliding or quantized layers)")
     return layers
 
 
@@ -203,7 +207,7 @@ class _Run:
         self.device = next(model.parameters()).device
         self.kwarg = cache_kwarg(model)
         if self.kwarg is None:
-            raise TypeError(f"{type(model).__name__}.forward takes no KV cache")
+            raise CacheUnsupported(f"{type(model).__name__}.forward takes no KV cache")
         params = inspect.signature(model.forward).parameters
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.generated: dict[int, list[int]] = {}
@@ -221,7 +225,7 @@ class _Run:
         returned = getattr(out, self.kwarg, None)
         returned = returned if returned is not None else getattr(out, "past_key_values", None)
         if returned is not cache:
-            raise TypeError(f"{type(self.model).__name__} did not fill the DynamicCache it was given")
+            raise CacheUnsupported(f"{type(self.model).__name__} did not fill the DynamicCache it was given")
         self.stats.model_calls += 1
         self.stats.slots += ids.shape[0]
         return out.logits[:, -1, :].float()  # as model.generate: greedy on float32 scores
@@ -276,10 +280,11 @@ class _Run:
         waiting = [j for j in range(len(self.jobs)) if j not in self.done]
         waiting.sort(key=lambda j: -len(self.jobs[j].tokens))  # longest first: similar lengths together
         batch = _Batch()
-        refill = max(1, self.max_rows // 4)  # join in groups: a prefill per freed row would cost a call each
         while waiting or batch.jobs:
             free = self.max_rows - len(batch)
-            if waiting and (free >= refill or not batch.jobs):
+            # a freed slot is taken at once: joining in groups (one prefill for several rows)
+            # saved few calls and cost decode steps when measured (benchmarks/generation.py)
+            if waiting and free > 0:
                 joining, waiting = waiting[:free], waiting[free:]
                 new = self._prefill(joining)
                 batch = _merge(batch, new) if new.jobs else batch
@@ -318,7 +323,8 @@ def generate_greedy(
         ``done``: job index -> :class:`Finished`, for every job.
 
     Raises:
-        TypeError: the model's forward takes or returns no plain ``DynamicCache``.
+        CacheUnsupported: the model's forward takes or fills no plain ``DynamicCache`` (raised
+            at its first forward; jobs finished before stay in ``done``).
 
     Example:
         >>> import quantsweep

@@ -53,7 +53,13 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from quantsweep import device as devices
-from quantsweep.eval.generation import GenerationJob, GenerationStats, cache_kwarg, generate_greedy
+from quantsweep.eval.generation import (
+    CacheUnsupported,
+    GenerationJob,
+    GenerationStats,
+    cache_kwarg,
+    generate_greedy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +216,7 @@ class ContextCachedLM(HFLM):
         self.generation_stats = GenerationStats()
         self.nonfinite_generations: dict[str, set[int]] = {}
         self._generation_rows = int(self.batch_size)
+        self._generation_reason: str | None = None  # set when the model turned out to fill no DynamicCache
 
     def use_max_length(self, max_length: int) -> None:
         """Score later requests in windows of ``max_length`` tokens (at most the model's positions).
@@ -517,6 +524,8 @@ class ContextCachedLM(HFLM):
             return f"backend {self.backend!r} is not a causal LM"
         if self.think_end_token is not None:
             return "think_end_token is set"
+        if self._generation_reason is not None:
+            return self._generation_reason
         if cache_kwarg(self.model) is None:
             return f"{type(self.model).__name__}.forward takes no past_key_values"
         config = getattr(self.model, "generation_config", None)
@@ -563,23 +572,32 @@ class ContextCachedLM(HFLM):
             self._log_fallback(why, len(ids))
             for i, text in zip(ids, super().generate_until([requests[i] for i in ids], True), strict=True):
                 results[i] = text
+        done: dict = {}
         if jobs:
-            done = self._generate_jobs(jobs)
-            for job_id, i in enumerate(job_request):
-                finished = done[job_id]
-                text = postprocess_generated_text(self.tok_decode(finished.tokens), jobs[job_id].until, None)
-                results[i] = text
-                request = requests[i]
-                if finished.nonfinite:
-                    self.nonfinite_generations.setdefault(request.task_name or "", set()).add(request.doc_id)
-                self.cache_hook.add_partial("generate_until", request.args, text)
+            try:
+                self._generate_jobs(jobs, done)
+            except CacheUnsupported as error:
+                self._generation_reason = str(error)
+                rest = [job_id for job_id in range(len(jobs)) if job_id not in done]
+                self._log_fallback(self._generation_reason, len(rest))
+                texts = super().generate_until([requests[job_request[job_id]] for job_id in rest], True)
+                for job_id, text in zip(rest, texts, strict=True):
+                    results[job_request[job_id]] = text
+        for job_id, finished in done.items():
+            i = job_request[job_id]
+            text = postprocess_generated_text(self.tok_decode(finished.tokens), jobs[job_id].until, None)
+            results[i] = text
+            request = requests[i]
+            if finished.nonfinite:
+                self.nonfinite_generations.setdefault(request.task_name or "", set()).add(request.doc_id)
+            self.cache_hook.add_partial("generate_until", request.args, text)
         return results
 
-    def _generate_jobs(self, jobs: list[GenerationJob]) -> dict:
+    def _generate_jobs(self, jobs: list[GenerationJob], done: dict) -> None:
+        """Fill ``done`` (job index -> Finished), halving the rows in flight on out-of-memory."""
         config = getattr(self.model, "generation_config", None)
         eos = getattr(config, "eos_token_id", None)
         eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        done: dict = {}
 
         def run(rows: int):
             with self._no_grad():
@@ -595,7 +613,6 @@ class ContextCachedLM(HFLM):
 
         _, rows = halve_on_out_of_memory(run, self._generation_rows, device=self.device, on_out_of_memory=self._halving)
         self._generation_rows = rows  # later tasks start where out-of-memory left it
-        return done
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         # lm-eval's own path (a fallback): its rows are counted per batch, not per document

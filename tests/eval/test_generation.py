@@ -256,3 +256,25 @@ def test_fallback_to_lm_eval_is_logged_once_and_counted(toy, caplog):
 def test_max_rows_is_checked():
     with pytest.raises(ValueError, match="max_rows must be an integer >= 1, got 0"):
         generate_greedy(None, [GenerationJob([1], (), 1)], max_rows=0, decode=str)
+
+
+def test_model_that_fills_no_given_cache_falls_back_once(toy, caplog):
+    """A forward that fills a copy of the cache it is given: lm-eval's own path, the same strings, logged once."""
+    model, tokenizer = toy
+
+    class CopiesItsCache(type(model)):
+        def forward(self, *args, cache=None, **kwargs):
+            return super().forward(*args, cache=copy.deepcopy(cache), **kwargs)
+
+    copying = CopiesItsCache(model.config).eval()
+    copying.load_state_dict(model.state_dict())
+    data = toy_gen_dataset()["test"]
+    requests = _requests([data[i]["query"] for i in range(5)], {"until": ["\n"], "do_sample": False, "max_gen_toks": 6})
+    with caplog.at_level(logging.WARNING, logger="quantsweep.eval.lm"):
+        lm, theirs = _same_strings(copying, tokenizer, requests, batch_size=4)
+        lm.generate_until(copy.deepcopy(requests), disable_tqdm=True)
+    reason = "CopiesItsCache did not fill the DynamicCache it was given"
+    assert dict(lm.fallbacks) == {reason: 10}
+    assert sum(reason in r.getMessage() for r in caplog.records) == 1
+    reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4).generate_until(copy.deepcopy(requests), True)
+    assert theirs == reference  # the copying model is the toy model, only its cache handling differs
