@@ -3,7 +3,7 @@
 One invocation measures, side by side on the same model and the same requests:
 
 1. **GSM8K-style 5-shot** (lm-eval's own ``gsm8k`` task: its prompts, its stop strings, 256
-   new tokens at most) on ``--docs`` synthetic grade-school problems written in GSM8K's public
+   new tokens at most) on ``--docs`` (32 and 256) synthetic grade-school problems written in GSM8K's public
    format, at batch size ``--batch-size``, with lm-eval's ``HFLM.generate_until`` and with
    quantsweep's ``ContextCachedLM.generate_until`` (:mod:`quantsweep.eval.generation`).
    For each: model calls (forward passes), decode steps (forwards that decode one token per
@@ -11,6 +11,9 @@ One invocation measures, side by side on the same model and the same requests:
    (per document, the tokens up to and including the one that completed a stop string or EOS,
    or the 256-token limit; the same number for both, since the strings are identical),
    wall and CPU time. Every generated string is compared; the script fails if one differs.
+   Also the fewest decode steps any scheduler could take at this batch size: the longest
+   answer's, or the tokens over the batch size, whichever is more. At 32 documents one long
+   answer bounds the steps; at 256 (GSM8K has 1,319) the sum does.
 
    The model: a random 2-layer Llama (hidden 64, openPangu-like q/k/v/o biases) over a
    byte-level vocabulary, its ``lm_head`` given a bias of ``--eos-bias`` on the EOS token so
@@ -20,9 +23,12 @@ One invocation measures, side by side on the same model and the same requests:
    ``until``. The scheduling is the same either way.
 
 2. **Time per suite family** through ``quantsweep.evaluate`` (the default path), on the toy
-   model and on a random 2-layer openPangu-Embedded-shaped model over the toy vocabulary:
-   multiple choice (``toy_mc4`` + ``toy_mc2``), perplexity (``toy_ppl``) and generation
-   (``toy_gen``), ``--limit`` documents each; generation also with lm-eval's HFLM.
+   model and on a random 2-layer openPangu-Embedded-shaped model over the toy vocabulary
+   (hidden 256, the 7B config's head and MLP ratios): multiple choice (``toy_mc4`` +
+   ``toy_mc2``), perplexity (``toy_ppl``) and generation (``toy_gen`` as shipped, 4 new
+   tokens, and with GSM8K's budget of 256), ``--limit`` documents each; generation also
+   through lm-eval's ``simple_evaluate`` with ``HFLM``. The trained toy answers and stops;
+   the random model mostly runs to the limit, so there the two take about the same steps.
 
 CPU only here (no GPU in the session that wrote it). Run::
 
@@ -150,14 +156,14 @@ def _gsm8k_requests(docs: int, data_dir: Path):
     return list(task.instances)
 
 
-def gsm8k_case(args) -> dict:
+def gsm8k_case(args, docs: int) -> dict:
     from lm_eval.models.huggingface import HFLM
 
     from quantsweep.eval.lm import ContextCachedLM
 
     model, tokenizer = _byte_model(args.eos_bias)
     with tempfile.TemporaryDirectory() as tmp:
-        requests = _gsm8k_requests(args.docs, Path(tmp))
+        requests = _gsm8k_requests(docs, Path(tmp))
     prompt_tokens = [len(tokenizer(r.args[0])["input_ids"]) for r in requests]
     rows = {}
     strings = {}
@@ -181,7 +187,7 @@ def gsm8k_case(args) -> dict:
             stats = lm.generation_stats
             assert not lm.fallbacks, lm.fallbacks
             assert (stats.model_calls, stats.slots) == (counter.calls, counter.slots), (stats, counter.__dict__)
-            kept = stats.tokens
+            kept, longest = stats.tokens, stats.longest
     same = sum(a == b for a, b in zip(strings["lm-eval HFLM"], strings["quantsweep"], strict=True))
     if same != len(requests):
         raise SystemExit(f"generated strings differ: {len(requests) - same} of {len(requests)}")
@@ -195,6 +201,10 @@ def gsm8k_case(args) -> dict:
         "eos_bias": args.eos_bias,
         "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens)),
         "identical_strings": same,
+        "longest_answer_tokens": longest,
+        # no scheduler at this batch size needs fewer decode steps: every row but its first token
+        # (from the prefill) takes a step, and the longest answer takes longest - 1 steps alone
+        "decode_step_lower_bound": max(-(-(kept - len(requests)) // args.batch_size), longest - 1),
         "rows": rows,
         "ratios": {
             "decode_steps": round(qs["decode_steps"] / hf["decode_steps"], 3),
@@ -236,39 +246,52 @@ def families_case(args) -> dict:
 
     import quantsweep
     from quantsweep.eval.harness import _without_environment_report
-    from quantsweep.eval.tasks import manager_for
+    from quantsweep.eval.tasks import manager_for, task_config
 
     toy, tokenizer = quantsweep.load_model("toy", device="cpu", dtype="float32")
-    families = {"multiple choice": ["toy_mc4", "toy_mc2"], "perplexity": ["toy_ppl"], "generation": ["toy_gen"]}
+    long_gen = task_config("toy_gen")  # the same task with GSM8K's token budget (256)
+    long_gen["generation_kwargs"] = {**long_gen["generation_kwargs"], "max_gen_toks": 256}
+    families = {
+        "multiple choice (toy_mc4, toy_mc2)": (["toy_mc4", "toy_mc2"], None),
+        "perplexity (toy_ppl)": (["toy_ppl"], None),
+        "generation (toy_gen, 4 new tokens)": (["toy_gen"], None),
+        "generation (toy_gen, up to 256 new tokens)": (["toy_gen"], {"toy_gen": long_gen}),
+    }
     out = {}
     for model_name, model in (("toy", toy), ("pangu-shaped-2l", _pangu_shaped(tokenizer))):
         times = {}
-        for family, tasks in families.items():
+        for family, (tasks, configs) in families.items():
             _, wall, cpu = _timed(
-                lambda tasks=tasks, model=model: quantsweep.evaluate(
-                    model, tokenizer, tasks=tasks, limit=args.limit, batch_size=args.batch_size
+                lambda tasks=tasks, configs=configs, model=model: quantsweep.evaluate(
+                    model, tokenizer, tasks=tasks, limit=args.limit, batch_size=args.batch_size, task_configs=configs
                 )
             )
             times[family] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
-        with _without_environment_report():  # as quantsweep.evaluate does: no `pip list` per call
-            _, wall, cpu = _timed(
-                lambda model=model: lm_eval.simple_evaluate(
-                    model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size),
-                    tasks=["toy_gen"],
-                    limit=args.limit,
-                    task_manager=manager_for(["toy_gen"]),
-                    verbosity="ERROR",
-                    bootstrap_iters=1000,
+            if not family.startswith("generation"):
+                continue
+            with _without_environment_report():  # as quantsweep.evaluate does: no `pip list` per call
+                _, wall, cpu = _timed(
+                    lambda configs=configs, model=model: lm_eval.simple_evaluate(
+                        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size),
+                        tasks=[configs["toy_gen"] if configs else "toy_gen"],
+                        limit=args.limit,
+                        task_manager=manager_for(["toy_gen"]),
+                        verbosity="ERROR",
+                        bootstrap_iters=1000,
+                        random_seed=1234,
+                        numpy_random_seed=1234,
+                        torch_random_seed=1234,
+                        fewshot_random_seed=1234,
+                    )
                 )
-            )
-        times["generation, lm-eval HFLM"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
+            times[family + ", lm-eval HFLM"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
         out[model_name] = times
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--docs", type=int, default=256, help="GSM8K-style documents")
+    parser.add_argument("--docs", default="32,256", help="GSM8K-style documents, comma-separated: one case per number")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eos-bias", type=float, default=1.0, help="EOS logit bias of the GSM8K-style model")
     parser.add_argument("--limit", type=int, default=100, help="documents per toy task in the family timing")
@@ -280,9 +303,11 @@ def main() -> None:
         "command": "benchmarks/generation.py " + " ".join(sys.argv[1:]),
         "device": f"cpu ({platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)), fp32",
         "date": time.strftime("%Y-%m-%d"),
-        "gsm8k_style": gsm8k_case(args),
+        "gsm8k_style": [],
     }
-    print(json.dumps(result["gsm8k_style"], indent=1), flush=True)
+    for docs in [int(n) for n in args.docs.split(",")]:
+        result["gsm8k_style"].append(gsm8k_case(args, docs))
+        print(json.dumps(result["gsm8k_style"][-1], indent=1), flush=True)
     if not args.skip_families:
         result["families"] = families_case(args)
         print(json.dumps(result["families"], indent=1))

@@ -94,6 +94,7 @@ class GenerationStats:
         decode_steps: forward passes that decode one token for each row in flight.
         slots: rows summed over all forward passes, each of which yields one token.
         tokens: tokens generated into finished jobs (``slots`` minus work lost to out-of-memory).
+        longest: the most tokens one job generated.
 
     Example:
         >>> GenerationStats().model_calls
@@ -104,6 +105,7 @@ class GenerationStats:
     decode_steps: int = 0
     slots: int = 0
     tokens: int = 0
+    longest: int = 0
 
 
 @dataclass
@@ -262,6 +264,7 @@ class _Run:
             ):
                 self.done[job_id] = Finished(generated, self.nonfinite[job_id])
                 self.stats.tokens += len(generated)
+                self.stats.longest = max(self.stats.longest, len(generated))
             else:
                 keep.append(row)
         if len(keep) < len(batch):
