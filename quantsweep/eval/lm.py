@@ -550,6 +550,8 @@ class ContextCachedLM(HFLM):
         if max_ctx_len <= 0:
             raise ValueError(f"max_gen_toks {max_gen_toks} is not below max_length {self.max_length}")
         ids, _ = self.tok_batch_encode([context], left_truncate_len=max_ctx_len, truncation=self.truncation)
+        if ids.shape[1] == 0:
+            return None, "empty prompt"
         return GenerationJob(tokens=ids[0].tolist(), until=tuple(until), max_new_tokens=max_gen_toks), None
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
