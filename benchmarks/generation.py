@@ -3,7 +3,7 @@
 One invocation measures, side by side on the same model and the same requests:
 
 1. **GSM8K-style 5-shot** (lm-eval's own ``gsm8k`` task: its prompts, its stop strings, 256
-   new tokens at most) on ``--docs`` (32, and 1,319 as in GSM8K's test split) synthetic grade-school problems written in GSM8K's public
+   new tokens at most) on ``--docs`` (32 and 256) synthetic grade-school problems written in GSM8K's public
    format, at batch size ``--batch-size``, with lm-eval's ``HFLM.generate_until`` and with
    quantsweep's ``ContextCachedLM.generate_until`` (:mod:`quantsweep.eval.generation`).
    For each: model calls (forward passes), decode steps (forwards that decode one token per
@@ -13,7 +13,7 @@ One invocation measures, side by side on the same model and the same requests:
    wall and CPU time. Every generated string is compared; the script fails if one differs.
    Also the fewest decode steps any scheduler could take at this batch size: the longest
    answer's, or the tokens over the batch size, whichever is more. At 32 documents one long
-   answer bounds the steps; at 1,319 the sum does.
+   answer bounds the steps; at 256 (GSM8K has 1,319) the sum does.
 
    The model: a random 2-layer Llama (hidden 64, openPangu-like q/k/v/o biases) over a
    byte-level vocabulary, its ``lm_head`` given a bias of ``--eos-bias`` on the EOS token so
@@ -292,7 +292,7 @@ def families_case(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--docs", default="32,1319", help="GSM8K-style documents, comma-separated: one case per number")
+    parser.add_argument("--docs", default="32,256", help="GSM8K-style documents, comma-separated: one case per number")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eos-bias", type=float, default=1.0, help="EOS logit bias of the GSM8K-style model")
     parser.add_argument("--limit", type=int, default=100, help="documents per toy task in the family timing")
