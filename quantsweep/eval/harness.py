@@ -11,7 +11,8 @@ Non-finite outputs are counted per task while it runs:
 * log-likelihood tasks (multiple choice, perplexity): a sample is non-finite when
   any of its log-likelihoods is NaN or +-Inf;
 * generation tasks: a sample is non-finite when any logits produced while
-  generating its answer contain NaN or Inf (a hook on the model's output).
+  generating its answer contain NaN or Inf (checked per row by the generation
+  scheduler; on lm-eval's own fallback path a hook counts rows per task).
 
 Example:
     >>> import quantsweep
@@ -424,6 +425,7 @@ def evaluate(
             window = _task_window(lm, entries[name], max_length, positions)
             lm.use_max_length(window)
             lm.rolling_target_counts.clear()
+            lm.nonfinite_generations.clear()
             logger.info("evaluating task %s%s", name, f" (limit {limit})" if limit else "")
             with _without_environment_report():
                 output = lm_eval.simple_evaluate(
@@ -441,7 +443,9 @@ def evaluate(
                     confirm_run_unsafe_code=settings.allow_code_execution,
                     verbosity="ERROR",
                 )
-            found = _task_results(output, tokenizer, counter.total - generated_before, entries.get(name))
+            found = _task_results(
+                output, tokenizer, counter.total - generated_before, entries.get(name), lm.nonfinite_generations
+            )
             for task_name, task_result in found.items():
                 task_result.max_length = window
                 counts = lm.rolling_target_counts.get(task_name)
@@ -468,8 +472,18 @@ def _chosen_filter(config: dict, raw_samples: list[dict], entry) -> str:
 
 
 def _task_results(
-    output: dict, tokenizer, generated_nonfinite: int, requested_entry: SuiteEntry | None = None
+    output: dict,
+    tokenizer,
+    generated_nonfinite: int,
+    requested_entry: SuiteEntry | None = None,
+    nonfinite_docs: dict[str, set[int]] | None = None,
 ) -> dict[str, TaskResult]:
+    """Task results from lm-eval's output.
+
+    ``generated_nonfinite``: generation rows with NaN/Inf logits on lm-eval's own path (not
+    traceable to a document); ``nonfinite_docs``: task -> doc ids whose generation met NaN/Inf
+    on quantsweep's path.
+    """
     found = {}
     in_group = {sub for subs in (output.get("group_subtasks") or {}).values() for sub in subs}
     for task_name, all_samples in output["samples"].items():
@@ -496,9 +510,13 @@ def _task_results(
             stderr = values.get(f"{metric}_stderr,{filter_name}")
             stderr = _as_float(stderr) if stderr not in (None, "N/A") else None
             metrics[metric] = MetricResult(metric, _as_float(value), stderr, n, higher.get(metric))
+        if output_type == "generate_until":
+            flagged = (nonfinite_docs or {}).get(task_name, set())
+            for sample in samples:
+                sample.nonfinite = sample.doc_id in flagged
         nonfinite = sum(s.nonfinite for s in samples)
         if output_type == "generate_until":
-            nonfinite = generated_nonfinite
+            nonfinite += generated_nonfinite
         preferred = [entry.metric] if entry is not None else []
         found[task_name] = TaskResult(
             task=task_name,

@@ -20,7 +20,10 @@ Where the fast path cannot apply it falls back to lm-eval's own code, logging th
 reason once: a context that must be truncated from the left to fit ``max_length``, a
 model whose ``forward`` takes no ``past_key_values`` (or returns no reorderable cache),
 or a model whose logits are not ``lm_head(decoder hidden states)`` (logit scaling or
-soft-capping, found by a check on the first call).
+soft-capping, found by a check on the first call); for generation, sampling or other
+non-greedy generation kwargs, a ``generation_config`` that changes greedy decoding
+(beams, repetition penalty, ...), ``think_end_token``, or a model without a plain
+``DynamicCache``.
 
 Example:
     >>> import quantsweep
@@ -47,8 +50,16 @@ import torch
 import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from quantsweep import device as devices
+from quantsweep.eval.generation import (
+    CacheUnsupported,
+    GenerationJob,
+    GenerationStats,
+    cache_kwarg,
+    generate_greedy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +69,25 @@ MAX_AUTO_BATCH_SIZE = 64  # batch_size="auto" starts here and halves on out-of-m
 
 _CACHE_KWARGS = ("cache", "past_key_values")
 Request = tuple[Any, list[int], list[int]]  # (cache key, context tokens, continuation tokens)
+# generation_config fields that change greedy decoding, at their neutral values
+_GREEDY_NEUTRAL = {
+    "num_beams": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+    "guidance_scale": None,
+    "watermarking_config": None,
+    "stop_strings": None,
+}
 
 
 class _NoReorderableCache(Exception):
@@ -133,7 +163,8 @@ class ContextCachedLM(HFLM):
 
     Args (besides ``HFLM``'s):
         counter: optional :class:`quantsweep.eval.health.NonFiniteLogitCounter`; it sees
-            every generation batch so that NaN/Inf generation logits are counted.
+            the generation batches of lm-eval's own path (fallbacks) so that their NaN/Inf
+            logits are counted.
         chunk_tokens: target positions per ``lm_head`` call in rolling log-likelihood.
         max_length: the window (tokens); default the model's positions. Above them is an error.
         batch_size: documents per forward, or ``"auto"`` (start at 64, halve on out-of-memory;
@@ -143,7 +174,10 @@ class ContextCachedLM(HFLM):
         rolling_target_counts: task name -> Counter of the token ids scored by rolling
             log-likelihood (the targets of its windows), for the unigram chance level.
         fallbacks: reason -> number of requests sent to lm-eval's own path.
-        oom_halvings: ``(from, to)`` batch sizes, one per out-of-memory halving.
+        oom_halvings: ``(from, to)`` batch sizes (rows in flight for generation), one per
+            out-of-memory halving.
+        generation_stats: :class:`quantsweep.eval.generation.GenerationStats` of all generation.
+        nonfinite_generations: task name -> doc ids whose generation met NaN/Inf logits.
 
     Example:
         >>> import quantsweep
@@ -179,6 +213,10 @@ class ContextCachedLM(HFLM):
         self._head_reason: str | None | bool = False
         self._positions = positions
         self.default_max_length = int(self.max_length)
+        self.generation_stats = GenerationStats()
+        self.nonfinite_generations: dict[str, set[int]] = {}
+        self._generation_rows = int(self.batch_size)
+        self._generation_reason: str | None = None  # set when the model turned out to fill no DynamicCache
 
     def use_max_length(self, max_length: int) -> None:
         """Score later requests in windows of ``max_length`` tokens (at most the model's positions).
@@ -480,7 +518,106 @@ class ContextCachedLM(HFLM):
 
     # ------------------------------------------------------------ generation
 
+    def _generation_unsupported(self) -> str | None:
+        """Why greedy generation cannot go through :func:`generate_greedy` here (None: it can)."""
+        if self.backend != "causal":
+            return f"backend {self.backend!r} is not a causal LM"
+        if self.think_end_token is not None:
+            return "think_end_token is set"
+        if self._generation_reason is not None:
+            return self._generation_reason
+        if cache_kwarg(self.model) is None:
+            return f"{type(self.model).__name__}.forward takes no past_key_values"
+        config = getattr(self.model, "generation_config", None)
+        changed = sorted(
+            name
+            for name, default in _GREEDY_NEUTRAL.items()
+            if config is not None and getattr(config, name, default) not in (default, None)
+        )
+        if changed:
+            return f"the model's generation_config changes greedy decoding ({', '.join(changed)})"
+        return None
+
+    def _generation_job(self, context: str, gen_kwargs: dict, eos: str) -> tuple[GenerationJob | None, str | None]:
+        """lm-eval's reading of one request (stop strings, token limit, truncated prompt), or why not."""
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+        max_gen_toks = kwargs.pop("max_gen_toks")
+        extra = sorted(k for k, v in kwargs.items() if not (k == "do_sample" and v is False or k == "temperature"))
+        if kwargs.get("do_sample") is not False or extra:
+            return None, f"generation kwargs other than greedy ({', '.join(extra) or 'do_sample'})"
+        max_ctx_len = self.max_length - max_gen_toks
+        if max_ctx_len <= 0:
+            raise ValueError(f"max_gen_toks {max_gen_toks} is not below max_length {self.max_length}")
+        ids, _ = self.tok_batch_encode([context], left_truncate_len=max_ctx_len, truncation=self.truncation)
+        if ids.shape[1] == 0:
+            return None, "empty prompt"
+        return GenerationJob(tokens=ids[0].tolist(), until=tuple(until), max_new_tokens=max_gen_toks), None
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """lm-eval's ``generate_until`` (same strings), scheduled so that a finished row frees its slot."""
+        if not requests:
+            return []
+        results: list[str | None] = [None] * len(requests)
+        reason = self._generation_unsupported()
+        fallback: dict[str, list[int]] = {}
+        jobs, job_request = [], []
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        for i, request in enumerate(requests):
+            job, why = (None, reason) if reason else self._generation_job(*request.args, eos)
+            if job is None:
+                fallback.setdefault(why, []).append(i)
+            else:
+                jobs.append(job)
+                job_request.append(i)
+        for why, ids in fallback.items():
+            self._log_fallback(why, len(ids))
+            for i, text in zip(ids, super().generate_until([requests[i] for i in ids], True), strict=True):
+                results[i] = text
+        done: dict = {}
+        if jobs:
+            try:
+                self._generate_jobs(jobs, done)
+            except CacheUnsupported as error:
+                self._generation_reason = str(error)
+                rest = [job_id for job_id in range(len(jobs)) if job_id not in done]
+                self._log_fallback(self._generation_reason, len(rest))
+                texts = super().generate_until([requests[job_request[job_id]] for job_id in rest], True)
+                for job_id, text in zip(rest, texts, strict=True):
+                    results[job_request[job_id]] = text
+        for job_id, finished in done.items():
+            i = job_request[job_id]
+            text = postprocess_generated_text(self.tok_decode(finished.tokens), jobs[job_id].until, None)
+            results[i] = text
+            request = requests[i]
+            if finished.nonfinite:
+                self.nonfinite_generations.setdefault(request.task_name or "", set()).add(request.doc_id)
+            self.cache_hook.add_partial("generate_until", request.args, text)
+        return results
+
+    def _generate_jobs(self, jobs: list[GenerationJob], done: dict) -> None:
+        """Fill ``done`` (job index -> Finished), halving the rows in flight on out-of-memory."""
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+        def run(rows: int):
+            with self._no_grad():
+                return generate_greedy(
+                    self.model,
+                    jobs,
+                    max_rows=rows,
+                    decode=self.tok_decode,
+                    eos_ids=eos_ids,
+                    done=done,
+                    stats=self.generation_stats,
+                )
+
+        _, rows = halve_on_out_of_memory(run, self._generation_rows, device=self.device, on_out_of_memory=self._halving)
+        self._generation_rows = rows  # later tasks start where out-of-memory left it
+
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        # lm-eval's own path (a fallback): its rows are counted per batch, not per document
         if self._counter is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         with self._counter.tracking(context.shape[0]):
