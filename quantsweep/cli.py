@@ -362,12 +362,11 @@ def _command_judge(args) -> int:
 
 
 def _command_recipes(args) -> int:
-    from quantsweep.methods.catalog import get_method
-    from quantsweep.recipes import get_recipe, list_grids, list_recipes
+    from quantsweep.recipes import get_recipe, list_grids, list_recipes, needs_calibration
 
     for name in list_recipes():
         recipe = get_recipe(name)
-        calibrated = " (calibrated)" if get_method(recipe.method).needs_calibration else ""
+        calibrated = " (calibrated)" if needs_calibration(recipe) else ""
         print(f"{name:<20} {recipe.method:<12} {recipe.description}{calibrated}")
     grids = list_grids()
     if grids:

@@ -305,8 +305,8 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
         2
     """
     from quantsweep.calibration import require_calibration_source
-    from quantsweep.methods.catalog import get_method
     from quantsweep.models.loading import check_checkpoint
+    from quantsweep.recipes import needs_calibration
 
     tasks = resolve_tasks(spec)
     recipes = resolve_recipes(spec)
@@ -315,7 +315,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
     cells: list[CellPlan] = []
     seen_models: dict[tuple, str] = {}
     for model in spec.models:
-        needing = [r.name for r in recipes if get_method(r.method).needs_calibration]
+        needing = [r.name for r in recipes if needs_calibration(r)]
         check_checkpoint(model.path, model.trust_remote_code)
         if needing:
             require_calibration_source(needing, model.calibration.source, where=f"model {model.name!r}: ")
@@ -349,7 +349,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
 
             def fields_for(recipe) -> dict[str, Any]:
                 config = {k: v for k, v in recipe.to_dict().items() if k != "description"}
-                calibrated = get_method(recipe.method).needs_calibration
+                calibrated = needs_calibration(recipe)
                 return {**shared, **task_fields, "recipe": config, "calibration": calibration if calibrated else None}
 
             baseline_key = text_fingerprint(fields_for(baseline)) + fingerprint[:8]
@@ -365,7 +365,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
                         is_baseline=recipe is baseline,
                         baseline_key=baseline_key,
                         key_fields=key_fields,
-                        needs_calibration=get_method(recipe.method).needs_calibration,
+                        needs_calibration=needs_calibration(recipe),
                     )
                 )
     return SweepPlan(spec=spec, tasks=tasks, cells=cells)
@@ -398,15 +398,16 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
     """Check every recipe against the model's layer shapes (built on the meta device: no weights read).
 
     Raises:
-        ValueError: a recipe's group size does not divide a target layer's in_features,
-            naming the recipe, the layer and both sizes.
+        ValueError: a recipe's group size does not divide a target layer's in_features
+            (naming the recipe, the layer and both sizes), an override matches no module
+            the recipe quantizes, or a rotation cannot be applied to this architecture.
 
     Example:
         >>> from quantsweep.recipes import expand_recipes
         >>> check_shapes(ModelSpec(path="toy"), expand_recipes(["w4-rtn"]))
     """
-    from quantsweep.methods.targets import check_group_sizes
     from quantsweep.models.loading import meta_model
+    from quantsweep.recipes import check_recipe
 
     try:
         structure = meta_model(model.path, model.trust_remote_code)
@@ -417,7 +418,7 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
         return
     for recipe in recipes:
         try:
-            check_group_sizes(structure, recipe)
+            check_recipe(structure, recipe)
         except ValueError as error:
             raise ValueError(f"recipe {recipe.name!r}: {error}") from None
 
