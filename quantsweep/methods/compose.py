@@ -491,7 +491,10 @@ def _stage_from_dict(entry: Any, index: int, recipe_name: str, where: str):
                 f"{at}: unknown transform {value!r}{did_you_mean(value, TRANSFORMS)}; transforms: {', '.join(TRANSFORMS)}"
             )
         return build(TRANSFORMS[value], rest, f"{at} (transform {value})", error=RecipeError)
-    spec = get_method(value)
+    try:
+        spec = get_method(value)
+    except RecipeError as error:
+        raise RecipeError(f"{at}: {error}") from None
     allowed = [f.name for f in dataclasses.fields(spec.config) if f.init and f.name not in _RECIPE_FIELDS]
     for key in rest:
         if key not in allowed:

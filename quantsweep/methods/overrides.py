@@ -50,10 +50,15 @@ def expand_braces(pattern: str) -> list[str]:
         ['model.layers.0.mlp.up_proj', 'model.layers.0.mlp.down_proj',
          'model.layers.27.mlp.up_proj', 'model.layers.27.mlp.down_proj']
     """
+    depth = 0
+    for char in pattern:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth not in (0, 1):
+            raise RecipeError(f"override match {pattern!r}: unbalanced or nested braces (write {{a,b}}, no nesting)")
+    if depth:
+        raise RecipeError(f"override match {pattern!r}: unbalanced or nested braces (write {{a,b}}, no nesting)")
     found = _BRACES.search(pattern)
     if found is None:
-        if "{" in pattern or "}" in pattern:
-            raise RecipeError(f"override match {pattern!r}: unbalanced or nested braces (write {{a,b}}, no nesting)")
         return [pattern]
     alternatives = found.group(1).split(",")
     if not found.group(1) or any(not a for a in alternatives):
