@@ -4,7 +4,8 @@ A **cell** is one (model, recipe) evaluated on one task. Its key hashes everythi
 that changes its result (STYLE.md: a cell is a pure function of its key):
 
 * the model's fingerprint (config and weight files) and the resolved dtype and device type;
-* the resolved recipe config (its description aside);
+* the resolved recipe config (its description aside; every stage of a composed recipe,
+  with its settings and overrides, and the contents of a rotation matrix file it reads);
 * the task's configuration (YAML and helpers, or the local override), ``limit``,
   ``num_fewshot`` and ``seed``;
 * the calibration source, size and seed (for recipes that calibrate; a local file's
@@ -239,6 +240,16 @@ def _calibration_fields(model: ModelSpec) -> dict[str, Any]:
     return fields
 
 
+def _recipe_files(recipe) -> dict[str, str]:
+    """Files a recipe reads (a rotation ``matrix``), by path, with their contents' sha256."""
+    stage = recipe.stage("rotate") if hasattr(recipe, "stage") else None
+    if stage is None or stage.matrix is None:
+        return {}
+    if not Path(stage.matrix).is_file():
+        raise ValueError(f"recipe {recipe.name!r}: rotation matrix file {stage.matrix!r} does not exist")
+    return {stage.matrix: file_digest(stage.matrix)}
+
+
 def device_kind(model: ModelSpec) -> str:
     """The device type a model's cells run on here (``cpu``, ``cuda`` or ``npu``).
 
@@ -350,7 +361,11 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
             def fields_for(recipe) -> dict[str, Any]:
                 config = {k: v for k, v in recipe.to_dict().items() if k != "description"}
                 calibrated = needs_calibration(recipe)
-                return {**shared, **task_fields, "recipe": config, "calibration": calibration if calibrated else None}
+                fields = {**shared, **task_fields, "recipe": config, "calibration": calibration if calibrated else None}
+                files = _recipe_files(recipe)
+                if files:  # a learned rotation read from a file: its contents change results
+                    fields["recipe_files_sha256"] = files
+                return fields
 
             baseline_key = text_fingerprint(fields_for(baseline)) + fingerprint[:8]
             for recipe in recipes:
