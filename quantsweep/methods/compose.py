@@ -51,6 +51,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from quantsweep._schema import build, check_types, did_you_mean
@@ -588,10 +589,13 @@ def check_composed(model, recipe: ComposedRecipe) -> None:
         ...
         quantsweep.methods.registry.RecipeError: recipe 'x': override 'nowhere.*' matches no module the recipe quantizes ...
     """
-    if recipe.stage("rotate") is not None:
+    rotate = recipe.stage("rotate")
+    if rotate is not None:
         from quantsweep.methods.rotation import check_rotatable
 
-        check_rotatable(model)
+        if rotate.matrix is not None and not Path(rotate.matrix).is_file():
+            raise ValueError(f"recipe {recipe.name!r}: rotation matrix file {rotate.matrix!r} does not exist")
+        check_rotatable(model, online=rotate.online, hadamard=rotate.matrix is None)
     if recipe.weight_config is not None:
         check_group_sizes(model, recipe.weight_config, recipe.overrides)
 

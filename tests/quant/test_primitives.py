@@ -141,7 +141,9 @@ def test_quantize_weight_is_binary_at_one_bit_and_integer_above():
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_activation_clip_ratio_one_is_plain_min_max_and_a_smaller_ratio_saturates(symmetric):
     x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(2)) * 3
-    assert torch.equal(fake_quantize_activation(x, 4, symmetric, clip_ratio=1.0), fake_quantize_activation(x, 4, symmetric))
+    assert torch.equal(
+        fake_quantize_activation(x, 4, symmetric, clip_ratio=1.0), fake_quantize_activation(x, 4, symmetric)
+    )
     ratio, bits = 0.8, 4
     flat = x.reshape(-1, 64).double()
     if symmetric:  # the range of each token shrunk by the ratio, then plain per-token RTN with saturation
