@@ -11,7 +11,7 @@ A composed recipe lists its stages under ``stages:`` and is applied in that orde
 3. **activations**: per-token dynamic fake quantization of the input of every quantized
    Linear (``bits``, ``symmetric``, ``clip_ratio``).
 4. **kv_cache**: keys (after RoPE) and values fake-quantized as they enter the cache, per
-   head and token, in groups along ``head_dim`` (:mod:`quantsweep.quant.kv_cache`).
+   head and token, in groups along ``head_dim`` (:mod:`quantsweep.methods.kv_cache`).
 
 Rules, checked when the recipe is read (before any model loads):
 
@@ -36,7 +36,7 @@ as ever; with ``overrides:`` it becomes a one-stage composed recipe.
 
 Example:
     >>> import quantsweep
-    >>> recipe = quantsweep.recipes.recipe_from_dict({"name": "w4a8", "stages": [
+    >>> recipe = composed_from_dict({"name": "w4a8", "stages": [
     ...     {"weight": "rtn", "bits": 4}, {"activations": {"bits": 8}}]})
     >>> recipe.method, [stage.kind for stage in recipe.stages]
     ('rtn+a8', ['weight', 'activations'])
@@ -57,15 +57,17 @@ from typing import Any, ClassVar
 from quantsweep._schema import build, check_types, did_you_mean
 from quantsweep.methods.activation import ACTIVATION_BITS, attach_activation_quant
 from quantsweep.methods.catalog import get_method
+from quantsweep.methods.kv_cache import attach_kv_cache_quant, attention_modules
 from quantsweep.methods.overrides import Override, module_configs, override_from_dict
 from quantsweep.methods.registry import RecipeConfig, RecipeError
 from quantsweep.methods.result import QuantizationResult
+from quantsweep.methods.rotation import ONLINE_TARGETS, check_rotatable, rotate_model
 from quantsweep.methods.targets import check_group_sizes, weight_targets
+from quantsweep.quant.kv_cache import KV_CACHE_BITS, check_kv_group_size
 
 logger = logging.getLogger(__name__)
 
 STAGE_KINDS = ("transform", "weight", "activations", "kv_cache")
-KV_CACHE_BITS = (2, 3, 4, 5, 6, 7, 8)
 # Fields of a method's config that a weight stage never writes: the recipe supplies them.
 _RECIPE_FIELDS = ("name", "method", "description")
 
@@ -97,7 +99,13 @@ class RotateStage:
     def __post_init__(self) -> None:
         _checked(self, "transform 'rotate'")
         object.__setattr__(self, "online", tuple(self.online))
-        if len(set(self.online)) != len(self.online) or not all(self.online):
+        unknown = [name for name in self.online if name not in ONLINE_TARGETS]
+        if unknown:
+            raise RecipeError(
+                f"transform 'rotate': unknown online Hadamard target {unknown[0]!r}"
+                f"{did_you_mean(unknown[0], ONLINE_TARGETS)}; allowed: {', '.join(ONLINE_TARGETS)}"
+            )
+        if len(set(self.online)) != len(self.online):
             raise RecipeError(f"transform 'rotate': 'online' lists module names once each, got {list(self.online)}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -591,13 +599,15 @@ def check_composed(model, recipe: ComposedRecipe) -> None:
     """
     rotate = recipe.stage("rotate")
     if rotate is not None:
-        from quantsweep.methods.rotation import check_rotatable
-
         if rotate.matrix is not None and not Path(rotate.matrix).is_file():
             raise ValueError(f"recipe {recipe.name!r}: rotation matrix file {rotate.matrix!r} does not exist")
         check_rotatable(model, online=rotate.online, hadamard=rotate.matrix is None)
     if recipe.weight_config is not None:
         check_group_sizes(model, recipe.weight_config, recipe.overrides)
+    kv = recipe.stage("kv_cache")
+    if kv is not None:
+        for name, module in attention_modules(model).items():
+            check_kv_group_size(getattr(module, "head_dim", None) or 0, kv.group_size, name)
 
 
 def _quantized_linears(model, recipe: ComposedRecipe) -> dict:
@@ -638,8 +648,6 @@ def apply_composed(model, recipe: ComposedRecipe, calibration=None) -> Quantizat
     weight_result = None
     for stage in recipe.stages:
         if isinstance(stage, RotateStage):
-            from quantsweep.methods.rotation import rotate_model
-
             info = rotate_model(model, seed=stage.seed, online=stage.online, matrix=stage.matrix)
             extra_parameters += int(info.extra_parameters)
             done.append({"stage": "rotate", **dataclasses.asdict(info)})
@@ -669,8 +677,6 @@ def apply_composed(model, recipe: ComposedRecipe, calibration=None) -> Quantizat
                 attach_activation_quant(linear, stage.bits, stage.symmetric, stage.clip_ratio)
             done.append({"stage": "activations", "linears": len(linears), "bits": stage.bits})
         elif isinstance(stage, KVCacheStage):
-            from quantsweep.quant.kv_cache import attach_kv_cache_quant
-
             attach_kv_cache_quant(model, bits=stage.bits, group_size=stage.group_size, symmetric=stage.symmetric)
             done.append({"stage": "kv_cache", "bits": stage.bits, "group_size": stage.group_size})
         logger.info("%s: stage %s done", recipe.name, done[-1]["stage"])

@@ -116,6 +116,8 @@ def _check_rms_norm(name: str, norm: nn.Module | None, hidden: int) -> None:
     weight = getattr(norm, "weight", None)
     if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (hidden,):
         raise ValueError(f"cannot rotate: {name} ({type(norm).__name__}) has no weight of shape ({hidden},)")
+    if weight.device.type == "meta":  # a structure-only model (the sweep's pre-work check): nothing to probe
+        return
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)) or 1e-6)
     probe = torch.randn(2, hidden, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
     with torch.no_grad():

@@ -8,9 +8,17 @@ import yaml
 
 import quantsweep
 from quantsweep.methods.activation import activation_bits
+from quantsweep.methods.catalog import get_method
 from quantsweep.methods.compose import ComposedRecipe, WeightStage, recipe_precision
 from quantsweep.methods.registry import RecipeError
-from quantsweep.recipes import RECIPES_DIR, get_recipe, list_recipes, recipe_from_dict, recipe_from_yaml
+from quantsweep.recipes import (
+    RECIPES_DIR,
+    get_recipe,
+    list_recipes,
+    needs_calibration,
+    recipe_from_dict,
+    recipe_from_yaml,
+)
 
 W4A4 = {
     "name": "w4a4-rtn",
@@ -128,7 +136,7 @@ def test_a_legacy_recipe_is_still_its_methods_own_config(name):
     """Same class, same fields, same dict as before composition existed: so the same cell key."""
     recipe = get_recipe(name)
     data = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
-    config_class = quantsweep.methods.catalog.get_method(data["method"]).config
+    config_class = get_method(data["method"]).config
     assert type(recipe) is config_class and not isinstance(recipe, ComposedRecipe)
     assert recipe.to_dict() == dataclasses.asdict(config_class(**data))
 
@@ -168,7 +176,7 @@ def test_smooth_transform_then_rtn_keeps_the_function_before_quantizing():
     with torch.no_grad():
         before = model(ids).logits
     recipe = _composed({"transform": "smooth", "alpha": 0.5}, {"weight": "none"})
-    assert recipe.needs_calibration() and quantsweep.recipes.needs_calibration(recipe)
+    assert recipe.needs_calibration() and needs_calibration(recipe)
     with pytest.raises(ValueError, match="needs calibration data"):
         quantsweep.apply_recipe(model, recipe)
     quantsweep.apply_recipe(model, recipe, calibration=torch.randint(0, 123, (4, 32)))
