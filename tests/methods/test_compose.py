@@ -221,3 +221,12 @@ def test_a_composed_recipe_with_a_weight_stage_is_a_weight_stage_object():
     recipe = recipe_from_dict(W4A4)
     assert isinstance(recipe.stages[0], WeightStage) and recipe.weight_config.bits == 4
     assert recipe.weight_config.name == "w4a4-rtn" and recipe.weight_config.description == ""
+
+
+def test_results_rows_carry_the_bits_of_their_cell():
+    from quantsweep.sweep.derived import _base
+    from quantsweep.verdicts.config import VerdictConfig
+
+    cell = {"model": "toy", "recipe": "r", "key": "k", "status": "done", "weight_bits": 4, "activation_bits": 4}
+    row = _base({**cell, "kv_cache_bits": 4}, VerdictConfig())
+    assert (row["weight_bits"], row["activation_bits"], row["kv_cache_bits"]) == (4, 4, 4)
