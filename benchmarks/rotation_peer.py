@@ -8,7 +8,8 @@ Same model, same calibration ids, same evaluation ids, one process, CPU, fp32. F
   Hadamard on ``down_proj``), unquantized: must equal fp.
 * ``ours rotate+gptq``: rotation, then quantsweep's GPTQ (W4, per output channel,
   symmetric, act-order, 1% damping), then 4-bit per-token symmetric dynamic activations
-  on every decoder Linear.
+  on every decoder Linear. Two diagnostics: the quantizers attached before GPTQ, and
+  act-order off.
 * ``peer rotate``: llm-compressor ``SpinQuantModifier(rotations=["R1", "R4"],
   transform_type="random-hadamard")`` alone (R1 = residual stream, R4 = online Hadamard
   on ``down_proj``: the same two rotations as ours), unquantized.
@@ -86,6 +87,11 @@ def load_models(workdir: Path):
     }
 
 
+def attach_a4(model) -> None:
+    for linear in decoder_linears(model).values():
+        attach_activation_quant(linear, bits=4)
+
+
 def ours(model, calibration, evaluation, seeds) -> dict:
     snapshot = WeightSnapshot(model)
     rows = {"fp": perplexity(sequence_nll(model, evaluation))}
@@ -95,15 +101,28 @@ def ours(model, calibration, evaluation, seeds) -> dict:
     rotate_model(model, seed=0)
     rows["ours rotate"] = perplexity(sequence_nll(model, evaluation))
     snapshot.restore(model)
-    rows["ours rotate+gptq"] = []
-    for seed in seeds:
-        rotate_model(model, seed=seed)
-        config = GPTQConfig(name="w4a4-rotate-gptq", method="gptq", bits=4, group_size=None, symmetric=True)
-        apply_gptq(model, config, calibration=calibration)
-        for linear in decoder_linears(model).values():
-            attach_activation_quant(linear, bits=4)
-        rows["ours rotate+gptq"].append(perplexity(sequence_nll(model, evaluation)))
-        snapshot.restore(model)
+    # The recipe, then two diagnostics for the gap to the peer: activation quantizers attached
+    # before GPTQ (its Hessians see quantized inputs, like the peer's quantization-aware
+    # calibration), and act-order off.
+    variants = {
+        "ours rotate+gptq": (True, False),
+        "ours rotate+gptq, quantizers during calibration": (True, True),
+        "ours rotate+gptq, no act-order": (False, False),
+    }
+    for name, (act_order, quantizers_first) in variants.items():
+        rows[name] = []
+        for seed in seeds:
+            rotate_model(model, seed=seed)
+            if quantizers_first:
+                attach_a4(model)
+            config = GPTQConfig(
+                name="w4a4-rotate-gptq", method="gptq", bits=4, group_size=None, symmetric=True, act_order=act_order
+            )
+            apply_gptq(model, config, calibration=calibration)
+            if not quantizers_first:
+                attach_a4(model)
+            rows[name].append(perplexity(sequence_nll(model, evaluation)))
+            snapshot.restore(model)
     return rows
 
 
