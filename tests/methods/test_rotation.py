@@ -227,3 +227,11 @@ def test_openpangu_random_state_with_tied_embeddings(tmp_path, tied):
     ids = torch.randint(4, 100, (1, 32), generator=torch.Generator().manual_seed(0))
     info = assert_rotation_preserves_and_restores(model, ids, seed=2)
     assert info.untied is tied
+
+
+def test_online_hadamard_on_a_width_without_one_is_refused():
+    model = llama(layers=1, intermediate=100)  # 100: no Hadamard matrix is known here
+    with pytest.raises(ValueError, match=r"online Hadamard on model\.layers\.0\.mlp\.down_proj: .*order 100"):
+        rotate_model(model)
+    info = rotate_model(model, online=[])  # without the online transform the residual rotation works
+    assert info.online == ()
