@@ -96,7 +96,7 @@ def format_table(rows) -> str:
 
 
 def sensitivity_figure(rows, title: str = "") -> Figure:
-    """Mean KL per unit in model order (log scale), units at a higher precision in a second colour.
+    """Mean KL per unit in model order (log scale if it spans decades), units at a higher precision in a second colour.
 
     Example:
         >>> figure = sensitivity_figure([{"unit": "model.layers.0", "layer": 0, "kl_mean": 0.1, "bits": 4},
@@ -118,7 +118,8 @@ def sensitivity_figure(rows, title: str = "") -> Figure:
     figure = Figure(figsize=(max(4.0, 0.3 * len(ordered) + 2), 3.2))
     axes = figure.add_subplot()
     axes.bar(range(len(ordered)), heights, color=colours)
-    axes.set_yscale("log")
+    if finite and max(finite) / min(finite) > 100:  # a log scale only where the values span decades
+        axes.set_yscale("log")
     axes.set_xticks(range(len(ordered)), labels, rotation=90 if len(ordered) > 12 else 0, fontsize=7)
     axes.set_xlabel("decoder layer" if all(r.get("module", "layer") == "layer" for r in ordered) else "layer.linear")
     axes.set_ylabel("mean KL from fp (nats)")
