@@ -232,13 +232,13 @@ def sensitivity(
     _check_store(store)
 
     loaded, tokenizer = prepared.load()
+    units = scan_units(loaded, granularity)
+    if budget is not None:
+        mixed_recipe(loaded, config, [], budget=budget, high_bits=high_bits)  # a budget below the recipe's: now
     window = min(seq_len or spec.calibration.seq_len, tokens)
     scan_text = load_calibration(
         source, tokenizer, n_samples=math.ceil(tokens / window), seq_len=window, seed=spec.calibration.seed
     )
-    units = scan_units(loaded, granularity)
-    if budget is not None:
-        mixed_recipe(loaded, config, [], budget=budget, high_bits=high_bits)  # a budget below the recipe's: now
     key_fields = _key_fields(spec, loaded, config, needs_calibration(config), scan_text, granularity)
     logger.info(
         "sensitivity: %s, %s, %d units, %d tokens of %s",
