@@ -364,13 +364,13 @@ def _command_judge(args) -> int:
 
 
 def _command_recipes(args) -> int:
-    from quantsweep.methods.catalog import get_method
-    from quantsweep.recipes import get_recipe, list_grids, list_recipes
+    from quantsweep.recipes import get_recipe, list_grids, list_recipes, needs_calibration
 
-    for name in list_recipes():
-        recipe = get_recipe(name)
-        calibrated = " (calibrated)" if get_method(recipe.method).needs_calibration else ""
-        print(f"{name:<20} {recipe.method:<12} {recipe.description}{calibrated}")
+    recipes = [get_recipe(name) for name in list_recipes()]
+    width = max([12] + [len(recipe.method) for recipe in recipes])  # composed methods read rotate+gptq+a4+kv4
+    for name, recipe in zip(list_recipes(), recipes):
+        calibrated = " (calibrated)" if needs_calibration(recipe) else ""
+        print(f"{name:<20} {recipe.method:<{width}} {recipe.description}{calibrated}")
     grids = list_grids()
     if grids:
         print("\ngrids: " + ", ".join(grids))

@@ -2,9 +2,12 @@
 
 A *method* is an algorithm (``rtn``, ``gptq``, ...) registered with
 :func:`quantsweep.methods.registry.register_method` together with its config
-dataclass. A *recipe* is one YAML file in ``recipes/`` whose keys are exactly that
-dataclass's fields, validated by :func:`quantsweep._schema.build`. A *grid* is a YAML
-file with a single ``grid:`` key listing recipe names.
+dataclass. A *recipe* is one YAML file in ``recipes/``: either one method (``method:``,
+whose keys are exactly that dataclass's fields, validated by
+:func:`quantsweep._schema.build`), or a list of ``stages:`` (transforms, a weight
+method, activation and KV-cache quantization) with optional per-module ``overrides:``
+(:mod:`quantsweep.methods.compose`). A *grid* is a YAML file with a single ``grid:``
+key listing recipe names.
 
 Adding a method takes one new Python file and one YAML file::
 
@@ -39,7 +42,9 @@ import yaml
 from quantsweep._paths import shipped_dir
 from quantsweep._schema import build, did_you_mean
 from quantsweep.methods.catalog import get_method, list_methods
+from quantsweep.methods.compose import ComposedRecipe, apply_composed, check_composed, composed_from_dict
 from quantsweep.methods.registry import RecipeConfig, RecipeError
+from quantsweep.methods.targets import check_group_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +54,23 @@ RECIPES_DIR = shipped_dir("recipes")
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> RecipeConfig:
     """Build the config a recipe mapping describes, rejecting unknown keys by name.
 
+    A mapping with ``method:`` is one method's config; with ``stages:`` (or ``method:``
+    plus ``overrides:``) it is a :class:`~quantsweep.methods.compose.ComposedRecipe`.
+
     Example:
         >>> recipe_from_dict({"name": "w4", "method": "rtn", "bits": 4}).bits
         4
+        >>> recipe_from_dict({"name": "w4a4", "stages": [{"weight": "rtn"}, {"activations": {"bits": 4}}]}).method
+        'rtn+a4'
     """
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    if "stages" in data or "overrides" in data:
+        return composed_from_dict(data, source)
     if "method" not in data:
-        raise RecipeError(f"{source}: missing required key 'method' (one of: {', '.join(list_methods())})")
+        raise RecipeError(
+            f"{source}: missing required key 'method' (one of: {', '.join(list_methods())}) or 'stages' (a composed recipe)"
+        )
     spec = get_method(str(data["method"]))
     return build(spec.config, data, source, error=RecipeError)
 
@@ -220,6 +234,9 @@ def apply_recipe(model, recipe: str | RecipeConfig, calibration=None):
     from quantsweep.methods.result import QuantizationResult
 
     config = get_recipe(recipe)
+    if isinstance(config, ComposedRecipe):
+        logger.info("quantizing with composed recipe %s (%s)", config.name, config.method)
+        return apply_composed(model, config, calibration=calibration)
     spec = get_method(config.method)
     if not isinstance(config, spec.config):
         raise TypeError(
@@ -230,6 +247,40 @@ def apply_recipe(model, recipe: str | RecipeConfig, calibration=None):
     if isinstance(result, QuantizationResult):
         return result
     return QuantizationResult(method=spec.name)
+
+
+def needs_calibration(recipe: str | RecipeConfig) -> bool:
+    """Whether applying ``recipe`` draws calibration windows (its method, or a composed recipe's stages).
+
+    Example:
+        >>> needs_calibration("w4-gptq"), needs_calibration("w4-rtn")
+        (True, False)
+    """
+    config = get_recipe(recipe)
+    if isinstance(config, ComposedRecipe):
+        return config.needs_calibration()
+    return get_method(config.method).needs_calibration
+
+
+def check_recipe(model, recipe: str | RecipeConfig) -> None:
+    """Check ``recipe`` against ``model``'s structure before any work (a meta-device model will do).
+
+    Group sizes against every target layer; for a composed recipe also the overrides
+    (each must match a module the method quantizes) and whether the model can be rotated.
+
+    Raises:
+        ValueError: naming the layer or override and why.
+
+    Example:
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> check_recipe(model, "w4-rtn")
+    """
+    config = get_recipe(recipe)
+    if isinstance(config, ComposedRecipe):
+        check_composed(model, config)
+    else:
+        check_group_sizes(model, config)
 
 
 def quantize(model, recipe: str | RecipeConfig, calibration=None):

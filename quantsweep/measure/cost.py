@@ -8,6 +8,11 @@ model's floating-point width. bitsandbytes modules count what bitsandbytes keeps
 int8 codes plus one fp32 scale per row (LLM.int8()), or 4-bit codes plus one fp32
 absmax per block (8 bits plus a fp32 per 256 blocks with double quantization).
 
+Per-module overrides are counted module by module (a skipped module is floating
+point), and ``extra_parameters`` that a stage adds (a learned rotation matrix; an
+online Hadamard transform has none) add their fp bits to the total, over the same
+weight count.
+
 ``stored_bytes`` is what the weights take as stored, measured: the export's files on
 disk when ``export_dir`` is given; the bitsandbytes modules' tensors in memory for
 bitsandbytes recipes; else the model's tensors in memory. For a fake-quant recipe
@@ -28,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -85,8 +91,26 @@ def _bnb_extra_bytes(module: nn.Module) -> int:
     return total
 
 
+def _module_config(recipe_config, name: str):
+    """The weight config that applies to module ``name``: a composed recipe's weight stage, after its overrides.
+
+    None when the module is skipped or the recipe has no weight method.
+    """
+    from quantsweep.methods.overrides import find_override
+
+    config = getattr(recipe_config, "weight_config", recipe_config)
+    if config is None:
+        return None
+    override = find_override(getattr(recipe_config, "overrides", ()), name)
+    if override is None:
+        return config
+    return None if override.skip else dataclasses.replace(config, **dict(override.settings))
+
+
 def _recipe_weight_bits(config, weights: int, in_features: int) -> float | None:
     """Theory from the recipe alone (methods that return no packed form): codes + scales + zeros."""
+    if config is None:
+        return None
     bits = getattr(config, "bits", None) or getattr(config, "weight_bits", None)
     if not bits:
         return None
@@ -163,7 +187,9 @@ def cost_fields(model: nn.Module, recipe_config, result, *, export_dir: str | Pa
             own = [(n, t) for n, t in own if n != "weight"]
             basis = "packed"
         elif result.kernel == "fake-quant" and not packed and name in decoder:
-            estimate = _recipe_weight_bits(recipe_config, module.weight.numel(), module.in_features)
+            estimate = _recipe_weight_bits(
+                _module_config(recipe_config, name), module.weight.numel(), module.in_features
+            )
             if estimate is not None:
                 count = module.weight.numel()
                 weights, quantized, bits = weights + count, quantized + count, bits + estimate
@@ -173,6 +199,10 @@ def cost_fields(model: nn.Module, recipe_config, result, *, export_dir: str | Pa
             if tensor.is_floating_point():
                 weights += tensor.numel()
                 bits += tensor.numel() * fp_bits
+    # Parameters a stage added outside the model's own tensors (a learned rotation matrix)
+    # are stored at the fp width; they add bits, not weights: bits per weight of the model's weights.
+    extra = int(getattr(result, "extra_parameters", 0) or 0)
+    bits += extra * fp_bits
     if export_dir is not None:
         stored, kind = disk_bytes(export_dir), "export_on_disk"
     elif result.kernel == "bitsandbytes":
@@ -192,6 +222,7 @@ def cost_fields(model: nn.Module, recipe_config, result, *, export_dir: str | Pa
         "fp_bits": fp_bits,
         "weights": int(weights),
         "quantized_weights": int(quantized),
+        "extra_parameters": extra,
         "measured_as": MEASURED_AS[result.kernel],
     }
 

@@ -28,13 +28,15 @@ ACTIVATION_BITS = (2, 3, 4, 5, 6, 7, 8)
 _MARK = "_quantsweep_act_bits"
 
 
-def attach_activation_quant(linear: nn.Module, bits: int, symmetric: bool = True):
+def attach_activation_quant(linear: nn.Module, bits: int, symmetric: bool = True, clip_ratio: float = 1.0):
     """Fake-quantize ``linear``'s input per token to ``bits`` on every forward call.
 
     Args:
         linear: the module whose first positional input is quantized (usually ``nn.Linear``).
         bits: activation bit width, 2..8.
         symmetric: symmetric integers around zero (default), or asymmetric with a zero point.
+        clip_ratio: each token's range is shrunk by this factor in (0, 1] before its scale
+            is set (1.0: min-max, as before clipping existed).
 
     Returns:
         The hook handle (also remembered on the module for ``WeightSnapshot.restore``).
@@ -50,6 +52,8 @@ def attach_activation_quant(linear: nn.Module, bits: int, symmetric: bool = True
     """
     if not isinstance(bits, int) or isinstance(bits, bool) or bits not in ACTIVATION_BITS:
         raise ValueError(f"activation bits must be one of {list(ACTIVATION_BITS)}, got {bits!r}")
+    if isinstance(clip_ratio, bool) or not isinstance(clip_ratio, (int, float)) or not 0.0 < clip_ratio <= 1.0:
+        raise ValueError(f"activation clip_ratio must be in (0, 1], got {clip_ratio!r}")
     if activation_bits(linear) is not None:
         raise ValueError(
             f"{type(linear).__name__} already quantizes its input to {activation_bits(linear)} bits; "
@@ -59,7 +63,7 @@ def attach_activation_quant(linear: nn.Module, bits: int, symmetric: bool = True
     def quantize_input(module, args):
         if not args:
             return None
-        return (fake_quantize_activation(args[0], bits, symmetric),) + tuple(args[1:])
+        return (fake_quantize_activation(args[0], bits, symmetric, clip_ratio),) + tuple(args[1:])
 
     handle = linear.register_forward_pre_hook(quantize_input)
     attach_hook(linear, handle)

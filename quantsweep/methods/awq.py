@@ -343,7 +343,7 @@ def quantize_layer_awq(ctx, pairs: list[ResolvedScaling], config: AWQConfig) -> 
     return {"alphas": alphas, "error_vs_rtn": gains, "clipped": clipped}
 
 
-@register_method("awq", config=AWQConfig, needs_calibration=True)
+@register_method("awq", config=AWQConfig, needs_calibration=True, smooths=True)
 def apply_awq(model, config: AWQConfig, calibration=None):
     """Quantize ``model``'s decoder Linears with AWQ, one layer at a time.
 

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 
 from quantsweep.methods.engine.hessian import run_hessian_method
 from quantsweep.methods.engine.obs import gptq_quantize_packed
+from quantsweep.methods.overrides import module_configs
 from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult, layer_report
-from quantsweep.methods.targets import quantize_extra_targets
+from quantsweep.methods.targets import check_group_sizes, quantize_extra_targets
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,13 @@ class GPTQConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: block_size and calibration_batch_size must be positive")
 
 
-@register_method("gptq", config=GPTQConfig, needs_calibration=True)
-def apply_gptq(model, config: GPTQConfig, calibration=None):
+@register_method("gptq", config=GPTQConfig, needs_calibration=True, per_module=("bits", "group_size", "symmetric"))
+def apply_gptq(model, config: GPTQConfig, calibration=None, overrides=()):
     """Quantize ``model`` in place with GPTQ, one decoder layer at a time.
+
+    ``overrides`` (:mod:`quantsweep.methods.overrides`) give some modules their own
+    ``bits``, ``group_size`` or ``symmetric``, or keep them in full precision (a skipped
+    Linear is left as it is; the layers after it calibrate on its full-precision output).
 
     Raises:
         ValueError: no calibration data, or a group size that does not divide a layer.
@@ -117,13 +122,18 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
         ('gptq', 7, 1)
     """
 
+    plan = module_configs(config, overrides, check_group_sizes(model, config, overrides))
+
     def quantize_linear(name, weight, accumulator, cache):
+        own = plan.get(name, config)
+        if own is None:  # skip: keep full precision
+            return weight, {"skipped": True}
         return gptq_quantize_packed(
             weight,
             accumulator.hessian,
-            bits=config.bits,
-            group_size=config.group_size,
-            symmetric=config.symmetric,
+            bits=own.bits,
+            group_size=own.group_size,
+            symmetric=own.symmetric,
             act_order=config.act_order,
             dampening_frac=config.dampening_frac,
             block_size=config.block_size,
@@ -132,6 +142,8 @@ def apply_gptq(model, config: GPTQConfig, calibration=None):
         )
 
     packed: dict = {}
-    reports = run_hessian_method(model, config, calibration, "gptq", quantize_linear, packed=packed)
-    quantize_extra_targets(model, config, config.bits, packed=packed)
+    reports = run_hessian_method(
+        model, config, calibration, "gptq", quantize_linear, packed=packed, overrides=overrides
+    )
+    quantize_extra_targets(model, config, config.bits, packed=packed, overrides=overrides)
     return QuantizationResult(method="gptq", report=layer_report(reports), packed=packed)

@@ -101,6 +101,13 @@ class RecipeConfig:
 class MethodSpec:
     """A registered method: its name, config class and apply function.
 
+    Attributes:
+        per_module: config fields the method can set per module (per-module overrides,
+            :mod:`quantsweep.methods.overrides`); its apply function then takes
+            ``overrides=``. Empty: the method cannot honour overrides.
+        smooths: the method rescales channels itself (SmoothQuant, AWQ), so a recipe
+            refuses to combine it with a ``smooth`` or ``rotate`` transform.
+
     Example:
         >>> spec = MethodSpec(name="doc-identity", config=RecipeConfig, apply=lambda model, config, calibration=None: model,
         ...                   needs_calibration=False)
@@ -112,13 +119,26 @@ class MethodSpec:
     config: type[RecipeConfig]
     apply: Callable[..., Any]
     needs_calibration: bool
+    per_module: tuple[str, ...] = ()
+    smooths: bool = False
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, config: type[RecipeConfig], needs_calibration: bool = False):
+def register_method(
+    name: str,
+    *,
+    config: type[RecipeConfig],
+    needs_calibration: bool = False,
+    per_module: tuple[str, ...] = (),
+    smooths: bool = False,
+):
     """Decorator that registers ``fn(model, config, calibration=None) -> model`` as a method.
+
+    ``per_module`` names the config fields the method can vary per module; such a method's
+    function also takes ``overrides=`` (a tuple of :class:`~quantsweep.methods.overrides.Override`).
+    ``smooths`` marks a method that rescales channels itself (see :class:`MethodSpec`).
 
     Raises:
         ValueError: a method of that name is already registered.
@@ -137,11 +157,22 @@ def register_method(name: str, *, config: type[RecipeConfig], needs_calibration:
     """
     if not (isinstance(config, type) and issubclass(config, RecipeConfig)):
         raise TypeError(f"config for method {name!r} must be a RecipeConfig subclass, got {config!r}")
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = [f for f in per_module if f not in fields]
+    if unknown:
+        raise TypeError(f"per_module fields of method {name!r} must be fields of {config.__name__}, got {unknown}")
 
     def decorator(fn):
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].apply.__module__})")
-        _METHODS[name] = MethodSpec(name=name, config=config, apply=fn, needs_calibration=needs_calibration)
+        _METHODS[name] = MethodSpec(
+            name=name,
+            config=config,
+            apply=fn,
+            needs_calibration=needs_calibration,
+            per_module=tuple(per_module),
+            smooths=smooths,
+        )
         return fn
 
     return decorator

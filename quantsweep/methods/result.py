@@ -32,6 +32,8 @@ class QuantizationResult:
             zero points, group index) for methods that have one; empty otherwise.
         kernel: how evaluation runs the weights: ``fake-quant`` (dequantized floats in
             an fp model), ``bitsandbytes`` (real low-bit modules) or ``none`` (fp).
+        extra_parameters: parameters a stage added to the model that the format must store
+            (a learned rotation matrix: n x n; an online Hadamard transform: none).
 
     Example:
         >>> QuantizationResult(method="none", kernel="none").packed
@@ -42,6 +44,7 @@ class QuantizationResult:
     report: dict[str, Any] | None = None
     packed: dict[str, Any] = field(default_factory=dict)
     kernel: str = "fake-quant"
+    extra_parameters: int = 0
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from quantsweep.methods.overrides import module_configs
 from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult
 from quantsweep.methods.targets import check_group_sizes
@@ -56,13 +57,15 @@ class RTNConfig(RecipeConfig):
             raise RecipeError(f"recipe {self.name!r}: group_size must be positive or null, got {self.group_size}")
 
 
-@register_method("rtn", config=RTNConfig)
-def apply_rtn(model, config: RTNConfig, calibration=None):
+@register_method("rtn", config=RTNConfig, per_module=("bits", "group_size", "symmetric"))
+def apply_rtn(model, config: RTNConfig, calibration=None, overrides=()):
     """Quantize every target weight of ``model`` in place with RTN.
 
     Group sizes are checked for every layer before any weight changes, so a bad
     group size leaves the model intact. The result's ``packed`` holds each
     weight's codes, scales and zero points (:func:`~quantsweep.quant.packed.rtn_pack`).
+    ``overrides`` (:mod:`quantsweep.methods.overrides`) give some modules their own
+    ``bits``, ``group_size`` or ``symmetric``, or keep them in full precision.
 
     Example:
         >>> import quantsweep
@@ -72,11 +75,20 @@ def apply_rtn(model, config: RTNConfig, calibration=None):
         >>> torch.equal(packed.dequantize(torch.float32), model.model.layers[0].mlp.down_proj.weight)
         True
     """
-    targets = check_group_sizes(model, config)
+    targets = check_group_sizes(model, config, overrides)
+    plan = module_configs(config, overrides, targets)
     packed = {}
     with torch.no_grad():
         for name, module in tqdm(targets.items(), desc=f"quantize {config.name}", unit="layer", leave=False):
-            packed[name] = rtn_pack(module.weight.data, config.bits, config.group_size, config.symmetric, name)
+            own = plan[name]
+            if own is None:  # skip: keep full precision
+                continue
+            packed[name] = rtn_pack(module.weight.data, own.bits, own.group_size, own.symmetric, name)
             module.weight.data.copy_(packed[name].dequantize(module.weight.dtype))
-    logger.info("rtn: quantized %d weights to %d bits", len(targets), config.bits)
+    logger.info(
+        "rtn: quantized %d weights to %d bits (%d overridden)",
+        len(packed),
+        config.bits,
+        sum(own is not config for own in plan.values()),
+    )
     return QuantizationResult(method="rtn", packed=packed)

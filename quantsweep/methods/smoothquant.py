@@ -156,6 +156,60 @@ def smooth_pairs(
     return factors
 
 
+def smooth_model(model, calibration, recipe, *, alpha: float = 0.5, device: str = "auto", batch_size: int = 1) -> list:
+    """The ``smooth`` transform of a composed recipe: fold SmoothQuant factors, quantize nothing.
+
+    Channel maxima are measured layer by layer on the full-precision stream (nothing is
+    quantized yet); each norm -> Linears pair gets ``s = max|X|^alpha / max|W|^(1-alpha)``
+    (:func:`smoothing_factors`). The model computes the same function; a weight method
+    and an activation stage come after it.
+
+    Args:
+        model: a Llama-style causal LM.
+        calibration: token ids ``[N, L]`` or :class:`~quantsweep.calibration.CalibrationData`.
+        recipe: the recipe (its name goes into messages).
+        alpha: migration strength in [0, 1].
+        device: where each decoder layer is processed (``auto``: see :func:`compute_device`).
+        batch_size: calibration samples per forward pass.
+
+    Returns:
+        One :class:`~quantsweep.methods.engine.sequential.LayerReport` per decoder layer.
+
+    Example:
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy")
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> before = model(ids).logits
+        >>> reports = smooth_model(model, torch.randint(0, 123, (2, 16)), quantsweep.get_recipe("w4-rtn"))
+        >>> torch.allclose(model(ids).logits, before, atol=1e-4), reports[0].info["smoothed_pairs"]
+        (True, 2)
+    """
+    calibration = require_calibration(calibration, recipe)
+    pairs_by_layer = mappings_for(model, "smoothquant")
+
+    def smooth_layer(ctx) -> dict:
+        pairs = pairs_by_layer[ctx.index]
+        observed = {str(i): pair.targets[0] for i, pair in enumerate(pairs)}
+        absmax: dict[str, torch.Tensor] = {}
+
+        def observe(key, x, _x_fp):
+            current = x.float().abs().amax(dim=0)
+            absmax[key] = current if key not in absmax else torch.maximum(absmax[key], current)
+
+        ctx.capture_inputs(observed, observe)
+        factors = smooth_pairs(pairs, [absmax[str(i)] for i in range(len(pairs))], alpha)
+        return {"smoothed_pairs": len(pairs), "max_factor": max(float(s.max()) for s in factors) if factors else None}
+
+    return run_sequential(
+        model,
+        calibration,
+        compute_device(device, model),
+        smooth_layer,
+        batch_size=batch_size,
+        desc=f"smooth {recipe.name}",
+    )
+
+
 def _quantize_linear(linear: nn.Linear, config: SmoothQuantConfig, name: str) -> None:
     linear.weight.data.copy_(
         fake_quantize(linear.weight.data, config.weight_bits, config.group_size, config.symmetric, name)
@@ -163,7 +217,7 @@ def _quantize_linear(linear: nn.Linear, config: SmoothQuantConfig, name: str) ->
     attach_activation_quant(linear, config.activation_bits, config.activation_symmetric)
 
 
-@register_method("smoothquant", config=SmoothQuantConfig, needs_calibration=True)
+@register_method("smoothquant", config=SmoothQuantConfig, needs_calibration=True, smooths=True)
 def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
     """Smooth, then quantize weights and (per token, dynamically) activations, layer by layer.
 

@@ -14,6 +14,7 @@ import logging
 import torch
 from torch import nn
 
+from quantsweep.methods.overrides import find_override, module_configs
 from quantsweep.models.layout import decoder_linears, input_embeddings, lm_head
 from quantsweep.quant import check_group_size
 from quantsweep.quant.packed import rtn_pack
@@ -47,13 +48,17 @@ def weight_targets(model: nn.Module, config) -> dict[str, nn.Module]:
     return targets
 
 
-def check_group_sizes(model: nn.Module, config) -> dict[str, nn.Module]:
+def check_group_sizes(model: nn.Module, config, overrides=()) -> dict[str, nn.Module]:
     """Check the recipe's ``group_size`` against every target before any weight changes; return the targets.
 
     Recipes without a ``group_size`` field (or with ``None``, per channel) always pass.
+    With ``overrides`` (:class:`~quantsweep.methods.overrides.Override`), each module is
+    checked at its own group size, skipped modules not at all, and an override that
+    matches no target is an error.
 
     Raises:
-        ValueError: naming the first layer whose ``in_features`` the group size does not divide.
+        ValueError: naming the first layer whose ``in_features`` the group size does not divide,
+            or an override that matches no target.
 
     Example:
         >>> import quantsweep
@@ -61,10 +66,10 @@ def check_group_sizes(model: nn.Module, config) -> dict[str, nn.Module]:
         >>> len(check_group_sizes(model, quantsweep.get_recipe("w4-rtn")))
         28
     """
-    group_size = getattr(config, "group_size", None)
     targets = weight_targets(model, config)
-    for name, module in targets.items():
-        check_group_size(module.weight.shape[1], group_size, name)
+    for name, module_config in module_configs(config, overrides, targets).items():
+        if module_config is not None:
+            check_group_size(targets[name].weight.shape[1], getattr(module_config, "group_size", None), name)
     return targets
 
 
@@ -83,10 +88,11 @@ def extra_targets(model: nn.Module, config) -> dict[str, nn.Module]:
     return {name: module for name, module in weight_targets(model, config).items() if id(module) not in decoder}
 
 
-def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | None = None) -> int:
+def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | None = None, overrides=()) -> int:
     """RTN (``config.group_size``, ``config.symmetric``; binary at 1 bit) for :func:`extra_targets`; return how many.
 
     ``packed``, if given, receives each target's :class:`~quantsweep.quant.packed.QuantizedWeight`.
+    ``overrides`` change a target's ``bits``, ``group_size`` or ``symmetric``, or skip it.
 
     Example:
         >>> import quantsweep
@@ -95,13 +101,20 @@ def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | N
         0
     """
     extra = extra_targets(model, config)
+    count = 0
     with torch.no_grad():
         for name, module in extra.items():
+            own = find_override(overrides, name)
+            if own is not None and own.skip:
+                continue
+            settings = {"bits": bits, "group_size": config.group_size, "symmetric": getattr(config, "symmetric", True)}
+            settings.update(dict(own.settings) if own is not None else {})
             representation = rtn_pack(
-                module.weight.data, bits, config.group_size, getattr(config, "symmetric", True), name
+                module.weight.data, settings["bits"], settings["group_size"], settings["symmetric"], name
             )
             module.weight.data.copy_(representation.dequantize(module.weight.dtype))
             if packed is not None:
                 packed[name] = representation
             logger.info("%s: %s quantized with RTN (no calibration data for it)", config.name, name)
-    return len(extra)
+            count += 1
+    return count

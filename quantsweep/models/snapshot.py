@@ -107,6 +107,15 @@ class WeightSnapshot:
             }
         # References only (no copies): which module object sat at each path, to undo swaps.
         self._modules = dict(model.named_modules())
+        # Which Parameter object each module holds, to undo an untie (rotation gives a tied
+        # lm_head its own weight) or any other replaced Parameter.
+        self._parameter_objects = [
+            (module, key, parameter)
+            for module in self._modules.values()
+            for key, parameter in module._parameters.items()
+            if parameter is not None
+        ]
+        self._tie_word_embeddings = getattr(getattr(model, "config", None), "tie_word_embeddings", None)
 
     def _undo_swaps(self, model: nn.Module) -> int:
         current = dict(model.named_modules())
@@ -119,8 +128,17 @@ class WeightSnapshot:
             setattr(parent, child, self._modules[name])
         return len(swapped)
 
+    def _retie(self, model: nn.Module) -> None:
+        for module, key, parameter in self._parameter_objects:
+            if module._parameters.get(key) is not parameter:
+                module._parameters[key] = parameter
+        config = getattr(model, "config", None)
+        if self._tie_word_embeddings is not None and config is not None:
+            config.tie_word_embeddings = self._tie_word_embeddings
+
     def restore(self, model: nn.Module) -> None:
-        """Put swapped modules back, copy the saved values back in place and remove quantsweep hooks.
+        """Put swapped modules and replaced (e.g. untied) parameters back, copy the saved values
+        back in place and remove quantsweep hooks.
 
         Example:
             >>> model = nn.Linear(2, 2)
@@ -132,6 +150,7 @@ class WeightSnapshot:
         """
         remove_hooks(model)
         self._undo_swaps(model)
+        self._retie(model)
         current = dict(model.named_parameters())
         current.update(dict(model.named_buffers()))
         missing = set(self._tensors) ^ set(current)

@@ -89,6 +89,7 @@ def compute_qparams(
     layer_name: str = "<tensor>",
     *,
     storable_scales: bool = True,
+    clip_ratio: float = 1.0,
 ) -> QuantParams:
     """Min-max scale and zero point for each group of a 2-D weight.
 
@@ -96,6 +97,9 @@ def compute_qparams(
     store them in (GPTQ's ``scales``): the weights a recipe evaluates are then exactly the
     weights its exported checkpoint decodes to. The rounding moves a scale by at most a
     relative 2^-11. Activation scales (computed on the fly, never stored) are not rounded.
+
+    ``clip_ratio`` scales each group's range (max |w|, or min and max) before the scale
+    is set; 1.0 (the default) leaves it as is.
 
     Example:
         >>> p = compute_qparams(torch.tensor([[-1.0, 0.5, 2.0, 1.0]]), bits=4)
@@ -106,12 +110,16 @@ def compute_qparams(
     groups = _grouped(weight, group_size, layer_name).float()
     if symmetric:
         absmax = groups.abs().amax(dim=-1, keepdim=True)
+        if clip_ratio != 1.0:
+            absmax = absmax * clip_ratio
         scale = (absmax / (2 ** (bits - 1) - 1)).clamp_min(_EPS)
         scale = _storable(scale) if storable_scales else scale
         zero = torch.zeros_like(scale)
     else:
         wmin = groups.amin(dim=-1, keepdim=True).clamp_max(0)
         wmax = groups.amax(dim=-1, keepdim=True).clamp_min(0)
+        if clip_ratio != 1.0:
+            wmin, wmax = wmin * clip_ratio, wmax * clip_ratio
         scale = ((wmax - wmin) / (2**bits - 1)).clamp_min(_EPS)
         scale = _storable(scale) if storable_scales else scale
         zero = torch.round(-wmin / scale)
@@ -196,21 +204,31 @@ def quantize_weight(
     return fake_quantize(weight, bits, group_size, symmetric, layer_name)
 
 
-def fake_quantize_activation(x: torch.Tensor, bits: int, symmetric: bool = True) -> torch.Tensor:
+def fake_quantize_activation(
+    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
+) -> torch.Tensor:
     """Dynamic per-token fake quantization of activations along the last dimension.
 
     Each token (row of the last dim) gets its own scale, computed on the fly. No
     clamping of the scale is applied beyond a tiny epsilon, so an overflow in a
     low-precision dtype propagates as Inf/NaN rather than being hidden.
 
+    ``clip_ratio`` in (0, 1] shrinks each token's range (its max |x|, or its min and
+    max when asymmetric) before the scale is set, as QuaRot does for W4A4 (0.9);
+    values outside the shrunk range saturate. 1.0 is plain min-max.
+
     Example:
         >>> x = torch.randn(2, 3, 16)
         >>> fake_quantize_activation(x, bits=8).shape
         torch.Size([2, 3, 16])
+        >>> float(fake_quantize_activation(torch.tensor([[1.0, -0.5, 0.25]]), bits=4, clip_ratio=0.5).max())
+        0.5
     """
     _check_bits(bits)
+    if not 0.0 < clip_ratio <= 1.0:
+        raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio!r}")
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
-    params = compute_qparams(flat, bits, None, symmetric, storable_scales=False)
+    params = compute_qparams(flat, bits, None, symmetric, storable_scales=False, clip_ratio=clip_ratio)
     codes = quantize_to_int(flat, params, None)
     return dequantize(codes, params, flat.shape).reshape(shape).to(x.dtype)

@@ -142,11 +142,16 @@ def bits_per_weight(record: dict[str, Any]) -> float | None:
         4.25
         >>> bits_per_weight({"recipe_config": {"method": "none"}, "dtype": "bfloat16"})
         16.0
+        >>> bits_per_weight({"recipe_config": {"stages": [{"transform": "rotate"}, {"weight": "gptq", "bits": 4,
+        ...                  "group_size": None}, {"activations": {"bits": 4}}]}})
+        4.0
     """
     recorded = record.get("theoretical_bits_per_weight")
     if isinstance(recorded, (int, float)) and math.isfinite(recorded):
         return float(recorded)
     config = record.get("recipe_config") or {}
+    if "stages" in config:  # a composed recipe: its weight stage's settings
+        config = next((stage for stage in config["stages"] if "weight" in stage), {"method": "none"})
     bits = config.get("bits", config.get("weight_bits"))
     if isinstance(bits, (int, float)) and not isinstance(bits, bool):
         group = config.get("group_size")

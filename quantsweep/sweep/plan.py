@@ -4,7 +4,8 @@ A **cell** is one (model, recipe) evaluated on one task. Its key hashes everythi
 that changes its result (STYLE.md: a cell is a pure function of its key):
 
 * the model's fingerprint (config and weight files) and the resolved dtype and device type;
-* the resolved recipe config (its description aside);
+* the resolved recipe config (its description aside; every stage of a composed recipe,
+  with its settings and overrides, and the contents of a rotation matrix file it reads);
 * the task's configuration (YAML and helpers, or the local override), ``limit``,
   ``num_fewshot`` and ``seed``;
 * the calibration source, size and seed (for recipes that calibrate; a local file's
@@ -239,6 +240,16 @@ def _calibration_fields(model: ModelSpec) -> dict[str, Any]:
     return fields
 
 
+def _recipe_files(recipe) -> dict[str, str]:
+    """Files a recipe reads (a rotation ``matrix``), by path, with their contents' sha256."""
+    stage = recipe.stage("rotate") if hasattr(recipe, "stage") else None
+    if stage is None or stage.matrix is None:
+        return {}
+    if not Path(stage.matrix).is_file():
+        raise ValueError(f"recipe {recipe.name!r}: rotation matrix file {stage.matrix!r} does not exist")
+    return {stage.matrix: file_digest(stage.matrix)}
+
+
 def device_kind(model: ModelSpec) -> str:
     """The device type a model's cells run on here (``cpu``, ``cuda`` or ``npu``).
 
@@ -305,8 +316,8 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
         2
     """
     from quantsweep.calibration import require_calibration_source
-    from quantsweep.methods.catalog import get_method
     from quantsweep.models.loading import check_checkpoint
+    from quantsweep.recipes import needs_calibration
 
     tasks = resolve_tasks(spec)
     recipes = resolve_recipes(spec)
@@ -315,7 +326,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
     cells: list[CellPlan] = []
     seen_models: dict[tuple, str] = {}
     for model in spec.models:
-        needing = [r.name for r in recipes if get_method(r.method).needs_calibration]
+        needing = [r.name for r in recipes if needs_calibration(r)]
         check_checkpoint(model.path, model.trust_remote_code)
         if needing:
             require_calibration_source(needing, model.calibration.source, where=f"model {model.name!r}: ")
@@ -349,8 +360,12 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
 
             def fields_for(recipe) -> dict[str, Any]:
                 config = {k: v for k, v in recipe.to_dict().items() if k != "description"}
-                calibrated = get_method(recipe.method).needs_calibration
-                return {**shared, **task_fields, "recipe": config, "calibration": calibration if calibrated else None}
+                calibrated = needs_calibration(recipe)
+                fields = {**shared, **task_fields, "recipe": config, "calibration": calibration if calibrated else None}
+                files = _recipe_files(recipe)
+                if files:  # a learned rotation read from a file: its contents change results
+                    fields["recipe_files_sha256"] = files
+                return fields
 
             baseline_key = text_fingerprint(fields_for(baseline)) + fingerprint[:8]
             for recipe in recipes:
@@ -365,7 +380,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
                         is_baseline=recipe is baseline,
                         baseline_key=baseline_key,
                         key_fields=key_fields,
-                        needs_calibration=get_method(recipe.method).needs_calibration,
+                        needs_calibration=needs_calibration(recipe),
                     )
                 )
     return SweepPlan(spec=spec, tasks=tasks, cells=cells)
@@ -398,15 +413,16 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
     """Check every recipe against the model's layer shapes (built on the meta device: no weights read).
 
     Raises:
-        ValueError: a recipe's group size does not divide a target layer's in_features,
-            naming the recipe, the layer and both sizes.
+        ValueError: a recipe's group size does not divide a target layer's in_features
+            (naming the recipe, the layer and both sizes), an override matches no module
+            the recipe quantizes, or a rotation cannot be applied to this architecture.
 
     Example:
         >>> from quantsweep.recipes import expand_recipes
         >>> check_shapes(ModelSpec(path="toy"), expand_recipes(["w4-rtn"]))
     """
-    from quantsweep.methods.targets import check_group_sizes
     from quantsweep.models.loading import meta_model
+    from quantsweep.recipes import check_recipe
 
     try:
         structure = meta_model(model.path, model.trust_remote_code)
@@ -417,7 +433,7 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
         return
     for recipe in recipes:
         try:
-            check_group_sizes(structure, recipe)
+            check_recipe(structure, recipe)
         except ValueError as error:
             raise ValueError(f"recipe {recipe.name!r}: {error}") from None
 

@@ -30,10 +30,9 @@ def needs_calibration(recipe) -> bool:
         >>> needs_calibration("w4-gptq"), needs_calibration("w4-rtn")
         (True, False)
     """
-    from quantsweep.methods.catalog import get_method
-    from quantsweep.recipes import get_recipe
+    from quantsweep.recipes import needs_calibration as recipe_needs_calibration
 
-    return get_method(get_recipe(recipe).method).needs_calibration
+    return recipe_needs_calibration(recipe)
 
 
 class PreparedModel:

@@ -56,12 +56,20 @@ def base_record(cell, ran_on: dict[str, Any]) -> dict[str, Any]:
         "model_fingerprint": cell.key_fields["model"],
         "recipe": cell.recipe.name,
         "recipe_config": cell.recipe.to_dict(),
+        **_precision(cell.recipe),
         "task": cell.task,
         "is_baseline": cell.is_baseline,
         "baseline_key": cell.baseline_key,
         "key_fields": cell.key_fields,
         "ran_on": dict(ran_on),
     }
+
+
+def _precision(recipe) -> dict[str, Any]:
+    """``weight_bits``, ``activation_bits``, ``kv_cache_bits`` of a recipe (None: full precision)."""
+    from quantsweep.methods.compose import recipe_precision
+
+    return recipe_precision(recipe)
 
 
 def failed_record(base: dict[str, Any], stage: str, error: BaseException, **extra) -> dict[str, Any]:

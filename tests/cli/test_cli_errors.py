@@ -93,6 +93,9 @@ def test_recipes_command_lists_registered(capsys):
     assert code == 0
     for name in ("fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"):
         assert name in out
+    assert "rotate+gptq+a4+kv4" in out  # a composed recipe, labelled by its stages
+    grids = out.strip().splitlines()[-1]
+    assert grids.startswith("grids:") and "rescue-grid" in grids and "paper-grid" in grids
 
 
 def test_calibrated_recipe_without_calibration_data_on_a_real_model(capsys, tmp_path):

@@ -136,3 +136,27 @@ def test_quantize_weight_is_binary_at_one_bit_and_integer_above():
     reference_binary = (torch.where(groups >= 0, 1.0, -1.0) * groups.abs().mean(-1, keepdim=True)).reshape(8, 128)
     assert torch.equal(quantize_weight(w, 1, 64), reference_binary)
     assert torch.equal(quantize_weight(w, 3, 64, False, "l"), fake_quantize(w, 3, 64, False, "l"))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_activation_clip_ratio_one_is_plain_min_max_and_a_smaller_ratio_saturates(symmetric):
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(2)) * 3
+    assert torch.equal(
+        fake_quantize_activation(x, 4, symmetric, clip_ratio=1.0), fake_quantize_activation(x, 4, symmetric)
+    )
+    ratio, bits = 0.8, 4
+    flat = x.reshape(-1, 64).double()
+    if symmetric:  # the range of each token shrunk by the ratio, then plain per-token RTN with saturation
+        qmax = 2 ** (bits - 1) - 1
+        scale = (flat.abs().amax(dim=1, keepdim=True) * ratio / qmax).clamp(min=1e-12)
+        expected = torch.clamp(torch.round(flat / scale), -qmax - 1, qmax) * scale
+    else:
+        lo = (flat.amin(dim=1, keepdim=True).clamp(max=0)) * ratio
+        hi = (flat.amax(dim=1, keepdim=True).clamp(min=0)) * ratio
+        scale = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
+        zero = torch.round(-lo / scale)
+        expected = (torch.clamp(torch.round(flat / scale) + zero, 0, 2**bits - 1) - zero) * scale
+    ours = fake_quantize_activation(x, bits, symmetric, clip_ratio=ratio).reshape(-1, 64).double()
+    assert torch.allclose(ours, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="clip_ratio"):
+        fake_quantize_activation(x, 4, clip_ratio=0.0)

@@ -113,6 +113,7 @@ def run_hessian_method(
     asymmetric: bool = False,
     after_group=None,
     packed: dict | None = None,
+    overrides=(),
 ):
     """The shared driver of the Hessian-based methods (GPTQ, GPTAQ, BiLLM, SliM-LLM).
 
@@ -121,7 +122,9 @@ def run_hessian_method(
     ``asymmetric`` the full-precision stream is propagated too (GPTAQ's target).
     Embedding/head targets are left to the caller (:func:`~quantsweep.methods.targets.quantize_extra_targets`
     at its bit width). ``packed``, if given, receives each Linear's quantized
-    representation by full module name (see :func:`hessian_quantizer`).
+    representation by full module name (see :func:`hessian_quantizer`). ``overrides``
+    are checked with the group sizes (:func:`~quantsweep.methods.targets.check_group_sizes`);
+    honouring them is up to ``quantize_linear``.
 
     Example:
         >>> import quantsweep
@@ -141,7 +144,7 @@ def run_hessian_method(
         ['model.layers.0']
     """
     calibration = require_calibration(calibration, config)
-    check_group_sizes(model, config)
+    check_group_sizes(model, config, overrides)
     reports = run_sequential(
         model,
         calibration,
