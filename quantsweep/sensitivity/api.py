@@ -94,6 +94,24 @@ def _check_text_source(text) -> str:
     return text
 
 
+def _check_scannable(config, budget) -> None:
+    """Refuse, before work, recipes the scan cannot splice layer by layer, and budgets on composed recipes."""
+    stages = getattr(config, "stages", None)
+    weight = getattr(config, "weight_config", config)
+    if weight is None or weight.method == "none":
+        raise ValueError(f"recipe {config.name!r} quantizes nothing: give a recipe with a weight method (e.g. w2-rtn)")
+    transforms = [stage.name for stage in stages or () if stage.kind == "transform"]
+    if transforms:
+        raise ValueError(
+            f"recipe {config.name!r} has a {transforms[0]} transform, which changes every layer and the embeddings "
+            "together; the scan splices one layer's quantized weights into the fp model, so give its recipe without it"
+        )
+    if budget is not None and stages is not None:
+        raise ValueError(
+            f"a budget writes overrides onto a one-method recipe (method: ...); {config.name!r} is composed of stages"
+        )
+
+
 def _check_store(store) -> None:
     first = next(iter(store.keys()), None)
     if first is not None:
@@ -197,8 +215,7 @@ def sensitivity(
     from quantsweep.sweep.store import CellStore
 
     config = get_recipe(recipe)
-    if config.method == "none":
-        raise ValueError(f"recipe {config.name!r} quantizes nothing: give a recipe with a weight method (e.g. w2-rtn)")
+    _check_scannable(config, budget)
     check_granularity(granularity)
     _check_positive_int(tokens, "tokens")
     if seq_len is not None:

@@ -66,3 +66,30 @@ def test_a_budget_below_the_recipe_or_without_bits_is_refused(toy):
         mixed_recipe(toy, quantsweep.get_recipe("w8a8-smoothquant"), scan_units(toy), budget=9.0)
     with pytest.raises(ValueError, match="rtn supports bits"):
         mixed_recipe(toy, quantsweep.get_recipe("w4-rtn"), scan_units(toy), budget=9.0, high_bits=16)
+
+
+def test_the_written_recipe_runs_as_any_recipe_and_costs_what_was_planned(toy, tmp_path):
+    import torch
+    from planted import apply_mixed_by_hand
+
+    from quantsweep.recipes import get_recipe
+
+    low = quantsweep.get_recipe("w2-rtn")
+    units = scan_units(toy)
+    mixed = mixed_recipe(toy, low, [units[2], units[0], units[1]], budget=3.2)
+    assert mixed.promoted == ("model.layers.2", "model.layers.0")
+    path = tmp_path / "mixed.yaml"
+    path.write_text(mixed.to_yaml())
+
+    snapshot = quantsweep.WeightSnapshot(toy)
+    apply_mixed_by_hand(toy, snapshot, low, with_bits(low, 4), mixed.promoted)
+    expected = {name: tensor.clone() for name, tensor in toy.state_dict().items()}
+    snapshot.restore(toy)
+    recipe = get_recipe(str(path))  # read back as any recipe file is
+    result = quantsweep.apply_recipe(toy, recipe)
+    assert all(torch.equal(expected[name], tensor) for name, tensor in toy.state_dict().items())
+    fields = cost_fields(toy, recipe, result)
+    snapshot.restore(toy)
+    fp_part = (fields["weights"] - fields["quantized_weights"]) * fields["fp_bits"]
+    measured = (fields["theoretical_bytes"] * 8 - fp_part) / fields["quantized_weights"]
+    assert measured == pytest.approx(mixed.bits_per_weight, abs=1e-5)

@@ -125,9 +125,16 @@ def test_the_model_is_back_in_full_precision_after_a_scan():
         ({"tokens": 0}, "tokens must be a positive integer"),
         ({"text": "missing.txt"}, "does not exist"),
         ({"recipe": "w8a8-smoothquant", "budget": 9.0}, "has no 'bits' setting"),
+        ({"recipe": "w4a4-rotate-rtn"}, "has a rotate transform"),
+        ({"recipe": "w2-rtn-mixed.yaml", "budget": 3.0}, "is composed of stages"),
     ],
 )
 def test_bad_arguments_are_named(tmp_path, kwargs, message):  # each before the scan: fast
+    if kwargs.get("recipe") == "w2-rtn-mixed.yaml":  # a recipe with overrides is a one-stage composed recipe
+        kwargs["recipe"] = str(tmp_path.parent / "w2-rtn-mixed.yaml")
+        (tmp_path.parent / "w2-rtn-mixed.yaml").write_text(
+            "name: m\nmethod: rtn\nbits: 2\noverrides:\n- match: model.layers.0.*\n  bits: 4\n"
+        )
     arguments = {"recipe": "w2-rtn", **kwargs}
     with pytest.raises(ValueError, match=message):
         quantsweep.sensitivity("toy", arguments.pop("recipe"), out=tmp_path, device="cpu", **arguments)
