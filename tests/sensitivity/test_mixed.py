@@ -5,10 +5,10 @@ model is the best predictor), and lm-eval's word perplexity of ``toy_ppl`` on th
 """
 
 import pytest
-from planted import apply_mixed_by_hand, perplexity, plant_fragile_layer, sample_text, write_planted_llama
+from planted import perplexity, plant_fragile_layer, sample_text, write_planted_llama
 
 import quantsweep
-from quantsweep.sensitivity.budget import target_bits, with_bits
+from quantsweep.sensitivity.budget import target_bits
 
 
 def average_bits(model, recipe) -> float:
@@ -38,8 +38,7 @@ def test_random_model_planted_layer_first_and_mixed_beats_uniform(tmp_path, toy_
 
     held_out = sample_text(model, n=16, length=64, seed=1)
     snapshot = quantsweep.WeightSnapshot(model)
-    low = quantsweep.get_recipe("w3-rtn")
-    apply_mixed_by_hand(model, snapshot, low, with_bits(low, 8), mixed.promoted)
+    quantsweep.quantize(model, str(result.recipe_path))  # the written recipe, read as any recipe file is
     mixed_ppl = perplexity(model, held_out)
     snapshot.restore(model)
     quantsweep.quantize(model, "w4-rtn")
@@ -78,8 +77,7 @@ def test_toy_planted_layer_mixed_beats_uniform_on_word_perplexity(tmp_path, toy_
         return metrics["word_perplexity"].value
 
     snapshot = quantsweep.WeightSnapshot(model)
-    low = quantsweep.get_recipe("w2-rtn")
-    apply_mixed_by_hand(model, snapshot, low, with_bits(low, 8), result.mixed.promoted)
+    quantsweep.quantize(model, str(result.recipe_path))
     mixed_ppl = word_perplexity()
     snapshot.restore(model)
     quantsweep.quantize(model, "w4-rtn")
