@@ -612,7 +612,7 @@ def _command_sensitivity(args) -> int:
     if result.mixed is not None:
         mixed = result.mixed
         print(
-            f"recipe written to {result.recipe_path}: {args.recipe} with {len(mixed.promoted)} units at "
+            f"recipe written to {result.recipe_path}: {args.recipe} with {len(mixed.promoted)} of {len(result.rows)} units at "
             f"{mixed.high_bits} bits, {mixed.bits_per_weight:.3f} bits per weight (budget {mixed.budget:g}; "
             f"{mixed.uniform_bits_per_weight:.3f} for {args.recipe} alone)"
         )

@@ -15,7 +15,7 @@ The package itself is callable: ``quantsweep.sensitivity("toy", "w2-rtn", out=..
 
 Example:
     >>> import quantsweep, tempfile
-    >>> result = quantsweep.sensitivity("toy", "w2-rtn", out=tempfile.mkdtemp(), tokens=512, device="cpu")
+    >>> result = quantsweep.sensitivity("toy", "w2-rtn", out=tempfile.mkdtemp(), tokens=256, device="cpu")
     >>> len(result.rows), result.rows[0]["rank"]
     (4, 1)
 """

@@ -2,7 +2,7 @@
 
 Example:
     >>> import quantsweep, tempfile
-    >>> result = quantsweep.sensitivity("toy", "w2-rtn", out=tempfile.mkdtemp(), budget=2.7, tokens=1024, device="cpu")
+    >>> result = quantsweep.sensitivity("toy", "w2-rtn", out=tempfile.mkdtemp(), budget=2.7, tokens=256, device="cpu")
     >>> result.rows[0]["unit"] in result.mixed.promoted, result.mixed.bits_per_weight <= 2.7
     (True, True)
     >>> result.recipe_path.name, result.table_path.name, result.plot_path.name
