@@ -566,7 +566,9 @@ def _add_sensitivity_parser(sub) -> None:
         default=None,
         help="the fixed text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: the calibration source)",
     )
-    sensitivity.add_argument("--tokens", type=int, default=4096, help="tokens of text per forward pass (default 4096)")
+    sensitivity.add_argument(
+        "--tokens", type=int, default=4096, help="tokens of text each layer is measured on (default 4096)"
+    )
     sensitivity.add_argument("--seq-len", type=int, default=None, help="tokens per window (default: --calib-seq-len's)")
     sensitivity.add_argument("--force", action="store_true", help="measure every layer again")
     _add_calibration_options(sensitivity)
