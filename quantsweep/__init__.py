@@ -8,6 +8,7 @@ The public API is a few verbs and the recipe registry::
     result = quantsweep.evaluate(model, tokenizer, tasks=["toy_mc4"], limit=100)
     frame = quantsweep.sweep("recipes/sweeps/toy.yaml", out="toy-sweep")   # resumable, DataFrame
     quantsweep.report("toy-sweep")                            # one self-contained HTML file
+    quantsweep.sensitivity("toy", "w2-rtn", out="toy-sens", budget=2.5)  # layers ranked by KL; a mixed recipe
 
 Names are imported lazily so that ``import quantsweep`` stays light and never
 touches torch_npu or an accelerator.
@@ -39,6 +40,7 @@ _EXPORTS = {
     "load_results": "quantsweep.sweep.api",
     "judge": "quantsweep.sweep.api",
     "export": "quantsweep.export",  # likewise: quantsweep.export(model, recipe, out) -> folder
+    "sensitivity": "quantsweep.sensitivity",  # likewise: quantsweep.sensitivity(model, recipe, out=...) -> result
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,4 +1,4 @@
-"""The ``quantsweep`` command: ``demo``, ``run``, ``sweep``, ``judge``, ``report``, ``export``, ``measure`` and ``recipes``.
+"""The ``quantsweep`` command: ``demo``, ``run``, ``sweep``, ``judge``, ``report``, ``export``, ``measure``, ``sensitivity`` and ``recipes``.
 
 A user's mistake (unknown recipe or task, missing model path, malformed recipe
 YAML, a group size that does not divide a layer, a missing device) prints one
@@ -12,6 +12,7 @@ Example:
     $ quantsweep report toy-sweep
     $ quantsweep export --model toy --recipe w4-gptq --out toy-w4-gptq
     $ quantsweep measure --model toy --recipe w8-bnb --recipe w4-bnb-nf4
+    $ quantsweep sensitivity --model toy --recipe w2-rtn --budget 2.7 --out toy-sensitivity
     $ quantsweep recipes
 """
 
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(sub)
     _add_export_parser(sub)
     _add_measure_parser(sub)
+    _add_sensitivity_parser(sub)
     return parser
 
 
@@ -526,6 +528,99 @@ def _command_measure(args) -> int:
     return 0
 
 
+# --- sensitivity (issue 17) -------------------------------------------------------------
+
+
+def _add_sensitivity_parser(sub) -> None:
+    sensitivity = sub.add_parser(
+        "sensitivity",
+        help="quantize one decoder layer at a time, rank layers by KL from the fp model, write a mixed-precision recipe",
+    )
+    _add_model_options(sensitivity)
+    sensitivity.add_argument(
+        "--recipe", required=True, help="the recipe whose weight stage is scanned: name or YAML path"
+    )
+    sensitivity.add_argument(
+        "--out", required=True, help="folder for the table, plot, recipe and per-layer records (a rerun resumes)"
+    )
+    sensitivity.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="average bits per quantized weight: write a recipe keeping the most sensitive layers at --high-bits",
+    )
+    sensitivity.add_argument(
+        "--high-bits",
+        type=int,
+        default=None,
+        help="precision of the kept layers (default 4 for a 1-3 bit recipe, else 8)",
+    )
+    sensitivity.add_argument(
+        "--granularity",
+        default="layer",
+        choices=["layer", "linear"],
+        help="layer: one decoder layer at a time; linear: one Linear of one layer at a time (default layer)",
+    )
+    sensitivity.add_argument(
+        "--text",
+        default=None,
+        help="the fixed text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: the calibration source)",
+    )
+    sensitivity.add_argument(
+        "--tokens", type=int, default=4096, help="tokens of text each layer is measured on (default 4096)"
+    )
+    sensitivity.add_argument("--seq-len", type=int, default=None, help="tokens per window (default: --calib-seq-len's)")
+    sensitivity.add_argument("--force", action="store_true", help="measure every layer again")
+    _add_calibration_options(sensitivity)
+
+
+def _command_sensitivity(args) -> int:
+    import quantsweep.sensitivity
+
+    calibration = {
+        "source": args.calib_source,
+        "samples": args.calib_samples,
+        "seq_len": args.calib_seq_len,
+        "seed": args.calib_seed,
+    }
+
+    def progress(record) -> None:
+        print(
+            f"[{record['unit']}] KL {record['kl_mean']:.4g} nats, top-1 same {record['top1_agreement']:.3f}", flush=True
+        )
+
+    result = quantsweep.sensitivity(
+        args.model,
+        args.recipe,
+        out=args.out,
+        budget=args.budget,
+        high_bits=args.high_bits,
+        granularity=args.granularity,
+        text=args.text,
+        tokens=args.tokens,
+        seq_len=args.seq_len,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        calibration={k: v for k, v in calibration.items() if v is not None},
+        force=args.force,
+        on_unit=progress,
+    )
+    reused = len(result.rows) - len(result.measured)
+    if reused:
+        print(f"{reused} of {len(result.rows)} units already measured in {args.out}")
+    print(result.table())
+    print(f"\ntable written to {result.table_path}, plot to {result.plot_path}")
+    if result.mixed is not None:
+        mixed = result.mixed
+        print(
+            f"recipe written to {result.recipe_path}: {args.recipe} with {len(mixed.promoted)} of {len(result.rows)} units at "
+            f"{mixed.high_bits} bits, {mixed.bits_per_weight:.3f} bits per weight (budget {mixed.budget:g}; "
+            f"{mixed.uniform_bits_per_weight:.3f} for {args.recipe} alone)"
+        )
+    return 0
+
+
 COMMANDS = {
     "demo": _command_demo,
     "run": _command_run,
@@ -535,6 +630,7 @@ COMMANDS = {
     "recipes": _command_recipes,
     "export": _command_export,
     "measure": _command_measure,
+    "sensitivity": _command_sensitivity,
 }
 
 

@@ -225,3 +225,19 @@ def cost_fields(model: nn.Module, recipe_config, result, *, export_dir: str | Pa
         "extra_parameters": extra,
         "measured_as": MEASURED_AS[result.kernel],
     }
+
+
+def recipe_weight_bits(config, weight: torch.Tensor) -> float | None:
+    """Theoretical bits of one ``[out, in]`` weight under a recipe: codes, fp16 scales and zero points.
+
+    The count :func:`cost_fields` makes for a fake-quant weight, and the same as the
+    packed form's (:meth:`~quantsweep.quant.packed.QuantizedWeight.nbytes_theoretical`)
+    when the group size divides ``in``. None for a recipe without ``bits``.
+
+    Example:
+        >>> import quantsweep
+        >>> weight = torch.zeros(8, 256)
+        >>> recipe_weight_bits(quantsweep.get_recipe("w4-rtn"), weight) / weight.numel()  # 4 + (16 + 4) / 128
+        4.15625
+    """
+    return _recipe_weight_bits(config, weight.numel(), weight.shape[1])
