@@ -412,3 +412,60 @@ class DivergenceProbe:
             return None
         reference = self.references[task]
         return {**figures, "k": reference.k, "tail_samples": reference.tail_samples}
+
+
+DIVERGENCE_FIELDS = (
+    "divergence_kind",
+    "divergence_n",
+    "kl_mean",
+    "kl_p99",
+    "kl_stderr",
+    "kl_lower",
+    "top1_agreement",
+    "prob_delta_mean",
+    "divergence_error",
+)
+
+
+def divergence_fields(task, baseline_task) -> dict[str, Any]:
+    """The divergence figures of one judged task as flat record fields (all None where undefined).
+
+    * Rolling log-likelihood: the token figures measured while the cell ran
+      (``TaskResult.divergence``): ``divergence_kind = "token"``, ``divergence_n`` positions.
+    * Multiple choice: KL between the baseline's and the recipe's softmax over each
+      document's option log-likelihoods, averaged over the paired documents
+      (``divergence_kind = "options"``, ``divergence_n`` documents); ``top1_agreement`` is the
+      share whose most likely option is the same.
+
+    Example:
+        >>> from quantsweep.eval.harness import SampleOutcome, TaskResult
+        >>> def mc(lls):
+        ...     return TaskResult("t", "multiple_choice", {}, [SampleOutcome(0, {}, loglikelihoods=lls)], 0, 0)
+        >>> fields = divergence_fields(mc([-1.0, -2.0]), mc([-1.0, -2.0]))
+        >>> fields["divergence_kind"], round(fields["kl_mean"], 9), fields["top1_agreement"]
+        ('options', 0.0, 1.0)
+    """
+    out: dict[str, Any] = dict.fromkeys(DIVERGENCE_FIELDS)
+    if task.output_type == "loglikelihood_rolling" and task.divergence is not None:
+        figures = task.divergence
+        out["divergence_kind"] = "token"
+        if "error" in figures:
+            out["divergence_error"] = figures["error"]
+            return out
+        out["divergence_n"] = figures["positions"]
+        for name in ("kl_mean", "kl_p99", "kl_stderr", "kl_lower", "top1_agreement", "prob_delta_mean"):
+            out[name] = figures.get(name)
+        return out
+    if task.output_type == "multiple_choice" and baseline_task is not None:
+        base = {s.doc_id: s.loglikelihoods for s in baseline_task.samples}
+        pairs = [(base.get(s.doc_id), s.loglikelihoods) for s in task.samples]
+        figures = choice_divergence(pairs)
+        if figures is not None:
+            out.update(
+                divergence_kind="options",
+                divergence_n=figures["documents"],
+                kl_mean=figures["kl_mean"],
+                kl_p99=figures["kl_p99"],
+                top1_agreement=figures["top1_agreement"],
+            )
+    return out
