@@ -166,3 +166,24 @@ def test_bytes_per_token_is_what_is_stored():
     reference = recorder.recorded["toy_ppl"]
     arrays = sum(a.nbytes for doc in reference.documents.values() for a in doc.values())
     assert arrays == bytes_per_token() * reference.positions()
+
+
+def test_toy_kl_orders_rtn_recipes_by_bits():
+    """Token KL and option KL both grow as the bits fall: w8 < w4 < w3 < w2 < w1 (toy, CPU fp32)."""
+    from quantsweep.eval.divergence import divergence_fields
+
+    base, tokenizer = quantsweep.load_model("toy", device="cpu")
+    tasks = ["toy_ppl", "toy_mc4"]
+    recorder = DivergenceProbe(record=True)
+    baseline = quantsweep.evaluate(base, tokenizer, tasks, limit=24, divergence=recorder)
+    references = {"toy_ppl": TokenReference.from_bytes(recorder.recorded["toy_ppl"].to_bytes())}
+    token, options = [], []
+    for bits in (8, 4, 3, 2, 1):
+        model = quantsweep.quantize(copy.deepcopy(base), f"w{bits}-rtn")
+        result = quantsweep.evaluate(
+            model, tokenizer, tasks, limit=24, divergence=DivergenceProbe(references=references)
+        )
+        token.append(result.tasks["toy_ppl"].divergence["kl_mean"])
+        options.append(divergence_fields(result.tasks["toy_mc4"], baseline.tasks["toy_mc4"])["kl_mean"])
+    assert token == sorted(token) and len(set(token)) == 5, token
+    assert options == sorted(options) and len(set(options)) == 5, options
