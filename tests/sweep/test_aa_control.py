@@ -47,7 +47,7 @@ def test_toy_sweep_with_aa_control_records_and_reports_it(tmp_path):
     """On CPU fp32 the toy's A/A control changed no answer (0 flips, delta 0) on toy_mc4 and
     moved toy_ppl's perplexity by about 1e-9 (relative): non-zero, so it is reported and
     enters the ladder as a negligible floor."""
-    from quantsweep.report import write_report
+    from quantsweep.report.html import write_report
     from quantsweep.sweep.api import judge, run_sweep
 
     out = tmp_path / "out"
