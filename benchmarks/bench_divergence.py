@@ -20,6 +20,7 @@ Run::
 
     .venv/bin/python benchmarks/bench_divergence.py
     .venv/bin/python benchmarks/bench_divergence.py --repeats 1 --docs 20 --skip-large
+    .venv/bin/python benchmarks/bench_divergence.py --only costs   # keeps the file's error rows
 
 Writes ``benchmarks/results/bench_divergence.json``.
 """
@@ -177,35 +178,44 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-large", action="store_true", help="leave out the 1B-width cost model")
+    parser.add_argument("--only", choices=["errors", "costs"], help="run one part; the other is kept from the file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import quantsweep
 
     toy, tokenizer = quantsweep.load_model("toy", device="cpu")
     recipes = {name: quantsweep.quantize(copy.deepcopy(toy), name) for name in ("w8-rtn", "w4-rtn", "w3-rtn")}
-    large = _llama(50_257, 64, 128, 4, 2, head_scale=40.0)
-    errors = _error_rows("toy", toy, recipes, tokenizer, _texts(12))
-    errors += _error_rows("random-2l-vocab50257", large, {"rounded-15-levels": _rounded(large)}, tokenizer, _texts(6))
-    costs = [_cost_rows("toy", toy, recipes["w4-rtn"], tokenizer, args.docs, args.repeats)]
-    if not args.skip_large:
-        wide = _llama(153_376, 1536, 6144, 12, 6)
-        costs.append(_cost_rows("pangu1b-2l", wide, _rounded(wide), tokenizer, max(4, args.docs // 4), args.repeats))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                "cpu_count": os.cpu_count(),
-                "torch": torch.__version__,
-                "threads": args.threads,
-                "date": time.strftime("%Y-%m-%d"),
-                "errors": errors,
-                "costs": costs,
-            },
-            indent=2,
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d"),
+        "errors": previous.get("errors", []),
+        "costs": previous.get("costs", []),
+    }
+
+    def save():  # after every part: a run stopped half-way keeps what it measured
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+    if args.only != "costs":
+        large = _llama(50_257, 64, 128, 4, 2, head_scale=40.0)
+        results["errors"] = _error_rows("toy", toy, recipes, tokenizer, _texts(12))
+        results["errors"] += _error_rows(
+            "random-2l-vocab50257", large, {"rounded-15-levels": _rounded(large)}, tokenizer, _texts(6)
         )
-        + "\n"
-    )
+        save()
+    if args.only != "errors":
+        results["costs"] = [_cost_rows("toy", toy, recipes["w4-rtn"], tokenizer, args.docs, args.repeats)]
+        save()
+        if not args.skip_large:
+            wide = _llama(153_376, 1536, 6144, 12, 6)
+            results["costs"].append(
+                _cost_rows("pangu1b-2l", wide, _rounded(wide), tokenizer, max(4, args.docs // 4), args.repeats)
+            )
+            save()
     print(f"written to {RESULTS}")
 
 
