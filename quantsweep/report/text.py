@@ -164,7 +164,8 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     metric_of = {r["task"]: r["metric"] for r in rows if r.get("metric")}
     header = ["recipe"] + [f"{t} ({metric_of[t]})" if t in metric_of else t for t in tasks]
-    cells = {(r["recipe"], r["task"]): format_cell(r) for r in rows}
+    # "*": the A/A control of this task differs from the baseline (the block under the table says by how much)
+    cells = {(r["recipe"], r["task"]): format_cell(r) + (" *" if r.get("aa_nonzero") else "") for r in rows}
     body = [[recipe] + [cells.get((recipe, task), "-") for task in tasks] for recipe in recipes]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     lines = [
@@ -176,5 +177,6 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
         lines += ["", "why:"] + [f"  {line}" for line in why]
     controls = format_controls(rows) if reasons else []
     if controls:
-        lines += ["", "A/A control:"] + [f"  {line}" for line in controls]
+        lines += ["", "A/A control (* in the table: the verdict takes it into account):"]
+        lines += [f"  {line}" for line in controls]
     return "\n".join(lines)
