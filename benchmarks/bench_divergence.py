@@ -175,6 +175,7 @@ def _cost_rows(name, base, recipe, tokenizer, docs, repeats):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=40, help="toy_ppl documents per cost run (default 40)")
+    parser.add_argument("--large-docs", type=int, default=4, help="documents per pangu1b-2l cost run (default 4)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-large", action="store_true", help="leave out the 1B-width cost model")
@@ -213,7 +214,7 @@ def main() -> None:
         if not args.skip_large:
             wide = _llama(153_376, 1536, 6144, 12, 6)
             results["costs"].append(
-                _cost_rows("pangu1b-2l", wide, _rounded(wide), tokenizer, max(4, args.docs // 4), args.repeats)
+                _cost_rows("pangu1b-2l", wide, _rounded(wide), tokenizer, args.large_docs, args.repeats)
             )
             save()
     print(f"written to {RESULTS}")
