@@ -168,6 +168,7 @@ def test_bytes_per_token_is_what_is_stored():
     assert arrays == bytes_per_token() * reference.positions()
 
 
+@pytest.mark.slow  # five quantized toys, two tasks each: about 20 s on 2 idle cores
 def test_toy_kl_orders_rtn_recipes_by_bits():
     """Token KL and option KL both grow as the bits fall: w8 < w4 < w3 < w2 < w1 (toy, CPU fp32)."""
     from quantsweep.eval.divergence import divergence_fields
