@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: this process; ray: a Ray cluster (pip install 'quantsweep[ray]')",
     )
     sweep.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    add_evaluation_flags(sweep, ("aa_control",))
     _add_resume_options(sweep)
     _add_verdict_options(sweep)
 
@@ -310,6 +311,8 @@ def _command_sweep(args) -> int:
     overrides = {k: v for k, v in _verdict_config(args).to_dict().items() if _verdict_flag_given(args, k)}
     if overrides:
         spec = dataclasses.replace(spec, verdict={**spec.verdict, **overrides})
+    if args.aa_control:
+        spec = dataclasses.replace(spec, aa_control=True)
     result = run_sweep(
         spec,
         args.out,

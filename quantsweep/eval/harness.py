@@ -79,6 +79,8 @@ class SampleOutcome:
         n_tokens: tokens scored (rolling log-likelihood only).
         cluster: the document's cluster (e.g. its subject in MMLU/C-Eval/CMMLU) when the
             task's documents come in groups; None otherwise. Clustered intervals use it.
+        loglikelihoods: each option's log-likelihood (multiple choice only), for the
+            divergence over options (:func:`quantsweep.eval.divergence.choice_kl`).
 
     Example:
         >>> SampleOutcome(doc_id=0, scores={"acc": 1.0}).nonfinite
@@ -91,6 +93,7 @@ class SampleOutcome:
     n_choices: int | None = None
     n_tokens: int | None = None
     cluster: str | None = None
+    loglikelihoods: list[float] | None = None
 
 
 @dataclass
@@ -101,6 +104,9 @@ class TaskResult:
     nats per token, of the scored tokens under their own unigram distribution
     (:func:`quantsweep.verdicts.chance.unigram_cross_entropy`); the perplexity chance level.
     ``max_length``: the window (tokens) log-likelihoods were scored in.
+    ``divergence`` (rolling log-likelihood tasks compared with a stored baseline): the token
+    figures of :func:`quantsweep.eval.divergence.summarize`, or ``{"error": reason}`` when
+    they could not be measured; None when not asked for.
 
     Example:
         >>> TaskResult("t", "multiple_choice", {}, [SampleOutcome(doc_id=0, scores={"acc": 1.0})], 0, 0).n
@@ -117,6 +123,7 @@ class TaskResult:
     primary_metric: str | None = None
     unigram_chance_nats: float | None = None
     max_length: int | None = None
+    divergence: dict[str, Any] | None = None
 
     @property
     def n(self) -> int:
@@ -277,6 +284,7 @@ def _sample_outcomes(
         resps = sample.get("resps", [])
         nonfinite = output_type in LOGLIKELIHOOD_TYPES and not _is_finite_response(resps)
         n_choices = len(resps) if output_type == "multiple_choice" else None
+        loglikelihoods = _option_loglikelihoods(resps) if output_type == "multiple_choice" else None
         n_tokens = None
         if output_type == "loglikelihood_rolling":
             text = sample["target"]
@@ -289,10 +297,19 @@ def _sample_outcomes(
                 n_choices=n_choices,
                 n_tokens=n_tokens,
                 cluster=_cluster_of(sample, entry, subtask_of_group),
+                loglikelihoods=loglikelihoods,
             )
         )
     outcomes.sort(key=lambda outcome: outcome.doc_id)
     return outcomes
+
+
+def _option_loglikelihoods(resps) -> list[float] | None:
+    """Each option's log-likelihood from lm-eval's multiple-choice responses ``[[(ll, greedy)], ...]``."""
+    try:
+        return [float(resp[0][0]) for resp in resps]
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _as_float(value) -> float:
@@ -335,6 +352,8 @@ def evaluate(
     max_length: int | None = None,
     data_dir: str | Path | None = None,
     settings: EvalSettings | None = None,
+    divergence=None,
+    reverse_order: bool = False,
 ) -> EvalResult:
     """Evaluate an in-memory causal LM on lm-eval tasks and keep every sample's outcome.
 
@@ -366,6 +385,10 @@ def evaluate(
             positions, or below a task's longest continuation, is an error.
         data_dir: folder of local dataset files for suite tasks (offline).
         settings: all of the above as one object (default: :class:`EvalSettings` defaults).
+        divergence: a :class:`quantsweep.eval.divergence.DivergenceProbe`: record the model's
+            distributions on rolling tasks (the baseline; ``probe.recorded``), or compare with
+            stored ones (a recipe; ``TaskResult.divergence``).
+        reverse_order: run log-likelihood batches in reverse order (the A/A control).
 
     Returns:
         :class:`EvalResult` with metrics (value, stderr, n) and per-sample outcomes.
@@ -417,7 +440,13 @@ def evaluate(
     result = EvalResult(limit=limit)
     try:
         lm = ContextCachedLM(
-            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, counter=counter, max_length=max_length
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            counter=counter,
+            max_length=max_length,
+            divergence=divergence,
+            reverse_order=reverse_order,
         )
         for name in names:
             spec = overrides.get(name, name)
@@ -451,12 +480,25 @@ def evaluate(
                 counts = lm.rolling_target_counts.get(task_name)
                 if task_result.output_type == "loglikelihood_rolling" and counts:
                     task_result.unigram_chance_nats = unigram_cross_entropy(counts)
+                if divergence is not None and task_result.output_type == "loglikelihood_rolling":
+                    task_result.divergence = _token_divergence(divergence, task_name)
             result.tasks.update(found)
         result.batch_size_halvings = list(lm.oom_halvings)
         result.fallbacks = dict(lm.fallbacks)
     finally:
         counter.close()
     return result
+
+
+def _token_divergence(probe, task: str) -> dict[str, Any] | None:
+    """A rolling task's figures from the probe (compare mode), ``{"error": ...}``, or None (recording)."""
+    if task in probe.problems:
+        return {"error": probe.problems[task]}
+    if probe.recording:
+        return None
+    if task not in probe.references:
+        return {"error": "the baseline stored no distributions for this task"}
+    return probe.summary(task)
 
 
 def _chosen_filter(config: dict, raw_samples: list[dict], entry) -> str:

@@ -46,6 +46,7 @@ import os
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lm_eval import utils as lm_utils
@@ -53,6 +54,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from quantsweep import device as devices
+from quantsweep.eval.divergence import TokenReference, compare_rows, document_key, reference_rows
 from quantsweep.eval.generation import (
     CacheUnsupported,
     GenerationJob,
@@ -169,6 +171,10 @@ class ContextCachedLM(HFLM):
         max_length: the window (tokens); default the model's positions. Above them is an error.
         batch_size: documents per forward, or ``"auto"`` (start at 64, halve on out-of-memory;
             every halving is recorded in :attr:`oom_halvings`).
+        divergence: optional :class:`quantsweep.eval.divergence.DivergenceProbe`: rolling
+            log-likelihood records the baseline's distributions, or compares with them.
+        reverse_order: run the batches of log-likelihood and rolling requests in the reverse
+            of the usual order (the A/A control: the same requests, other batch neighbours).
 
     Attributes:
         rolling_target_counts: task name -> Counter of the token ids scored by rolling
@@ -193,6 +199,8 @@ class ContextCachedLM(HFLM):
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         max_length: int | None = None,
         batch_size: int | str = 32,
+        divergence=None,
+        reverse_order: bool = False,
         **kwargs,
     ):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
@@ -206,6 +214,8 @@ class ContextCachedLM(HFLM):
         )
         self._counter = counter
         self.chunk_tokens = chunk_tokens
+        self.divergence = divergence
+        self.reverse_order = bool(reverse_order)
         self.rolling_target_counts: dict[str, Counter] = {}
         self.fallbacks: Counter = Counter()
         self.oom_halvings: list[tuple[int, int]] = []
@@ -323,6 +333,8 @@ class ContextCachedLM(HFLM):
         # Longest contexts first (out-of-memory shows at once); a batch holds batch_size contexts
         # (documents) and all their continuations.
         ordered = sorted(groups.items(), key=lambda item: (-len(item[0]), item[0]))
+        if self.reverse_order:
+            ordered.reverse()  # the A/A control: other batch neighbours and padding, the same requests
         with_prefix = [g for g in ordered if len(g[0]) > 1]
         no_prefix = [g for g in ordered if len(g[0]) == 1]  # nothing to cache: a plain forward
         try:
@@ -485,17 +497,73 @@ class ContextCachedLM(HFLM):
         if reason is not None:
             if probe is not None:
                 self._log_fallback(reason, len(requests))
+                if self.divergence is not None:
+                    for req in requests:
+                        self.divergence.problems[req.task_name or ""] = f"divergence not measured: {reason}"
             return super().loglikelihood_rolling(requests, disable_tqdm)
+        references = self._rolling_references(requests, per_request)
         flat = [(r, window) for r, windows in enumerate(per_request) for window in windows]
+        items = [(window, None if references is None else references[i]) for i, (_, window) in enumerate(flat)]
         totals = [0.0] * len(requests)
-        for (r, _), value in zip(flat, self._batches([w for _, w in flat], self._score_windows)):
+        extras: list[list] = [[] for _ in requests]
+        order = list(range(len(items)))[:: -1 if self.reverse_order else 1]
+        scored = [None] * len(items)
+        for i, answer in zip(order, self._batches([items[i] for i in order], self._score_windows)):
+            scored[i] = answer
+        for (r, _), (value, extra) in zip(flat, scored):
             totals[r] += value
+            extras[r].append(extra)
         for req, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), total)
+        self._keep_divergence(requests, extras)
         return totals
 
-    def _score_windows(self, windows: list[tuple[list[int], list[int]]]) -> list[float]:
-        """Sum of target log-probabilities per window, lm_head applied chunk_tokens positions at a time."""
+    def _rolling_references(self, requests, per_request) -> list | None:
+        """Each window's slice of the baseline's stored rows (compare mode), else None."""
+        probe = self.divergence
+        if probe is None or probe.recording:
+            return None
+        slices = []
+        by_task: dict[str, list[int]] = {}
+        for r, req in enumerate(requests):
+            by_task.setdefault(req.task_name or "", []).append(r)
+        docs: dict[int, dict] = {}
+        for task, indices in by_task.items():
+            keys = [document_key(requests[r].args[0]) for r in indices]
+            lengths = [sum(len(cont) for _, cont in per_request[r]) for r in indices]
+            found = probe.reference_for(task, keys, lengths)
+            if found is None:
+                return None
+            docs.update(zip(indices, found))
+        for r, windows in enumerate(per_request):
+            start = 0
+            for _, cont in windows:
+                slices.append({name: value[start : start + len(cont)] for name, value in docs[r].items()})
+                start += len(cont)
+        return slices
+
+    def _keep_divergence(self, requests, extras) -> None:
+        probe = self.divergence
+        if probe is None:
+            return
+        for req, parts in zip(requests, extras):
+            task = req.task_name or ""
+            if probe.recording:
+                rows = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+                probe.recorded.setdefault(task, TokenReference(k=probe.k, tail_samples=probe.tail_samples)).add(
+                    document_key(req.args[0]), rows
+                )
+            elif parts and parts[0] is not None:
+                probe.compared.setdefault(task, []).extend(parts)
+
+    def _score_windows(self, items: list[tuple[tuple[list[int], list[int]], dict | None]]) -> list[tuple[float, Any]]:
+        """Sum of target log-probabilities per window, lm_head applied chunk_tokens positions at a time.
+
+        ``items``: (window, the baseline's stored rows of its positions or None). With a
+        :attr:`divergence` probe each window also gets its extra: its recorded rows (the
+        baseline), or its comparison with the stored rows (a recipe); else None.
+        """
+        windows = [window for window, _ in items]
         decoder, head = self._decoder_and_head()
         device = self.device
         inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in windows]
@@ -504,6 +572,13 @@ class ContextCachedLM(HFLM):
         rows = torch.cat([torch.full((len(cont),), r) for r, (_, cont) in enumerate(windows)]).to(device)
         cols = torch.cat([torch.arange(len(x) - len(cont), len(x)) for x, (_, cont) in zip(inputs, windows)]).to(device)
         targets = torch.tensor([t for _, cont in windows for t in cont], device=device)
+        probe = self.divergence
+        recording = probe is not None and probe.recording
+        stored = None
+        if probe is not None and not recording and all(ref is not None for _, ref in items):
+            stored = {name: torch.from_numpy(np.concatenate([ref[name] for _, ref in items])) for name in items[0][1]}
+        generator = probe.generator(device) if recording else None
+        parts: list = []
         with self._no_grad():
             # right padding needs no mask under causal attention (lm-eval passes none either)
             hidden = decoder(input_ids=ids).last_hidden_state[rows, cols]  # [targets, hidden]
@@ -513,8 +588,29 @@ class ContextCachedLM(HFLM):
                 end = start + self.chunk_tokens
                 logprobs = F.log_softmax(head(hidden[start:end]), dim=-1, dtype=self.softmax_dtype)
                 picked[start:end] = logprobs.gather(1, targets[start:end, None])[:, 0]
+                if recording:
+                    chunk = reference_rows(
+                        logprobs,
+                        targets[start:end],
+                        k=probe.k,
+                        tail_samples=probe.tail_samples,
+                        generator=generator,
+                    )
+                    parts.append({name: value.cpu() for name, value in chunk.items()})
+                elif stored is not None:
+                    chunk = {name: value[start:end] for name, value in stored.items()}
+                    parts.append(compare_rows(logprobs, targets[start:end], chunk))
         sizes = [len(cont) for _, cont in windows]
-        return [float(part.sum()) for part in torch.split(picked, sizes)]
+        sums = [float(part.sum()) for part in torch.split(picked, sizes)]
+        if not parts:
+            return [(value, None) for value in sums]
+        bounds = np.cumsum([0] + sizes)
+        if recording:
+            joined = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        else:
+            joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        extras = [{name: value[a:b] for name, value in joined.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+        return list(zip(sums, extras))
 
     # ------------------------------------------------------------ generation
 

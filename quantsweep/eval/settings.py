@@ -80,6 +80,16 @@ def check_batch_size(value, *, allow_auto: bool) -> int | str:
     return value
 
 
+def control_batch_size(batch_size: int) -> int:
+    """The A/A control's batch size: half the baseline's, or 2 when the baseline's is 1.
+
+    Example:
+        >>> control_batch_size(32), control_batch_size(1)
+        (16, 2)
+    """
+    return 2 if batch_size <= 1 else batch_size // 2
+
+
 def setting(default: Any, help: str, *, in_key: bool = False, **cli: Any):
     """A field of :class:`EvalSettings`: its default and help text, how its flag parses (``type``, ``action``),
     and whether it changes results (``in_key``: part of every cell's content key).
@@ -107,6 +117,8 @@ class EvalSettings:
         include_path: extra folders of lm-eval task YAML.
         allow_code_execution: let code tasks run model-written code.
         max_length: the scoring window in tokens (default: the suite's, else the model's positions).
+        aa_control: add an A/A control cell per task: the baseline again at
+            :func:`control_batch_size` and in reverse batch order.
 
     Example:
         >>> EvalSettings(include_path="tasks").include_path
@@ -139,6 +151,13 @@ class EvalSettings:
         type=int,
     )
 
+    aa_control: bool = setting(
+        False,
+        "also evaluate the baseline a second time, at another batch size and in reverse batch order, as its own "
+        "cell (the A/A control: what batching changes with no quantization at all)",
+        action="store_true",
+    )
+
     def __post_init__(self) -> None:
         include = self.include_path
         include = [include] if isinstance(include, (str, Path)) else list(include or ())
@@ -153,6 +172,8 @@ class EvalSettings:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise SettingError("seed", self.seed, "an integer")
         check_batch_size(self.batch_size, allow_auto=True)
+        if not isinstance(self.aa_control, bool):
+            raise SettingError("aa_control", self.aa_control, "true or false")
         if self.max_length is not None and (
             isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2
         ):

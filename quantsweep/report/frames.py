@@ -68,6 +68,24 @@ COLUMNS = (
     "decode_tokens_per_s",
     "device",
     "dtype",
+    # divergence from the baseline (quantsweep.eval.divergence) and the A/A control
+    "divergence_kind",
+    "divergence_n",
+    "kl_mean",
+    "kl_p99",
+    "kl_stderr",
+    "kl_lower",
+    "top1_agreement",
+    "prob_delta_mean",
+    "divergence_error",
+    "control",
+    "aa_delta",
+    "aa_flips",
+    "aa_kl_mean",
+    "aa_nonzero",
+    "batch_size_used",
+    "baseline_batch_size_used",
+    "batch_size_mismatch",
 )
 NUMERIC = (
     "value",
@@ -90,6 +108,18 @@ NUMERIC = (
     "peak_eval_bytes",
     "prefill_tokens_per_s",
     "decode_tokens_per_s",
+    "divergence_n",
+    "kl_mean",
+    "kl_p99",
+    "kl_stderr",
+    "kl_lower",
+    "top1_agreement",
+    "prob_delta_mean",
+    "aa_delta",
+    "aa_flips",
+    "aa_kl_mean",
+    "batch_size_used",
+    "baseline_batch_size_used",
 )
 _DTYPE_BITS = {"float32": 32, "float64": 64, "bfloat16": 16, "float16": 16}
 

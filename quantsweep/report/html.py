@@ -134,6 +134,8 @@ def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str,
                             "delta": "",
                             "n": "",
                             "reason": "no record for this cell",
+                            "kl": "",
+                            "aa": "",
                         }
                     )
                     continue
@@ -147,6 +149,8 @@ def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str,
                         "delta": _format_delta(row),
                         "n": "" if _missing(row.n) else int(row.n),
                         "reason": reason if isinstance(reason, str) else "",
+                        "kl": _kl_note(row),
+                        "aa": _aa_note(row),
                     }
                 )
             bits = bits_of.get(recipe)
@@ -160,6 +164,80 @@ def _map_rows(cells: pd.DataFrame, recipe_groups, task_groups) -> list[dict[str,
                 }
             )
     return rows
+
+
+def _kl_note(row) -> str:
+    kl = getattr(row, "kl_mean", None)
+    if _missing(kl) or row.verdict in ("baseline", ERROR):
+        return ""
+    unit = "nats/token" if getattr(row, "divergence_kind", None) == "token" else "nats/doc"
+    return f"KL {kl:.3g} {unit}"
+
+
+def _aa_note(row) -> str:
+    if getattr(row, "aa_nonzero", None) is not True:
+        return ""
+    delta = getattr(row, "aa_delta", None)
+    return "A/A differs" if _missing(delta) else f"A/A Δ {delta:+.2g}"
+
+
+def divergence_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per compared cell: its verdict and delta beside its divergence figures, the A/A control's and both batch sizes.
+
+    Example:
+        >>> row = {"recipe": "w4", "task": "t", "verdict": "lossless", "metric": "acc", "delta": 0.0, "ci_low": -0.01,
+        ...        "ci_high": 0.01, "divergence_kind": "options", "kl_mean": 0.002, "kl_p99": 0.03, "kl_stderr": None,
+        ...        "top1_agreement": 0.99, "prob_delta_mean": None, "divergence_error": None, "aa_delta": 0.0,
+        ...        "aa_kl_mean": 1e-12, "aa_nonzero": False, "batch_size_used": 32, "baseline_batch_size_used": 32,
+        ...        "batch_size_mismatch": False, "control": None}
+        >>> divergence_table(pd.DataFrame([row]))[["recipe", "KL", "same top-1"]].values.tolist()
+        [['w4', '0.002', '99.0%']]
+    """
+    have = cells[cells["divergence_kind"].notna()] if "divergence_kind" in cells else cells.iloc[0:0]
+    if have.empty:
+        return pd.DataFrame()
+
+    def number(value, spec=".3g"):
+        return "" if _missing(value) else format(float(value), spec)
+
+    return pd.DataFrame(
+        {
+            "recipe": have["recipe"],
+            "task": have["task"],
+            "verdict": have["verdict"],
+            "Δ": [_format_delta(row) for row in have.itertuples()],
+            "over": have["divergence_kind"].map({"token": "tokens", "options": "options"}),
+            "KL": have["kl_mean"].map(number),
+            "KL p99": have["kl_p99"].map(number),
+            "± (MC)": have["kl_stderr"].map(number),
+            "same top-1": have["top1_agreement"].map(_percent),
+            "Δ p(correct)": have["prob_delta_mean"].map(lambda v: number(v, "+.3g")),
+            "A/A Δ": have["aa_delta"].map(lambda v: number(v, "+.2g")),
+            "A/A KL": have["aa_kl_mean"].map(number),
+            "batch / baseline's": [
+                ""
+                if _missing(a)
+                else f"{int(a)} / {'?' if _missing(b) else int(b)}" + (" (flagged)" if m is True else "")
+                for a, b, m in zip(
+                    have["batch_size_used"], have["baseline_batch_size_used"], have["batch_size_mismatch"]
+                )
+            ],
+            "note": have["divergence_error"].fillna(""),
+        }
+    )
+
+
+def _aa_lines(cells: pd.DataFrame) -> list[str]:
+    from quantsweep.report.text import format_controls
+
+    return format_controls(cells.to_dict("records"))
+
+
+def _aa_table(cells: pd.DataFrame) -> pd.DataFrame:
+    if "control" not in cells:
+        return pd.DataFrame()
+    control = cells[cells["control"] == "aa"]
+    return divergence_table(control).drop(columns=["A/A Δ", "A/A KL"], errors="ignore")
 
 
 def family_summary(cells: pd.DataFrame) -> pd.DataFrame:
@@ -429,6 +507,11 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         collapsed_table=_table(collapsed, "no collapsed cells"),
         flips_table=_table(_flips(cells), "no per-document 0/1 task was compared"),
         needed_table=_table(_documents_needed(cells), "no inconclusive cells"),
+        divergence_table=_table(
+            divergence_table(cells), "no divergence measured (no compared perplexity or multiple-choice cell)"
+        ),
+        aa_table=_table(_aa_table(cells), "no A/A control in this run (spec key aa_control, flag --aa-control)"),
+        aa_lines=_aa_lines(cells),
         cost=_table(costs, ""),
         has_cost=not costs.empty,
         run=_run_record(records, cells),

@@ -81,7 +81,68 @@ def format_reasons(records: Iterable[dict[str, Any]]) -> list[str]:
         if verdict in UNREMARKABLE:
             continue
         why = record.get("error") if is_error(record) else record.get("reason")
-        lines.append(f"{record['recipe']} / {record['task']}: {verdict}: {why or 'no reason recorded'}")
+        evidence = divergence_text(record)
+        lines.append(
+            f"{record['recipe']} / {record['task']}: {verdict}: {why or 'no reason recorded'}"
+            + (f" ({evidence})" if evidence else "")
+        )
+    return lines
+
+
+def divergence_text(record: dict[str, Any]) -> str:
+    """A record's divergence from the baseline in words: evidence beside the verdict, not a rung.
+
+    Example:
+        >>> divergence_text({"divergence_kind": "token", "kl_mean": 0.0407, "kl_p99": 0.31, "top1_agreement": 0.899})
+        'KL 0.0407 nats/token (p99 0.31), same top-1 89.9%'
+        >>> divergence_text({"divergence_kind": "options", "kl_mean": 0.0635, "top1_agreement": 0.96})
+        'KL over options 0.0635 nats, same answer 96.0%'
+    """
+    kind, kl = record.get("divergence_kind"), record.get("kl_mean")
+    if kind is None:
+        return ""
+    if record.get("divergence_error"):
+        return f"divergence not measured: {record['divergence_error']}"
+    if not isinstance(kl, (int, float)):
+        return ""
+    top1 = record.get("top1_agreement")
+    share = f"{100 * top1:.1f}%" if isinstance(top1, (int, float)) else "?"
+    if kind == "token":
+        p99 = record.get("kl_p99")
+        tail = f" (p99 {p99:.3g})" if isinstance(p99, (int, float)) else ""
+        return f"KL {kl:.3g} nats/token{tail}, same top-1 {share}"
+    return f"KL over options {kl:.3g} nats, same answer {share}"
+
+
+def format_controls(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Lines on the A/A control: each task where evaluating the baseline again changed something, and the
+    cells run at another batch size than their baseline while batching matters there.
+
+    Example:
+        >>> format_controls([{"recipe": "w4", "task": "t", "primary": True, "verdict": "lossless", "aa_nonzero": True,
+        ...                   "aa_delta": -0.01, "aa_flips": 0.02, "batch_size_mismatch": True,
+        ...                   "batch_size_used": 16, "baseline_batch_size_used": 32}])
+        ['A/A control differs from the baseline on t: delta -0.01, 2.0% of answers flipped; verdicts of t take it into account', 'w4 / t: batch size 16, baseline 32, and the A/A control shows that batching changes results']
+    """
+    rows = primary_records(records)
+    lines, seen = [], set()
+    for record in rows:
+        if record.get("aa_nonzero") and record["task"] not in seen:
+            seen.add(record["task"])
+            flips = record.get("aa_flips")
+            flipped = f", {100 * flips:.1f}% of answers flipped" if isinstance(flips, (int, float)) else ""
+            delta = record.get("aa_delta")
+            shown = f"{delta:.3g}" if isinstance(delta, (int, float)) else "?"
+            lines.append(
+                f"A/A control differs from the baseline on {record['task']}: delta {shown}"
+                f"{flipped}; verdicts of {record['task']} take it into account"
+            )
+    for record in rows:
+        if record.get("batch_size_mismatch"):
+            lines.append(
+                f"{record['recipe']} / {record['task']}: batch size {record.get('batch_size_used')}, baseline "
+                f"{record.get('baseline_batch_size_used')}, and the A/A control shows that batching changes results"
+            )
     return lines
 
 
@@ -103,7 +164,8 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     metric_of = {r["task"]: r["metric"] for r in rows if r.get("metric")}
     header = ["recipe"] + [f"{t} ({metric_of[t]})" if t in metric_of else t for t in tasks]
-    cells = {(r["recipe"], r["task"]): format_cell(r) for r in rows}
+    # "*": the A/A control of this task differs from the baseline (the block under the table says by how much)
+    cells = {(r["recipe"], r["task"]): format_cell(r) + (" *" if r.get("aa_nonzero") else "") for r in rows}
     body = [[recipe] + [cells.get((recipe, task), "-") for task in tasks] for recipe in recipes]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     lines = [
@@ -113,4 +175,8 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     why = format_reasons(rows) if reasons else []
     if why:
         lines += ["", "why:"] + [f"  {line}" for line in why]
+    controls = format_controls(rows) if reasons else []
+    if controls:
+        lines += ["", "A/A control (* in the table: the verdict takes it into account):"]
+        lines += [f"  {line}" for line in controls]
     return "\n".join(lines)

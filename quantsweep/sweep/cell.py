@@ -202,10 +202,23 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
     started = time.perf_counter()
     fault_point(f"{cell.recipe.name}/{cell.task}")
 
+    references = None if cell.is_baseline else _baseline_references(state.store, cell)
+    probes: list = []
+
     def evaluate(batch_size: int):
+        from quantsweep.eval.divergence import DivergenceProbe
+
+        probes[:] = [DivergenceProbe(record=cell.is_baseline, references=references)]
         with PeakMemory(device) as peak:
             result = harness.evaluate(
-                model, tokenizer, [cell.task], batch_size=batch_size, task_configs=overrides, settings=settings
+                model,
+                tokenizer,
+                [cell.task],
+                batch_size=batch_size,
+                task_configs=overrides,
+                settings=settings,
+                divergence=probes[0],
+                reverse_order=cell.control is not None,
             )
         return result, peak
 
@@ -215,8 +228,9 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
             logger.warning("%s/%s: out of memory at batch size %d", cell.recipe.name, cell.task, batch_size)
 
     try:
+        requested = settings.batch_size if cell.control is None else cell.control["batch_size"]
         (result, peak), batch_size = halve_on_out_of_memory(
-            evaluate, settings.batch_size, device=device, on_out_of_memory=out_of_memory
+            evaluate, requested, device=device, on_out_of_memory=out_of_memory
         )
     except Exception as error:  # noqa: BLE001 - out-of-memory at batch size 1 is a finding
         if not (retries and devices.is_out_of_memory(error)):
@@ -232,6 +246,7 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
             calibration=calibration,
         )
     tasks = {name: task.to_dict() for name, task in result.tasks.items()}
+    stored_reference = _store_references(state.store, cell, probes[0]) if cell.is_baseline else None
     diagnosis = state.checkpoint_diagnosis()
     if any(task.nonfinite_samples for task in result.tasks.values()):
         from quantsweep.eval.health import diagnose_nonfinite
@@ -253,8 +268,10 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
         },
         "evaluate": {
             "seconds": time.perf_counter() - started,
-            "batch_size_requested": settings.batch_size,
+            "batch_size_requested": requested,
             "batch_size_used": batch_size,
+            "batch_order": "reversed" if cell.control is not None else "default",
+            "baseline_batch_size_used": _baseline_batch_size(state.store, cell, batch_size),
             "oom_retries": retries,
             **peak.eval_fields(),
         },
@@ -262,7 +279,46 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
         "calibration": calibration,
         "cost": cost,
         "diagnosis": diagnosis,
+        "control": cell.control,
+        "divergence_reference": stored_reference,
         "finished_at": now(),
     }
     state.store.write_cell(record)
     return record
+
+
+def _baseline_references(store, cell: CellPlan) -> dict:
+    """The baseline's stored distributions for this cell's task (empty when it stored none yet)."""
+    from quantsweep.eval.divergence import TokenReference
+
+    data = store.read_reference(cell.baseline_key)
+    if data is None:
+        return {}
+    return {cell.task: TokenReference.from_bytes(data)}
+
+
+def _store_references(store, cell: CellPlan, probe) -> dict[str, Any] | None:
+    """Write the baseline's recorded distributions beside its cell; what the cell record says of them."""
+    from quantsweep.eval.divergence import bytes_per_token
+
+    reference = probe.recorded.get(cell.task) if probe is not None else None
+    if reference is None:
+        return None
+    data = reference.to_bytes()
+    path = store.write_reference(cell.key, data)
+    return {
+        "file": f"{path.parent.name}/{path.name}",
+        "bytes": len(data),
+        "positions": reference.positions(),
+        "bytes_per_token": bytes_per_token(reference.k, reference.tail_samples),
+        "k": reference.k,
+        "tail_samples": reference.tail_samples,
+    }
+
+
+def _baseline_batch_size(store, cell: CellPlan, own: int) -> int | None:
+    """The batch size the baseline cell used (this cell's own for the baseline), None when not stored yet."""
+    if cell.is_baseline:
+        return own
+    baseline = store.read_cell(cell.baseline_key)
+    return ((baseline or {}).get("evaluate") or {}).get("batch_size_used")

@@ -124,11 +124,59 @@ def _error_records(cell: dict[str, Any], base: dict[str, Any], error: str) -> li
     ]
 
 
-def cell_records(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_config) -> list[dict[str, Any]]:
+def aa_fields(control_records: list[dict[str, Any]] | None, metric: str | None) -> dict[str, Any]:
+    """What the A/A control of a (model, task) says of one metric: its difference from the baseline.
+
+    ``aa_delta`` is the control's ``delta`` (its metric against the baseline's, in the
+    verdict's units), ``aa_flips`` the share of documents whose 0/1 answer changed either
+    way, ``aa_kl_mean`` its divergence; ``aa_nonzero`` is true when the delta or the flips
+    are not exactly zero: then ``aa_noise_floor`` (the delta's size) enters the ladder
+    (:func:`quantsweep.verdicts.rules.decide`).
+
+    Example:
+        >>> aa_fields([{"metric": "acc", "delta": -0.01, "flips_right_to_wrong": 0.02,
+        ...             "flips_wrong_to_right": 0.01, "kl_mean": 1e-4}], "acc")["aa_noise_floor"]
+        0.01
+        >>> aa_fields(None, "acc")["aa_nonzero"] is None
+        True
+    """
+    empty = {"aa_delta": None, "aa_flips": None, "aa_kl_mean": None, "aa_nonzero": None, "aa_noise_floor": 0.0}
+    control = next((r for r in control_records or [] if r.get("metric") == metric), None)
+    if control is None or control.get("verdict") in ("error", "non-finite"):
+        return empty
+    delta = control.get("delta")
+    flips = None
+    if control.get("flips_right_to_wrong") is not None:
+        flips = control["flips_right_to_wrong"] + control.get("flips_wrong_to_right", 0.0)
+    size = abs(delta) if isinstance(delta, (int, float)) and delta == delta else 0.0
+    nonzero = size > 0 or bool(flips)
+    return {
+        "aa_delta": delta,
+        "aa_flips": flips,
+        "aa_kl_mean": control.get("kl_mean"),
+        "aa_nonzero": nonzero,
+        "aa_noise_floor": size if nonzero else 0.0,
+    }
+
+
+def cell_records(
+    cell: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    verdict_config,
+    control: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """The records of one stored cell, judged against its stored baseline cell.
 
     A failed cell gives one ``error`` record carrying its error; a judging failure
     gives the same, saying "judging failed", and never stops the others.
+
+    Every record carries its divergence from the baseline
+    (:func:`quantsweep.eval.divergence.divergence_fields`) and, when ``control`` (the
+    records of the A/A control cell of its model and task) is given, the control's
+    difference (:func:`aa_fields`), which the ladder takes into account. Both batch sizes
+    are recorded (``batch_size_used``, ``baseline_batch_size_used``); ``batch_size_mismatch``
+    flags a pair that ran at different batch sizes when the A/A control shows that
+    batching changes results.
 
     Example:
         >>> from quantsweep.verdicts.config import VerdictConfig
@@ -137,6 +185,7 @@ def cell_records(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_
         >>> cell_records(failed, None, VerdictConfig())[0]["verdict"]
         'error'
     """
+    from quantsweep.eval.divergence import divergence_fields
     from quantsweep.eval.harness import TaskResult
     from quantsweep.eval.suites import task_family
     from quantsweep.verdicts.task import judge_all_metrics
@@ -149,17 +198,29 @@ def cell_records(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_
     if baseline is not None and baseline.get("status") == "done" and not is_baseline:
         baseline_tasks = {name: TaskResult.from_dict(t) for name, t in baseline["tasks"].items()}
     records = []
+    is_control = bool(cell.get("control"))
+    own_batch = (cell.get("evaluate") or {}).get("batch_size_used")
+    baseline_batch = ((baseline or {}).get("evaluate") or {}).get("batch_size_used") if not is_baseline else own_batch
     try:
         for name, stored in cell["tasks"].items():
             task = TaskResult.from_dict(stored)
+            aa = {metric: aa_fields(control, metric) for metric in task.metrics}
             verdicts = judge_all_metrics(
                 task,
                 baseline_tasks.get(name),
                 vocab_size=cell["vocab_size"],
                 config=verdict_config,
                 is_baseline=is_baseline,
+                noise_floors=None if is_control else {m: fields["aa_noise_floor"] for m, fields in aa.items()},
             )
+            divergence = divergence_fields(task, None if is_baseline else baseline_tasks.get(name))
             for metric in task.metrics.values():
+                batching = aa[metric.metric]
+                mismatch = (
+                    None
+                    if batching["aa_nonzero"] is None or own_batch is None or baseline_batch is None
+                    else bool(batching["aa_nonzero"] and own_batch != baseline_batch and not is_control)
+                )
                 records.append(
                     {
                         **base,
@@ -175,7 +236,12 @@ def cell_records(cell: dict[str, Any], baseline: dict[str, Any] | None, verdict_
                         "task_version": task.version,
                         "diagnosis": cell.get("diagnosis"),
                         "error": None,
+                        "control": "aa" if is_control else None,
+                        "baseline_batch_size_used": baseline_batch,
+                        "batch_size_mismatch": mismatch,
                         **verdicts[metric.metric],
+                        **divergence,
+                        **({} if is_control else batching),
                     }
                 )
     except Exception as error:  # noqa: BLE001 - judging one cell must not end the sweep
@@ -216,6 +282,7 @@ class DerivedFiles:
         # The current sweep decides which cell is its baseline and what its model and recipe are
         # called; stored cells keep what the sweep that wrote them said, for cells outside the plan.
         self._plan_cells = {cell.key: cell for cell in plan.cells} if plan is not None else {}
+        self._scanned: dict[str, str | None] = {}  # key -> its baseline's key when it is an A/A control
 
     def _mtime(self, key: str | None) -> float | None:
         if not key:
@@ -236,13 +303,19 @@ class DerivedFiles:
             []
         """
         keys = list(keys) if keys is not None else self.store.keys()
+        controls = self._controls()
         out = []
         for key in keys:
             stamp = self._mtime(key)
             if stamp is None:
                 continue
             cached = self._cache.get(key)
-            if cached is not None and cached[0][0] == stamp and cached[0][1] == self._mtime(cached[0][2]):
+            if (
+                cached is not None
+                and cached[0][0] == stamp
+                and cached[0][1] == self._mtime(cached[0][2])
+                and cached[0][3] == self._mtime(cached[0][4])
+            ):
                 out += cached[1]
                 continue
             cell = self.store.read_cell(key)
@@ -259,10 +332,31 @@ class DerivedFiles:
                 }
             baseline_key = None if cell.get("is_baseline") else cell.get("baseline_key")
             baseline = self.store.read_cell(baseline_key) if baseline_key else None
-            records = cell_records(cell, baseline, self.verdict_config)
-            self._cache[key] = ((stamp, self._mtime(baseline_key), baseline_key), records)
+            group = cell.get("baseline_key") or key
+            control_key = None if cell.get("control") else controls.get(group)
+            control = self.records([control_key]) if control_key else None
+            records = cell_records(cell, baseline, self.verdict_config, control)
+            self._cache[key] = (
+                (stamp, self._mtime(baseline_key), baseline_key, self._mtime(control_key), control_key),
+                records,
+            )
             out += records
         return out
+
+    def _controls(self) -> dict[str, str]:
+        """Baseline key -> the key of its A/A control cell, for every stored control (each new cell read once)."""
+        for key in self.store.keys():
+            if key in self._scanned:
+                continue
+            cell = self.store.read_cell(key)
+            if cell is None:
+                continue
+            planned = self._plan_cells.get(key)
+            is_control = planned.control is not None if planned is not None else bool(cell.get("control"))
+            self._scanned[key] = (
+                (planned.baseline_key if planned is not None else cell.get("baseline_key")) if is_control else None
+            )
+        return {baseline: key for key, baseline in self._scanned.items() if baseline}
 
     def rebuild(self) -> list[dict[str, Any]]:
         """Rewrite ``results.jsonl`` and ``summary.json`` from every stored cell; returns the records.

@@ -79,6 +79,7 @@ class CellPlan:
     baseline_key: str
     key_fields: dict[str, Any]
     needs_calibration: bool
+    control: dict[str, Any] | None = None  # the A/A control: {"batch_size": ..., "order": "reversed"}
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,44 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
                         needs_calibration=needs_calibration(recipe),
                     )
                 )
+                if recipe is baseline and spec.evaluation.aa_control:
+                    cells.append(control_cell(cells[-1], spec.evaluation.batch_size))
     return SweepPlan(spec=spec, tasks=tasks, cells=cells)
+
+
+AA_SUFFIX = "-aa"
+
+
+def control_cell(baseline: CellPlan, batch_size: int) -> CellPlan:
+    """The A/A control of a baseline cell: the same recipe again, at another batch size, in reverse order.
+
+    Its recipe is the baseline's renamed ``<baseline>-aa``; the batch size and order are in
+    its key (they are what it measures), and it is judged against the baseline like a recipe.
+
+    Example:
+        >>> from quantsweep.sweep.spec import spec_from_dict
+        >>> spec = spec_from_dict({"models": [{"path": "toy", "device": "cpu"}], "tasks": ["toy_mc4"], "aa_control": True})
+        >>> [(c.recipe.name, c.control) for c in plan_cells(spec).cells]
+        [('fp', None), ('fp-aa', {'batch_size': 16, 'order': 'reversed'})]
+    """
+    import dataclasses
+
+    from quantsweep.eval.settings import control_batch_size
+
+    control = {"batch_size": control_batch_size(batch_size), "order": "reversed"}
+    key_fields = {
+        **baseline.key_fields,
+        "recipe": {**baseline.key_fields["recipe"], "name": baseline.recipe.name + AA_SUFFIX},
+        "control": control,
+    }
+    return dataclasses.replace(
+        baseline,
+        key=text_fingerprint(key_fields) + baseline.key[-8:],
+        recipe=dataclasses.replace(baseline.recipe, name=baseline.recipe.name + AA_SUFFIX),
+        is_baseline=False,
+        key_fields=key_fields,
+        control=control,
+    )
 
 
 def sort_cells(plan: SweepPlan, store, *, retry_failed: bool = False, force: bool = False) -> SweepPlan:
@@ -460,9 +498,12 @@ def group_units(cells: list[CellPlan], slots_per_model: dict[str, int] | None = 
     per_model: list[list[WorkUnit]] = []
     for name, model_cells in by_model.items():
         ordered = sorted(model_cells, key=lambda c: not c.is_baseline)  # stable: baseline first
-        recipes = list(dict.fromkeys(c.recipe.name for c in ordered))
+        controls = list(dict.fromkeys(c.recipe.name for c in ordered if c.control is not None))
+        recipes = [r for r in dict.fromkeys(c.recipe.name for c in ordered) if r not in controls]
         count = max(1, min(slots_per_model.get(name, 1), len(recipes)))
         groups = [recipes[i * len(recipes) // count : (i + 1) * len(recipes) // count] for i in range(count)]
+        # the A/A control runs on the baseline's load, after it: it reads the baseline's stored distributions
+        groups[0] = groups[0][:1] + controls + groups[0][1:]
         per_model.append(
             [
                 WorkUnit(model=ordered[0].model, cells=tuple(c for c in ordered if c.recipe.name in group))

@@ -132,7 +132,7 @@ class SweepSpec:
         tasks: task or suite names.
         baseline: the recipe every other one is judged against (default ``fp``).
         limit, num_fewshot, seed, batch_size, data_dir, include_path, allow_code_execution,
-            max_length: the evaluation settings, keys of the spec file as they always were;
+            max_length, aa_control: the evaluation settings, keys of the spec file as they always were;
             they are checked once, as the :class:`~quantsweep.eval.settings.EvalSettings`
             in :attr:`evaluation` (what workers and the evaluator receive).
         verdict: verdict thresholds (:class:`quantsweep.verdicts.config.VerdictConfig` fields).
@@ -158,6 +158,7 @@ class SweepSpec:
     verdict: dict[str, Any] = field(default_factory=dict)
     measure: bool = False
     max_length: int | None = None
+    aa_control: bool = False
     evaluation: EvalSettings = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,8 @@ Layout of a store folder::
                                outcomes, provenance, cost; the source of truth
     claims/<key>.claim         a cell being computed right now, and by whom
     logs/<key>.log             each cell's log
+    references/<key>.npz       a baseline cell's stored next-token distributions (rolling
+                               tasks; :mod:`quantsweep.eval.divergence`), read by its recipes' cells
     results.jsonl, summary.json   derived from the cells, rebuilt after every cell
 
 A cell file is written to a temporary file in the same folder, fsynced, then renamed
@@ -85,11 +87,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         >>> import tempfile
         >>> atomic_write_text(Path(tempfile.mkdtemp()) / "x.json", "{}")
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, as :func:`atomic_write_text` does.
+
+    Example:
+        >>> import tempfile
+        >>> atomic_write_bytes(Path(tempfile.mkdtemp()) / "x.npz", b"")
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         _fault_point(path)
@@ -360,6 +372,43 @@ class CellStore:
             'abc.log'
         """
         return self.directory / "logs" / f"{key}.log"
+
+    def reference_path(self, key: str) -> Path:
+        """The file of baseline cell ``key``'s stored distributions (:mod:`quantsweep.eval.divergence`).
+
+        Example:
+            >>> import tempfile
+            >>> CellStore(tempfile.mkdtemp()).reference_path("abc").name
+            'abc.npz'
+        """
+        return self.directory / "references" / f"{key}.npz"
+
+    def write_reference(self, key: str, data: bytes) -> Path:
+        """Store baseline cell ``key``'s distributions atomically (before its cell file, which names it).
+
+        Example:
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> _ = store.write_reference("abc", b"x")
+            >>> store.read_reference("abc")
+            b'x'
+        """
+        path = self.reference_path(key)
+        atomic_write_bytes(path, data)
+        return path
+
+    def read_reference(self, key: str) -> bytes | None:
+        """Baseline cell ``key``'s stored distributions, or None when it stored none.
+
+        Example:
+            >>> import tempfile
+            >>> CellStore(tempfile.mkdtemp()).read_reference("abc") is None
+            True
+        """
+        try:
+            return self.reference_path(key).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def read_cell(self, key: str) -> dict[str, Any] | None:
         """The stored cell, or None if absent. A file that is not valid JSON (edited by hand,

@@ -184,6 +184,7 @@ def _judge(
     config: VerdictConfig,
     is_baseline: bool,
     metric_value: float | None,
+    noise_floor: float = 0.0,
 ) -> Verdict:
     """The verdict of one metric, whatever its kind: the steps of the module docstring, written once.
 
@@ -204,7 +205,7 @@ def _judge(
         logger.warning("baseline has non-finite per-document %s; judging against chance alone", kind.values_name)
         return _against_chance(kind, q, n, config)
     paired = kind.compare(q, b, n)
-    verdict, reason = decide(paired.comparison, config, paired.collapse)
+    verdict, reason = decide(paired.comparison, config, paired.collapse, noise_floor=noise_floor)
     needed = paired.documents_needed() if verdict == "inconclusive" else None
     return _with_documents_needed(
         Verdict(
@@ -397,6 +398,7 @@ def judge_accuracy(
     is_baseline: bool = False,
     metric_value: float | None = None,
     clusters=None,
+    noise_floor: float = 0.0,
 ) -> Verdict:
     """Verdict for an accuracy task from per-document correctness, paired with the baseline.
 
@@ -427,7 +429,7 @@ def judge_accuracy(
     if not 0.0 <= chance < 1.0:
         raise ValueError(f"chance accuracy must be in [0, 1), got {chance}")
     kind = _Accuracy(chance, clusters, config)
-    return _judge(kind, quantized, baseline, nonfinite_samples, config, is_baseline, metric_value)
+    return _judge(kind, quantized, baseline, nonfinite_samples, config, is_baseline, metric_value, noise_floor)
 
 
 # ---------------------------------------------------------------- perplexity
@@ -556,6 +558,7 @@ def judge_perplexity(
     is_baseline: bool = False,
     metric_value: float | None = None,
     chance_cross_entropy: float | None = None,
+    noise_floor: float = 0.0,
 ) -> Verdict:
     """Verdict for a perplexity task from per-document summed NLL and token counts.
 
@@ -591,7 +594,14 @@ def judge_perplexity(
     kind = _Perplexity(chance_ppl, chance_ce, config)
     baseline = None if baseline_nll is None else (baseline_nll, baseline_tokens)
     return _judge(
-        kind, (quantized_nll, quantized_tokens), baseline, nonfinite_samples, config, is_baseline, metric_value
+        kind,
+        (quantized_nll, quantized_tokens),
+        baseline,
+        nonfinite_samples,
+        config,
+        is_baseline,
+        metric_value,
+        noise_floor,
     )
 
 
@@ -718,6 +728,7 @@ def judge_scores(
     tolerance: float | None = None,
     show=None,
     clusters=None,
+    noise_floor: float = 0.0,
 ) -> Verdict:
     """Verdict for any per-document score (exact match, F1, ...) by paired bootstrap of the mean.
 
@@ -751,4 +762,6 @@ def judge_scores(
         raise ValueError(f"chance must be a finite number or None, got {chance}")
     chance_value = math.nan if chance is None else float(chance)
     kind = _Scores(chance_value, chance is not None, higher_is_better, tolerance, show or _plain, clusters, config)
-    return _judge(kind, quantized_scores, baseline_scores, nonfinite_samples, config, is_baseline, metric_value)
+    return _judge(
+        kind, quantized_scores, baseline_scores, nonfinite_samples, config, is_baseline, metric_value, noise_floor
+    )

@@ -420,19 +420,37 @@ class Comparison:
     show: Callable[[float], str] = percent  # formats a drop in the quantity's units
 
 
-def decide(comparison: Comparison, config: VerdictConfig, collapse: Callable[[], str | None]) -> tuple[str, str]:
+def decide(
+    comparison: Comparison,
+    config: VerdictConfig,
+    collapse: Callable[[], str | None],
+    *,
+    noise_floor: float = 0.0,
+) -> tuple[str, str]:
     """The verdict ladder (module docstring, rules 3-7), written once: (verdict, reason).
 
     ``collapse`` is called only when there are enough documents; it returns the reason
-    the cell is collapsed, or None.
+    the cell is collapsed, or None. ``noise_floor`` (in the drop's units, >= 0) is the size
+    of the A/A control's difference: what evaluating the baseline again at another batch
+    size and order changed. It is added to the upper bound before the tolerance test
+    (``lossless`` needs ``drop_high + floor <= tolerance``) and the lower bound must exceed
+    it for ``degraded`` (``drop_low > floor``): neither verdict may rest on a difference
+    the batching alone produces.
 
     Example:
         >>> from quantsweep.verdicts.config import VerdictConfig
         >>> decide(Comparison(100, -0.01, 0.005, 0.01, 0.8, "drop", "McNemar"), VerdictConfig(), lambda: None)
         ('lossless', 'upper bound of the drop 0.5% <= tolerance 1%')
+        >>> decide(Comparison(100, -0.01, 0.005, 0.01, 0.8, "drop", "McNemar"), VerdictConfig(), lambda: None,
+        ...        noise_floor=0.006)[0]
+        'inconclusive'
         >>> decide(Comparison(4, -0.5, 0.5, 0.01, 1.0, "drop", "McNemar"), VerdictConfig(), lambda: None)[1]
         'n = 4 < min_samples = 20'
     """
+    if not noise_floor >= 0.0:
+        raise ValueError(f"noise_floor must be a number >= 0, got {noise_floor!r}")
+    if noise_floor > 0.0:
+        return _decide_with_floor(comparison, config, collapse, noise_floor)
     c, show = comparison, comparison.show
     if c.n < config.min_samples:
         return "inconclusive", f"n = {c.n} < min_samples = {config.min_samples}"
@@ -457,4 +475,30 @@ def decide(comparison: Comparison, config: VerdictConfig, collapse: Callable[[],
         f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: "
         f"its upper bound is above the tolerance {show(c.tolerance)} and its lower bound "
         "is not above 0"
+    )
+
+
+def _decide_with_floor(c: Comparison, config: VerdictConfig, collapse, floor: float) -> tuple[str, str]:
+    """Rules 3-7 with the A/A control's difference ``floor`` taken out of both claims (see :func:`decide`)."""
+    show = c.show
+    if c.n < config.min_samples:
+        return "inconclusive", f"n = {c.n} < min_samples = {config.min_samples}"
+    collapse_reason = collapse()
+    if collapse_reason:
+        return "collapsed", collapse_reason
+    aa = f"A/A difference {show(floor)}"
+    if c.drop_high + floor <= c.tolerance:
+        return "lossless", (
+            f"upper bound of the {c.quantity} {show(c.drop_high)} + {aa} <= tolerance {show(c.tolerance)}"
+        )
+    if c.drop_low > floor and c.p_value < config.alpha:
+        return "degraded", (
+            f"lower bound of the {c.quantity} {show(c.drop_low)} > {aa} and {c.test} "
+            f"p = {c.p_value:.2g} < alpha = {config.alpha:g}"
+        )
+    if not (math.isfinite(c.drop_low) and math.isfinite(c.drop_high)):
+        return "inconclusive", f"the interval of the {c.quantity} is undefined (a resampled value overflowed)"
+    return "inconclusive", (
+        f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: with the {aa} it is "
+        f"neither within the tolerance {show(c.tolerance)} nor above the A/A difference"
     )

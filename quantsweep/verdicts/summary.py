@@ -88,6 +88,9 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     maps ``recipe/task`` of every primary cell that is not lossless to its verdict and
     reason, and ``documents_needed`` maps each inconclusive cell to the documents that
     would decide it (when known), e.g. "inconclusive: about 2,400 documents would decide".
+    ``divergence`` maps each compared cell with a divergence from the baseline to its
+    figures (:mod:`quantsweep.eval.divergence`); ``aa_control`` maps each task with an A/A
+    control to the control's difference from the baseline.
 
     Example:
         >>> rows = [{"recipe": "w1", "task": "t", "verdict": "collapsed", "primary": True, "output_type": "generate_until"}]
@@ -96,9 +99,21 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         >>> summarize_records([{"recipe": "w2", "task": "t", "verdict": "error", "error": "boom"}])["failed"]
         {'w2': 'boom'}
     """
-    rows, failed, reasons, needed = [], {}, {}, {}
+    rows, failed, reasons, needed, divergence, controls = [], {}, {}, {}, {}, {}
     for record in records:
         verdict = record.get("verdict")
+        if record.get("primary") and record.get("divergence_kind") and verdict != "baseline":
+            divergence[f"{record['recipe']}/{record['task']}"] = {
+                name: record.get(name)
+                for name in ("divergence_kind", "kl_mean", "kl_p99", "top1_agreement", "prob_delta_mean")
+            }
+        if record.get("primary") and record.get("aa_nonzero") is not None and record.get("task") not in controls:
+            controls[record["task"]] = {
+                "nonzero": record["aa_nonzero"],
+                "delta": record.get("aa_delta"),
+                "flips": record.get("aa_flips"),
+                "kl_mean": record.get("aa_kl_mean"),
+            }
         if is_error(record):
             failed.setdefault(record["recipe"], record.get("error"))
         elif record.get("primary") and verdict not in (None, "baseline"):
@@ -116,6 +131,8 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "failed": failed,
         "reasons": reasons,
         "documents_needed": needed,
+        "divergence": divergence,
+        "aa_control": controls,
     }
 
 

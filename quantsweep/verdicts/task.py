@@ -87,7 +87,14 @@ def _chance(task) -> float:
 
 
 def judge_task(
-    task, baseline_task, *, metric: str, vocab_size: int, config: VerdictConfig | None = None, is_baseline: bool = False
+    task,
+    baseline_task,
+    *,
+    metric: str,
+    vocab_size: int,
+    config: VerdictConfig | None = None,
+    is_baseline: bool = False,
+    noise_floor: float = 0.0,
 ) -> dict[str, Any]:
     """Verdict fields for one (task, metric) of a recipe, compared with the baseline's.
 
@@ -98,6 +105,7 @@ def judge_task(
         vocab_size: model vocabulary size (chance cross-entropy is log V).
         config: verdict thresholds.
         is_baseline: this is the baseline itself.
+        noise_floor: the A/A control's difference, in the drop's units (0: none).
 
     Returns:
         ``chance, verdict, nonfinite_samples, delta, ci_low, ci_high, p_value, retained``
@@ -129,7 +137,13 @@ def judge_task(
         ).to_dict()
     samples, base_samples = _pairs(task, None if is_baseline else baseline_task)
     baseline_arg = None if is_baseline else base_samples
-    common = dict(nonfinite_samples=task.nonfinite_samples, config=config, is_baseline=is_baseline, metric_value=value)
+    common = dict(
+        nonfinite_samples=task.nonfinite_samples,
+        config=config,
+        is_baseline=is_baseline,
+        metric_value=value,
+        noise_floor=noise_floor,
+    )
     if task.output_type == "loglikelihood_rolling" and metric in PERPLEXITY_METRICS:
         chance_fields = perplexity_chance(task, baseline_task, vocab_size)
         verdict = judge_perplexity(
@@ -277,12 +291,20 @@ def _nll(samples, metric: str) -> list[float]:
 
 
 def judge_all_metrics(
-    task, baseline_task, *, vocab_size: int, config: VerdictConfig | None = None, is_baseline: bool = False
+    task,
+    baseline_task,
+    *,
+    vocab_size: int,
+    config: VerdictConfig | None = None,
+    is_baseline: bool = False,
+    noise_floors: dict[str, float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`judge_task` for every metric of a task, by metric name.
 
     The perplexity metrics of one task (word, byte, bits per byte) are all judged on
     the same per-token cross-entropy, so their bootstrap runs once and is shared.
+    ``noise_floors``: metric -> the A/A control's difference in the drop's units
+    (:func:`quantsweep.verdicts.rules.decide`); a metric not named has none.
 
     Example:
         >>> from quantsweep.eval.harness import MetricResult, SampleOutcome, TaskResult
@@ -302,7 +324,13 @@ def judge_all_metrics(
             judged[metric] = dict(shared_perplexity)
             continue
         judged[metric] = judge_task(
-            task, baseline_task, metric=metric, vocab_size=vocab_size, config=config, is_baseline=is_baseline
+            task,
+            baseline_task,
+            metric=metric,
+            vocab_size=vocab_size,
+            config=config,
+            is_baseline=is_baseline,
+            noise_floor=(noise_floors or {}).get(metric, 0.0),
         )
         if is_perplexity:
             shared_perplexity = judged[metric]

@@ -81,7 +81,7 @@ def test_cli_bad_spec_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"quantsweep: error: {spec}: unknown key 'limt' (did you mean 'limit'?); allowed keys: models, tasks, recipes, "
         "baseline, limit, num_fewshot, seed, batch_size, data_dir, include_path, allow_code_execution, verdict, measure, "
-        "max_length"
+        "max_length, aa_control"
     ]
     missing = _cli("sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"))
     assert missing.returncode == 2 and "nope.yaml' does not exist" in missing.stderr
