@@ -104,16 +104,16 @@ def run_sweep(
     """
     from quantsweep.sweep.context import UnitContext
     from quantsweep.sweep.derived import DerivedFiles
+    from quantsweep.sweep.names import claim_names
     from quantsweep.sweep.plan import plan_cells, sort_cells
     from quantsweep.sweep.progress import CellProgress
-    from quantsweep.sweep.store import CellStore
+    from quantsweep.sweep.store import CellStore, check_store_writable
 
     _check_backend(backend)
     spec = absolute_paths(load_spec(spec_or_path))
     out = Path(out).expanduser().resolve()  # a Ray worker starts in another folder than this driver
     verdicts = verdict_config(spec)
-    if Path(out).exists():
-        CellStore(out)  # an incompatible store is refused before any checkpoint is hashed
+    check_store_writable(out)  # an incompatible or unwritable store is refused before any checkpoint is hashed
     planning = {}
     if backend == "ray":  # join the cluster first (a dead --address fails in seconds); key cells by its devices
         from quantsweep.sweep.ray import planning_device_kinds
@@ -121,6 +121,8 @@ def run_sweep(
         planning["device_kind_of"] = planning_device_kinds(address)
     cells = plan_cells(spec, **planning)  # every check passed: only now is a folder created
     store = CellStore(out)
+    store.check_writable()
+    claim_names(store, cells)  # one name, one recipe and one model, per store: a clash is refused here
     plan = sort_cells(cells, store, retry_failed=retry_failed, force=force)
     logger.info("%s", plan.describe())
     if on_plan is not None:
