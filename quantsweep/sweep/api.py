@@ -237,7 +237,8 @@ def records_frame(records: list[dict[str, Any]]):
 
 
 def refresh_derived(directory) -> bool:
-    """Rebuild a store's derived files if a cell is newer than them (a run killed before its rebuild).
+    """Rebuild a store's derived files if a cell is newer than them (a run killed before its rebuild),
+    or if ``results.jsonl`` is unreadable (it is set aside as ``results.jsonl.corrupt-<time>``, never lost).
 
     Returns whether it rebuilt. Nothing is evaluated; the store's last thresholds are kept.
 
@@ -251,9 +252,27 @@ def refresh_derived(directory) -> bool:
         return False
     cells = list((path / "cells").glob("*.json"))
     results = path / "results.jsonl"
+    if results.is_file() and not _readable_results(results):
+        from quantsweep.sweep.store import set_aside
+
+        set_aside(results, "not JSON lines", "it is rebuilt from the cells")
     if not cells or (results.is_file() and results.stat().st_mtime_ns >= max(c.stat().st_mtime_ns for c in cells)):
         return False
     judge(path)
+    return True
+
+
+def _readable_results(path: Path) -> bool:
+    """Whether every line of a derived ``results.jsonl`` is a JSON object (UTF-8)."""
+    import json
+
+    try:
+        with path.open(encoding="utf-8") as stream:
+            for line in stream:
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    return False
+    except (OSError, ValueError):
+        return False
     return True
 
 
@@ -326,7 +345,7 @@ def _thresholds_in_results(path: Path) -> dict[str, Any]:
     import json
 
     results = path / "results.jsonl"
-    if not results.is_file():
+    if not results.is_file() or not _readable_results(results):
         return {}
-    first = next((line for line in results.read_text().splitlines() if line.strip()), None)
+    first = next((line for line in results.read_text(encoding="utf-8").splitlines() if line.strip()), None)
     return (json.loads(first).get("verdict_config") or {}) if first else {}
