@@ -191,7 +191,29 @@ def _open_binary(path: str):
     return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
 
 
+def _fast_json_lines(path: str, columns: tuple[str, ...]) -> int | None:
+    """Rows of a JSON Lines file parsed by pyarrow (C++, what ``datasets`` itself reads it with), or
+    None when anything is off (a parse error, a missing column, a null in a required column): then
+    the line-by-line reading finds the line, or accepts the file."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        with _open_binary(path) as handle:
+            raw = handle.read()
+        raw.decode("utf-8")  # pyarrow lets a byte that is not UTF-8 through; Python's decoder (C) does not
+        table = pj.read_json(pa.BufferReader(raw))
+    except (pa.ArrowException, OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if any(c not in table.column_names or table.column(c).null_count for c in columns):
+        return None
+    return table.num_rows
+
+
 def _check_json_lines(path: str, records: _Records) -> int:
+    fast = _fast_json_lines(path, records.columns)
+    if fast is not None:
+        return fast
     count = 0
     with _open_binary(path) as handle:
         for number, raw in enumerate(handle, start=1):
@@ -238,18 +260,18 @@ def check_data_file(path: str | Path, columns: tuple[str, ...] | list[str] = ())
 
         try:
             parquet = pq.ParquetFile(path)
-            names = list(parquet.schema_arrow.names)
-            absent = [c for c in columns if c not in names]
-            if absent:
-                raise ValueError(f"{path}: lacks column(s) {', '.join(absent)} (has {', '.join(names) or 'none'})")
-            for group in range(parquet.num_row_groups):  # decodes every page: a damaged one fails here
-                try:
-                    parquet.read_row_group(group, columns=list(columns) or None)
-                except Exception as error:  # noqa: BLE001 - pyarrow raises several types for damaged pages
-                    raise ValueError(f"{path}: row group {group}: {error}") from None
-            return parquet.metadata.num_rows
-        except OSError as error:  # pyarrow.ArrowInvalid is a ValueError; a damaged footer is an OSError
+        except (OSError, ValueError) as error:  # pyarrow.ArrowInvalid is a ValueError
             raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+        names = list(parquet.schema_arrow.names)
+        absent = [c for c in columns if c not in names]
+        if absent:
+            raise ValueError(f"{path}: lacks column(s) {', '.join(absent)} (has {', '.join(names) or 'none'})")
+        for group in range(parquet.num_row_groups):  # decodes every page: a damaged one fails here
+            try:
+                parquet.read_row_group(group, columns=list(columns) or None)
+            except Exception as error:  # noqa: BLE001 - pyarrow raises several types for damaged pages
+                raise ValueError(f"{path}: row group {group}: {error}") from None
+        return parquet.metadata.num_rows
     if fmt == ".csv":
         with open(path, "rb") as handle:
             raw = handle.read()

@@ -655,7 +655,7 @@ class CellStore:
         except FileNotFoundError:
             return True
         owner = _read_owner(path) if owner is None else owner
-        if not owner.get("token"):
+        if not owner:
             # a claim file is written whole before it is linked into place, so one without an owner
             # is never half-written: it is garbage, and waiting for its heartbeat would only stall
             logger.warning("claim file %s is unreadable; taken as stale", path)
