@@ -14,6 +14,12 @@ cells, answer flips, the documents inconclusive cells would need, a cost table w
 cost fields are recorded, and the record of the run (model, fingerprint, device,
 dtype, versions, calibration, thresholds, failed cells with their errors).
 
+Several models, or one model under several settings, are shown side by side: one view
+per (model, settings) (:func:`~quantsweep.verdicts.views.split_views`) with its own map
+and figures, a ``model`` column in every table, and a figure per family of retained
+margin against bits per weight with one line per model. A cell a view leaves out is
+named in the warnings, with why.
+
 Example:
     >>> import json, tempfile
     >>> from pathlib import Path
