@@ -212,3 +212,21 @@ def test_a_model_name_keeps_its_checkpoint_and_dtype(tmp_path, capsys):
     run_sweep({**spec, "limit": 10}, store, progress=False)
     summary = json.loads((store / "summary.json").read_text())
     assert sorted(summary["models"]) == ["m", "m-bf16"]
+
+
+def test_an_unreadable_store_json_or_name_file_is_set_aside_and_written_again(tmp_path):
+    from quantsweep.sweep.names import remember
+    from quantsweep.sweep.store import CellStore
+
+    store = CellStore(tmp_path / "store")
+    remember(store, "recipe", "w8-rtn", {"bits": 8})
+    (name_file,) = list((store.directory / "names").glob("recipe-*.json"))
+    name_file.write_bytes(b"\xff\x00")
+    (store.directory / "store.json").write_bytes(b"\x00\x01 not json")
+    again = CellStore(store.directory)  # a folder with cells/ is a store: its metadata is written again
+    assert json.loads((again.directory / "store.json").read_text())["format"] == 1
+    assert len(list(again.directory.glob("store.json.corrupt-*"))) == 1
+    remember(again, "recipe", "w8-rtn", {"bits": 1})  # the unreadable meaning is set aside, this one recorded
+    assert len(list((again.directory / "names").glob("recipe-*.json.corrupt-*"))) == 1
+    with pytest.raises(ValueError, match="bits is 1 there, 8 here"):
+        remember(again, "recipe", "w8-rtn", {"bits": 8})
