@@ -237,6 +237,8 @@ def check_calibration_source(source: str) -> None:
     if path.suffix in LOCAL_SUFFIXES:
         if not path.is_file():
             raise ValueError(f"calibration file {source!r} does not exist")
+        if not _read_local(path).strip():  # parsed whole now: a bad line is named before any model loads
+            raise ValueError(f"calibration file {source!r} holds no text")
         return
     raise ValueError(
         f"unknown calibration source {source!r}; use one of {', '.join(NAMED_SOURCES)} "
@@ -266,20 +268,26 @@ def _toy_ids(tokenizer, wanted_tokens: int, seed: int) -> torch.Tensor:
 
 
 def _read_local(path: Path) -> str:
+    """A local file's calibration text; a problem is named by file and line (``ValueError``)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if path.suffix == ".txt":
-        return path.read_text(encoding="utf-8")
+        return text
     texts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: each JSONL line needs a string 'text' field")
-            texts.append(record["text"])
+    for number, line in enumerate(text.split("\n"), start=1):  # "\n" only: line numbers as an editor counts them
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{number}: each JSONL line needs a string 'text' field")
+        texts.append(record["text"])
     return "\n\n".join(texts)
 
 

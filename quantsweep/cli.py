@@ -41,6 +41,8 @@ def _configure_logging(verbose: bool) -> None:
     )
     for handler in logging.getLogger().handlers:  # the console; per-cell log files take INFO on their own
         handler.setLevel(logging.INFO if verbose else logging.WARNING)
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("quantsweep").setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("lm_eval", "lm-eval", "transformers", "datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
@@ -255,17 +257,19 @@ def _run(spec) -> int:
 
 def _print_summary(records) -> None:
     from quantsweep.verdicts.summary import summarize_records
+    from quantsweep.verdicts.views import split_views
 
-    summary = summarize_records(records)
-    if summary["by_recipe"]:
-        print("\nverdict by recipe (worst over its tasks):")
-        for recipe, value in summary["by_recipe"].items():
-            counts = ", ".join(f"{n} {name}" for name, n in value["counts"].items() if n)
-            print(f"  {recipe:<20} {value['verdict']:<13} ({counts})")
-    failed = sorted({r["recipe"] for r in records if r.get("verdict") == "error"})
-    for recipe in failed:
-        error = next(r["error"] for r in records if r["recipe"] == recipe and r.get("error"))
-        print(f"  {recipe:<20} ERROR: {error}")
+    views = split_views(records)
+    for view in views:
+        summary = summarize_records(view.records)
+        named = f" of model {view.title}" if len(views) > 1 else ""
+        if summary["by_recipe"]:
+            print(f"\nverdict by recipe{named} (worst over its tasks):")
+            for recipe, value in summary["by_recipe"].items():
+                counts = ", ".join(f"{n} {name}" for name, n in value["counts"].items() if n)
+                print(f"  {recipe:<20} {value['verdict']:<13} ({counts})")
+        for recipe, error in sorted(summary["failed"].items()):
+            print(f"  {recipe:<20} ERROR: {error}")
 
 
 def _verdict_config(args):
@@ -322,10 +326,8 @@ def _command_sweep(args) -> int:
         force=args.force,
         on_plan=_print_plan,
     )
-    for model in dict.fromkeys(r["model"] for r in result.records):
-        records = [r for r in result.records if r["model"] == model]
-        print(f"\nmodel {model}")
-        print(format_table(records))
+    print()
+    print(format_table(result.records))  # one table per model and setting, each under its title
     print()
     print(LEGEND)
     _print_summary(result.records)
@@ -353,9 +355,7 @@ def _command_judge(args) -> int:
     records = judge(args.store, **thresholds)
     if not records:
         raise UserError(f"the store {args.store} holds no finished cells yet")
-    for model in dict.fromkeys(r["model"] for r in records):
-        print(f"model {model}")
-        print(format_table([r for r in records if r["model"] == model]))
+    print(format_table(records))  # one table per model and setting, each under its title
     print()
     print(LEGEND)
     _print_summary(records)
@@ -650,15 +650,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
+    stdout = sys.stdout
+    sys.stdout = _SafeStream(stdout)  # names come from users' files: no escape sequence reaches the terminal
     try:
         return COMMANDS[args.command](args)
     except (UserError, ValueError, TypeError, FileNotFoundError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"quantsweep: error: {message}", file=sys.stderr)
+        print(f"quantsweep: error: {_safe(message)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("quantsweep: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
+
+
+def _safe(text: str, keep: str = "") -> str:
+    """Control characters (ANSI escapes among them) as ``\\x..``, except those in ``keep``."""
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+class _SafeStream:
+    """A text stream that shows control characters as ``\\x..`` (line breaks and tabs pass)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(_safe(text, keep="\n\t"))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines with control characters shown, not sent (a recipe name may carry an escape sequence)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _safe(super().format(record), keep="\n\t")
 
 
 if __name__ == "__main__":

@@ -151,39 +151,184 @@ def find_data_files(entry: SuiteEntry, data_dir: str | Path) -> tuple[str | None
     return builder, files, missing
 
 
-def _first_record_columns(path: str) -> list[str] | None:
-    """Top-level column names of a data file, reading as little as possible; None if unknown."""
+def _kind(value) -> str | None:
+    """The JSON kind of a value, as pyarrow would type its column (None for null: it fits any)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+class _Records:
+    """Checks records one by one: each a mapping holding every column, each column of one kind throughout."""
+
+    def __init__(self, path: str, columns: tuple[str, ...]):
+        self.path, self.columns = path, columns
+        self.kinds: dict[str, tuple[str, str]] = {}  # column -> (kind, where first seen)
+
+    def check(self, record, where: str) -> None:
+        if not isinstance(record, dict):
+            raise ValueError(f"{self.path}:{where}: expected a JSON object (one record), got {_kind(record)}")
+        absent = [c for c in self.columns if c not in record]
+        if absent:
+            raise ValueError(
+                f"{self.path}:{where}: record lacks column(s) {', '.join(absent)} "
+                f"(has {', '.join(map(str, record)) or 'none'})"
+            )
+        for column in self.columns:
+            kind = _kind(record[column])
+            if kind is None:
+                continue
+            seen = self.kinds.setdefault(column, (kind, where))
+            if seen[0] != kind:
+                raise ValueError(
+                    f"{self.path}:{where}: column {column!r} is a {kind} here but a {seen[0]} at {seen[1]}; "
+                    "a column keeps one type in every record"
+                )
+
+
+def _open_binary(path: str):
+    import gzip
+
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+def _fast_json_lines(path: str, columns: tuple[str, ...]) -> int | None:
+    """Rows of a JSON Lines file parsed by pyarrow (C++, what ``datasets`` itself reads it with), or
+    None when anything is off (a parse error, a missing column, a null in a required column): then
+    the line-by-line reading finds the line, or accepts the file."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        with _open_binary(path) as handle:
+            raw = handle.read()
+        raw.decode("utf-8")  # pyarrow lets a byte that is not UTF-8 through; Python's decoder (C) does not
+        table = pj.read_json(pa.BufferReader(raw))
+    except (pa.ArrowException, OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if any(c not in table.column_names or table.column(c).null_count for c in columns):
+        return None
+    return table.num_rows
+
+
+def _check_json_lines(path: str, records: _Records) -> int:
+    fast = _fast_json_lines(path, records.columns)
+    if fast is not None:
+        return fast
+    count = 0
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})") from None
+            records.check(record, str(number))
+            count += 1
+    return count
+
+
+def check_data_file(path: str | Path, columns: tuple[str, ...] | list[str] = ()) -> int:
+    """Parse a local data file completely and return its number of records.
+
+    Every record must parse, hold every column in ``columns`` and keep each column's
+    type (a ``label`` that is a number in one record and a string in the next is what
+    ``datasets`` would refuse). JSON Lines (``.jsonl``, ``.json`` holding lines, and
+    their ``.gz``), JSON arrays, CSV and Parquet are read; a problem is named by file
+    and line (record, for a JSON array; row group, for Parquet).
+
+    Raises:
+        ValueError: ``file:line: what is wrong``.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "test.jsonl"
+        >>> _ = path.write_text('{"q": "a", "label": 1}\\n{"q": "b", "label": 0}\\n{"q": "c"\\n')
+        >>> check_data_file(path, ["q", "label"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: ...test.jsonl:3: not valid JSON (Expecting ',' delimiter...)
+    """
+    path = str(path)
+    records = _Records(path, tuple(columns))
     fmt = _format_of(Path(path))
     if fmt == ".parquet":
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names)
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, ValueError) as error:  # pyarrow.ArrowInvalid is a ValueError
+            raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+        names = list(parquet.schema_arrow.names)
+        absent = [c for c in columns if c not in names]
+        if absent:
+            raise ValueError(f"{path}: lacks column(s) {', '.join(absent)} (has {', '.join(names) or 'none'})")
+        for group in range(parquet.num_row_groups):  # decodes every page: a damaged one fails here
+            try:
+                parquet.read_row_group(group, columns=list(columns) or None)
+            except Exception as error:  # noqa: BLE001 - pyarrow raises several types for damaged pages
+                raise ValueError(f"{path}: row group {group}: {error}") from None
+        return parquet.metadata.num_rows
     if fmt == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            return next(csv.reader(handle), [])
-    if fmt == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    record = json.loads(line)
-                    return list(record) if isinstance(record, dict) else None
-        return []
-    if fmt == ".json" and os.path.getsize(path) < 64 * 2**20:  # 64 MiB: a full parse is cheap below that
-        with open(path, encoding="utf-8") as handle:
-            first = handle.read(1)
-            handle.seek(0)
-            if first != "[":  # JSON Lines saved as .json, which `datasets` also accepts
-                line = handle.readline()
-                record = json.loads(line) if line.strip() else {}
-            else:
-                records = json.load(handle)
-                record = records[0] if records else {}
-        return list(record) if isinstance(record, dict) else None
-    return None  # compressed files: let `datasets` report problems
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line}: not UTF-8 text ({error.reason})") from None
+        reader = csv.reader(text.splitlines(keepends=True))
+        header = next(reader, [])
+        absent = [c for c in columns if c not in header]
+        if absent:
+            raise ValueError(
+                f"{path}:1: header lacks column(s) {', '.join(absent)} (has {', '.join(header) or 'none'})"
+            )
+        count = 0
+        try:
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise ValueError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                count += bool(row)
+        except csv.Error as error:
+            raise ValueError(f"{path}:{reader.line_num}: {error}") from None
+        return count
+    if fmt in (".jsonl", ".jsonl.gz"):
+        return _check_json_lines(path, records)
+    if fmt in (".json", ".json.gz"):
+        with _open_binary(path) as handle:
+            head = handle.read(64).lstrip()
+        if not head.startswith(b"["):
+            return _check_json_lines(path, records)  # JSON Lines saved as .json, which `datasets` also accepts
+        with _open_binary(path) as handle:
+            raw = handle.read()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line}: not UTF-8 text ({error.reason})") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
+        for index, record in enumerate(data):
+            records.check(record, f"record {index + 1}")
+        return len(data)
+    raise ValueError(f"{path}: not a data file quantsweep reads ({', '.join(DATA_FORMATS)})")
 
 
 def check_columns(entry: SuiteEntry, files: Mapping[str, list[str]]) -> None:
-    """Raise :class:`MissingDataError` when a file lacks a column the task's prompts use.
+    """Parse every file of a task completely (:func:`check_data_file`): each record holds the columns the
+    task's prompts use, and nothing is found broken later, after a model has loaded.
+
+    Raises:
+        MissingDataError: naming the task, the file and the line.
 
     Example:
         >>> import json, tempfile
@@ -192,22 +337,16 @@ def check_columns(entry: SuiteEntry, files: Mapping[str, list[str]]) -> None:
         >>> _ = path.write_text(json.dumps({"goal": "open a jar", "sol1": "twist", "sol2": "push"}) + "\\n")
         >>> check_columns(suite_entry("piqa"), {"validation": [str(path)]})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        quantsweep.eval.offline.MissingDataError: task 'piqa': ...validation.jsonl lacks column(s) label; ...
+        quantsweep.eval.offline.MissingDataError: task 'piqa': ...validation.jsonl:1: record lacks column(s) label ...
     """
     for _split, paths in files.items():
-        for path in paths[:1]:
+        for path in paths:
             try:
-                columns = _first_record_columns(path)
-            except (OSError, ValueError, UnicodeDecodeError) as err:
-                raise MissingDataError(f"task {entry.task!r}: cannot read {path}: {err}") from None
-            if columns is None:
-                continue
-            absent = [c for c in entry.data.columns if c not in columns]
-            if absent:
-                raise MissingDataError(
-                    f"task {entry.task!r}: {path} lacks column(s) {', '.join(absent)}; "
-                    f"expected columns {', '.join(entry.data.columns)} (found {', '.join(columns) or 'none'})"
-                )
+                check_data_file(path, entry.data.columns)
+            except OSError as error:
+                raise MissingDataError(f"task {entry.task!r}: cannot read {path}: {error}") from None
+            except ValueError as error:
+                raise MissingDataError(f"task {entry.task!r}: {error}") from None
 
 
 def _local_config(entry: SuiteEntry, builder: str, files: dict[str, list[str]], folder: Path) -> dict:

@@ -14,6 +14,12 @@ cells, answer flips, the documents inconclusive cells would need, a cost table w
 cost fields are recorded, and the record of the run (model, fingerprint, device,
 dtype, versions, calibration, thresholds, failed cells with their errors).
 
+Several models, or one model under several settings, are shown side by side: one view
+per (model, settings) (:func:`~quantsweep.verdicts.views.split_views`) with its own map
+and figures, a ``model`` column in every table, and a figure per family of retained
+margin against bits per weight with one line per model. A cell a view leaves out is
+named in the warnings, with why.
+
 Example:
     >>> import json, tempfile
     >>> from pathlib import Path
@@ -36,6 +42,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ import pandas as pd
 from quantsweep.report import frames, plots
 from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask
 from quantsweep.verdicts.summary import family_overview
+from quantsweep.verdicts.views import split_views
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +397,7 @@ def _rate(name: str, value) -> str:
     return "" if _missing(value) else f"{name} {float(value):,.0f} tokens/s"
 
 
-def _run_record(records: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str, Any]:
+def _run_record(records: list[dict[str, Any]], frame: pd.DataFrame, multi: bool = False) -> dict[str, Any]:
     def distinct(key):
         values = [r.get(key) for r in records if r.get(key) is not None]
         return ", ".join(dict.fromkeys(str(v) for v in values)) or "not recorded"
@@ -401,9 +409,10 @@ def _run_record(records: list[dict[str, Any]], frame: pd.DataFrame) -> dict[str,
     calibration = {}
     for record in records:
         if record.get("calibration"):
-            calibration.setdefault(record["recipe"], json.dumps(record["calibration"], sort_keys=True))
+            name = f"{record.get('model')} / {record['recipe']}" if multi else record["recipe"]
+            calibration.setdefault(name, json.dumps(record["calibration"], sort_keys=True))
     thresholds = next((r["verdict_config"] for r in records if r.get("verdict_config")), {})
-    failed = frame[frame["verdict"] == ERROR][["recipe", "task", "error"]]
+    failed = frame[frame["verdict"] == ERROR][(["model"] if multi else []) + ["recipe", "task", "error"]]
     return {
         "model": distinct("model"),
         "fingerprint": distinct("model_fingerprint"),
@@ -422,8 +431,92 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "family"
 
 
+def _view_table(parts: list[tuple[str, pd.DataFrame]], multi: bool) -> pd.DataFrame:
+    """One table from each view's part, with a leading ``model`` column (the view's title) when there are several."""
+    frames_ = [part.assign(model=title)[["model", *part.columns]] if multi else part for title, part in parts]
+    frames_ = [f for f in frames_ if not f.empty]
+    return pd.concat(frames_, ignore_index=True) if frames_ else pd.DataFrame()
+
+
+def _panel(view, index: int, multi: bool) -> dict[str, Any]:
+    """Everything the report shows of one view (one model under one setting)."""
+    frame = frames.records_frame(view.records)
+    cells = frame[primary_or_error_mask(frame)]
+    left_out = list(view.left_out)
+    duplicated = cells.duplicated(["recipe", "task"], keep="first")
+    for row in cells[duplicated].itertuples():  # records without a cell key cannot be told apart: say so
+        left_out.append(f"{row.recipe} / {row.task}: a second record of this cell without a cell key, left out")
+    cells = cells[~duplicated]
+    recipe_groups, task_groups = _recipe_order(cells), _task_order(cells)
+    recipes = [r for _, group in recipe_groups for r in group]
+    tasks = [t for _, group in task_groups for t in group]
+    slug = f"-{_slug(view.title)}" if multi else ""
+    figures = {f"report-verdict-map{slug}.png": plots.png_bytes(plots.verdict_heatmap(cells, recipes, tasks))}
+    retention = []
+    for family, _ in task_groups:
+        name = f"report-retention{slug}-{_slug(family)}.png"
+        title = f"{view.title}: {family}" if multi else family
+        figures[name] = plots.png_bytes(
+            plots.retention_vs_bits(cells[cells["family"].fillna("other") == family], title)
+        )
+        retention.append({"family": title, "uri": _data_uri(figures[name]), "file": name})
+    prefix = f"{view.title}: " if multi else ""
+    warnings = []
+    if not (cells["verdict"] == "baseline").any():
+        warnings.append(
+            f"{prefix}No baseline result: no cell could be compared, so no cell has a delta or a verdict against "
+            "the baseline."
+        )
+    failed = cells[cells["verdict"] == ERROR]
+    if not failed.empty:
+        warnings.append(
+            f"{prefix}{len(failed)} cell(s) failed and have no result: "
+            + ", ".join(f"{r} / {t}" for r, t in zip(failed["recipe"], failed["task"]))
+            + "."
+        )
+    present = set(zip(cells["recipe"], cells["task"]))
+    missing = [(r, t) for r in recipes for t in tasks if (r, t) not in present]
+    if missing:
+        warnings.append(
+            f"{prefix}{len(missing)} cell(s) have no record (marked MISSING): "
+            + ", ".join(f"{r} / {t}" for r, t in missing[:20])
+            + (" ..." if len(missing) > 20 else "")
+        )
+    if left_out:
+        warnings.append(f"{prefix}{len(left_out)} cell(s) left out of this view: " + "; ".join(left_out))
+    metric_of = {row.task: row.metric for row in cells.itertuples() if isinstance(row.metric, str)}
+    return {
+        "id": f"view-{index}",
+        "model": str(view.model),
+        "title": view.title,
+        "frame": frame,
+        "cells": cells,
+        "figures": figures,
+        "retention": retention,
+        "warnings": warnings,
+        "verdict_map_file": next(iter(figures)),
+        "task_groups": [(family, [(t, metric_of.get(t, "")) for t in group]) for family, group in task_groups],
+        "map_rows": _map_rows(cells, recipe_groups, task_groups),
+        "reasons": [
+            {
+                "recipe": r.recipe,
+                "task": r.task,
+                "verdict": r.verdict,
+                "reason": (r.error if r.verdict == ERROR else r.reason) or "no reason recorded",
+            }
+            for r in cells.itertuples()
+            if r.verdict not in UNREMARKABLE
+        ],
+    }
+
+
 def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> tuple[str, dict[str, bytes]]:
     """The report's HTML text and its figures (file name -> PNG bytes), from result records.
+
+    Each model, and each setting of a model, is one view (:func:`~quantsweep.verdicts.views.split_views`):
+    its own verdict map, figures and rows of every table, under its title. With more than
+    one view, a figure per task family compares them: retained margin against bits per
+    weight, one line per view.
 
     Example:
         >>> def record(recipe, bits, value, verdict, reason=None):  # a primary accuracy record, as a sweep stores it
@@ -437,46 +530,47 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         ['report-retention-knowledge.png', 'report-verdict-map.png']
         >>> "<title>toy</title>" in html, "accuracy 0.260 is at chance (0.250)" in html
         (True, True)
+        >>> two = records + [{**r, "model": "big", "value": r["value"] + 0.01} for r in records]
+        >>> sorted(build_report(two)[1])[:2]
+        ['report-models-knowledge.png', 'report-retention-big-knowledge.png']
     """
     import jinja2
 
     frame = frames.records_frame(records)
-    cells = frame[primary_or_error_mask(frame)].drop_duplicates(["recipe", "task"], keep="first")
-    recipe_groups, task_groups = _recipe_order(cells), _task_order(cells)
-    recipes = [r for _, group in recipe_groups for r in group]
-    tasks = [t for _, group in task_groups for t in group]
-    figures = {"report-verdict-map.png": plots.png_bytes(plots.verdict_heatmap(cells, recipes, tasks))}
-    retention_figures = []
-    for family, _ in task_groups:
-        name = f"report-retention-{_slug(family)}.png"
-        figures[name] = plots.png_bytes(
-            plots.retention_vs_bits(cells[cells["family"].fillna("other") == family], family)
-        )
-        retention_figures.append({"family": family, "uri": _data_uri(figures[name]), "file": name})
-    summary = family_summary(cells)
-    nonfinite, collapsed = _problems(cells)
+    views = split_views(records)
+    multi = len(views) > 1
+    panels = [_panel(view, index, multi) for index, view in enumerate(views)]
+    figures: dict[str, bytes] = {}
+    comparison = []
+    if multi:
+        every = pd.concat([panel["cells"].assign(view=panel["title"]) for panel in panels], ignore_index=True)
+        for family in dict.fromkeys(every["family"].fillna("other")):
+            name = f"report-models-{_slug(family)}.png"
+            figures[name] = plots.png_bytes(
+                plots.retention_by_model(every[every["family"].fillna("other") == family], family)
+            )
+            comparison.append({"family": family, "uri": _data_uri(figures[name]), "file": name})
+    for panel in panels:
+        figures.update(panel["figures"])
     warnings = []
-    if not (cells["verdict"] == "baseline").any():
-        warnings.append(
-            "No baseline result: no cell could be compared, so no cell has a delta or a verdict against the baseline."
-        )
-    failed = cells[cells["verdict"] == ERROR]
-    if not failed.empty:
-        warnings.append(
-            f"{len(failed)} cell(s) failed and have no result: "
-            + ", ".join(f"{r} / {t}" for r, t in zip(failed["recipe"], failed["task"]))
-            + "."
-        )
-    present = set(zip(cells["recipe"], cells["task"]))
-    missing = [(r, t) for r in recipes for t in tasks if (r, t) not in present]
-    if missing:
-        warnings.append(
-            f"{len(missing)} cell(s) have no record (marked MISSING): "
-            + ", ".join(f"{r} / {t}" for r, t in missing[:20])
-            + (" ..." if len(missing) > 20 else "")
-        )
-    metric_of = {row.task: row.metric for row in cells.itertuples() if isinstance(row.metric, str)}
-    costs = cost_table(frame)
+    settings_per_model: dict[str, list[str]] = {}
+    for view in views:
+        settings_per_model.setdefault(str(view.model), []).append(view.label)
+    for model, labels in settings_per_model.items():
+        if len(labels) > 1:
+            warnings.append(
+                f"Model {model} has results of {len(labels)} settings ({'; '.join(labels)}): each is shown apart "
+                "under its label, never merged."
+            )
+    for panel in panels:
+        warnings += panel["warnings"]
+    multi_table = lambda part: _view_table([(p["title"], part(p)) for p in panels], multi)  # noqa: E731
+    summary = multi_table(lambda p: family_summary(p["cells"]))
+    if not summary.empty:
+        summary = summary.assign(**{"mean retained": summary["mean retained"].round(3)})
+    nonfinite = multi_table(lambda p: _problems(p["cells"])[0])
+    collapsed = multi_table(lambda p: _problems(p["cells"])[1])
+    costs = multi_table(lambda p: cost_table(p["frame"]))
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("quantsweep.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -486,35 +580,33 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         colours=plots.VERDICT_COLOURS,
         markers=MARKERS,
         warnings=warnings,
-        task_groups=[(family, [(t, metric_of.get(t, "")) for t in group]) for family, group in task_groups],
-        map_rows=_map_rows(cells, recipe_groups, task_groups),
-        reasons=[
+        multi=multi,
+        panels=[
             {
-                "recipe": r.recipe,
-                "task": r.task,
-                "verdict": r.verdict,
-                "reason": (r.error if r.verdict == ERROR else r.reason) or "no reason recorded",
+                **{k: panel[k] for k in ("id", "model", "title", "task_groups", "map_rows", "reasons", "retention")},
+                "verdict_map_uri": _data_uri(figures[panel["verdict_map_file"]]),
+                "verdict_map_file": panel["verdict_map_file"],
             }
-            for r in cells.itertuples()
-            if r.verdict not in UNREMARKABLE
+            for panel in panels
         ],
-        family_table=_table(
-            summary.assign(**{"mean retained": summary["mean retained"].round(3)}), "no compared cells"
-        ),
-        verdict_map_uri=_data_uri(figures["report-verdict-map.png"]),
-        retention_figures=retention_figures,
+        comparison_figures=comparison,
+        family_table=_table(summary, "no compared cells"),
         nonfinite_table=_table(nonfinite, "no non-finite cells"),
         collapsed_table=_table(collapsed, "no collapsed cells"),
-        flips_table=_table(_flips(cells), "no per-document 0/1 task was compared"),
-        needed_table=_table(_documents_needed(cells), "no inconclusive cells"),
+        flips_table=_table(multi_table(lambda p: _flips(p["cells"])), "no per-document 0/1 task was compared"),
+        needed_table=_table(multi_table(lambda p: _documents_needed(p["cells"])), "no inconclusive cells"),
         divergence_table=_table(
-            divergence_table(cells), "no divergence measured (no compared perplexity or multiple-choice cell)"
+            multi_table(lambda p: divergence_table(p["cells"])),
+            "no divergence measured (no compared perplexity or multiple-choice cell)",
         ),
-        aa_table=_table(_aa_table(cells), "no A/A control in this run (spec key aa_control, flag --aa-control)"),
-        aa_lines=_aa_lines(cells),
+        aa_table=_table(
+            multi_table(lambda p: _aa_table(p["cells"])),
+            "no A/A control in this run (spec key aa_control, flag --aa-control)",
+        ),
+        aa_lines=_aa_lines(pd.concat([p["cells"] for p in panels], ignore_index=True)),
         cost=_table(costs, ""),
         has_cost=not costs.empty,
-        run=_run_record(records, cells),
+        run=_run_record(records, pd.concat([p["cells"] for p in panels], ignore_index=True), multi),
     )
     return html, figures
 
@@ -531,8 +623,13 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, titl
     Returns:
         The path of the HTML file.
 
+    A folder other than ``results_dir`` keeps a list of the files a report wrote there
+    (``.quantsweep-report.json``); a report replaces only those, and refuses, before
+    writing anything, to replace a ``results.csv`` or PNG it did not write.
+
     Raises:
-        FileNotFoundError, ValueError: no results in ``results_dir`` (the message says where it looked).
+        FileNotFoundError, ValueError: no results in ``results_dir`` (the message says where it looked),
+            a folder for ``out`` that cannot be written, or files there no report wrote.
 
     Example:
         >>> import json, tempfile
@@ -547,19 +644,64 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, titl
         >>> _ = (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in records))
         >>> out = write_report(folder, folder / "html" / "demo.html")
         >>> sorted(p.name for p in out.parent.iterdir())
-        ['demo.html', 'report-retention-knowledge.png', 'report-verdict-map.png', 'results.csv', 'results.parquet']
+        ['.quantsweep-report.json', 'demo.html', 'report-retention-knowledge.png', 'report-verdict-map.png', 'results.csv', 'results.parquet']
     """
     records = frames.load_records(results_dir)
     out = Path(results_dir) / "report.html" if out is None else Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out must name an .html file, got {str(out)!r}")
+    _check_writable(out.parent)
     html, figures = build_report(records, title=title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    names = ["results.csv", "results.parquet", *figures]
+    _check_not_replacing(out, names, results_dir)
     table = frames.records_frame(records)
-    table.to_csv(out.with_name("results.csv"), index=False)
-    table.to_parquet(out.with_name("results.parquet"), index=False)
-    for name, png in figures.items():
-        out.with_name(name).write_bytes(png)
+    try:
+        out.write_text(html, encoding="utf-8")
+        table.to_csv(out.with_name("results.csv"), index=False)
+        table.to_parquet(out.with_name("results.parquet"), index=False)
+        for name, png in figures.items():
+            out.with_name(name).write_bytes(png)
+        written = sorted({*_report_files(out.parent), *names})
+        out.with_name(MANIFEST).write_text(json.dumps({"files": written}, indent=1) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"cannot write the report into {out.parent}: {error.strerror or error}") from None
     logger.info("report written to %s (%d records)", out, len(records))
     return out
+
+
+MANIFEST = ".quantsweep-report.json"  # the files a report wrote into its folder: the ones it may replace
+
+
+def _report_files(folder: Path) -> list[str]:
+    try:
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in files if isinstance(name, str)]
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse a report folder that cannot be created or written, before the report is built."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".report-probe-", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"cannot write the report into {folder}: {error.strerror or error}") from None
+
+
+def _check_not_replacing(out: Path, names: list[str], results_dir) -> None:
+    """Refuse to replace files beside ``out`` that no report wrote (a results folder's own derived files aside)."""
+    folder = out.parent
+    if folder.resolve() == Path(results_dir).resolve():
+        return  # the results folder itself: its CSV, Parquet and PNGs are derived from its records
+    ours = set(_report_files(folder))
+    foreign = [name for name in names if (folder / name).exists() and name not in ours]
+    if foreign:
+        raise ValueError(
+            f"--out {out} would replace {', '.join(foreign[:4])}{' ...' if len(foreign) > 4 else ''} in {folder}, "
+            "which no quantsweep report wrote there; nothing was written: choose another folder for --out"
+        )

@@ -149,3 +149,51 @@ def retention_vs_bits(cells: pd.DataFrame, family: str) -> Figure:
     else:
         axes.text(0.5, 0.5, "no compared cells with a retention", transform=axes.transAxes, ha="center")
     return figure
+
+
+def retention_by_model(cells: pd.DataFrame, family: str) -> Figure:
+    """The study's contrast: mean retained margin against bits per weight, one line per model (view).
+
+    At each bits per weight the line shows the mean retained margin over the recipes
+    of that width (RTN, GPTQ, AWQ ... at 4 bits, say), so two models' lines part where
+    one of them stops keeping its margin (4-bit was fine for 7B and hurt 1B).
+
+    Args:
+        cells: primary cells of one family with ``view`` (the model's title), ``bits_per_weight``,
+            ``retained`` and ``verdict``; baseline rows are left out here.
+        family: the task family, for the title.
+
+    Example:
+        >>> cells = pd.DataFrame([{"view": m, "bits_per_weight": b, "retained": r, "verdict": "lossless"}
+        ...                       for m, b, r in (("1b", 4, 0.6), ("1b", 8, 1.0), ("7b", 4, 0.95), ("7b", 8, 1.0))])
+        >>> [line.get_label() for line in retention_by_model(cells, "math").axes[0].get_lines()][:2]
+        ['1b', '7b']
+    """
+    compared = cells[(cells["verdict"] != "baseline") & cells["retained"].notna() & cells["bits_per_weight"].notna()]
+    per_width = (
+        compared.groupby(["view", "bits_per_weight"], sort=False)["retained"]
+        .mean()
+        .reset_index()
+        .sort_values("bits_per_weight", kind="stable")
+    )
+    figure = Figure(figsize=(4.6, 3.2))
+    axes = figure.subplots()
+    for index, view in enumerate(dict.fromkeys(compared["view"])):
+        line = per_width[per_width["view"] == view]
+        axes.plot(
+            line["bits_per_weight"],
+            line["retained"],
+            marker=METHOD_MARKERS[index % len(METHOD_MARKERS)],
+            linestyle="-",
+            label=str(view),
+        )
+    axes.axhline(1.0, color="#888888", linewidth=0.8, linestyle=":")
+    axes.axhline(0.0, color="#a50026", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("bits per weight")
+    axes.set_ylabel("mean retained margin above chance")
+    axes.set_title(f"{family}: models side by side")
+    if not per_width.empty:
+        axes.legend(fontsize=7, title="model", title_fontsize=7)
+    else:
+        axes.text(0.5, 0.5, "no compared cells with a retention", transform=axes.transAxes, ha="center")
+    return figure

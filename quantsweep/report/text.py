@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from quantsweep.verdicts.rules import UNREMARKABLE, VERDICT_MARKERS, is_error, is_primary_or_error
+from quantsweep.verdicts.views import split_views
 
 LEGEND = (
     "verdicts: base = baseline, ok = lossless, ? = inconclusive, DEGRADED = significantly worse, "
@@ -150,7 +151,10 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     """Render recipes × tasks as an aligned text table of primary metrics with verdicts.
 
     With ``reasons`` (the default), the reason of every cell that is not lossless
-    follows the table (:func:`format_reasons`).
+    follows the table (:func:`format_reasons`). Records of several models, or of one
+    model under several settings, give one table per model and setting, each under its
+    title (:func:`~quantsweep.verdicts.views.split_views`), never one merged table; a
+    cell a table leaves out is named under it, with why.
 
     Example:
         >>> print(format_table([{"recipe": "fp", "task": "toy_mc4", "metric": "acc", "value": 0.91,
@@ -158,8 +162,44 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
         recipe  toy_mc4 (acc)
         ------  -------------
         fp      0.910 base
+        >>> print(format_table([{"model": m, "recipe": "fp", "task": "t", "metric": "acc", "value": v,
+        ...                      "primary": True, "verdict": "baseline"} for m, v in (("1b", 0.5), ("7b", 0.7))]))
+        model 1b
+        recipe  t (acc)
+        ------  ----------
+        fp      0.500 base
+        <BLANKLINE>
+        model 7b
+        recipe  t (acc)
+        ------  ----------
+        fp      0.700 base
     """
-    rows = primary_records(records)
+    views = split_views(records)
+    if len(views) == 1 and not views[0].left_out:
+        return _one_table(views[0].records, tasks, reasons=reasons)
+    blocks = []
+    for view in views:
+        block = [f"model {safe_text(view.title)}", _one_table(view.records, tasks, reasons=reasons)]
+        block += [f"  left out: {safe_text(line)}" for line in view.left_out]
+        blocks.append("\n".join(block))
+    return "\n\n".join(blocks)
+
+
+def safe_text(text: Any) -> str:
+    """``text`` with control characters (ANSI escape sequences among them) shown as ``\\x..``, not sent raw.
+
+    A recipe or model name comes from the user's files; an escape sequence in it must not
+    reach the terminal.
+
+    Example:
+        >>> safe_text("w4\\x1b[31m-red")
+        'w4\\\\x1b[31m-red'
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _one_table(records: Iterable[dict[str, Any]], tasks: list[str] | None, *, reasons: bool) -> str:
+    rows = [{**r, "recipe": safe_text(r["recipe"]), "task": safe_text(r["task"])} for r in primary_records(records)]
     tasks = tasks or list(dict.fromkeys(r["task"] for r in rows))
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     metric_of = {r["task"]: r["metric"] for r in rows if r.get("metric")}
@@ -179,4 +219,4 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
     if controls:
         lines += ["", "A/A control (* in the table: the verdict takes it into account):"]
         lines += [f"  {line}" for line in controls]
-    return "\n".join(lines)
+    return "\n".join(safe_text(line) for line in lines)

@@ -104,16 +104,16 @@ def run_sweep(
     """
     from quantsweep.sweep.context import UnitContext
     from quantsweep.sweep.derived import DerivedFiles
+    from quantsweep.sweep.names import claim_names
     from quantsweep.sweep.plan import plan_cells, sort_cells
     from quantsweep.sweep.progress import CellProgress
-    from quantsweep.sweep.store import CellStore
+    from quantsweep.sweep.store import CellStore, check_store_writable
 
     _check_backend(backend)
     spec = absolute_paths(load_spec(spec_or_path))
     out = Path(out).expanduser().resolve()  # a Ray worker starts in another folder than this driver
     verdicts = verdict_config(spec)
-    if Path(out).exists():
-        CellStore(out)  # an incompatible store is refused before any checkpoint is hashed
+    check_store_writable(out)  # an incompatible or unwritable store is refused before any checkpoint is hashed
     planning = {}
     if backend == "ray":  # join the cluster first (a dead --address fails in seconds); key cells by its devices
         from quantsweep.sweep.ray import planning_device_kinds
@@ -121,6 +121,8 @@ def run_sweep(
         planning["device_kind_of"] = planning_device_kinds(address)
     cells = plan_cells(spec, **planning)  # every check passed: only now is a folder created
     store = CellStore(out)
+    store.check_writable()
+    claim_names(store, cells)  # one name, one recipe and one model, per store: a clash is refused here
     plan = sort_cells(cells, store, retry_failed=retry_failed, force=force)
     logger.info("%s", plan.describe())
     if on_plan is not None:
@@ -235,7 +237,8 @@ def records_frame(records: list[dict[str, Any]]):
 
 
 def refresh_derived(directory) -> bool:
-    """Rebuild a store's derived files if a cell is newer than them (a run killed before its rebuild).
+    """Rebuild a store's derived files if a cell is newer than them (a run killed before its rebuild),
+    or if ``results.jsonl`` is unreadable (it is set aside as ``results.jsonl.corrupt-<time>``, never lost).
 
     Returns whether it rebuilt. Nothing is evaluated; the store's last thresholds are kept.
 
@@ -249,9 +252,27 @@ def refresh_derived(directory) -> bool:
         return False
     cells = list((path / "cells").glob("*.json"))
     results = path / "results.jsonl"
+    if results.is_file() and not _readable_results(results):
+        from quantsweep.sweep.store import set_aside
+
+        set_aside(results, "not JSON lines", "it is rebuilt from the cells")
     if not cells or (results.is_file() and results.stat().st_mtime_ns >= max(c.stat().st_mtime_ns for c in cells)):
         return False
     judge(path)
+    return True
+
+
+def _readable_results(path: Path) -> bool:
+    """Whether every line of a derived ``results.jsonl`` is a JSON object (UTF-8)."""
+    import json
+
+    try:
+        with path.open(encoding="utf-8") as stream:
+            for line in stream:
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    return False
+    except (OSError, ValueError):
+        return False
     return True
 
 
@@ -324,7 +345,7 @@ def _thresholds_in_results(path: Path) -> dict[str, Any]:
     import json
 
     results = path / "results.jsonl"
-    if not results.is_file():
+    if not results.is_file() or not _readable_results(results):
         return {}
-    first = next((line for line in results.read_text().splitlines() if line.strip()), None)
+    first = next((line for line in results.read_text(encoding="utf-8").splitlines() if line.strip()), None)
     return (json.loads(first).get("verdict_config") or {}) if first else {}

@@ -8,10 +8,11 @@ re-judges without evaluating anything (``quantsweep judge DIR --alpha 0.01``).
 
 The derived files are rebuilt from every cell in the store: ``results.jsonl`` (one
 record per model, recipe, task and metric) and ``summary.json``. Each record names
-its ``cell_key`` and ``settings`` (a hash of limit, few-shot, seed, dtype, device
-type and versions), so results of two settings are never mixed silently: when a
-store holds more than one cell for the same model, recipe and task (another
-setting, or an edited task), ``summary.json`` says so in ``warning``.
+its ``cell_key`` and ``settings`` (a hash of limit, few-shot, max_length, seed,
+dtype, device type and versions), so results of two settings are never mixed:
+``summary.json`` holds one summary per model and setting
+(:func:`~quantsweep.verdicts.summary.summarize_views`), each labelled, and says what
+it left out and why.
 
 Example:
     >>> import tempfile
@@ -33,7 +34,16 @@ from quantsweep.sweep.store import jsonable
 
 logger = logging.getLogger(__name__)
 
-_SETTINGS_FIELDS = ("limit", "num_fewshot", "seed", "dtype", "device_type", "versions", "trust_remote_code")
+_SETTINGS_FIELDS = (
+    "limit",
+    "num_fewshot",
+    "max_length",
+    "seed",
+    "dtype",
+    "device_type",
+    "versions",
+    "trust_remote_code",
+)
 
 
 def settings_id(cell: dict[str, Any]) -> str:
@@ -67,7 +77,10 @@ def _base(cell: dict[str, Any], verdict_config) -> dict[str, Any]:
         **versions,
         "limit": fields.get("limit"),
         "num_fewshot": fields.get("num_fewshot"),
+        "max_length": fields.get("max_length"),
         "seed": fields.get("seed"),
+        "device_type": fields.get("device_type"),
+        "finished_at": cell.get("finished_at"),
         "device": provenance.get("device") or (cell.get("ran_on") or {}).get("device"),
         "dtype": cell.get("dtype") or fields.get("dtype"),
         "ran_on": cell.get("ran_on"),
@@ -380,32 +393,14 @@ class DerivedFiles:
 
 
 def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from quantsweep.verdicts.summary import summarize_records
+    from quantsweep.verdicts.summary import summarize_views
 
     baseline_first = sorted(
         records,
         key=lambda r: (r["model"], not _is_baseline_record(r), r["recipe"], r.get("task") or "", str(r.get("metric"))),
     )
     store.write_derived("results.jsonl", "".join(json.dumps(jsonable(r)) + "\n" for r in baseline_first))
-    summary = summarize_records(baseline_first)
-    settings = sorted({(r["model"], r["settings"]) for r in baseline_first})
-    by_model: dict[str, list[str]] = {}
-    for model, setting in settings:
-        by_model.setdefault(model, []).append(setting)
-    summary["settings"] = by_model
-    cells_per_name: dict[tuple, set] = {}
-    for record in baseline_first:
-        cells_per_name.setdefault((record["model"], record["recipe"], record.get("task")), set()).add(
-            record["cell_key"]
-        )
-    repeated = sorted(name for name, keys in cells_per_name.items() if len(keys) > 1)
-    if repeated:
-        shown = ", ".join("/".join(str(part) for part in name) for name in repeated[:5])
-        summary["warning"] = (
-            f"the store holds more than one setting for {len(repeated)} (model, recipe, task): "
-            f"{shown}{' ...' if len(repeated) > 5 else ''}; records carry 'settings' and "
-            "'cell_key' to tell them apart"
-        )
+    summary = summarize_views(baseline_first)
     store.write_derived("summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
     return baseline_first
 

@@ -233,7 +233,13 @@ def resolve_recipes(spec: SweepSpec) -> list:
     return expand_recipes([spec.baseline, *spec.recipes])
 
 
-def _calibration_fields(model: ModelSpec) -> dict[str, Any]:
+def calibration_fields(model: ModelSpec) -> dict[str, Any]:
+    """A model's calibration as its cells' keys hold it: source, size, seed, and a local file's SHA-256.
+
+    Example:
+        >>> calibration_fields(ModelSpec(path="toy"))["source"]
+        'toy'
+    """
     fields = model.calibration.to_dict()
     source = model.calibration.source
     if source and Path(source).is_file():
@@ -355,7 +361,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
             **spec.evaluation.key_fields(),  # limit, num_fewshot, seed, max_length: whatever changes results
             "versions": versions,
         }
-        calibration = _calibration_fields(model)
+        calibration = calibration_fields(model)
         for task in tasks.names:
             task_fields = {"task": task, "task_config": tasks.fingerprints[task]}
 

@@ -9,6 +9,8 @@ Layout of a store folder::
     logs/<key>.log             each cell's log
     references/<key>.npz       a baseline cell's stored next-token distributions (rolling
                                tasks; :mod:`quantsweep.eval.divergence`), read by its recipes' cells
+    names/<kind>-<hash>.json   what each recipe and model name means in this store
+                               (see :mod:`quantsweep.sweep.names`)
     results.jsonl, summary.json   derived from the cells, rebuilt after every cell
 
 A cell file is written to a temporary file in the same folder, fsynced, then renamed
@@ -146,6 +148,35 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def set_aside(path: Path, why: str, then: str) -> Path:
+    """Move an unreadable store file out of the way as ``<name>.corrupt-<time>-<id>`` and log its name.
+
+    Nothing is deleted: the file is kept beside its old name for inspection. ``then`` says
+    what happens next (logged with the reason).
+
+    Example:
+        >>> import tempfile
+        >>> bad = Path(tempfile.mkdtemp()) / "abc.json"
+        >>> _ = bad.write_bytes(b"\\xff\\xfe")
+        >>> set_aside(bad, "not UTF-8", "it is rebuilt").name.startswith("abc.json.corrupt-")
+        True
+    """
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return aside  # another reader set it aside first
+    except OSError as error:
+        raise StoreError(f"{path} is unreadable ({why}) and cannot be set aside ({error})") from None
+    logger.warning("%s is unreadable (%s); kept as %s and %s", path, _printable(why), aside.name, then)
+    return aside
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A one-line, escape-free excerpt of ``text``: control characters (ANSI escapes too) as ``\\x..``."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -244,10 +275,19 @@ class Claim:
 
 def _read_owner(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """``store.json`` as a mapping, or None when it is not a readable JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _write_claim_file(path: Path, owner: dict[str, Any], *, replace: bool = False) -> bool:
@@ -267,6 +307,35 @@ def _write_claim_file(path: Path, owner: dict[str, Any], *, replace: bool = Fals
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def check_store_writable(directory: str | Path) -> None:
+    """Refuse, before any work, a store folder this process could not write: an existing store is
+    probed folder by folder (:meth:`CellStore.check_writable`), a new one at its nearest existing parent.
+
+    Raises:
+        StoreError: naming the folder and why (permission, read-only file system, full disk).
+
+    Example:
+        >>> import tempfile
+        >>> check_store_writable(Path(tempfile.mkdtemp()) / "new" / "store")
+    """
+    path = Path(directory)
+    if path.exists():
+        CellStore(path).check_writable()
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        handle, probe = tempfile.mkstemp(dir=parent, prefix=".quantsweep-probe-", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise StoreError(
+            f"cannot create the store {path}: {parent} is not writable ({error.strerror or error}); "
+            "nothing was run: use another --out folder"
+        ) from None
 
 
 class CellStore:
@@ -298,11 +367,12 @@ class CellStore:
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
         meta_path = self.directory / "store.json"
-        if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except ValueError:
-                raise StoreError(f"{meta_path} is not valid JSON; is {self.directory} a quantsweep store?") from None
+        meta = _read_meta(meta_path) if meta_path.is_file() else None
+        if meta is None and meta_path.is_file():
+            if not (self.directory / "cells").is_dir():
+                raise StoreError(f"{meta_path} is not valid JSON; is {self.directory} a quantsweep store?")
+            set_aside(meta_path, "not a JSON object", "it is written again (the verdict thresholds it kept are lost)")
+        if meta is not None:
             if meta.get("format") != STORE_FORMAT:
                 raise StoreError(
                     f"{self.directory} was written by quantsweep {meta.get('quantsweep_version', '?')} in store "
@@ -316,11 +386,41 @@ class CellStore:
                 "it is left untouched: use another --out folder"
             )
         else:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._meta = {"format": STORE_FORMAT, "quantsweep_version": __version__}
-            atomic_write_text(meta_path, json.dumps(self._meta) + "\n")
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._meta = {"format": STORE_FORMAT, "quantsweep_version": __version__}
+                atomic_write_text(meta_path, json.dumps(self._meta) + "\n")
+            except OSError as error:
+                raise StoreError(f"cannot write the store {self.directory}: {error.strerror or error}") from None
         for name in ("cells", "claims", "logs"):
-            (self.directory / name).mkdir(exist_ok=True)
+            try:
+                (self.directory / name).mkdir(exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"cannot write the store {self.directory}: {error.strerror or error}") from None
+
+    def check_writable(self) -> None:
+        """Refuse a store this process cannot write into, before any work: a file is created and removed in each folder.
+
+        ``os.access`` is not enough (it says yes to root on a read-only mount, and knows
+        nothing of a full disk), so each folder is probed by writing.
+
+        Raises:
+            StoreError: naming the folder that cannot be written and why.
+
+        Example:
+            >>> import tempfile
+            >>> CellStore(tempfile.mkdtemp()).check_writable()
+        """
+        for folder in (self.directory, *(self.directory / name for name in ("cells", "claims", "logs"))):
+            try:
+                handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-", suffix=".tmp")
+                os.close(handle)
+                os.unlink(probe)
+            except OSError as error:
+                raise StoreError(
+                    f"cannot write into {folder} ({error.strerror or error}); nothing was run: "
+                    "make it writable or use another --out folder"
+                ) from None
 
     # ------------------------------------------------------------------ metadata
     def verdict_thresholds(self) -> dict[str, Any] | None:
@@ -423,24 +523,14 @@ class CellStore:
         """
         path = self.cell_path(key)
         try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        try:
-            cell = json.loads(text)
+            cell = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(cell, dict) or cell.get("key") != key or cell.get("status") not in ("done", "failed"):
                 raise ValueError("not a cell record")
             return cell
-        except ValueError as error:
-            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
-            with contextlib.suppress(OSError):
-                os.replace(path, aside)
-            logger.warning(
-                "cell file %s is unreadable (%s); kept as %s and the cell will be computed again",
-                path,
-                error,
-                aside.name,
-            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:  # binary garbage and a wrong encoding are ValueErrors too
+            set_aside(path, f"{type(error).__name__}: {error}", "the cell will be computed again")
             return None
 
     def status(self, key: str) -> str | None:
@@ -614,6 +704,11 @@ class CellStore:
         except FileNotFoundError:
             return True
         owner = _read_owner(path) if owner is None else owner
+        if not owner:
+            # a claim file is written whole before it is linked into place, so one without an owner
+            # is never half-written: it is garbage, and waiting for its heartbeat would only stall
+            logger.warning("claim file %s is unreadable; taken as stale", path)
+            return True
         if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
             if not _pid_alive(owner["pid"]):
                 return True

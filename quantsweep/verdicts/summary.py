@@ -25,6 +25,7 @@ from typing import Any
 
 from quantsweep.eval.suites import task_family
 from quantsweep.verdicts.rules import SEVERITY, UNREMARKABLE, VERDICTS, is_error, verdict_name, worst
+from quantsweep.verdicts.views import split_views
 
 
 def summarize_verdicts(cells: Iterable[tuple[str, object]]) -> dict:
@@ -173,3 +174,42 @@ def family_overview(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def summarize_views(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """``summary.json``: one :func:`summarize_records` per model and setting, never merged.
+
+    Returns ``{"models": {model: {settings: {"setting": label, "by_recipe": ..., "by_family": ...,
+    "failed": ..., "reasons": ..., "documents_needed": ..., "left_out": [...]}}}}``, and
+    ``warning`` when a model has several settings or a view left a cell out (see
+    :mod:`quantsweep.verdicts.views`).
+
+    Example:
+        >>> rows = [{"model": m, "settings": "s", "recipe": "w4", "task": "t", "verdict": v, "primary": True,
+        ...          "family": "f", "cell_key": m} for m, v in (("1b", "degraded"), ("7b", "lossless"))]
+        >>> {m: s["s"]["by_recipe"]["w4"]["verdict"] for m, s in summarize_views(rows)["models"].items()}
+        {'1b': 'degraded', '7b': 'lossless'}
+    """
+    views = split_views(records)
+    models: dict[str, dict[str, Any]] = {}
+    notes = []
+    for view in views:
+        models.setdefault(str(view.model), {})[str(view.settings)] = {
+            "setting": view.label,
+            **summarize_records(view.records),
+            "left_out": view.left_out,
+        }
+        notes += [f"{view.title}: {line}" for line in view.left_out]
+    several = [model for model, settings in models.items() if len(settings) > 1]
+    summary: dict[str, Any] = {"models": models}
+    warnings = []
+    if several:
+        warnings.append(
+            f"model(s) {', '.join(several)} hold results of more than one setting; each setting is summarised "
+            "apart under its label"
+        )
+    if notes:
+        warnings.append(f"{len(notes)} cell(s) left out of the summary: " + "; ".join(notes))
+    if warnings:
+        summary["warning"] = " ".join(warnings)
+    return summary

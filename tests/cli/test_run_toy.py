@@ -102,8 +102,10 @@ def test_run_stores_one_cell_file_per_cell_with_every_document(run_records):
     assert all(s["n_choices"] == 4 for s in fp_samples)
     assert primary(records, "fp", "toy_mc4")["cell_key"] == fp_cell["key"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["by_recipe"]["w8-rtn"]["verdict"] == "lossless"
-    assert summary["by_recipe"]["w1-rtn"]["verdict"] == "collapsed"
+    (view,) = summary["models"]["toy"].values()  # one model, one setting: one view
+    assert view["setting"] == "" and view["left_out"] == []
+    assert view["by_recipe"]["w8-rtn"]["verdict"] == "lossless"
+    assert view["by_recipe"]["w1-rtn"]["verdict"] == "collapsed"
 
 
 @pytest.mark.slow

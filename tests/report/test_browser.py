@@ -90,3 +90,50 @@ def test_report_renders_offline_in_headless_chromium(toy_sweep, tmp_path):
         assert f">{name}<" in dom.stdout, name
     assert "Verdict map" in dom.stdout and "Record of the run" in dom.stdout
     assert _page_requests(dom.stderr) == []
+
+
+@pytest.mark.slow
+def test_two_models_are_side_by_side_in_the_rendered_report(two_model_sweep, tmp_path):
+    """toy fp32 and toy bf16 as two models: each one's values are in its own map in Chromium's DOM."""
+    import base64
+    import io
+    import json
+
+    import matplotlib.image
+
+    import quantsweep
+    from quantsweep.report.html import _format_value
+    from quantsweep.report.text import format_table
+
+    report = quantsweep.report(two_model_sweep, tmp_path / "report.html")
+    dom = _chromium(tmp_path, report, "--dump-dom").stdout
+    records = [json.loads(line) for line in (two_model_sweep / "results.jsonl").read_text().splitlines()]
+    primary = [r for r in records if r["primary"]]
+    assert {r["model"] for r in primary} == {"toy-fp32", "toy-bf16"}
+    for model in ("toy-fp32", "toy-bf16"):
+        section = re.search(rf'<section class="view" id="view-\d+" data-model="{model}">(.*?)</section>', dom, re.S)
+        assert section, model
+        cells = re.findall(r'<td class="cell v-([a-z-]+)".*?<div class="value">([^<]*)</div>', section.group(1), re.S)
+        expected = sorted(
+            (r["verdict"], _format_value(float(r["value"]) if r["value"] is not None else None))
+            for r in primary
+            if r["model"] == model
+        )
+        assert sorted(cells) == expected, model  # every value of this model, in this model's map
+        assert f"model {model}" in section.group(1)
+    # the new figure: retained margin against bits per weight, one line per model, per family
+    figures = re.findall(
+        r'<img alt="retained margin against bits per weight by model, ([^"]+)" src="data:image/png;base64,([^"]+)"', dom
+    )
+    assert sorted(family for family, _ in figures) == sorted({r["family"] for r in primary})
+    for _, data in figures:
+        pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20  # drawn, not blank
+    text = format_table(records)
+    assert "model toy-fp32" in text and "model toy-bf16" in text
+    summary = json.loads((two_model_sweep / "summary.json").read_text())
+    assert set(summary["models"]) == {"toy-fp32", "toy-bf16"}
+    for views in summary["models"].values():
+        (view,) = views.values()
+        assert set(view["by_recipe"]) == {"w8-rtn", "w1-rtn"}
+    assert _page_requests(_chromium(tmp_path, report, "--dump-dom").stderr) == []

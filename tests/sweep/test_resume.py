@@ -77,7 +77,10 @@ def test_another_limit_gives_new_keys_and_is_never_mixed_silently(first_sweep):
     assert result.plan.describe() == "0 of 2 cells already done; 2 to run"
     assert {r["n"] for r in result.records if r["primary"]} == {30}
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["settings"]["toy"]) == 2 and "more than one setting" in summary["warning"]
+    views = summary["models"]["toy"]
+    assert sorted(view["setting"] for view in views.values()) == ["limit=30", "limit=60"]  # apart, labelled
+    assert "more than one setting" in summary["warning"]
+    assert all(view["by_recipe"]["w8-rtn"]["n_tasks"] <= 2 for view in views.values())  # never merged
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     w8 = [r for r in records if r["recipe"] == "w8-rtn" and r["task"] == "toy_mc4" and r["primary"]]
     assert sorted(r["n"] for r in w8) == [30, 60] and len({r["settings"] for r in w8}) == 2

@@ -121,3 +121,10 @@ def test_a_refused_run_creates_no_folder(tmp_path, capsys):
         == 2
     )
     assert "absent.txt" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_typo_in_a_model_key_is_named_before_the_key_it_hides_is_missed():
+    with pytest.raises(SpecError, match=r"models\[0\]: unknown key 'pth' \(did you mean 'path'\?\)"):
+        spec_from_dict({"models": [{"pth": "toy"}], "tasks": ["toy_mc4"]})
+    with pytest.raises(SpecError, match=r"unknown key 'model' \(did you mean 'models'\?\)"):
+        spec_from_dict({"model": [{"path": "toy"}], "tasks": ["toy_mc4"]})

@@ -1,0 +1,108 @@
+"""Every view shows the models side by side, settings apart, and names what it leaves out.
+
+The text table, summary.json and the HTML report are built from the same records; each must keep
+models and settings apart (never one merged row per recipe and task) and say, with why, when a
+cell is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from helpers.report_records import record
+
+from quantsweep.report.html import build_report
+from quantsweep.report.text import format_table
+from quantsweep.verdicts.summary import summarize_views
+from quantsweep.verdicts.views import split_views
+
+
+def _model(model, values, settings="s", **fields):
+    """fp and w4 on one task for ``model``, with the given values; distinct cell keys per model and setting."""
+    tag = f"{model}-{settings}"
+    common = {"model": model, "settings": settings, **fields}
+    return [
+        record("fp", "mc", "baseline", values[0], method="none", cell_key=f"{tag}-fp", **common),
+        record("w4", "mc", "degraded", values[1], cell_key=f"{tag}-w4", **common),
+    ]
+
+
+def _section(html: str, model: str) -> str:
+    match = re.search(
+        rf'<section class="view" id="view-\d+" data-model="{re.escape(model)}">(.*?)</section>', html, re.S
+    )
+    assert match, model
+    return match.group(1)
+
+
+def test_two_models_get_their_own_map_rows_and_figure(tmp_path):
+    records = _model("1b", (0.811, 0.402)) + _model("7b", (0.923, 0.915))
+    html, figures = build_report(records)
+    small, large = _section(html, "1b"), _section(html, "7b")
+    assert "0.811" in small and "0.402" in small and "0.923" not in small
+    assert "0.923" in large and "0.915" in large and "0.402" not in large
+    assert "report-models-multiple_choice.png" in figures  # the models side by side, per family
+    assert 'alt="retained margin against bits per weight by model, multiple_choice"' in html
+    assert {"report-verdict-map-1b.png", "report-verdict-map-7b.png"} <= set(figures)
+    family = html[html.index('id="families"') : html.index('id="figures"')]
+    assert family.count(">1b<") == 1 and family.count(">7b<") == 1  # a model column in the family table
+
+
+def test_the_text_table_and_summary_keep_models_apart():
+    records = _model("1b", (0.811, 0.402)) + _model("7b", (0.923, 0.915))
+    text = format_table(records)
+    first, second = text.split("\n\nmodel ")
+    assert first.startswith("model 1b") and "0.402" in first and "0.915" not in first
+    assert second.startswith("7b") and "0.915" in second
+    summary = summarize_views(records)
+    assert set(summary["models"]) == {"1b", "7b"}
+    assert summary["models"]["1b"]["s"]["by_recipe"]["w4"]["n_tasks"] == 1
+
+
+def test_two_settings_of_one_model_are_shown_apart_and_labelled(tmp_path):
+    records = _model("toy", (0.9, 0.5), settings="a", limit=60) + _model("toy", (0.8, 0.4), settings="b", limit=100)
+    views = split_views(records)
+    assert [view.title for view in views] == ["toy · limit=60", "toy · limit=100"]
+    html, _ = build_report(records)
+    assert "Model toy has results of 2 settings (limit=60; limit=100)" in html
+    assert html.count('<section class="view"') == 2
+    assert "model toy · limit=60" in format_table(records) and "model toy · limit=100" in format_table(records)
+    summary = summarize_views(records)
+    assert {v["setting"] for v in summary["models"]["toy"].values()} == {"limit=60", "limit=100"}
+
+
+def test_a_second_cell_under_one_name_and_setting_is_left_out_and_named(tmp_path):
+    old = record("w8", "mc", "degraded", 0.38, model="toy", settings="s", cell_key="old-key", finished_at="2026-01-01")
+    old["recipe_config"] = {"method": "rtn", "bits": 1}
+    new = record("w8", "mc", "lossless", 1.0, model="toy", settings="s", cell_key="new-key", finished_at="2026-02-01")
+    base = record("fp", "mc", "baseline", 1.0, method="none", model="toy", settings="s", cell_key="fp-key")
+    records = [base, old, new]
+    (view,) = split_views(records)
+    assert [r["cell_key"] for r in view.records] == ["fp-key", "new-key"]  # the newer cell is shown
+    (line,) = view.left_out
+    assert "old-key" in line and "recipe config differs" in line
+    html, _ = build_report(records)
+    assert "1 cell(s) left out of this view" in html and "old-key" in html
+    assert ">1.000<" in html and "0.380" not in html.split('id="figures"')[0]
+    assert "left out: w8 / mc" in format_table(records)
+    summary = summarize_views(records)
+    assert summary["models"]["toy"]["s"]["left_out"] == [line] and "left out" in summary["warning"]
+
+
+def test_escape_sequences_in_names_never_reach_the_terminal(tmp_path, capsys):
+    from quantsweep.cli import main
+
+    evil = "w8\x1b[2J\x1b[31mred"
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(json.dumps({"name": evil, "method": "rtn", "bits": 8}))  # JSON is YAML
+    code = main(
+        ["run", "--model", "toy", "--device", "cpu", "--tasks", "toy_mc4", "--limit", "10", "--recipe", str(recipe)]
+    )
+    out = capsys.readouterr()
+    assert code == 0
+    assert "w8\\x1b[2J\\x1b[31mred" in out.out  # shown, escaped
+    assert "\x1b" not in out.out
+    assert "\x1b[2J" not in out.err and "\x1b[31m" not in out.err  # (the progress bar's own cursor moves aside)
+    rows = [record("fp", "mc", "baseline", 0.9, method="none"), record(evil, "mc", "degraded", 0.5)]
+    assert "\x1b" not in format_table(rows)
