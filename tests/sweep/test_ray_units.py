@@ -19,7 +19,12 @@ def _cells(model: str, recipes: list[str], tasks=("t1", "t2")):
     spec = SimpleNamespace(name=model, device="auto")
     return [
         SimpleNamespace(
-            key=f"{model}/{r}/{t}", model=spec, recipe=SimpleNamespace(name=r), task=t, is_baseline=(r == "fp")
+            key=f"{model}/{r}/{t}",
+            model=spec,
+            recipe=SimpleNamespace(name=r),
+            task=t,
+            is_baseline=(r == "fp"),
+            control=None,
         )
         for r in recipes
         for t in tasks

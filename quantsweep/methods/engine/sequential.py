@@ -608,7 +608,9 @@ def run_sequential(
     reports: list[LayerReport] = []
     park = (lambda x: x.to("cpu")) if activations_on_host else (lambda x: x)
     with torch.no_grad():
-        for index, layer in enumerate(tqdm(layers, desc=desc, unit="layer", leave=False)):
+        for index, layer in enumerate(
+            tqdm(layers, desc="".join(c if c.isprintable() else repr(c)[1:-1] for c in desc), unit="layer", leave=False)
+        ):
             devices.synchronize(device)
             devices.reset_peak_memory(device)
             start = time.perf_counter()
