@@ -134,7 +134,9 @@ def reference_rows(
     }
     if tail_samples > 0 and k < vocab:
         weights = logprobs.exp().scatter_(1, top_ids, 0.0)
-        empty = weights.sum(dim=-1) <= 0  # all mass in the top-k: any tail token will do, its weight r is 0
+        # all mass in the top-k, or a non-finite row (NaN sum): any tail token will do; the row's
+        # stored log-probabilities carry the NaN, so its comparison is NaN too, never a number
+        empty = ~(weights.sum(dim=-1) > 0)
         if empty.any():
             weights[empty] = 1.0
             weights[empty] = weights[empty].scatter_(1, top_ids[empty], 0.0)
@@ -321,17 +323,24 @@ def choice_kl(baseline_loglikelihoods, loglikelihoods) -> float:
     return float(np.sum(np.exp(logp) * (logp - logq)))
 
 
+def _finite_options(loglikelihoods) -> bool:
+    """Whether one document's option log-likelihoods exist and are all finite (non-finite ones are stored as None)."""
+    return loglikelihoods is not None and all(v is not None and math.isfinite(v) for v in loglikelihoods)
+
+
 def choice_divergence(pairs) -> dict[str, Any] | None:
     """Mean over documents of :func:`choice_kl`, and the share whose most likely option is the same.
 
     Args:
         pairs: ``(baseline option log-likelihoods, recipe option log-likelihoods)`` per document.
+            A document where either side is missing or not finite is left out (its KL is not
+            defined); None when no document is left.
 
     Example:
         >>> choice_divergence([([-1.0, -2.0], [-1.0, -2.0]), ([0.0, -3.0], [-3.0, 0.0])])["top1_agreement"]
         0.5
     """
-    pairs = [(p, q) for p, q in pairs if p is not None and q is not None]
+    pairs = [(p, q) for p, q in pairs if _finite_options(p) and _finite_options(q)]
     if not pairs:
         return None
     kls = np.array([choice_kl(p, q) for p, q in pairs])

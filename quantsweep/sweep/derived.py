@@ -258,7 +258,7 @@ def cell_records(
                     }
                 )
     except Exception as error:  # noqa: BLE001 - judging one cell must not end the sweep
-        logger.error("judging %s/%s failed: %s", cell["recipe"], cell["task"], error)
+        logger.error("judging %s/%s failed: %s", cell["recipe"], cell["task"], error, exc_info=True)
         return _error_records(cell, base, f"judging failed: {type(error).__name__}: {error}")
     if baseline is None and not is_baseline:
         for record in records:

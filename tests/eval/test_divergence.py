@@ -27,6 +27,7 @@ from quantsweep.eval.divergence import (
     bytes_per_token,
     choice_divergence,
     choice_kl,
+    reference_rows,
 )
 from quantsweep.eval.lm import ContextCachedLM
 
@@ -188,3 +189,19 @@ def test_toy_kl_orders_rtn_recipes_by_bits():
         options.append(divergence_fields(result.tasks["toy_mc4"], baseline.tasks["toy_mc4"])["kl_mean"])
     assert token == sorted(token) and len(set(token)) == 5, token
     assert options == sorted(options) and len(set(options)) == 5, options
+
+
+def test_a_non_finite_baseline_row_is_stored_as_nan_not_an_error():
+    """A baseline with NaN log-probabilities (a broken checkpoint) still records its cell; the row compares as NaN."""
+    logprobs = torch.log_softmax(torch.randn(2, 10), dim=-1)
+    logprobs[0] = float("nan")
+    rows = reference_rows(logprobs, torch.tensor([1, 2]), k=3, tail_samples=4)
+    assert torch.isnan(rows["top_logp"][0]).all() and torch.isfinite(rows["top_logp"][1]).all()
+    assert rows["tail_ids"].shape == (2, 4)
+
+
+def test_choice_divergence_leaves_out_documents_whose_options_are_not_finite():
+    finite = ([-1.0, -2.0], [-1.5, -0.5])
+    assert choice_divergence([([None, -1.0], [-1.0, -2.0]), finite])["documents"] == 1
+    assert choice_divergence([finite])["kl_mean"] == pytest.approx(choice_kl(*finite))
+    assert choice_divergence([([float("inf"), -1.0], [-1.0, -2.0])]) is None
