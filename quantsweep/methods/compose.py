@@ -57,13 +57,13 @@ from typing import Any, ClassVar
 from quantsweep._schema import build, check_types, did_you_mean
 from quantsweep.methods.activation import ACTIVATION_BITS, attach_activation_quant
 from quantsweep.methods.catalog import get_method
-from quantsweep.methods.kv_cache import attach_kv_cache_quant, attention_modules
+from quantsweep.methods.kv_cache import attach_kv_cache_quant, check_kv_cache
 from quantsweep.methods.overrides import Override, module_configs, override_from_dict
 from quantsweep.methods.registry import RecipeConfig, RecipeError
 from quantsweep.methods.result import QuantizationResult
 from quantsweep.methods.rotation import ONLINE_TARGETS, check_rotatable, rotate_model
 from quantsweep.methods.targets import check_group_sizes, weight_targets
-from quantsweep.quant.kv_cache import KV_CACHE_BITS, check_kv_group_size
+from quantsweep.quant.kv_cache import KV_CACHE_BITS
 
 logger = logging.getLogger(__name__)
 
@@ -606,8 +606,7 @@ def check_composed(model, recipe: ComposedRecipe) -> None:
         check_group_sizes(model, recipe.weight_config, recipe.overrides)
     kv = recipe.stage("kv_cache")
     if kv is not None:
-        for name, module in attention_modules(model).items():
-            check_kv_group_size(getattr(module, "head_dim", None) or 0, kv.group_size, name)
+        check_kv_cache(model, kv.group_size)
 
 
 def _quantized_linears(model, recipe: ComposedRecipe) -> dict:

@@ -149,6 +149,33 @@ def _head_dim(name: str, module: nn.Module) -> int:
     return head_dim
 
 
+def check_kv_cache(model: nn.Module, group_size: int | None) -> dict[str, int]:
+    """Check that every attention module has a ``head_dim`` that ``group_size`` divides; return the head widths.
+
+    The one check of a model against KV-cache settings, run before any hook is attached
+    (and by :func:`quantsweep.methods.compose.check_composed` before any stage runs).
+    Works on a model built on the meta device.
+
+    Raises:
+        ValueError: a layer without one recognisable attention module, an attention
+            module without ``head_dim``, or a ``group_size`` that does not divide it.
+
+    Example:
+        >>> import quantsweep
+        >>> model, _ = quantsweep.load_model("toy", device="cpu")
+        >>> set(check_kv_cache(model, 16).values())
+        {32}
+        >>> check_kv_cache(model, 24)
+        Traceback (most recent call last):
+        ...
+        ValueError: KV-cache group_size 24 does not divide head_dim 32 of model.layers.0.self_attn; choose a divisor of 32, or None for one scale per head
+    """
+    head_dims = {name: _head_dim(name, module) for name, module in attention_modules(model).items()}
+    for name, head_dim in head_dims.items():
+        check_kv_group_size(head_dim, group_size, name)
+    return head_dims
+
+
 def attach_kv_cache_quant(
     model: nn.Module, *, bits: int, group_size: int | None = None, symmetric: bool = False
 ) -> KVCacheQuant:
@@ -182,10 +209,8 @@ def attach_kv_cache_quant(
         ValueError: KV-cache group_size 24 does not divide head_dim 32 of model.layers.0.self_attn; choose a divisor of 32, or None for one scale per head
     """
     check_kv_settings(bits, group_size, symmetric)
+    head_dims = check_kv_cache(model, group_size)
     modules = attention_modules(model)
-    head_dims = {name: _head_dim(name, module) for name, module in modules.items()}
-    for name, head_dim in head_dims.items():
-        check_kv_group_size(head_dim, group_size, name)
     current = kv_cache_bits(model)
     if current is not None:
         raise ValueError(

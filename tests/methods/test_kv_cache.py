@@ -296,3 +296,22 @@ def test_an_attention_that_bypasses_the_cache_raises_rather_than_running_unquant
     attach_kv_cache_quant(model, bits=4)
     with pytest.raises(RuntimeError, match=r"model\.layers\.0\.self_attn .* never called cache\.update"):
         model(torch.zeros(1, 4))
+
+
+class _HeadlessAttention(nn.Module):  # takes the cache, but has no head_dim
+    def forward(self, x, cache=None):
+        return x
+
+
+def test_a_composed_kv_stage_is_checked_before_work_on_head_dim_and_group_size(toy):
+    from quantsweep.methods.compose import check_composed
+    from quantsweep.recipes import recipe_from_dict
+
+    kv_only = recipe_from_dict({"name": "kv", "stages": [{"kv_cache": {"bits": 4}}]})
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn \(_HeadlessAttention\) has no head_dim"):
+        check_composed(_Model(_HeadlessAttention()), kv_only)
+    model, _, _ = toy
+    bad_group = recipe_from_dict({"name": "kv", "stages": [{"kv_cache": {"bits": 4, "group_size": 24}}]})
+    with pytest.raises(ValueError, match="group_size 24 does not divide head_dim 32"):
+        check_composed(model, bad_group)
+    assert kv_cache_bits(model) is None
