@@ -156,6 +156,20 @@ def smooth_pairs(
     return factors
 
 
+def _smooth_layer(ctx, pairs, alpha: float) -> dict:
+    """Measure the channel maxima of one layer's smoothed inputs and fold the factors; the layer's report info."""
+    observed = {str(i): pair.targets[0] for i, pair in enumerate(pairs)}
+    absmax: dict[str, torch.Tensor] = {}
+
+    def observe(key, x, _x_fp):
+        current = x.float().abs().amax(dim=0)
+        absmax[key] = current if key not in absmax else torch.maximum(absmax[key], current)
+
+    ctx.capture_inputs(observed, observe)
+    factors = smooth_pairs(pairs, [absmax[str(i)] for i in range(len(pairs))], alpha)
+    return {"smoothed_pairs": len(pairs), "max_factor": max(float(s.max()) for s in factors) if factors else None}
+
+
 def smooth_model(model, calibration, recipe, *, alpha: float = 0.5, device: str = "auto", batch_size: int = 1) -> list:
     """The ``smooth`` transform of a composed recipe: fold SmoothQuant factors, quantize nothing.
 
@@ -187,24 +201,11 @@ def smooth_model(model, calibration, recipe, *, alpha: float = 0.5, device: str 
     calibration = require_calibration(calibration, recipe)
     pairs_by_layer = mappings_for(model, "smoothquant")
 
-    def smooth_layer(ctx) -> dict:
-        pairs = pairs_by_layer[ctx.index]
-        observed = {str(i): pair.targets[0] for i, pair in enumerate(pairs)}
-        absmax: dict[str, torch.Tensor] = {}
-
-        def observe(key, x, _x_fp):
-            current = x.float().abs().amax(dim=0)
-            absmax[key] = current if key not in absmax else torch.maximum(absmax[key], current)
-
-        ctx.capture_inputs(observed, observe)
-        factors = smooth_pairs(pairs, [absmax[str(i)] for i in range(len(pairs))], alpha)
-        return {"smoothed_pairs": len(pairs), "max_factor": max(float(s.max()) for s in factors) if factors else None}
-
     return run_sequential(
         model,
         calibration,
         compute_device(device, model),
-        smooth_layer,
+        lambda ctx: _smooth_layer(ctx, pairs_by_layer[ctx.index], alpha),
         batch_size=batch_size,
         desc=f"smooth {recipe.name}",
     )
@@ -247,19 +248,10 @@ def apply_smoothquant(model, config: SmoothQuantConfig, calibration=None):
     targets = check_group_sizes(model, config)
 
     def quantize_layer(ctx) -> dict:
-        pairs = pairs_by_layer[ctx.index]
-        observed = {str(i): pair.targets[0] for i, pair in enumerate(pairs)}
-        absmax: dict[str, torch.Tensor] = {}
-
-        def observe(key, x, _x_fp):
-            current = x.float().abs().amax(dim=0)
-            absmax[key] = current if key not in absmax else torch.maximum(absmax[key], current)
-
-        ctx.capture_inputs(observed, observe)
-        factors = smooth_pairs(pairs, [absmax[str(i)] for i in range(len(pairs))], config.alpha)
+        info = _smooth_layer(ctx, pairs_by_layer[ctx.index], config.alpha)
         for relative, linear in ctx.linears().items():
             _quantize_linear(linear, config, ctx.full_name(relative))
-        return {"smoothed_pairs": len(pairs), "max_factor": max(float(s.max()) for s in factors) if factors else None}
+        return info
 
     reports = run_sequential(
         model,
