@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -96,15 +95,12 @@ def _module_config(recipe_config, name: str):
 
     None when the module is skipped or the recipe has no weight method.
     """
-    from quantsweep.methods.overrides import find_override
+    from quantsweep.methods.overrides import config_for
 
     config = getattr(recipe_config, "weight_config", recipe_config)
     if config is None:
         return None
-    override = find_override(getattr(recipe_config, "overrides", ()), name)
-    if override is None:
-        return config
-    return None if override.skip else dataclasses.replace(config, **dict(override.settings))
+    return config_for(config, getattr(recipe_config, "overrides", ()), name)
 
 
 def _recipe_weight_bits(config, weights: int, in_features: int) -> float | None:

@@ -206,6 +206,22 @@ def find_override(overrides: Iterable[Override], name: str) -> Override | None:
     return next((o for o in overrides if o.matches(name)), None)
 
 
+def config_for(config, overrides: Iterable[Override], name: str):
+    """Module ``name``'s config under the overrides: ``config``, None (skipped), or ``config`` with its first match applied.
+
+    Example:
+        >>> from quantsweep.methods.rtn import RTNConfig
+        >>> config = RTNConfig(name="w2", method="rtn", bits=2)
+        >>> entries = (Override(match=("a",), skip=True), Override(match=("b",), settings=(("bits", 8),)))
+        >>> config_for(config, entries, "a") is None, config_for(config, entries, "b").bits, config_for(config, entries, "c") is config
+        (True, 8, True)
+    """
+    override = find_override(overrides, name)
+    if override is None:
+        return config
+    return None if override.skip else dataclasses.replace(config, **dict(override.settings))
+
+
 def module_configs(config, overrides: Iterable[Override], names: Iterable[str]) -> dict[str, Any]:
     """Each module's config under the overrides: ``config`` changed by its first match, or None (skip).
 
@@ -230,13 +246,4 @@ def module_configs(config, overrides: Iterable[Override], names: Iterable[str]) 
             raise RecipeError(
                 f"recipe {config.name!r}: override {override.label} matches no module the recipe quantizes (e.g. {examples})"
             )
-    plan: dict[str, Any] = {}
-    for name in names:
-        override = find_override(overrides, name)
-        if override is None:
-            plan[name] = config
-        elif override.skip:
-            plan[name] = None
-        else:
-            plan[name] = dataclasses.replace(config, **dict(override.settings))
-    return plan
+    return {name: config_for(config, overrides, name) for name in names}

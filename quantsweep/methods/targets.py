@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 
-from quantsweep.methods.overrides import find_override, module_configs
+from quantsweep.methods.overrides import config_for, module_configs
 from quantsweep.models.layout import decoder_linears, input_embeddings, lm_head
 from quantsweep.quant import check_group_size
 from quantsweep.quant.packed import rtn_pack
@@ -104,13 +104,12 @@ def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | N
     count = 0
     with torch.no_grad():
         for name, module in extra.items():
-            own = find_override(overrides, name)
-            if own is not None and own.skip:
+            own = config_for(config, overrides, name)
+            if own is None:
                 continue
-            settings = {"bits": bits, "group_size": config.group_size, "symmetric": getattr(config, "symmetric", True)}
-            settings.update(dict(own.settings) if own is not None else {})
+            own_bits = bits if own is config else own.bits
             representation = rtn_pack(
-                module.weight.data, settings["bits"], settings["group_size"], settings["symmetric"], name
+                module.weight.data, own_bits, own.group_size, getattr(own, "symmetric", True), name
             )
             module.weight.data.copy_(representation.dequantize(module.weight.dtype))
             if packed is not None:

@@ -126,19 +126,20 @@ def test_an_override_that_matches_nothing_fails_before_any_weight_changes():
         quantsweep.apply_recipe(model, head)
 
 
-def test_the_head_is_overridden_when_the_recipe_quantizes_it():
+@pytest.mark.parametrize("method", ["rtn", "gptq"])  # gptq: the head goes through quantize_extra_targets
+def test_the_head_is_overridden_when_the_recipe_quantizes_it(method):
     model, _ = quantsweep.load_model("toy")
     head_fp = model.lm_head.weight.detach().clone()
     recipe = recipe_from_dict(
         {
             "name": "x",
-            "method": "rtn",
+            "method": method,
             "bits": 2,
             "quantize_lm_head": True,
             "overrides": [{"match": "lm_head", "bits": 8, "group_size": None, "symmetric": True}],
         }
     )
-    quantsweep.apply_recipe(model, recipe)
+    quantsweep.apply_recipe(model, recipe, calibration=torch.randint(0, 123, (2, 16)) if method == "gptq" else None)
     assert torch.equal(model.lm_head.weight, _rtn_sym_per_channel(head_fp, 8))
 
 
