@@ -80,6 +80,32 @@ def unknown_keys(cls, data: Mapping, *, exclude=()) -> list[str]:
     return [key for key in data if key not in allowed]
 
 
+def refuse_unknown(
+    allowed, data: Mapping, where: str, *, exclude=(), error: type[Exception] = SchemaError, note: str = ""
+) -> None:
+    """Raise ``error`` naming the first key of ``data`` not in ``allowed``, with "did you mean" and the allowed keys.
+
+    Args:
+        allowed: a dataclass (its init fields, less ``exclude``: :func:`allowed_keys`) or the key names.
+        data: the mapping read.
+        where: where it came from, for the message.
+        exclude: fields of a dataclass ``allowed`` that the mapping may not set.
+        error: the exception class raised (default :class:`SchemaError`).
+        note: appended to the message (e.g. where the other settings go).
+
+    Example:
+        >>> refuse_unknown(["bits", "match"], {"bitz": 4}, "r: overrides[0]")
+        Traceback (most recent call last):
+        ...
+        quantsweep._schema.SchemaError: r: overrides[0]: unknown key 'bitz' (did you mean 'bits'?); allowed keys: bits, match
+    """
+    names = allowed_keys(allowed, exclude=exclude) if dataclasses.is_dataclass(allowed) else list(allowed)
+    unknown = [key for key in data if key not in names]
+    if unknown:
+        key = unknown[0]
+        raise error(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; allowed keys: {', '.join(names)}{note}")
+
+
 def missing_keys(cls, data: Mapping, *, exclude=()) -> list[str]:
     """Required fields of ``cls`` (no default) that ``data`` lacks, in field order.
 
@@ -195,11 +221,7 @@ def build(
     """
     if not isinstance(data, Mapping):
         raise error(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
-    allowed = allowed_keys(cls)
-    unknown = unknown_keys(cls, data)
-    if unknown:
-        key = unknown[0]
-        raise error(f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}")
+    refuse_unknown(cls, data, where, error=error)
     hints = typing.get_type_hints(cls)
     values = {}
     for field in dataclasses.fields(cls):

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from quantsweep._schema import build, check_types, did_you_mean
+from quantsweep._schema import build, check_types, did_you_mean, refuse_unknown
 from quantsweep.methods.activation import ACTIVATION_BITS, attach_activation_quant
 from quantsweep.methods.catalog import get_method
 from quantsweep.methods.kv_cache import attach_kv_cache_quant, check_kv_cache
@@ -504,12 +504,7 @@ def _stage_from_dict(entry: Any, index: int, recipe_name: str, where: str):
         spec = get_method(value)
     except RecipeError as error:
         raise RecipeError(f"{at}: {error}") from None
-    allowed = [f.name for f in dataclasses.fields(spec.config) if f.init and f.name not in _RECIPE_FIELDS]
-    for key in rest:
-        if key not in allowed:
-            raise RecipeError(
-                f"{at} (weight {value}): unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}"
-            )
+    refuse_unknown(spec.config, rest, f"{at} (weight {value})", exclude=_RECIPE_FIELDS, error=RecipeError)
     config = build(
         spec.config, {**rest, "name": recipe_name, "method": value}, f"{at} (weight {value})", error=RecipeError
     )
@@ -538,13 +533,13 @@ def composed_from_dict(data: Mapping, source: str = "<dict>") -> ComposedRecipe:
     if not isinstance(name, str) or not name:
         raise RecipeError(f"{source}: missing required key 'name' (a non-empty string)")
     if "stages" in data:
-        allowed = ["name", "description", "method", "stages", "overrides"]
-        for key in data:
-            if key not in allowed:
-                raise RecipeError(
-                    f"{source}: unknown key {key!r}{did_you_mean(key, allowed)} in a composed recipe; "
-                    f"allowed keys: {', '.join(allowed)} (a method's settings go into its weight stage)"
-                )
+        refuse_unknown(
+            ("name", "description", "method", "stages", "overrides"),
+            data,
+            f"{source} (a composed recipe)",
+            error=RecipeError,
+            note=" (a method's settings go into its weight stage)",
+        )
         entries = data["stages"]
         if not isinstance(entries, list):
             raise RecipeError(f"{source}: 'stages' must be a list of stages, got {type(entries).__name__}")

@@ -28,12 +28,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quantsweep._schema import did_you_mean, type_matches
+from quantsweep._schema import refuse_unknown
 from quantsweep.methods.registry import RecipeError
 
 _BRACES = re.compile(r"\{([^{}]*)\}")
@@ -162,12 +161,7 @@ def override_from_dict(data: Any, config, per_module: Iterable[str], where: str)
     per_module = tuple(per_module)
     if not isinstance(data, Mapping):
         raise RecipeError(f"{where}: an override must be a mapping with 'match', got {type(data).__name__}")
-    allowed = ["match", "skip", *per_module]
-    for key in data:
-        if key not in allowed:
-            raise RecipeError(
-                f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}"
-            )
+    refuse_unknown(("match", "skip", *per_module), data, where, error=RecipeError)
     if "match" not in data:
         raise RecipeError(f"{where}: missing required key 'match' (a glob or a list of globs on module names)")
     match = data["match"]
@@ -177,21 +171,15 @@ def override_from_dict(data: Any, config, per_module: Iterable[str], where: str)
     skip = data.get("skip", False)
     if not isinstance(skip, bool):
         raise RecipeError(f"{where}: 'skip' must be true or false, got {skip!r}")
-    hints = typing.get_type_hints(type(config))
-    settings = []
-    for key in per_module:
-        if key in data:
-            if not type_matches(data[key], hints.get(key, Any)):
-                raise RecipeError(
-                    f"{where}: {key!r} must be {hints.get(key)}, got {data[key]!r}".replace("NoneType", "null")
-                )
-            settings.append((key, data[key]))
+    settings = tuple((key, data[key]) for key in per_module if key in data)
     try:
-        override = Override(match=tuple(match), skip=skip, settings=tuple(settings))
+        override = Override(match=tuple(match), skip=skip, settings=settings)
         if settings:
-            dataclasses.replace(config, **dict(settings))  # the method's own checks (e.g. GPTQ bits)
+            # The config's own checks: field types (RecipeConfig.__post_init__), then the method's (e.g. GPTQ bits).
+            dataclasses.replace(config, **dict(settings))
     except RecipeError as error:
-        raise RecipeError(f"{where}: {error}") from None
+        message = str(error).removeprefix(f"recipe {config.name!r}: ")
+        raise RecipeError(f"{where}: {message}") from None
     return override
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from quantsweep._schema import SchemaError, allowed_keys, build, did_you_mean, unknown_keys
+from quantsweep._schema import SchemaError, build, refuse_unknown
 from quantsweep.eval.settings import DEFAULT_BATCH_SIZE, DEFAULT_SEED, EvalSettings
 
 BASELINE_RECIPE = "fp"
@@ -218,15 +218,6 @@ def verdict_config(spec: SweepSpec):
         raise SpecError(str(error)) from None
 
 
-def _refuse_unknown(cls, data: dict, where: str) -> None:
-    unknown = unknown_keys(cls, data)
-    if unknown:
-        allowed = allowed_keys(cls)
-        raise SpecError(
-            f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], allowed)}; allowed keys: {', '.join(allowed)}"
-        )
-
-
 def model_from_dict(data: Any, where: str = "model") -> ModelSpec:
     """Validate one model entry (a path, or a mapping with ``path``) into a :class:`ModelSpec`.
 
@@ -241,7 +232,9 @@ def model_from_dict(data: Any, where: str = "model") -> ModelSpec:
         data = {"path": data}
     if not isinstance(data, dict):
         raise SpecError(f"{where}: a model is a path or a mapping with 'path', got {type(data).__name__}")
-    _refuse_unknown(ModelSpec, data, where)  # a typo (``pth:``) is named before the key it hides is missed
+    refuse_unknown(
+        ModelSpec, data, where, error=SpecError
+    )  # a typo (``pth:``) is named before the key it hides is missed
     path = data.get("path")
     if not isinstance(path, str) or not path:
         raise SpecError(f"{where}: missing required key 'path' ('toy' or a local checkpoint directory)")
@@ -328,7 +321,7 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> SweepSpec:
         )
     models = data.get("models")
     if models is None:
-        _refuse_unknown(SweepSpec, data, source)
+        refuse_unknown(SweepSpec, data, source, error=SpecError)
         raise SpecError(f"{source}: missing required key 'models'")
     if not isinstance(models, list):
         models = [models]

@@ -122,6 +122,10 @@ def test_overrides_are_validated_against_the_weight_method():
         recipe_from_dict({"name": "x", "method": "rtn", "overrides": [{"match": "*", "skip": True, "bits": 8}]})
     with pytest.raises(RecipeError, match="missing required key 'match'"):
         recipe_from_dict({"name": "x", "method": "rtn", "overrides": [{"bits": 8}]})
+    with pytest.raises(RecipeError, match=r"<dict>: overrides\[0\]: 'group_size' must be int \| None, got 'all'$"):
+        recipe_from_dict({"name": "x", "method": "rtn", "overrides": [{"match": "*", "group_size": "all"}]})
+    with pytest.raises(RecipeError, match=r"<dict> \(a composed recipe\): unknown key 'stage' \(did you mean 'stages'"):
+        recipe_from_dict({"name": "x", "stages": [{"weight": "rtn"}], "stage": []})
     with pytest.raises(RecipeError, match="nested braces"):
         recipe_from_dict({"name": "x", "method": "rtn", "overrides": [{"match": "a.{b,{c,d}}", "skip": True}]})
 
