@@ -51,7 +51,6 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from quantsweep._schema import build, check_types, did_you_mean, refuse_unknown
@@ -61,8 +60,9 @@ from quantsweep.methods.kv_cache import attach_kv_cache_quant, check_kv_cache
 from quantsweep.methods.overrides import Override, module_configs, override_from_dict
 from quantsweep.methods.registry import RecipeConfig, RecipeError
 from quantsweep.methods.result import QuantizationResult
-from quantsweep.methods.rotation import ONLINE_TARGETS, check_rotatable, rotate_model
+from quantsweep.methods.rotation import ONLINE_TARGETS, check_rotatable, load_rotation_matrix, rotate_model
 from quantsweep.methods.targets import check_group_sizes, weight_targets
+from quantsweep.models.layout import input_embeddings
 from quantsweep.quant.kv_cache import KV_CACHE_BITS
 
 logger = logging.getLogger(__name__)
@@ -576,9 +576,11 @@ def composed_from_dict(data: Mapping, source: str = "<dict>") -> ComposedRecipe:
 def check_composed(model, recipe: ComposedRecipe) -> None:
     """Everything about ``recipe`` that can be checked on ``model`` before any work.
 
-    The rotation's architecture check, the weight method's group sizes (per module,
-    under the overrides) and that every override matches a module the method quantizes.
-    Works on a model built on the meta device.
+    The rotation's architecture check and its learned matrix (read from the file: suffix,
+    shape, orthogonality), the weight method's group sizes (per module, under the
+    overrides), that every override matches a module the method quantizes, and the
+    KV cache's group size against every attention's ``head_dim``. Works on a model built
+    on the meta device.
 
     Raises:
         ValueError: naming the module and why.
@@ -594,9 +596,9 @@ def check_composed(model, recipe: ComposedRecipe) -> None:
     """
     rotate = recipe.stage("rotate")
     if rotate is not None:
-        if rotate.matrix is not None and not Path(rotate.matrix).is_file():
-            raise ValueError(f"recipe {recipe.name!r}: rotation matrix file {rotate.matrix!r} does not exist")
         check_rotatable(model, online=rotate.online, hadamard=rotate.matrix is None)
+        if rotate.matrix is not None:  # suffix, shape and orthogonality, read from the file now
+            load_rotation_matrix(rotate.matrix, input_embeddings(model).weight.shape[1])
     if recipe.weight_config is not None:
         check_group_sizes(model, recipe.weight_config, recipe.overrides)
     kv = recipe.stage("kv_cache")

@@ -232,6 +232,26 @@ def check_rotatable(model: nn.Module, *, online: Sequence[str] = ("down_proj",),
         )
 
 
+def check_matrix_file(path: str | os.PathLike) -> Path:
+    """What can be checked of a rotation matrix file without a model: its suffix and that it exists.
+
+    Raises:
+        ValueError: an unknown suffix or a missing file.
+
+    Example:
+        >>> check_matrix_file("r1.npy")
+        Traceback (most recent call last):
+        ...
+        ValueError: rotation matrix file r1.npy must end in one of ['.pt', '.pth', '.bin', '.safetensors']
+    """
+    path = Path(path)
+    if path.suffix not in MATRIX_SUFFIXES:
+        raise ValueError(f"rotation matrix file {path} must end in one of {list(MATRIX_SUFFIXES)}")
+    if not path.is_file():
+        raise ValueError(f"rotation matrix file {path} does not exist (file not found)")
+    return path
+
+
 def load_rotation_matrix(path: str | os.PathLike, hidden_size: int) -> torch.Tensor:
     """Read a learned ``hidden_size x hidden_size`` orthogonal matrix (float64) from a file.
 
@@ -254,11 +274,7 @@ def load_rotation_matrix(path: str | os.PathLike, hidden_size: int) -> torch.Ten
         ...
         ValueError: rotation matrix in ... has shape (8, 8); the model needs (16, 16)
     """
-    path = Path(path)
-    if path.suffix not in MATRIX_SUFFIXES:
-        raise ValueError(f"rotation matrix file {path} must end in one of {list(MATRIX_SUFFIXES)}")
-    if not path.is_file():
-        raise ValueError(f"rotation matrix file not found: {path}")
+    path = check_matrix_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

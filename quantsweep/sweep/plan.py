@@ -252,8 +252,12 @@ def _recipe_files(recipe) -> dict[str, str]:
     stage = recipe.stage("rotate") if hasattr(recipe, "stage") else None
     if stage is None or stage.matrix is None:
         return {}
-    if not Path(stage.matrix).is_file():
-        raise ValueError(f"recipe {recipe.name!r}: rotation matrix file {stage.matrix!r} does not exist")
+    from quantsweep.methods.rotation import check_matrix_file
+
+    try:
+        check_matrix_file(stage.matrix)
+    except ValueError as error:
+        raise ValueError(_name_recipe(recipe, error)) from None
     return {stage.matrix: file_digest(stage.matrix)}
 
 
@@ -479,7 +483,14 @@ def check_shapes(model: ModelSpec, recipes: list) -> None:
         try:
             check_recipe(structure, recipe)
         except ValueError as error:
-            raise ValueError(f"recipe {recipe.name!r}: {error}") from None
+            raise ValueError(_name_recipe(recipe, error)) from None
+
+
+def _name_recipe(recipe, error: Exception) -> str:
+    """The error's message, led by ``recipe 'name': `` unless it already names the recipe so."""
+    prefix = f"recipe {recipe.name!r}: "
+    message = str(error)
+    return message if message.startswith(prefix) else prefix + message
 
 
 def group_units(cells: list[CellPlan], slots_per_model: dict[str, int] | None = None) -> list[WorkUnit]:

@@ -116,3 +116,40 @@ def test_the_rescue_recipes_pass_the_sweeps_check_on_the_model_structure(name):
     from quantsweep.models.loading import meta_model
 
     check_recipe(meta_model("toy"), name)  # the check plan_cells runs on a meta-device model
+
+
+def test_a_bad_rotation_matrix_is_refused_on_the_meta_model_before_work(tmp_path):
+    from quantsweep.models.loading import meta_model
+
+    structure = meta_model("toy")
+    stages = [{"transform": "rotate", "online": []}, {"weight": "rtn", "bits": 4}]
+    skewed = torch.linalg.qr(torch.randn(128, 128, dtype=torch.float64))[0]
+    skewed[0, 0] += 0.1
+    cases = {
+        "wrong.pt": (torch.eye(64), r"has shape \(64, 64\); the model needs \(128, 128\)"),
+        "skewed.pt": (skewed, "is not orthogonal"),
+        "r1.npy": (None, r"must end in one of \['.pt'"),
+    }
+    for file_name, (matrix, message) in cases.items():
+        path = tmp_path / file_name
+        if matrix is not None:
+            torch.save({"R1": matrix}, path)
+        recipe = recipe_from_dict({"name": "r", "stages": [{**stages[0], "matrix": str(path)}, stages[1]]})
+        with pytest.raises(ValueError, match=message):
+            check_recipe(structure, recipe)
+
+
+def test_the_sweeps_check_names_the_recipe_once(tmp_path):
+    from quantsweep.sweep.plan import check_shapes
+    from quantsweep.sweep.spec import ModelSpec
+
+    nowhere = recipe_from_dict({"name": "w2x", "method": "rtn", "overrides": [{"match": "nowhere.*", "skip": True}]})
+    with pytest.raises(ValueError) as error:
+        check_shapes(ModelSpec(path="toy"), [nowhere])
+    assert str(error.value).startswith("recipe 'w2x': override 'nowhere.*' matches no module")
+    assert str(error.value).count("recipe 'w2x'") == 1
+    missing = recipe_from_dict(
+        {"name": "m", "stages": [{"transform": "rotate", "matrix": str(tmp_path / "none.pt")}, {"weight": "rtn"}]}
+    )
+    with pytest.raises(ValueError, match=r"^recipe 'm': rotation matrix file .* does not exist"):
+        check_shapes(ModelSpec(path="toy"), [missing])
