@@ -60,7 +60,7 @@ from quantsweep.methods.kv_cache import attach_kv_cache_quant, check_kv_cache
 from quantsweep.methods.overrides import Override, module_configs, override_from_dict
 from quantsweep.methods.registry import RecipeConfig, RecipeError
 from quantsweep.methods.result import QuantizationResult
-from quantsweep.methods.rotation import ONLINE_TARGETS, check_rotatable, load_rotation_matrix, rotate_model
+from quantsweep.methods.rotation import check_online, check_rotatable, load_rotation_matrix, rotate_model
 from quantsweep.methods.targets import check_group_sizes, weight_targets
 from quantsweep.models.layout import input_embeddings
 from quantsweep.quant.kv_cache import KV_CACHE_BITS
@@ -98,15 +98,10 @@ class RotateStage:
 
     def __post_init__(self) -> None:
         _checked(self, "transform 'rotate'")
-        object.__setattr__(self, "online", tuple(self.online))
-        unknown = [name for name in self.online if name not in ONLINE_TARGETS]
-        if unknown:
-            raise RecipeError(
-                f"transform 'rotate': unknown online Hadamard target {unknown[0]!r}"
-                f"{did_you_mean(unknown[0], ONLINE_TARGETS)}; allowed: {', '.join(ONLINE_TARGETS)}"
-            )
-        if len(set(self.online)) != len(self.online):
-            raise RecipeError(f"transform 'rotate': 'online' lists module names once each, got {list(self.online)}")
+        try:
+            object.__setattr__(self, "online", check_online(self.online))
+        except (TypeError, ValueError) as error:
+            raise RecipeError(f"transform 'rotate': {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The stage as recipe YAML writes it.

@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from quantsweep._schema import did_you_mean
 from quantsweep.models.layout import decoder_layer_prefix, decoder_layers, input_embeddings, lm_head
 from quantsweep.models.snapshot import HOOK_ATTRIBUTE, attach_hook
 from quantsweep.quant.hadamard import hadamard_factors, hadamard_transform, random_hadamard
@@ -149,15 +150,32 @@ def _linear(layer: nn.Module, layer_name: str, path: str) -> nn.Linear:
     return module
 
 
-def _check_online(online: Sequence[str]) -> tuple[str, ...]:
+def check_online(online: Sequence[str]) -> tuple[str, ...]:
+    """The one check of ``online`` (Linears that get an online Hadamard): known names, each once; as a tuple.
+
+    Raises:
+        TypeError: a string instead of a list.
+        ValueError: an unknown name (with "did you mean") or a repeated one.
+
+    Example:
+        >>> check_online(["o_proj", "down_proj"])
+        ('o_proj', 'down_proj')
+        >>> check_online(["down"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown online Hadamard target 'down' (did you mean 'down_proj'?); allowed: down_proj, o_proj
+    """
     if isinstance(online, str):
         raise TypeError(f"online must be a list of Linear names, e.g. ['down_proj'], got the string {online!r}")
     names = tuple(online)
     unknown = [name for name in names if name not in ONLINE_TARGETS]
     if unknown:
-        raise ValueError(f"unknown online Hadamard target(s) {unknown}; allowed: {sorted(ONLINE_TARGETS)}")
+        raise ValueError(
+            f"unknown online Hadamard target {unknown[0]!r}{did_you_mean(unknown[0], ONLINE_TARGETS)}; "
+            f"allowed: {', '.join(ONLINE_TARGETS)}"
+        )
     if len(set(names)) != len(names):
-        raise ValueError(f"online Hadamard targets repeat: {list(names)}")
+        raise ValueError(f"'online' lists module names once each, got {list(names)}")
     return names
 
 
@@ -184,7 +202,11 @@ def check_rotatable(model: nn.Module, *, online: Sequence[str] = ("down_proj",),
         ...
         ValueError: cannot rotate: transformer.h.0.input_layernorm: no such module (rotation needs the Llama layout with RMSNorm)
     """
-    online = _check_online(online)
+    _check_structure(model, check_online(online), hadamard)
+
+
+def _check_structure(model: nn.Module, online: tuple[str, ...], hadamard: bool) -> None:
+    """:func:`check_rotatable` for an ``online`` already checked by :func:`check_online`."""
     embedding, head = input_embeddings(model), lm_head(model)
     if not isinstance(embedding, nn.Embedding):
         raise ValueError(f"cannot rotate {type(model).__name__}: no nn.Embedding input embedding")
@@ -383,8 +405,8 @@ def rotate_model(
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    online = _check_online(online)
-    check_rotatable(model, online=online, hadamard=matrix is None)
+    online = check_online(online)
+    _check_structure(model, online, hadamard=matrix is None)
     embedding, head = input_embeddings(model), lm_head(model)
     hidden = embedding.weight.shape[1]
     if matrix is None:

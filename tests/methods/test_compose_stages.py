@@ -99,6 +99,8 @@ def test_what_cannot_work_is_refused_before_any_weight_changes(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(RecipeError, match=r"unknown online Hadamard target 'down' \(did you mean 'down_proj'\?\)"):
         recipe_from_dict({"name": "o", "stages": [{"transform": "rotate", "online": ["down"]}]})
+    with pytest.raises(RecipeError, match=r"transform 'rotate': 'online' lists module names once each"):
+        recipe_from_dict({"name": "o", "stages": [{"transform": "rotate", "online": ["o_proj", "o_proj"]}]})
 
 
 def test_a_model_that_cannot_be_rotated_is_named_before_work():
