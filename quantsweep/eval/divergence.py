@@ -96,6 +96,19 @@ def _log_rest(logp_top: torch.Tensor) -> torch.Tensor:
     return torch.log((-torch.expm1(top)).clamp(min=_TINY))
 
 
+def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Ids drawn from each row of ``weights`` ``[n, V]`` (not normalised), one per uniform ``[n, m]``."""
+    cdf = weights.cumsum(dim=-1)
+    ids = torch.searchsorted(cdf, (uniforms * cdf[:, -1:]).contiguous(), right=True).clamp_(max=weights.shape[1] - 1)
+    # rounding can land on a token of no weight (u * total rounded up to the total): take the
+    # row's last token of positive weight instead
+    bad = weights.gather(1, ids) <= 0
+    if bad.any():
+        last = weights.shape[1] - 1 - (weights > 0).flip(-1).int().argmax(dim=-1)
+        ids = torch.where(bad, last[:, None], ids)
+    return ids
+
+
 def reference_rows(
     logprobs: torch.Tensor,
     targets: torch.Tensor,
@@ -103,15 +116,22 @@ def reference_rows(
     k: int = TOP_K,
     tail_samples: int = TAIL_SAMPLES,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The baseline's stored representation of ``n`` positions, from their log-probabilities ``[n, V]``.
+
+    The tail draws are taken by inverse CDF from uniform numbers ``[n, tail_samples]``, one row
+    per position, so a position's draws depend only on its own row of ``uniforms`` (not on
+    which other positions share the call).
 
     Args:
         logprobs: the baseline's log-softmax at each position, ``[n, V]``.
         targets: the correct next token of each position, ``[n]``.
         k: top tokens kept exactly (at most ``V``).
         tail_samples: draws from the rest of the distribution (0: only the lower bound is possible).
-        generator: the draws' random generator (on ``logprobs``' device).
+        generator: the random generator of the uniforms (on ``logprobs``' device) when
+            ``uniforms`` is not given.
+        uniforms: the draws' uniform numbers in ``[0, 1)``, ``[n, tail_samples]``.
 
     Returns:
         The :data:`REFERENCE_FIELDS` as tensors (ids int32, log-probabilities float32).
@@ -140,7 +160,9 @@ def reference_rows(
         if empty.any():
             weights[empty] = 1.0
             weights[empty] = weights[empty].scatter_(1, top_ids[empty], 0.0)
-        tail_ids = torch.multinomial(weights, tail_samples, replacement=True, generator=generator)
+        if uniforms is None:
+            uniforms = torch.rand(n, tail_samples, generator=generator, device=logprobs.device)
+        tail_ids = _inverse_cdf(weights, uniforms.to(weights.device))
         rows["tail_ids"] = tail_ids.int()
         rows["tail_logp"] = logprobs.gather(1, tail_ids)
     else:
@@ -388,18 +410,43 @@ class DivergenceProbe:
         self.compared: dict[str, list[dict[str, Any]]] = {}
         self.problems: dict[str, str] = {}
 
-    def generator(self, device) -> torch.Generator:
-        """The tail draws' generator, seeded, on ``device``."""
-        return torch.Generator(device=device).manual_seed(self.seed)
+    def uniforms(self, key: str, window: int, positions: int, device) -> torch.Tensor:
+        """The tail draws' uniform numbers ``[positions, tail_samples]`` of one window of one document.
+
+        Seeded from the probe's seed, the document's :func:`document_key` and the window's index,
+        so a document's stored reference does not depend on how documents were batched.
+
+        Example:
+            >>> probe = DivergenceProbe(record=True, tail_samples=2)
+            >>> a = probe.uniforms("doc", 0, 3, "cpu")
+            >>> a.shape, bool((a == probe.uniforms("doc", 0, 3, "cpu")).all()), bool((a == probe.uniforms("doc", 1, 3, "cpu")).any())
+            (torch.Size([3, 2]), True, False)
+        """
+        digest = hashlib.sha1(f"{self.seed}:{key}:{window}".encode()).digest()
+        generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        return torch.rand(positions, self.tail_samples, generator=generator, device=device)
 
     def reference_for(self, task: str, keys: list[str], lengths: list[int]) -> list[dict[str, np.ndarray]] | None:
-        """The stored rows of each document of one call, or None (the reason in :attr:`problems`)."""
+        """The stored rows of each document of one call, or None (the reason in :attr:`problems`).
+
+        A document of no scored tokens (an empty text) is never stored; it gets empty rows.
+
+        Example:
+            >>> probe = DivergenceProbe(references={"t": TokenReference()})
+            >>> probe.reference_for("t", ["empty"], [0])
+            [{}]
+            >>> probe.reference_for("t", ["absent"], [3]), probe.problems["t"]
+            (None, "a document is missing from the baseline's stored distributions")
+        """
         reference = self.references.get(task)
         if reference is None:
             return None
         out = []
         for key, length in zip(keys, lengths):
             doc = reference.documents.get(key)
+            if doc is None and length == 0:
+                out.append({})
+                continue
             if doc is None:
                 self.problems[task] = "a document is missing from the baseline's stored distributions"
                 return None

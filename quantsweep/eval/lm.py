@@ -56,6 +56,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from quantsweep import device as devices
 from quantsweep.eval.divergence import TokenReference, compare_rows, document_key, reference_rows
 from quantsweep.eval.generation import (
+    CACHE_KWARGS,
     CacheUnsupported,
     GenerationJob,
     GenerationStats,
@@ -69,7 +70,6 @@ DEFAULT_CHUNK_TOKENS = 256  # target positions per lm_head call: 256 x 150k voca
 MIN_SHARED_PREAMBLE = 16  # tokens: a shorter common prefix is not worth a separate forward
 MAX_AUTO_BATCH_SIZE = 64  # batch_size="auto" starts here and halves on out-of-memory
 
-_CACHE_KWARGS = ("cache", "past_key_values")
 Request = tuple[Any, list[int], list[int]]  # (cache key, context tokens, continuation tokens)
 # generation_config fields that change greedy decoding, at their neutral values
 _GREEDY_NEUTRAL = {
@@ -285,12 +285,10 @@ class ContextCachedLM(HFLM):
 
     def _cache_unsupported(self) -> str | None:
         if self._cache_reason is False:
-            params = inspect.signature(self.model.forward).parameters
             if self.backend != "causal":
                 self._cache_reason = f"backend {self.backend!r} is not a causal LM"
             else:
-                # older transformers name the KV cache `past_key_values`, 5.2x names it `cache`
-                self._cache_kwarg = next((name for name in _CACHE_KWARGS if name in params), None)
+                self._cache_kwarg = cache_kwarg(self.model)
                 self._cache_reason = (
                     None if self._cache_kwarg else (f"{type(self.model).__name__}.forward takes no past_key_values")
                 )
@@ -361,7 +359,7 @@ class ContextCachedLM(HFLM):
         return results
 
     def _cached(self, out):
-        cache = next((getattr(out, name) for name in _CACHE_KWARGS if getattr(out, name, None) is not None), None)
+        cache = next((getattr(out, name) for name in CACHE_KWARGS if getattr(out, name, None) is not None), None)
         if cache is None or not hasattr(cache, "reorder_cache"):
             raise _NoReorderableCache(f"{type(self.model).__name__} returned no reorderable KV cache")
         return cache
@@ -503,7 +501,13 @@ class ContextCachedLM(HFLM):
             return super().loglikelihood_rolling(requests, disable_tqdm)
         references = self._rolling_references(requests, per_request)
         flat = [(r, window) for r, windows in enumerate(per_request) for window in windows]
-        items = [(window, None if references is None else references[i]) for i, (_, window) in enumerate(flat)]
+        # each window's (document key, window index): the seed of its tail draws when recording
+        draws = [
+            (document_key(requests[r].args[0]), j) for r, windows in enumerate(per_request) for j in range(len(windows))
+        ]
+        items = [
+            (window, None if references is None else references[i], draws[i]) for i, (_, window) in enumerate(flat)
+        ]
         totals = [0.0] * len(requests)
         extras: list[list] = [[] for _ in requests]
         order = list(range(len(items)))[:: -1 if self.reverse_order else 1]
@@ -548,6 +552,8 @@ class ContextCachedLM(HFLM):
             return
         for req, parts in zip(requests, extras):
             task = req.task_name or ""
+            if not parts:  # a document of no tokens has no windows: nothing to record or compare
+                continue
             if probe.recording:
                 rows = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
                 probe.recorded.setdefault(task, TokenReference(k=probe.k, tail_samples=probe.tail_samples)).add(
@@ -556,14 +562,17 @@ class ContextCachedLM(HFLM):
             elif parts and parts[0] is not None:
                 probe.compared.setdefault(task, []).extend(parts)
 
-    def _score_windows(self, items: list[tuple[tuple[list[int], list[int]], dict | None]]) -> list[tuple[float, Any]]:
+    def _score_windows(
+        self, items: list[tuple[tuple[list[int], list[int]], dict | None, tuple[str, int]]]
+    ) -> list[tuple[float, Any]]:
         """Sum of target log-probabilities per window, lm_head applied chunk_tokens positions at a time.
 
-        ``items``: (window, the baseline's stored rows of its positions or None). With a
-        :attr:`divergence` probe each window also gets its extra: its recorded rows (the
-        baseline), or its comparison with the stored rows (a recipe); else None.
+        ``items``: (window, the baseline's stored rows of its positions or None, (document key,
+        window index)). With a :attr:`divergence` probe each window also gets its extra: its
+        recorded rows (the baseline; the tail draws seeded per window, so independent of the
+        batch), or its comparison with the stored rows (a recipe); else None.
         """
-        windows = [window for window, _ in items]
+        windows = [window for window, _, _ in items]
         decoder, head = self._decoder_and_head()
         device = self.device
         inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in windows]
@@ -575,9 +584,13 @@ class ContextCachedLM(HFLM):
         probe = self.divergence
         recording = probe is not None and probe.recording
         stored = None
-        if probe is not None and not recording and all(ref is not None for _, ref in items):
-            stored = {name: torch.from_numpy(np.concatenate([ref[name] for _, ref in items])) for name in items[0][1]}
-        generator = probe.generator(device) if recording else None
+        if probe is not None and not recording and all(ref is not None for _, ref, _ in items):
+            stored = {
+                name: torch.from_numpy(np.concatenate([ref[name] for _, ref, _ in items])) for name in items[0][1]
+            }
+        uniforms = None
+        if recording:
+            uniforms = torch.cat([probe.uniforms(key, j, len(cont), device) for (_, cont), _, (key, j) in items])
         parts: list = []
         with self._no_grad():
             # right padding needs no mask under causal attention (lm-eval passes none either)
@@ -594,7 +607,7 @@ class ContextCachedLM(HFLM):
                         targets[start:end],
                         k=probe.k,
                         tail_samples=probe.tail_samples,
-                        generator=generator,
+                        uniforms=uniforms[start:end],
                     )
                     parts.append({name: value.cpu() for name, value in chunk.items()})
                 elif stored is not None:
@@ -616,14 +629,13 @@ class ContextCachedLM(HFLM):
 
     def _generation_unsupported(self) -> str | None:
         """Why greedy generation cannot go through :func:`generate_greedy` here (None: it can)."""
-        if self.backend != "causal":
-            return f"backend {self.backend!r} is not a causal LM"
+        reason = self._cache_unsupported()  # not a causal LM, or no KV cache argument
+        if reason is not None:
+            return reason
         if self.think_end_token is not None:
             return "think_end_token is set"
         if self._generation_reason is not None:
             return self._generation_reason
-        if cache_kwarg(self.model) is None:
-            return f"{type(self.model).__name__}.forward takes no past_key_values"
         config = getattr(self.model, "generation_config", None)
         changed = sorted(
             name

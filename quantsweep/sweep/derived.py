@@ -315,8 +315,10 @@ class DerivedFiles:
             >>> DerivedFiles(CellStore(tempfile.mkdtemp()), VerdictConfig()).records(["absent"])
             []
         """
-        keys = list(keys) if keys is not None else self.store.keys()
-        controls = self._controls()
+        return self._records(list(keys) if keys is not None else self.store.keys(), self._controls())
+
+    def _records(self, keys: list[str], controls: dict[str, str]) -> list[dict[str, Any]]:
+        """:meth:`records` with the A/A controls (baseline key -> control key) found once by the caller."""
         out = []
         for key in keys:
             stamp = self._mtime(key)
@@ -347,7 +349,7 @@ class DerivedFiles:
             baseline = self.store.read_cell(baseline_key) if baseline_key else None
             group = cell.get("baseline_key") or key
             control_key = None if cell.get("control") else controls.get(group)
-            control = self.records([control_key]) if control_key else None
+            control = self._records([control_key], controls) if control_key else None
             records = cell_records(cell, baseline, self.verdict_config, control)
             self._cache[key] = (
                 (stamp, self._mtime(baseline_key), baseline_key, self._mtime(control_key), control_key),
@@ -361,14 +363,14 @@ class DerivedFiles:
         for key in self.store.keys():
             if key in self._scanned:
                 continue
+            planned = self._plan_cells.get(key)
+            if planned is not None:  # the plan says it: no need to read the cell
+                self._scanned[key] = planned.baseline_key if planned.control is not None else None
+                continue
             cell = self.store.read_cell(key)
             if cell is None:
                 continue
-            planned = self._plan_cells.get(key)
-            is_control = planned.control is not None if planned is not None else bool(cell.get("control"))
-            self._scanned[key] = (
-                (planned.baseline_key if planned is not None else cell.get("baseline_key")) if is_control else None
-            )
+            self._scanned[key] = cell.get("baseline_key") if cell.get("control") else None
         return {baseline: key for key, baseline in self._scanned.items() if baseline}
 
     def rebuild(self) -> list[dict[str, Any]]:

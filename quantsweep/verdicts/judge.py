@@ -234,7 +234,9 @@ def _against_chance(kind, q, n: int, config: VerdictConfig) -> Verdict:
     perfect model would have. The cell is ``collapsed`` when the interval holds 0 (not
     significantly above chance) and its upper end is at most ``collapse_retention`` of
     that room (the data rule out anything but near-chance); otherwise it is
-    ``inconclusive``, since there is no baseline to measure a drop from.
+    ``inconclusive``, since there is no baseline to measure a drop from. ``delta``,
+    ``ci_low`` and ``ci_high`` stay NaN (they are recipe minus baseline); the margin and its
+    interval are written in the reason (4 significant digits).
     """
     if n < config.min_samples:
         reason = f"{_BASELINE_NONFINITE}, and n = {n} < min_samples = {config.min_samples} is too few to judge against chance"
@@ -249,7 +251,8 @@ def _against_chance(kind, q, n: int, config: VerdictConfig) -> Verdict:
         )
     margin, low, high, room, interval = measured
     ceiling = config.collapse_retention * room
-    words = f"margin above chance {margin:.3g} ({config.ci_level:.0%} CI {low:.3g} to {high:.3g})"
+    # the margin is not a recipe-minus-baseline difference: it lives in the reason, never in delta / ci_*
+    words = f"margin above chance {margin:.4g} ({config.ci_level:.0%} CI {low:.4g} to {high:.4g})"
     if low <= 0 and high <= ceiling:
         verdict = "collapsed"
         reason = (
@@ -259,7 +262,7 @@ def _against_chance(kind, q, n: int, config: VerdictConfig) -> Verdict:
     else:
         verdict = "inconclusive"
         reason = f"{_BASELINE_NONFINITE}; against chance alone: {words}, which does not settle it"
-    return Verdict(verdict, kind.chance, 0, margin, low, high, math.nan, math.nan, n, reason, interval)
+    return Verdict(verdict, kind.chance, 0, math.nan, math.nan, math.nan, math.nan, math.nan, n, reason, interval)
 
 
 # ---------------------------------------------------------------- accuracy

@@ -449,56 +449,38 @@ def decide(
     """
     if not noise_floor >= 0.0:
         raise ValueError(f"noise_floor must be a number >= 0, got {noise_floor!r}")
-    if noise_floor > 0.0:
-        return _decide_with_floor(comparison, config, collapse, noise_floor)
-    c, show = comparison, comparison.show
-    if c.n < config.min_samples:
-        return "inconclusive", f"n = {c.n} < min_samples = {config.min_samples}"
-    collapse_reason = collapse()
-    if collapse_reason:
-        return "collapsed", collapse_reason
-    if c.drop_high <= c.tolerance:
-        return "lossless", f"upper bound of the {c.quantity} {show(c.drop_high)} <= tolerance {show(c.tolerance)}"
-    if c.drop_low > 0.0 and c.p_value < config.alpha:
-        return "degraded", (
-            f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 and {c.test} "
-            f"p = {c.p_value:.2g} < alpha = {config.alpha:g}"
-        )
-    if not (math.isfinite(c.drop_low) and math.isfinite(c.drop_high)):
-        return "inconclusive", f"the interval of the {c.quantity} is undefined (a resampled value overflowed)"
-    if c.drop_low > 0.0:
-        return "inconclusive", (
-            f"lower bound of the {c.quantity} {show(c.drop_low)} > 0 but {c.test} "
-            f"p = {c.p_value:.2g} >= alpha = {config.alpha:g}"
-        )
-    return "inconclusive", (
-        f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: "
-        f"its upper bound is above the tolerance {show(c.tolerance)} and its lower bound "
-        "is not above 0"
-    )
-
-
-def _decide_with_floor(c: Comparison, config: VerdictConfig, collapse, floor: float) -> tuple[str, str]:
-    """Rules 3-7 with the A/A control's difference ``floor`` taken out of both claims (see :func:`decide`)."""
-    show = c.show
+    c, show, floor = comparison, comparison.show, noise_floor
     if c.n < config.min_samples:
         return "inconclusive", f"n = {c.n} < min_samples = {config.min_samples}"
     collapse_reason = collapse()
     if collapse_reason:
         return "collapsed", collapse_reason
     aa = f"A/A difference {show(floor)}"
+    plus_aa = f" + {aa}" if floor > 0.0 else ""  # the A/A wording only where there is a floor
+    above = aa if floor > 0.0 else "0"
     if c.drop_high + floor <= c.tolerance:
         return "lossless", (
-            f"upper bound of the {c.quantity} {show(c.drop_high)} + {aa} <= tolerance {show(c.tolerance)}"
+            f"upper bound of the {c.quantity} {show(c.drop_high)}{plus_aa} <= tolerance {show(c.tolerance)}"
         )
     if c.drop_low > floor and c.p_value < config.alpha:
         return "degraded", (
-            f"lower bound of the {c.quantity} {show(c.drop_low)} > {aa} and {c.test} "
+            f"lower bound of the {c.quantity} {show(c.drop_low)} > {above} and {c.test} "
             f"p = {c.p_value:.2g} < alpha = {config.alpha:g}"
         )
     if not (math.isfinite(c.drop_low) and math.isfinite(c.drop_high)):
         return "inconclusive", f"the interval of the {c.quantity} is undefined (a resampled value overflowed)"
+    if c.drop_low > floor:
+        return "inconclusive", (
+            f"lower bound of the {c.quantity} {show(c.drop_low)} > {above} but {c.test} "
+            f"p = {c.p_value:.2g} >= alpha = {config.alpha:g}"
+        )
+    if floor > 0.0:
+        return "inconclusive", (
+            f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: with the {aa} it is "
+            f"neither within the tolerance {show(c.tolerance)} nor above the A/A difference"
+        )
     return "inconclusive", (
-        f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: with the {aa} it is "
-        f"neither within the tolerance {show(c.tolerance)} nor above the A/A difference"
+        f"the {c.quantity} is between {show(c.drop_low)} and {show(c.drop_high)}: "
+        f"its upper bound is above the tolerance {show(c.tolerance)} and its lower bound "
+        "is not above 0"
     )

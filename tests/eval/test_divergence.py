@@ -205,3 +205,52 @@ def test_choice_divergence_leaves_out_documents_whose_options_are_not_finite():
     assert choice_divergence([([None, -1.0], [-1.0, -2.0]), finite])["documents"] == 1
     assert choice_divergence([finite])["kl_mean"] == pytest.approx(choice_kl(*finite))
     assert choice_divergence([([float("inf"), -1.0], [-1.0, -2.0])]) is None
+
+
+def test_an_empty_document_is_neither_recorded_nor_missing():
+    base, tokenizer = quantsweep.load_model("toy", device="cpu")
+    recipe = quantsweep.quantize(copy.deepcopy(base), "w3-rtn")
+    texts = _texts(3)
+    with_empty = [texts[0], "", texts[1], texts[2]]
+    summary, lm, base_totals, totals, stored = _measured(base, recipe, tokenizer, with_empty)
+    assert base_totals[1] == 0.0 and totals[1] == 0.0 and len(stored.documents) == 3
+    exact_kl, same, delta = _exact(base, recipe, lm, texts)  # the same figures as without the empty text
+    assert summary["positions"] == stored.positions() == exact_kl.size
+    _check(summary, exact_kl, same, delta)
+
+
+def test_reference_rows_do_not_depend_on_the_batch():
+    base, tokenizer = quantsweep.load_model("toy", device="cpu")
+    texts = _texts(5)
+    references = []
+    for batch_size, order in ((1, texts), (4, texts), (8, texts[::-1])):
+        recorder = DivergenceProbe(record=True)
+        lm = ContextCachedLM(pretrained=base, tokenizer=tokenizer, batch_size=batch_size, divergence=recorder)
+        lm.loglikelihood_rolling(_requests(order), disable_tqdm=True)
+        references.append(recorder.recorded["toy_ppl"].documents)
+    first = references[0]
+    assert len(first) == 5 and all(doc["tail_ids"].shape[1] == 8 for doc in first.values())
+    for other in references[1:]:
+        assert other.keys() == first.keys()
+        for key, doc in first.items():
+            for name in ("top_ids", "tail_ids"):
+                np.testing.assert_array_equal(np.asarray(other[key][name]), np.asarray(doc[name]))
+            np.testing.assert_allclose(np.asarray(other[key]["tail_logp"]), np.asarray(doc["tail_logp"]), atol=1e-5)
+
+
+def test_inverse_cdf_draws_follow_the_tail_distribution():
+    from scipy import stats
+
+    logp = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0, 0.5, 0.0, -1.0]]), dim=-1)
+    rows = reference_rows(
+        logp.expand(4000, -1),
+        torch.zeros(4000, dtype=torch.long),
+        k=2,
+        tail_samples=5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    counts = np.bincount(rows["tail_ids"].numpy().ravel(), minlength=6)
+    assert counts[:2].sum() == 0  # never a top-k token
+    tail = logp[0, 2:].double().exp().numpy()
+    expected = tail / tail.sum() * counts.sum()
+    assert stats.chisquare(counts[2:], expected).pvalue > 1e-3

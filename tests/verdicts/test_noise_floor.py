@@ -42,3 +42,13 @@ def test_judge_accuracy_passes_the_floor_to_the_ladder():
     assert judge_accuracy(worse, base, chance=0.25).verdict == "degraded"
     judged = judge_accuracy(worse, base, chance=0.25, noise_floor=0.05)  # batching alone moved it 5 points
     assert judged.verdict == "inconclusive" and "A/A" in judged.reason
+
+
+def test_lower_bound_above_the_floor_without_significance_says_so():
+    # the interval clears the A/A difference but the paired test does not: the reason must say
+    # exactly that (the floor ladder once fell through to "neither ... nor above the A/A difference")
+    verdict, reason = _decide(0.02, 0.05, 0.01, p=0.2)
+    assert verdict == "inconclusive"
+    assert reason == "lower bound of the drop 2% > A/A difference 1% but McNemar p = 0.2 >= alpha = 0.05"
+    plain = _decide(0.02, 0.05, 0.0, p=0.2)
+    assert plain == ("inconclusive", "lower bound of the drop 2% > 0 but McNemar p = 0.2 >= alpha = 0.05")

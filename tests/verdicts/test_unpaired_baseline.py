@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -18,6 +19,18 @@ def _correct(k: int, n: int) -> np.ndarray:
     return np.r_[np.ones(k), np.zeros(n - k)]
 
 
+def _margin(reason: str) -> tuple[float, float, float]:
+    """The margin above chance and its interval, as the reason writes them (4 significant digits)."""
+    found = re.search(r"margin above chance (\S+) \(\d+% CI (\S+) to (\S+)\)", reason)
+    assert found, reason
+    return tuple(float(x) for x in found.groups())
+
+
+def _no_paired_fields(verdict) -> bool:
+    """An unpaired cell has no recipe-minus-baseline difference: delta and its interval are NaN."""
+    return all(math.isnan(x) for x in (verdict.delta, verdict.ci_low, verdict.ci_high))
+
+
 @pytest.mark.parametrize(
     ("k", "n", "expected"), [(411, 1600, "collapsed"), (960, 1600, "inconclusive"), (6, 24, "inconclusive")]
 )
@@ -26,8 +39,13 @@ def test_accuracy_against_chance_alone(k, n, expected):
     verdict = judge_accuracy(_correct(k, n), BROKEN_BASELINE[:n], chance=chance)
     # Reference from scipy: the exact (Clopper-Pearson) interval of the accuracy.
     ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=config.ci_level, method="exact")
-    assert verdict.ci_low == pytest.approx(ci.low - chance)
-    assert verdict.ci_high == pytest.approx(ci.high - chance)
+    # updated: the margin used to be written into delta / ci_low / ci_high (read as recipe minus
+    # baseline in the report); it is now in the reason, and those fields are NaN
+    assert _no_paired_fields(verdict)
+    margin, low, high = _margin(verdict.reason)
+    assert margin == pytest.approx(k / n - chance, rel=6e-4)
+    assert low == pytest.approx(ci.low - chance, rel=6e-4)
+    assert high == pytest.approx(ci.high - chance, rel=6e-4)
     rule = ci.low - chance <= 0 and ci.high - chance <= config.collapse_retention * (1 - chance)
     assert (verdict.verdict == "collapsed") == rule
     assert verdict.verdict == expected
@@ -44,7 +62,8 @@ def test_perplexity_against_chance_alone():
     good = tokens * 2.0  # 2 nats per token, far better than log(1000) = 6.9
     verdict = judge_perplexity(good, tokens, np.full(200, np.nan), tokens, vocab_size=vocab)
     assert verdict.verdict == "inconclusive"
-    assert verdict.delta == pytest.approx(math.log(vocab) - 2.0)
+    assert _no_paired_fields(verdict)  # updated: the margin was in delta, it is now in the reason
+    assert _margin(verdict.reason)[0] == pytest.approx(math.log(vocab) - 2.0, rel=6e-4)
     assert "could not be paired" in verdict.reason
 
 
