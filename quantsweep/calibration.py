@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from quantsweep._text import read_utf8
+
 logger = logging.getLogger(__name__)
 
 # name -> (load_dataset positional args, keyword args, split, text field)
@@ -233,22 +235,27 @@ def check_calibration_source(source: str) -> None:
     """
     if source == "toy" or source in HF_SOURCES:
         return
+    _local_text(source)  # parsed whole now: a bad line is named before any model loads
+
+
+def _local_text(source: str) -> str:
+    """The text of a local calibration file, checked (exists, parses, holds text); else a ValueError."""
     path = Path(source)
-    if path.suffix in LOCAL_SUFFIXES:
-        if not path.is_file():
-            raise ValueError(f"calibration file {source!r} does not exist")
-        if not _read_local(path).strip():  # parsed whole now: a bad line is named before any model loads
-            raise ValueError(f"calibration file {source!r} holds no text")
-        return
-    raise ValueError(
-        f"unknown calibration source {source!r}; use one of {', '.join(NAMED_SOURCES)} "
-        f"or a path to a local {' / '.join(LOCAL_SUFFIXES)} file"
-    )
+    if path.suffix not in LOCAL_SUFFIXES:
+        raise ValueError(
+            f"unknown calibration source {source!r}; use one of {', '.join(NAMED_SOURCES)} "
+            f"or a path to a local {' / '.join(LOCAL_SUFFIXES)} file"
+        )
+    if not path.is_file():
+        raise ValueError(f"calibration file {source!r} does not exist")
+    text = _read_local(path)
+    if not text.strip():
+        raise ValueError(f"calibration file {source!r} holds no text")
+    return text
 
 
 def _read_source(source: str) -> str:
-    check_calibration_source(source)
-    return _hf_text(source) if source in HF_SOURCES else _read_local(Path(source))
+    return _hf_text(source) if source in HF_SOURCES else _local_text(source)  # a local file is parsed once
 
 
 # The toy corpus is generated, so we draw texts until the windows barely overlap.
@@ -269,12 +276,7 @@ def _toy_ids(tokenizer, wanted_tokens: int, seed: int) -> torch.Tensor:
 
 def _read_local(path: Path) -> str:
     """A local file's calibration text; a problem is named by file and line (``ValueError``)."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    text = read_utf8(path)
     if path.suffix == ".txt":
         return text
     texts = []

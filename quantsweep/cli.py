@@ -24,6 +24,8 @@ import os
 import sys
 from pathlib import Path
 
+from quantsweep._text import safe_text
+
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1  # the run finished but its baseline failed, so it answered nothing
 DEMO_RECIPES = ["fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"]
@@ -656,18 +658,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (UserError, ValueError, TypeError, FileNotFoundError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"quantsweep: error: {_safe(message)}", file=sys.stderr)
+        print(f"quantsweep: error: {safe_text(message)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("quantsweep: interrupted", file=sys.stderr)
         return 130
     finally:
         sys.stdout = stdout
-
-
-def _safe(text: str, keep: str = "") -> str:
-    """Control characters (ANSI escapes among them) as ``\\x..``, except those in ``keep``."""
-    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 class _SafeStream:
@@ -677,7 +674,7 @@ class _SafeStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write(_safe(text, keep="\n\t"))
+        return self._stream.write(safe_text(text, keep="\n\t"))
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -687,7 +684,7 @@ class _SafeFormatter(logging.Formatter):
     """Log lines with control characters shown, not sent (a recipe name may carry an escape sequence)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return _safe(super().format(record), keep="\n\t")
+        return safe_text(super().format(record), keep="\n\t")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 When a task reports non-finite samples, :func:`diagnose_nonfinite` runs one probe
 forward pass with hooks on every module and names the first decoder layer and
 module (in execution order) whose output contains NaN or Inf. It also reports
-any parameters that are themselves non-finite.
+any parameters or buffers that are themselves non-finite.
 
 Example:
     >>> import quantsweep
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from quantsweep.models.layout import decoder_layer_prefix
+from quantsweep.quant.finite import nonfinite_weights
 
 DEFAULT_PROBE_TEXT = "The quick brown fox jumps over the lazy dog. " * 4
 
@@ -38,7 +39,8 @@ class NonFiniteReport:
         logits_finite: whether the probe's logits were all finite.
         first_module: dotted name of the first module (execution order) whose output was non-finite.
         first_layer: index of the decoder layer holding that module, if any.
-        nonfinite_weights: names of parameters that contain NaN/Inf.
+        nonfinite_weights: names of parameters and buffers that contain NaN/Inf
+            (:func:`quantsweep.quant.finite.nonfinite_weights`).
 
     Example:
         >>> NonFiniteReport(logits_finite=True).to_dict()["first_module"] is None
@@ -52,16 +54,6 @@ class NonFiniteReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def nonfinite_parameters(model: nn.Module) -> list[str]:
-    """Names of parameters containing NaN or Inf.
-
-    Example:
-        >>> nonfinite_parameters(torch.nn.Linear(2, 2))
-        []
-    """
-    return [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
 
 
 def _first_tensor(output):
@@ -107,7 +99,7 @@ def diagnose_nonfinite(model: nn.Module, tokenizer, text: str = DEFAULT_PROBE_TE
         for handle in handles:
             handle.remove()
     report = NonFiniteReport(
-        logits_finite=bool(torch.isfinite(logits).all()), nonfinite_weights=nonfinite_parameters(model)
+        logits_finite=bool(torch.isfinite(logits).all()), nonfinite_weights=list(nonfinite_weights(model))
     )
     if order:
         # hooks fire when a module *finishes*; a parent finishes after its children, so the

@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from quantsweep._text import decode_utf8, read_utf8
 from quantsweep.eval.sandbox import default_sandbox
 from quantsweep.eval.suites import SuiteEntry, SuiteError, expand_tasks, lm_eval_task_config, suite_entry
 from quantsweep.hub import effective_hub_endpoint, hub_offline, hub_reachable, use_hub_mirror
@@ -222,10 +223,7 @@ def _check_json_lines(path: str, records: _Records) -> int:
     count = 0
     with _open_binary(path) as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+            line = decode_utf8(raw, path, first_line=number)
             if not line.strip():
                 continue
             try:
@@ -278,13 +276,7 @@ def check_data_file(path: str | Path, columns: tuple[str, ...] | list[str] = ())
                 raise ValueError(f"{path}: row group {group}: {error}") from None
         return parquet.metadata.num_rows
     if fmt == ".csv":
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            line = raw[: error.start].count(b"\n") + 1
-            raise ValueError(f"{path}:{line}: not UTF-8 text ({error.reason})") from None
+        text = read_utf8(path)
         reader = csv.reader(text.splitlines(keepends=True))
         header = next(reader, [])
         absent = [c for c in columns if c not in header]
@@ -310,11 +302,9 @@ def check_data_file(path: str | Path, columns: tuple[str, ...] | list[str] = ())
             return _check_json_lines(path, records)  # JSON Lines saved as .json, which `datasets` also accepts
         with _open_binary(path) as handle:
             raw = handle.read()
+        text = decode_utf8(raw, path)
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            line = raw[: error.start].count(b"\n") + 1
-            raise ValueError(f"{path}:{line}: not UTF-8 text ({error.reason})") from None
+            data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})") from None
         for index, record in enumerate(data):

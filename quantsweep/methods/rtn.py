@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from quantsweep._text import safe_text
 from quantsweep.methods.overrides import module_configs
 from quantsweep.methods.registry import RecipeConfig, RecipeError, register_method
 from quantsweep.methods.result import QuantizationResult
@@ -79,7 +80,7 @@ def apply_rtn(model, config: RTNConfig, calibration=None, overrides=()):
     plan = module_configs(config, overrides, targets)
     packed = {}
     with torch.no_grad():
-        for name, module in tqdm(targets.items(), desc=f"quantize {config.name}", unit="layer", leave=False):
+        for name, module in tqdm(targets.items(), desc=safe_text(f"quantize {config.name}"), unit="layer", leave=False):
             own = plan[name]
             if own is None:  # skip: keep full precision
                 continue

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from quantsweep._text import safe_text
+
 TOY_MODEL_ID = "toy"
 
 # Single-file and sharded weight layouts, in the order Hugging Face prefers them.
@@ -157,7 +159,7 @@ def iter_checkpoint_tensors(path: Path, dtype: torch.dtype | None = None) -> Ite
 
     files, weight_map = _weight_layout(path)
     seen: set[str] = set()
-    for shard in tqdm(files, desc=f"Reading {path.name} weights", unit="shard"):
+    for shard in tqdm(files, desc=safe_text(f"Reading {path.name} weights"), unit="shard"):
         if shard.suffix == ".safetensors":
             with safe_open(str(shard), framework="pt", device="cpu") as handle:
                 for name in handle.keys():

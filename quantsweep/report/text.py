@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from quantsweep._text import safe_text
 from quantsweep.verdicts.rules import UNREMARKABLE, VERDICT_MARKERS, is_error, is_primary_or_error
 from quantsweep.verdicts.views import split_views
 
@@ -183,19 +184,6 @@ def format_table(records: Iterable[dict[str, Any]], tasks: list[str] | None = No
         block += [f"  left out: {safe_text(line)}" for line in view.left_out]
         blocks.append("\n".join(block))
     return "\n\n".join(blocks)
-
-
-def safe_text(text: Any) -> str:
-    """``text`` with control characters (ANSI escape sequences among them) shown as ``\\x..``, not sent raw.
-
-    A recipe or model name comes from the user's files; an escape sequence in it must not
-    reach the terminal.
-
-    Example:
-        >>> safe_text("w4\\x1b[31m-red")
-        'w4\\\\x1b[31m-red'
-    """
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _one_table(records: Iterable[dict[str, Any]], tasks: list[str] | None, *, reasons: bool) -> str:

@@ -47,6 +47,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from quantsweep._text import safe_text
+
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
@@ -168,13 +170,8 @@ def set_aside(path: Path, why: str, then: str) -> Path:
         return aside  # another reader set it aside first
     except OSError as error:
         raise StoreError(f"{path} is unreadable ({why}) and cannot be set aside ({error})") from None
-    logger.warning("%s is unreadable (%s); kept as %s and %s", path, _printable(why), aside.name, then)
+    logger.warning("%s is unreadable (%s); kept as %s and %s", path, safe_text(why, limit=200), aside.name, then)
     return aside
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """A one-line, escape-free excerpt of ``text``: control characters (ANSI escapes too) as ``\\x..``."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])
 
 
 def _pid_alive(pid: int) -> bool:

@@ -109,3 +109,20 @@ def test_toy_source():
     assert torch.equal(data.input_ids, again.input_ids)
     assert data.n_source_tokens >= 4 * 64  # enough text that windows need not overlap
     assert data.provenance()["source"] == "toy"
+
+
+def test_a_local_file_is_read_and_parsed_once_per_load(tmp_path, monkeypatch):
+    import quantsweep.calibration as calibration
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": "abcdefghij" * 3}) for _ in range(4)) + "\n")
+    reads = []
+    real = calibration.read_utf8
+    monkeypatch.setattr(calibration, "read_utf8", lambda p: reads.append(p) or real(p))
+    data = load_calibration(path, CharTokenizer(), n_samples=2, seq_len=20, seed=0)
+    assert data.input_ids.shape == (2, 20)
+    assert reads == [path]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff")
+    with pytest.raises(ValueError, match=r"bad\.txt:2: not UTF-8 text"):
+        load_calibration(bad, CharTokenizer(), n_samples=1, seq_len=1)

@@ -98,6 +98,7 @@ def test_escape_sequences_in_names_never_reach_the_terminal(tmp_path, capsys):
     recipe.write_text(json.dumps({"name": evil, "method": "rtn", "bits": 8}))  # JSON is YAML
     code = main(
         ["run", "--model", "toy", "--device", "cpu", "--tasks", "toy_mc4", "--limit", "10", "--recipe", str(recipe)]
+        + ["--out", str(tmp_path / "store")]  # a fresh store: the recipe is quantized here, its bar drawn
     )
     out = capsys.readouterr()
     assert code == 0

@@ -86,6 +86,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantsweep import device as devices
+from quantsweep._text import safe_text
 from quantsweep.models.layout import decoder_layer_prefix, decoder_layers, linears_in, lm_head
 
 logger = logging.getLogger(__name__)
@@ -608,9 +609,7 @@ def run_sequential(
     reports: list[LayerReport] = []
     park = (lambda x: x.to("cpu")) if activations_on_host else (lambda x: x)
     with torch.no_grad():
-        for index, layer in enumerate(
-            tqdm(layers, desc="".join(c if c.isprintable() else repr(c)[1:-1] for c in desc), unit="layer", leave=False)
-        ):
+        for index, layer in enumerate(tqdm(layers, desc=safe_text(desc), unit="layer", leave=False)):
             devices.synchronize(device)
             devices.reset_peak_memory(device)
             start = time.perf_counter()
