@@ -65,6 +65,9 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> RecipeConf
     """
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    if "stages" not in data and data.get("overrides", 1) in (None, []):
+        # ``overrides: []`` overrides nothing: the recipe stays its method's own config (and keeps its cell key)
+        data = {key: value for key, value in data.items() if key != "overrides"}
     if "stages" in data or "overrides" in data:
         return composed_from_dict(data, source)
     if "method" not in data:

@@ -145,6 +145,27 @@ def test_a_legacy_recipe_is_still_its_methods_own_config(name):
     assert recipe.to_dict() == dataclasses.asdict(config_class(**data))
 
 
+@pytest.mark.parametrize("empty", [[], None])
+def test_an_empty_overrides_list_keeps_the_legacy_config_and_its_cell_key(empty, tmp_path):
+    from quantsweep.sweep.plan import plan_cells
+    from quantsweep.sweep.spec import spec_from_dict
+
+    legacy = {"name": "w4", "method": "rtn", "bits": 4}
+    same = {**legacy, "overrides": empty}
+    assert type(recipe_from_dict(same)) is type(recipe_from_dict(legacy))
+    assert recipe_from_dict(same).to_dict() == recipe_from_dict(legacy).to_dict()
+    keys = []
+    for label, data in (("legacy", legacy), ("same", same)):
+        path = tmp_path / label / "w4.yaml"
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump(data))
+        spec = spec_from_dict(
+            {"models": [{"path": "toy", "device": "cpu"}], "recipes": [str(path)], "tasks": ["toy_mc4"]}
+        )
+        keys.append([cell.key for cell in plan_cells(spec).cells])
+    assert keys[0] == keys[1] and len(keys[0]) == 2  # the baseline and the recipe: the same keys
+
+
 def test_a_one_stage_composed_recipe_gives_the_legacy_numbers():
     legacy, _ = quantsweep.load_model("toy")
     composed, _ = quantsweep.load_model("toy")
