@@ -1,10 +1,11 @@
 """Rotation rescues W4A4: rotate + GPTQ (W4 per channel) + 4-bit per-token activations against
 W4A4 SmoothQuant (the recipe that gave non-finite perplexity in the study), same calibration.
 
-Composed by hand here (rotate_model, the GPTQ method, attach_activation_quant); the recipe
-plumbing composes the same stages. Margins are set from measured numbers (CPU, fp32), see
-each test, and leave room for the rotation seed: on toy, rotation seeds 0/1/2 gave
-+0.00/+0.02/+0.05 perplexity over fp, against +0.24 for SmoothQuant.
+Composed through the recipe plumbing (a ``stages:`` recipe given to ``quantsweep.quantize``):
+rotate (online Hadamard on down_proj), GPTQ W4 per channel, A4 per token without clipping.
+Margins are set from measured numbers (CPU, fp32), see each test, and leave room for the
+rotation seed: on toy, rotation seeds 0/1/2 gave +0.00/+0.02/+0.05 perplexity over fp,
+against +0.24 for SmoothQuant.
 """
 
 import pytest
@@ -15,19 +16,24 @@ from scipy.stats import wilcoxon
 import quantsweep
 from quantsweep.calibration import load_calibration
 from quantsweep.methods.activation import attach_activation_quant
-from quantsweep.methods.gptq import GPTQConfig, apply_gptq
 from quantsweep.methods.rotation import rotate_model
 from quantsweep.models.layout import decoder_linears
 from quantsweep.models.snapshot import WeightSnapshot
+from quantsweep.recipes import recipe_from_dict
+
+W4A4_ROTATE_GPTQ = {
+    "name": "w4a4-rotate-gptq-test",
+    "stages": [
+        {"transform": "rotate", "seed": 0, "online": ["down_proj"]},
+        {"weight": "gptq", "bits": 4, "group_size": None, "symmetric": True},
+        {"activations": {"bits": 4, "symmetric": True, "clip_ratio": 1.0}},  # after the rotation: Hadamard input
+    ],
+}
 
 
-def w4a4_rotate_gptq(model, calibration: torch.Tensor, seed: int = 0) -> None:
-    """QuaRot W4A4: rotation (online Hadamard on down_proj), GPTQ W4 per channel, A4 per token."""
-    rotate_model(model, seed=seed)
-    config = GPTQConfig(name="w4a4-rotate-gptq", method="gptq", bits=4, group_size=None, symmetric=True)
-    apply_gptq(model, config, calibration=calibration)
-    for linear in decoder_linears(model).values():
-        attach_activation_quant(linear, bits=4)  # after the rotation: sees the Hadamard input
+def w4a4_rotate_gptq(model, calibration: torch.Tensor) -> None:
+    """QuaRot W4A4 as a composed recipe: rotation (online Hadamard on down_proj), GPTQ W4, A4 per token."""
+    quantsweep.quantize(model, recipe_from_dict(W4A4_ROTATE_GPTQ), calibration=calibration)
 
 
 def compare(model, calibration, evaluation):
