@@ -50,6 +50,7 @@ from typing import Any
 import pandas as pd
 
 from quantsweep.report import frames, plots
+from quantsweep.sweep.store import atomic_write_text
 from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask
 from quantsweep.verdicts.summary import family_overview
 from quantsweep.verdicts.views import split_views
@@ -625,7 +626,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, titl
 
     A folder other than ``results_dir`` keeps a list of the files a report wrote there
     (``.quantsweep-report.json``); a report replaces only those, and refuses, before
-    writing anything, to replace a ``results.csv`` or PNG it did not write.
+    writing anything, to replace a ``results.csv`` or PNG it did not write. That list is
+    written first, atomically, so a report interrupted at any moment (kill -9, a full disk)
+    leaves a folder the next report writes into again.
 
     Raises:
         FileNotFoundError, ValueError: no results in ``results_dir`` (the message says where it looked),
@@ -656,13 +659,15 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, titl
     _check_not_replacing(out, names, results_dir)
     table = frames.records_frame(records)
     try:
+        # The manifest first, and atomically: a report killed at any later moment leaves files the
+        # manifest already names, so the next report replaces them instead of refusing them as foreign.
+        written = sorted({*_report_files(out.parent), *names})
+        atomic_write_text(out.with_name(MANIFEST), json.dumps({"files": written}, indent=1) + "\n")
         out.write_text(html, encoding="utf-8")
         table.to_csv(out.with_name("results.csv"), index=False)
         table.to_parquet(out.with_name("results.parquet"), index=False)
         for name, png in figures.items():
             out.with_name(name).write_bytes(png)
-        written = sorted({*_report_files(out.parent), *names})
-        out.with_name(MANIFEST).write_text(json.dumps({"files": written}, indent=1) + "\n", encoding="utf-8")
     except OSError as error:
         raise ValueError(f"cannot write the report into {out.parent}: {error.strerror or error}") from None
     logger.info("report written to %s (%d records)", out, len(records))
