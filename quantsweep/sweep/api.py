@@ -263,15 +263,22 @@ def refresh_derived(directory) -> bool:
 
 
 def _readable_results(path: Path) -> bool:
-    """Whether every line of a derived ``results.jsonl`` is a JSON object (UTF-8)."""
+    """Whether every line of a derived ``results.jsonl`` is a JSON object (UTF-8); True when it is gone.
+
+    An ``OSError`` (permission denied, an I/O error) propagates: a file that cannot be read is not set aside.
+    """
     import json
+
+    from quantsweep.sweep.store import PARSE_ERRORS
 
     try:
         with path.open(encoding="utf-8") as stream:
             for line in stream:
                 if line.strip() and not isinstance(json.loads(line), dict):
                     return False
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return True  # nothing to set aside
+    except PARSE_ERRORS:
         return False
     return True
 

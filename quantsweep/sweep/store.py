@@ -151,10 +151,12 @@ def fault_point(name: str) -> None:
 
 
 def set_aside(path: Path, why: str, then: str) -> Path:
-    """Move an unreadable store file out of the way as ``<name>.corrupt-<time>-<id>`` and log its name.
+    """Move an unparseable store file out of the way as ``<name>.corrupt-<time>-<id>`` and log its name.
 
     Nothing is deleted: the file is kept beside its old name for inspection. ``then`` says
-    what happens next (logged with the reason).
+    what happens next (logged with the reason). Only a file that was read and found not to
+    parse (:data:`PARSE_ERRORS`) is set aside: a file that could not be read (permission
+    denied, an I/O error) may hold a good result, so its ``OSError`` propagates instead.
 
     Example:
         >>> import tempfile
@@ -172,6 +174,11 @@ def set_aside(path: Path, why: str, then: str) -> Path:
         raise StoreError(f"{path} is unreadable ({why}) and cannot be set aside ({error})") from None
     logger.warning("%s is unreadable (%s); kept as %s and %s", path, safe_text(why, limit=200), aside.name, then)
     return aside
+
+
+# What makes a store file "unparseable", so that it is set aside: bad JSON, bad UTF-8 (both are
+# ValueErrors) or a wrong schema (raised as ValueError by the readers). Never an OSError.
+PARSE_ERRORS = (ValueError, json.JSONDecodeError, UnicodeDecodeError)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -230,7 +237,12 @@ class Claim:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            if not self.holds():
+            try:
+                held = self.holds()
+            except OSError as error:  # cannot tell: keep the heartbeat going rather than let the claim go stale
+                logger.warning("cannot read the claim on cell %s (%s); its heartbeat goes on", self.key, error)
+                held = True
+            if not held:
                 logger.warning("the claim on cell %s was taken over by another process", self.key)
                 return
             with contextlib.suppress(OSError):
@@ -259,7 +271,12 @@ class Claim:
         if self._stop.is_set():
             return  # released already
         self._stop.set()
-        if self.holds():  # never remove a claim another process took over meanwhile
+        try:
+            held = self.holds()
+        except OSError as error:  # cannot tell whose it is: leave it; it goes stale once this process ends
+            logger.warning("cannot read the claim on cell %s (%s); left in place", self.key, error)
+            return
+        if held:  # never remove a claim another process took over meanwhile
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
@@ -271,18 +288,27 @@ class Claim:
 
 
 def _read_owner(path: Path) -> dict[str, Any]:
+    """A claim file's owner; ``{}`` when the file is gone or holds no JSON object.
+
+    Any other ``OSError`` (permission denied, an I/O error) propagates: a claim that
+    cannot be read is not garbage, and must not be taken over as if it were.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
+    except PARSE_ERRORS:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
-    """``store.json`` as a mapping, or None when it is not a readable JSON object."""
+    """``store.json`` as a mapping, or None when it is gone or not a JSON object (an ``OSError`` propagates)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except PARSE_ERRORS:
         return None
     return data if isinstance(data, dict) else None
 
@@ -364,7 +390,13 @@ class CellStore:
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
         meta_path = self.directory / "store.json"
-        meta = _read_meta(meta_path) if meta_path.is_file() else None
+        try:
+            meta = _read_meta(meta_path) if meta_path.is_file() else None
+        except OSError as error:  # unreadable is not corrupt: nothing is set aside or written again
+            raise StoreError(
+                f"cannot read {meta_path} ({error.strerror or error}); nothing was changed: "
+                "make it readable or use another --out folder"
+            ) from None
         if meta is None and meta_path.is_file():
             if not (self.directory / "cells").is_dir():
                 raise StoreError(f"{meta_path} is not valid JSON; is {self.directory} a quantsweep store?")
@@ -512,6 +544,10 @@ class CellStore:
         say) is reported, kept aside as ``<key>.json.corrupt-<time>``, and read as absent,
         so the cell is computed again.
 
+        Raises:
+            OSError: the file exists but cannot be read (permission denied, an I/O error);
+                it is left where it is, since it may hold a good result.
+
         Example:
             >>> import tempfile
             >>> store = CellStore(tempfile.mkdtemp())
@@ -526,7 +562,7 @@ class CellStore:
             return cell
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:  # binary garbage and a wrong encoding are ValueErrors too
+        except PARSE_ERRORS as error:  # binary garbage, a wrong encoding, a wrong schema; never an OSError
             set_aside(path, f"{type(error).__name__}: {error}", "the cell will be computed again")
             return None
 

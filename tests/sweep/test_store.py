@@ -143,3 +143,95 @@ def test_verdict_thresholds_live_in_the_store_and_older_stores_fall_back_once(tm
     quantsweep.judge(tmp_path)
     kept = CellStore(tmp_path).verdict_thresholds()
     assert (kept["alpha"], kept["accuracy_tolerance"]) == (0.01, 0.02)
+
+
+# ------------------------------------------------------------------ unreadable is not corrupt
+
+
+def _unreadable(monkeypatch, target, method="read_text", error=PermissionError):
+    """Make ``Path.<method>`` raise ``error`` for ``target`` only (chmod 000 binds no root)."""
+    import errno
+    import pathlib
+
+    original = getattr(pathlib.Path, method)
+
+    def refuse(self, *args, **kwargs):
+        if self == target:
+            code = errno.EACCES if error is PermissionError else errno.EIO
+            raise error(code, os.strerror(code), str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, method, refuse)
+
+
+@pytest.mark.parametrize("error", [PermissionError, OSError])
+def test_an_unreadable_cell_file_is_not_set_aside(tmp_path, monkeypatch, error):
+    store = CellStore(tmp_path)
+    store.write_cell({"key": "k", "status": "done", "value": 0.5})
+    with monkeypatch.context() as patch:
+        _unreadable(patch, store.cell_path("k"), error=error)
+        with pytest.raises(error):
+            store.read_cell("k")
+        with pytest.raises(error):
+            store.status("k")
+        with pytest.raises(error):
+            list(store.cells())
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["k.json"]  # nothing moved away
+    assert store.read_cell("k")["value"] == 0.5
+
+
+def test_an_unreadable_store_json_is_refused_not_set_aside(tmp_path, monkeypatch):
+    store = CellStore(tmp_path)
+    store.record_verdict_thresholds({"alpha": 0.01})
+    before = (tmp_path / "store.json").read_bytes()
+    with monkeypatch.context() as patch:
+        _unreadable(patch, tmp_path / "store.json")
+        with pytest.raises(StoreError, match="cannot read .*store.json.*nothing was changed"):
+            CellStore(tmp_path)
+    assert (tmp_path / "store.json").read_bytes() == before
+    assert not list(tmp_path.glob("store.json.corrupt-*"))
+    assert CellStore(tmp_path).verdict_thresholds() == {"alpha": 0.01}
+
+
+def test_an_unreadable_claim_is_not_taken_over(tmp_path, monkeypatch):
+    store = CellStore(tmp_path, stale_after_s=0.0)  # were it read as garbage, it would be taken over at once
+    claim = store.claim("k")
+    path = store._claim_path("k")
+    with monkeypatch.context() as patch:
+        _unreadable(patch, path)
+        with pytest.raises(PermissionError):
+            store.claim("k")
+        with pytest.raises(PermissionError):
+            store.claim_owner("k")
+        claim.release()  # cannot tell whose it is: left in place, no traceback
+        assert path.is_file()
+    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == ["k.claim"]
+    assert store._claim_path("k").read_text() and json.loads(path.read_text())["token"] == claim.owner["token"]
+
+
+def test_an_unreadable_name_file_is_refused_not_set_aside(tmp_path, monkeypatch):
+    from quantsweep.sweep.names import _path, remember
+
+    store = CellStore(tmp_path)
+    remember(store, "recipe", "w8-rtn", {"bits": 8})
+    path = _path(store, "recipe", "w8-rtn")
+    with monkeypatch.context() as patch:
+        _unreadable(patch, path)
+        with pytest.raises(StoreError, match="cannot read the name file .*nothing was run"):
+            remember(store, "recipe", "w8-rtn", {"bits": 1})
+    assert sorted(p.name for p in (tmp_path / "names").iterdir()) == [path.name]
+    with pytest.raises(StoreError, match="bits is 8 there, 1 here"):  # its meaning was kept
+        remember(store, "recipe", "w8-rtn", {"bits": 1})
+
+
+def test_an_unreadable_results_file_is_not_set_aside(tmp_path, monkeypatch):
+    from quantsweep.sweep.api import refresh_derived
+
+    store = CellStore(tmp_path)
+    results = store.write_derived("results.jsonl", '{"model": "toy"}\n')
+    with monkeypatch.context() as patch:
+        _unreadable(patch, results, method="open")
+        with pytest.raises(PermissionError):
+            refresh_derived(tmp_path)
+    assert results.read_text() == '{"model": "toy"}\n'
+    assert not list(tmp_path.glob("results.jsonl.corrupt-*"))
