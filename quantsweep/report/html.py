@@ -42,7 +42,6 @@ import datetime
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from typing import Any
 import pandas as pd
 
 from quantsweep.report import frames, plots
-from quantsweep.sweep.store import atomic_write_text
+from quantsweep.sweep.store import atomic_write_text, probe_writable
 from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask
 from quantsweep.verdicts.summary import family_overview
 from quantsweep.verdicts.views import split_views
@@ -686,14 +685,10 @@ def _report_files(folder: Path) -> list[str]:
 
 
 def _check_writable(folder: Path) -> None:
-    """Refuse a report folder that cannot be created or written, before the report is built."""
-    import tempfile
-
+    """Refuse a report folder that cannot be created or written (or has no space left), before the report is built."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".report-probe-", suffix=".tmp")
-        os.close(handle)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as error:
         raise ValueError(f"cannot write the report into {folder}: {error.strerror or error}") from None
 

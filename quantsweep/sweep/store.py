@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = 1
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = 120.0
+# The folders a run writes into (besides the store's own): each is probed before any work.
+STORE_FOLDERS = ("cells", "claims", "logs", "references", "names")
 # Test hooks for the kill -9 tests: "kill-before-rename:N" SIGKILLs this process mid-write of its N-th cell
 # file; "kill-evaluating:RECIPE/TASK" SIGKILLs it while that cell is being evaluated (as the OOM killer would).
 FAULT_ENV = "QUANTSWEEP_FAULT"
@@ -332,12 +334,49 @@ def _write_claim_file(path: Path, owner: dict[str, Any], *, replace: bool = Fals
             os.unlink(tmp)
 
 
-def check_store_writable(directory: str | Path) -> None:
-    """Refuse, before any work, a store folder this process could not write: an existing store is
-    probed folder by folder (:meth:`CellStore.check_writable`), a new one at its nearest existing parent.
+# What a write probe writes (bytes): enough that a file system with no free block refuses it.
+PROBE_BYTES = b"quantsweep write probe\n" * 8
+
+
+def probe_writable(folder: str | Path) -> None:
+    """Write ``PROBE_BYTES`` to a temporary file in ``folder``, fsync it, and remove it.
+
+    ``os.access`` is not enough (it says yes to root on a read-only mount), and an empty
+    file takes no data block, so a full disk would pass; written and fsynced bytes do not.
+    A disk that fills up later, during the work, is not foreseen.
 
     Raises:
-        StoreError: naming the folder and why (permission, read-only file system, full disk).
+        OSError: the folder cannot take a file (permission denied, read-only file system,
+            no space left); callers name the folder and what is not done.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> probe_writable(folder)
+        >>> list(Path(folder).iterdir())  # the probe is removed
+        []
+    """
+    handle, probe = tempfile.mkstemp(dir=folder, prefix=".quantsweep-probe-", suffix=".tmp")
+    try:
+        try:
+            view = memoryview(PROBE_BYTES)
+            while view:
+                view = view[os.write(handle, view) :]
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def check_store_writable(directory: str | Path) -> None:
+    """Refuse, before any work, a store folder this process could not write: an existing store is
+    probed folder by folder (:meth:`CellStore.check_writable`), a new one at its nearest existing parent,
+    each with :func:`probe_writable`.
+
+    Raises:
+        StoreError: naming the folder and why (permission, read-only file system, no space left).
 
     Example:
         >>> import tempfile
@@ -351,9 +390,7 @@ def check_store_writable(directory: str | Path) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     try:
-        handle, probe = tempfile.mkstemp(dir=parent, prefix=".quantsweep-probe-", suffix=".tmp")
-        os.close(handle)
-        os.unlink(probe)
+        probe_writable(parent)
     except OSError as error:
         raise StoreError(
             f"cannot create the store {path}: {parent} is not writable ({error.strerror or error}); "
@@ -428,10 +465,9 @@ class CellStore:
                 raise StoreError(f"cannot write the store {self.directory}: {error.strerror or error}") from None
 
     def check_writable(self) -> None:
-        """Refuse a store this process cannot write into, before any work: a file is created and removed in each folder.
-
-        ``os.access`` is not enough (it says yes to root on a read-only mount, and knows
-        nothing of a full disk), so each folder is probed by writing.
+        """Refuse a store this process cannot write into, before any work: each folder a run writes
+        (the store, ``cells/``, ``claims/``, ``logs/``, ``references/``, ``names/``) is probed with
+        :func:`probe_writable` (bytes written and fsynced, so a full disk is caught too).
 
         Raises:
             StoreError: naming the folder that cannot be written and why.
@@ -440,11 +476,10 @@ class CellStore:
             >>> import tempfile
             >>> CellStore(tempfile.mkdtemp()).check_writable()
         """
-        for folder in (self.directory, *(self.directory / name for name in ("cells", "claims", "logs"))):
+        for folder in (self.directory, *(self.directory / name for name in STORE_FOLDERS)):
             try:
-                handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-", suffix=".tmp")
-                os.close(handle)
-                os.unlink(probe)
+                folder.mkdir(exist_ok=True)  # references/ and names/ are otherwise made on first use
+                probe_writable(folder)
             except OSError as error:
                 raise StoreError(
                     f"cannot write into {folder} ({error.strerror or error}); nothing was run: "

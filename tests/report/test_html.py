@@ -227,3 +227,18 @@ def test_a_report_interrupted_after_its_manifest_is_written_again(tmp_path, monk
     assert (elsewhere / "notes.txt").read_text() == "the user's own file\n"
     for name in ("results.csv", "results.parquet", "report-verdict-map.png"):
         assert (elsewhere / name).stat().st_size > 0
+
+
+def test_a_report_onto_a_full_disk_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    folder = write_records(tmp_path / "run", _grid())
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ValueError, match="cannot write the report into .*No space left on device"):
+        write_report(folder, tmp_path / "elsewhere" / "r.html")
+    assert list((tmp_path / "elsewhere").iterdir()) == []

@@ -235,3 +235,83 @@ def test_an_unreadable_results_file_is_not_set_aside(tmp_path, monkeypatch):
             refresh_derived(tmp_path)
     assert results.read_text() == '{"model": "toy"}\n'
     assert not list(tmp_path.glob("results.jsonl.corrupt-*"))
+
+
+# ------------------------------------------------------------------ write probes
+
+
+def _no_space(monkeypatch, call):
+    """Make the write probe's ``os.write`` or ``os.fsync`` fail as on a full disk (others pass through)."""
+    import errno
+
+    original = getattr(os, call)
+
+    def full(fd, *args):
+        if call == "fsync" or bytes(args[0]).startswith(b"quantsweep write probe"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(fd, *args)
+
+    monkeypatch.setattr(os, call, full)
+
+
+@pytest.mark.parametrize("call", ["write", "fsync"])
+@pytest.mark.parametrize("existing", [True, False], ids=["existing-store", "new-store"])
+def test_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch, call, existing):
+    from quantsweep.sweep.store import check_store_writable
+
+    if existing:
+        CellStore(tmp_path / "store")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with monkeypatch.context() as patch:
+        _no_space(patch, call)
+        with pytest.raises(StoreError, match="No space left on device"):
+            check_store_writable(tmp_path / "store")
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # no probe file left behind
+
+
+def test_each_folder_a_run_writes_is_probed(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    store = CellStore(tmp_path)
+    original = tempfile.mkstemp
+    for name in ("cells", "claims", "logs", "references", "names"):
+
+        def read_only(*args, dir=None, _name=name, **kwargs):
+            if dir is not None and os.path.basename(dir) == _name:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return original(*args, dir=dir, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(store_module.tempfile, "mkstemp", read_only)
+            with pytest.raises(StoreError, match=f"cannot write into .*{name} .*Read-only file system"):
+                store.check_writable()
+
+
+def test_a_run_onto_a_full_disk_exits_2_before_any_work(tmp_path, monkeypatch, capsys):
+    from quantsweep.cli import main
+
+    out = tmp_path / "store"
+    with monkeypatch.context() as patch:
+        _no_space(patch, "fsync")
+        code = main(
+            [
+                "run",
+                "--model",
+                "toy",
+                "--device",
+                "cpu",
+                "--tasks",
+                "toy_mc4",
+                "--recipe",
+                "w8-rtn",
+                "--limit",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0, error
+    assert error.startswith("quantsweep: error: ") and str(tmp_path) in error and "No space left" in error
+    assert not out.exists()  # nothing was made, nothing evaluated
