@@ -31,15 +31,12 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from quantsweep.sweep.store import PARSE_ERRORS, StoreError, jsonable, set_aside
+from quantsweep.sweep.store import PARSE_ERRORS, StoreError, create_exclusive, jsonable, set_aside
 
 NAMES_DIR = "names"
 
@@ -97,19 +94,9 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _create(path: Path, record: dict[str, Any]) -> bool:
+    """Record a name unless another run recorded it first (then False: its meaning is compared instead)."""
     path.parent.mkdir(exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(record, stream, sort_keys=True)
-        try:
-            os.link(tmp, path)  # exclusive: a name another run recorded first is not overwritten
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    return create_exclusive(path, json.dumps(record, sort_keys=True))
 
 
 def remember(store, kind: str, name: str, config: dict[str, Any]) -> None:

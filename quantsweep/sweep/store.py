@@ -317,15 +317,32 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 def _write_claim_file(path: Path, owner: dict[str, Any], *, replace: bool = False) -> bool:
     """Create (or, with ``replace``, rewrite) a claim file that holds its content from the start."""
+    return create_exclusive(path, json.dumps(owner), replace=replace)
+
+
+def create_exclusive(path: Path, text: str, *, replace: bool = False) -> bool:
+    """Create ``path`` holding ``text`` whole from its first moment, unless it exists; whether it was created.
+
+    ``text`` goes to a temporary file in the same folder, which is then hard-linked into
+    place: atomic, and exclusive as ``O_CREAT | O_EXCL`` is (a file another process
+    created first is never overwritten), yet no reader ever sees it empty or half-written.
+    With ``replace``, an existing file is replaced atomically instead (and True returned).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "name.json"
+        >>> create_exclusive(path, "first"), create_exclusive(path, "second"), path.read_text()
+        (True, False, 'first')
+    """
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(owner, stream)
     try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
         if replace:
             os.replace(tmp, path)
             return True
         try:
-            os.link(tmp, path)  # atomic and exclusive: fails if the claim exists
+            os.link(tmp, path)  # atomic and exclusive: fails if the file exists
             return True
         except FileExistsError:
             return False

@@ -315,3 +315,38 @@ def test_a_run_onto_a_full_disk_exits_2_before_any_work(tmp_path, monkeypatch, c
     assert code == 2 and error.count("\n") == 0, error
     assert error.startswith("quantsweep: error: ") and str(tmp_path) in error and "No space left" in error
     assert not out.exists()  # nothing was made, nothing evaluated
+
+
+# ------------------------------------------------------------------ exclusive creation
+
+
+def test_a_name_recorded_first_by_another_run_is_never_overwritten(tmp_path, monkeypatch):
+    from quantsweep.sweep import names
+
+    store = CellStore(tmp_path)
+    names.remember(store, "recipe", "w8-rtn", {"bits": 1})  # the other run, which won the race
+    path = names._path(store, "recipe", "w8-rtn")
+    first = path.read_bytes()
+    real_read, looks = names._read, []
+
+    def late_look(where):  # this run looked before the other run's file was there
+        looks.append(where)
+        return None if len(looks) == 1 else real_read(where)
+
+    monkeypatch.setattr(names, "_read", late_look)
+    with pytest.raises(StoreError, match="bits is 1 there, 8 here"):
+        names.remember(store, "recipe", "w8-rtn", {"bits": 8})
+    assert path.read_bytes() == first
+    assert sorted(p.name for p in (tmp_path / "names").iterdir()) == [path.name]  # no temporary file left
+
+
+def test_an_exclusive_create_that_fails_to_write_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_module.os, "link", full)
+    with pytest.raises(OSError, match="No space left"):
+        store_module.create_exclusive(tmp_path / "x.json", "{}")
+    assert list(tmp_path.iterdir()) == []
