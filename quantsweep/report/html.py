@@ -236,9 +236,12 @@ def divergence_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _aa_lines(cells: pd.DataFrame) -> list[str]:
+    """The A/A control lines of one view's cells: call it per view, since a control is its own model's
+    noise floor (and the lines name tasks, not models)."""
     from quantsweep.report.text import format_controls
 
-    return format_controls(cells.to_dict("records"))
+    # a field some records lack is NaN in the frame, and NaN is truthy: give format_controls None, as records have
+    return format_controls(cells.astype(object).where(cells.notna(), None).to_dict("records"))
 
 
 def _aa_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -494,6 +497,7 @@ def _panel(view, index: int, multi: bool) -> dict[str, Any]:
         "figures": figures,
         "retention": retention,
         "warnings": warnings,
+        "aa_lines": _aa_lines(cells),  # this view's own A/A control: never another model's
         "verdict_map_file": next(iter(figures)),
         "task_groups": [(family, [(t, metric_of.get(t, "")) for t in group]) for family, group in task_groups],
         "map_rows": _map_rows(cells, recipe_groups, task_groups),
@@ -583,7 +587,10 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         multi=multi,
         panels=[
             {
-                **{k: panel[k] for k in ("id", "model", "title", "task_groups", "map_rows", "reasons", "retention")},
+                **{
+                    k: panel[k]
+                    for k in ("id", "model", "title", "task_groups", "map_rows", "reasons", "retention", "aa_lines")
+                },
                 "verdict_map_uri": _data_uri(figures[panel["verdict_map_file"]]),
                 "verdict_map_file": panel["verdict_map_file"],
             }
@@ -603,7 +610,6 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
             multi_table(lambda p: _aa_table(p["cells"])),
             "no A/A control in this run (spec key aa_control, flag --aa-control)",
         ),
-        aa_lines=_aa_lines(pd.concat([p["cells"] for p in panels], ignore_index=True)),
         cost=_table(costs, ""),
         has_cost=not costs.empty,
         run=_run_record(records, pd.concat([p["cells"] for p in panels], ignore_index=True), multi),
