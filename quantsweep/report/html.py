@@ -42,7 +42,6 @@ import datetime
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from typing import Any
 import pandas as pd
 
 from quantsweep.report import frames, plots
+from quantsweep.sweep.store import atomic_write_text, probe_writable
 from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask
 from quantsweep.verdicts.summary import family_overview
 from quantsweep.verdicts.views import split_views
@@ -236,9 +236,12 @@ def divergence_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _aa_lines(cells: pd.DataFrame) -> list[str]:
+    """The A/A control lines of one view's cells: call it per view, since a control is its own model's
+    noise floor (and the lines name tasks, not models)."""
     from quantsweep.report.text import format_controls
 
-    return format_controls(cells.to_dict("records"))
+    # a field some records lack is NaN in the frame, and NaN is truthy: give format_controls None, as records have
+    return format_controls(cells.astype(object).where(cells.notna(), None).to_dict("records"))
 
 
 def _aa_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -494,6 +497,7 @@ def _panel(view, index: int, multi: bool) -> dict[str, Any]:
         "figures": figures,
         "retention": retention,
         "warnings": warnings,
+        "aa_lines": _aa_lines(cells),  # this view's own A/A control: never another model's
         "verdict_map_file": next(iter(figures)),
         "task_groups": [(family, [(t, metric_of.get(t, "")) for t in group]) for family, group in task_groups],
         "map_rows": _map_rows(cells, recipe_groups, task_groups),
@@ -583,7 +587,10 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
         multi=multi,
         panels=[
             {
-                **{k: panel[k] for k in ("id", "model", "title", "task_groups", "map_rows", "reasons", "retention")},
+                **{
+                    k: panel[k]
+                    for k in ("id", "model", "title", "task_groups", "map_rows", "reasons", "retention", "aa_lines")
+                },
                 "verdict_map_uri": _data_uri(figures[panel["verdict_map_file"]]),
                 "verdict_map_file": panel["verdict_map_file"],
             }
@@ -603,7 +610,6 @@ def build_report(records: list[dict[str, Any]], *, title: str | None = None) -> 
             multi_table(lambda p: _aa_table(p["cells"])),
             "no A/A control in this run (spec key aa_control, flag --aa-control)",
         ),
-        aa_lines=_aa_lines(pd.concat([p["cells"] for p in panels], ignore_index=True)),
         cost=_table(costs, ""),
         has_cost=not costs.empty,
         run=_run_record(records, pd.concat([p["cells"] for p in panels], ignore_index=True), multi),
@@ -625,7 +631,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, titl
 
     A folder other than ``results_dir`` keeps a list of the files a report wrote there
     (``.quantsweep-report.json``); a report replaces only those, and refuses, before
-    writing anything, to replace a ``results.csv`` or PNG it did not write.
+    writing anything, to replace a ``results.csv`` or PNG it did not write. That list is
+    written first, atomically, so a report interrupted at any moment (kill -9, a full disk)
+    leaves a folder the next report writes into again.
 
     Raises:
         FileNotFoundError, ValueError: no results in ``results_dir`` (the message says where it looked),
@@ -656,13 +664,15 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, *, titl
     _check_not_replacing(out, names, results_dir)
     table = frames.records_frame(records)
     try:
+        # The manifest first, and atomically: a report killed at any later moment leaves files the
+        # manifest already names, so the next report replaces them instead of refusing them as foreign.
+        written = sorted({*_report_files(out.parent), *names})
+        atomic_write_text(out.with_name(MANIFEST), json.dumps({"files": written}, indent=1) + "\n")
         out.write_text(html, encoding="utf-8")
         table.to_csv(out.with_name("results.csv"), index=False)
         table.to_parquet(out.with_name("results.parquet"), index=False)
         for name, png in figures.items():
             out.with_name(name).write_bytes(png)
-        written = sorted({*_report_files(out.parent), *names})
-        out.with_name(MANIFEST).write_text(json.dumps({"files": written}, indent=1) + "\n", encoding="utf-8")
     except OSError as error:
         raise ValueError(f"cannot write the report into {out.parent}: {error.strerror or error}") from None
     logger.info("report written to %s (%d records)", out, len(records))
@@ -681,14 +691,10 @@ def _report_files(folder: Path) -> list[str]:
 
 
 def _check_writable(folder: Path) -> None:
-    """Refuse a report folder that cannot be created or written, before the report is built."""
-    import tempfile
-
+    """Refuse a report folder that cannot be created or written (or has no space left), before the report is built."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".report-probe-", suffix=".tmp")
-        os.close(handle)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as error:
         raise ValueError(f"cannot write the report into {folder}: {error.strerror or error}") from None
 

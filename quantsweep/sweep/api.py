@@ -113,6 +113,7 @@ def run_sweep(
     spec = absolute_paths(load_spec(spec_or_path))
     out = Path(out).expanduser().resolve()  # a Ray worker starts in another folder than this driver
     verdicts = verdict_config(spec)
+    new_store = not out.exists()
     check_store_writable(out)  # an incompatible or unwritable store is refused before any checkpoint is hashed
     planning = {}
     if backend == "ray":  # join the cluster first (a dead --address fails in seconds); key cells by its devices
@@ -121,7 +122,8 @@ def run_sweep(
         planning["device_kind_of"] = planning_device_kinds(address)
     cells = plan_cells(spec, **planning)  # every check passed: only now is a folder created
     store = CellStore(out)
-    store.check_writable()
+    if new_store:  # only its parent was probed above: probe the folders just made
+        store.check_writable()
     claim_names(store, cells)  # one name, one recipe and one model, per store: a clash is refused here
     plan = sort_cells(cells, store, retry_failed=retry_failed, force=force)
     logger.info("%s", plan.describe())
@@ -263,15 +265,22 @@ def refresh_derived(directory) -> bool:
 
 
 def _readable_results(path: Path) -> bool:
-    """Whether every line of a derived ``results.jsonl`` is a JSON object (UTF-8)."""
+    """Whether every line of a derived ``results.jsonl`` is a JSON object (UTF-8); True when it is gone.
+
+    An ``OSError`` (permission denied, an I/O error) propagates: a file that cannot be read is not set aside.
+    """
     import json
+
+    from quantsweep.sweep.store import PARSE_ERRORS
 
     try:
         with path.open(encoding="utf-8") as stream:
             for line in stream:
                 if line.strip() and not isinstance(json.loads(line), dict):
                     return False
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return True  # nothing to set aside
+    except PARSE_ERRORS:
         return False
     return True
 

@@ -8,8 +8,9 @@ when it first came, and a later run that brings another config under that name i
 refused before any work, naming the differences.
 
 A name file is created exclusively (written whole, then hard-linked into place), so two
-runs that race to give one name two meanings cannot both win. An unreadable name file
-is set aside and written again from the run at hand.
+runs that race to give one name two meanings cannot both win. A name file that does not
+parse is set aside and written again from the run at hand; one that cannot be read at all
+(permission denied, an I/O error) is refused, never set aside.
 
 * a recipe name stands for its resolved config (its description aside);
 * a model name stands for its checkpoint's fingerprint, its dtype as given, whether it
@@ -30,15 +31,12 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from quantsweep.sweep.store import StoreError, jsonable, set_aside
+from quantsweep.sweep.store import PARSE_ERRORS, StoreError, create_exclusive, jsonable, set_aside
 
 NAMES_DIR = "names"
 
@@ -76,13 +74,19 @@ def differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    """A name record, or None when absent or set aside; a file that cannot be read is refused, never set aside."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
+    except PARSE_ERRORS as error:
         set_aside(path, f"{type(error).__name__}: {error}", "the name is recorded again from this run")
         return None
+    except OSError as error:  # permission denied, an I/O error: the meaning it holds may be right
+        raise StoreError(
+            f"cannot read the name file {path} ({error.strerror or error}); nothing was run: "
+            "make it readable or use another --out folder"
+        ) from None
     if not isinstance(data, dict) or "config" not in data:
         set_aside(path, "not a name record", "the name is recorded again from this run")
         return None
@@ -90,19 +94,9 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _create(path: Path, record: dict[str, Any]) -> bool:
+    """Record a name unless another run recorded it first (then False: its meaning is compared instead)."""
     path.parent.mkdir(exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(record, stream, sort_keys=True)
-        try:
-            os.link(tmp, path)  # exclusive: a name another run recorded first is not overwritten
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    return create_exclusive(path, json.dumps(record, sort_keys=True))
 
 
 def remember(store, kind: str, name: str, config: dict[str, Any]) -> None:

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = 1
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = 120.0
+# The folders a run writes into (besides the store's own): each is probed before any work.
+STORE_FOLDERS = ("cells", "claims", "logs", "references", "names")
 # Test hooks for the kill -9 tests: "kill-before-rename:N" SIGKILLs this process mid-write of its N-th cell
 # file; "kill-evaluating:RECIPE/TASK" SIGKILLs it while that cell is being evaluated (as the OOM killer would).
 FAULT_ENV = "QUANTSWEEP_FAULT"
@@ -151,10 +153,12 @@ def fault_point(name: str) -> None:
 
 
 def set_aside(path: Path, why: str, then: str) -> Path:
-    """Move an unreadable store file out of the way as ``<name>.corrupt-<time>-<id>`` and log its name.
+    """Move an unparseable store file out of the way as ``<name>.corrupt-<time>-<id>`` and log its name.
 
     Nothing is deleted: the file is kept beside its old name for inspection. ``then`` says
-    what happens next (logged with the reason).
+    what happens next (logged with the reason). Only a file that was read and found not to
+    parse (:data:`PARSE_ERRORS`) is set aside: a file that could not be read (permission
+    denied, an I/O error) may hold a good result, so its ``OSError`` propagates instead.
 
     Example:
         >>> import tempfile
@@ -172,6 +176,11 @@ def set_aside(path: Path, why: str, then: str) -> Path:
         raise StoreError(f"{path} is unreadable ({why}) and cannot be set aside ({error})") from None
     logger.warning("%s is unreadable (%s); kept as %s and %s", path, safe_text(why, limit=200), aside.name, then)
     return aside
+
+
+# What makes a store file "unparseable", so that it is set aside: bad JSON, bad UTF-8 (both are
+# ValueErrors) or a wrong schema (raised as ValueError by the readers). Never an OSError.
+PARSE_ERRORS = (ValueError, json.JSONDecodeError, UnicodeDecodeError)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -230,7 +239,12 @@ class Claim:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            if not self.holds():
+            try:
+                held = self.holds()
+            except OSError as error:  # cannot tell: keep the heartbeat going rather than let the claim go stale
+                logger.warning("cannot read the claim on cell %s (%s); its heartbeat goes on", self.key, error)
+                held = True
+            if not held:
                 logger.warning("the claim on cell %s was taken over by another process", self.key)
                 return
             with contextlib.suppress(OSError):
@@ -259,7 +273,12 @@ class Claim:
         if self._stop.is_set():
             return  # released already
         self._stop.set()
-        if self.holds():  # never remove a claim another process took over meanwhile
+        try:
+            held = self.holds()
+        except OSError as error:  # cannot tell whose it is: leave it; it goes stale once this process ends
+            logger.warning("cannot read the claim on cell %s (%s); left in place", self.key, error)
+            return
+        if held:  # never remove a claim another process took over meanwhile
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
@@ -271,33 +290,59 @@ class Claim:
 
 
 def _read_owner(path: Path) -> dict[str, Any]:
+    """A claim file's owner; ``{}`` when the file is gone or holds no JSON object.
+
+    Any other ``OSError`` (permission denied, an I/O error) propagates: a claim that
+    cannot be read is not garbage, and must not be taken over as if it were.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
+    except PARSE_ERRORS:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
-    """``store.json`` as a mapping, or None when it is not a readable JSON object."""
+    """``store.json`` as a mapping, or None when it is gone or not a JSON object (an ``OSError`` propagates)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except PARSE_ERRORS:
         return None
     return data if isinstance(data, dict) else None
 
 
 def _write_claim_file(path: Path, owner: dict[str, Any], *, replace: bool = False) -> bool:
     """Create (or, with ``replace``, rewrite) a claim file that holds its content from the start."""
+    return create_exclusive(path, json.dumps(owner), replace=replace)
+
+
+def create_exclusive(path: Path, text: str, *, replace: bool = False) -> bool:
+    """Create ``path`` holding ``text`` whole from its first moment, unless it exists; whether it was created.
+
+    ``text`` goes to a temporary file in the same folder, which is then hard-linked into
+    place: atomic, and exclusive as ``O_CREAT | O_EXCL`` is (a file another process
+    created first is never overwritten), yet no reader ever sees it empty or half-written.
+    With ``replace``, an existing file is replaced atomically instead (and True returned).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "name.json"
+        >>> create_exclusive(path, "first"), create_exclusive(path, "second"), path.read_text()
+        (True, False, 'first')
+    """
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(owner, stream)
     try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
         if replace:
             os.replace(tmp, path)
             return True
         try:
-            os.link(tmp, path)  # atomic and exclusive: fails if the claim exists
+            os.link(tmp, path)  # atomic and exclusive: fails if the file exists
             return True
         except FileExistsError:
             return False
@@ -306,12 +351,49 @@ def _write_claim_file(path: Path, owner: dict[str, Any], *, replace: bool = Fals
             os.unlink(tmp)
 
 
-def check_store_writable(directory: str | Path) -> None:
-    """Refuse, before any work, a store folder this process could not write: an existing store is
-    probed folder by folder (:meth:`CellStore.check_writable`), a new one at its nearest existing parent.
+# What a write probe writes (bytes): enough that a file system with no free block refuses it.
+PROBE_BYTES = b"quantsweep write probe\n" * 8
+
+
+def probe_writable(folder: str | Path) -> None:
+    """Write ``PROBE_BYTES`` to a temporary file in ``folder``, fsync it, and remove it.
+
+    ``os.access`` is not enough (it says yes to root on a read-only mount), and an empty
+    file takes no data block, so a full disk would pass; written and fsynced bytes do not.
+    A disk that fills up later, during the work, is not foreseen.
 
     Raises:
-        StoreError: naming the folder and why (permission, read-only file system, full disk).
+        OSError: the folder cannot take a file (permission denied, read-only file system,
+            no space left); callers name the folder and what is not done.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> probe_writable(folder)
+        >>> list(Path(folder).iterdir())  # the probe is removed
+        []
+    """
+    handle, probe = tempfile.mkstemp(dir=folder, prefix=".quantsweep-probe-", suffix=".tmp")
+    try:
+        try:
+            view = memoryview(PROBE_BYTES)
+            while view:
+                view = view[os.write(handle, view) :]
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def check_store_writable(directory: str | Path) -> None:
+    """Refuse, before any work, a store folder this process could not write: an existing store is
+    probed folder by folder (:meth:`CellStore.check_writable`), a new one at its nearest existing parent,
+    each with :func:`probe_writable`.
+
+    Raises:
+        StoreError: naming the folder and why (permission, read-only file system, no space left).
 
     Example:
         >>> import tempfile
@@ -325,9 +407,7 @@ def check_store_writable(directory: str | Path) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     try:
-        handle, probe = tempfile.mkstemp(dir=parent, prefix=".quantsweep-probe-", suffix=".tmp")
-        os.close(handle)
-        os.unlink(probe)
+        probe_writable(parent)
     except OSError as error:
         raise StoreError(
             f"cannot create the store {path}: {parent} is not writable ({error.strerror or error}); "
@@ -364,7 +444,13 @@ class CellStore:
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
         meta_path = self.directory / "store.json"
-        meta = _read_meta(meta_path) if meta_path.is_file() else None
+        try:
+            meta = _read_meta(meta_path) if meta_path.is_file() else None
+        except OSError as error:  # unreadable is not corrupt: nothing is set aside or written again
+            raise StoreError(
+                f"cannot read {meta_path} ({error.strerror or error}); nothing was changed: "
+                "make it readable or use another --out folder"
+            ) from None
         if meta is None and meta_path.is_file():
             if not (self.directory / "cells").is_dir():
                 raise StoreError(f"{meta_path} is not valid JSON; is {self.directory} a quantsweep store?")
@@ -396,10 +482,9 @@ class CellStore:
                 raise StoreError(f"cannot write the store {self.directory}: {error.strerror or error}") from None
 
     def check_writable(self) -> None:
-        """Refuse a store this process cannot write into, before any work: a file is created and removed in each folder.
-
-        ``os.access`` is not enough (it says yes to root on a read-only mount, and knows
-        nothing of a full disk), so each folder is probed by writing.
+        """Refuse a store this process cannot write into, before any work: each folder a run writes
+        (the store, ``cells/``, ``claims/``, ``logs/``, ``references/``, ``names/``) is probed with
+        :func:`probe_writable` (bytes written and fsynced, so a full disk is caught too).
 
         Raises:
             StoreError: naming the folder that cannot be written and why.
@@ -408,11 +493,10 @@ class CellStore:
             >>> import tempfile
             >>> CellStore(tempfile.mkdtemp()).check_writable()
         """
-        for folder in (self.directory, *(self.directory / name for name in ("cells", "claims", "logs"))):
+        for folder in (self.directory, *(self.directory / name for name in STORE_FOLDERS)):
             try:
-                handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-", suffix=".tmp")
-                os.close(handle)
-                os.unlink(probe)
+                folder.mkdir(exist_ok=True)  # references/ and names/ are otherwise made on first use
+                probe_writable(folder)
             except OSError as error:
                 raise StoreError(
                     f"cannot write into {folder} ({error.strerror or error}); nothing was run: "
@@ -512,6 +596,10 @@ class CellStore:
         say) is reported, kept aside as ``<key>.json.corrupt-<time>``, and read as absent,
         so the cell is computed again.
 
+        Raises:
+            OSError: the file exists but cannot be read (permission denied, an I/O error);
+                it is left where it is, since it may hold a good result.
+
         Example:
             >>> import tempfile
             >>> store = CellStore(tempfile.mkdtemp())
@@ -526,7 +614,7 @@ class CellStore:
             return cell
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:  # binary garbage and a wrong encoding are ValueErrors too
+        except PARSE_ERRORS as error:  # binary garbage, a wrong encoding, a wrong schema; never an OSError
             set_aside(path, f"{type(error).__name__}: {error}", "the cell will be computed again")
             return None
 

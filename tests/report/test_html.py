@@ -184,3 +184,61 @@ def test_report_of_a_real_toy_sweep_has_reasons_and_flips(toy_sweep):
     assert "no reason recorded" not in html
     assert "right → wrong" in html and "w1-rtn" in html
     assert not EXTERNAL.search(html)
+
+
+def test_a_foreign_results_csv_is_refused_and_kept(tmp_path):
+    folder = write_records(tmp_path / "run", _grid())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "results.csv").write_text("mine\n")
+    with pytest.raises(ValueError, match="no quantsweep report wrote there"):
+        write_report(folder, elsewhere / "r.html")
+    assert (elsewhere / "results.csv").read_text() == "mine\n"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["results.csv"]
+
+
+@pytest.mark.parametrize("interrupted", ["to_csv", "to_parquet", "write_bytes"])
+def test_a_report_interrupted_after_its_manifest_is_written_again(tmp_path, monkeypatch, interrupted):
+    import pathlib
+
+    import pandas
+
+    folder = write_records(tmp_path / "run", _grid())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("the user's own file\n")
+
+    class Killed(BaseException):  # as a kill -9 would: nothing after this point runs
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    target = pathlib.Path if interrupted == "write_bytes" else pandas.DataFrame
+    with monkeypatch.context() as patch:
+        patch.setattr(target, interrupted, die)
+        with pytest.raises(Killed):
+            write_report(folder, elsewhere / "r.html")
+    assert (elsewhere / ".quantsweep-report.json").is_file()  # written before any report file
+    assert not list(elsewhere.glob("*.tmp")) and not list(elsewhere.glob(".*.tmp"))
+
+    out = write_report(folder, elsewhere / "r.html")  # the partial report is ours: replaced, not refused
+    assert out.read_text().count("w2-rtn") > 0
+    assert (elsewhere / "notes.txt").read_text() == "the user's own file\n"
+    for name in ("results.csv", "results.parquet", "report-verdict-map.png"):
+        assert (elsewhere / name).stat().st_size > 0
+
+
+def test_a_report_onto_a_full_disk_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    folder = write_records(tmp_path / "run", _grid())
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ValueError, match="cannot write the report into .*No space left on device"):
+        write_report(folder, tmp_path / "elsewhere" / "r.html")
+    assert list((tmp_path / "elsewhere").iterdir()) == []

@@ -107,3 +107,40 @@ def test_escape_sequences_in_names_never_reach_the_terminal(tmp_path, capsys):
     assert "\x1b[2J" not in out.err and "\x1b[31m" not in out.err  # (the progress bar's own cursor moves aside)
     rows = [record("fp", "mc", "baseline", 0.9, method="none"), record(evil, "mc", "degraded", 0.5)]
     assert "\x1b" not in format_table(rows)
+
+
+def _aa_section(html: str) -> str:
+    return html[html.index('id="aa-control"') : html.index('id="needed"')]
+
+
+def _with_control(model, values, delta, flips):
+    """``_model``'s records, with an A/A control cell whose difference from the baseline is ``delta``."""
+    noise = {"aa_nonzero": True, "aa_delta": delta, "aa_flips": flips, "aa_kl_mean": 1e-4}
+    fp, w4 = _model(model, values)
+    control = record(
+        "fp-aa", "mc", "lossless", values[0], method="none", cell_key=f"{model}-s-fp-aa", model=model, settings="s"
+    )
+    return [fp, {**w4, **noise}, {**control, "control": "aa", "delta": delta}]
+
+
+def test_each_models_panel_shows_its_own_aa_control_and_none_of_anothers():
+    records = _with_control("1b", (0.811, 0.402), -0.0123, 0.05) + _model("7b", (0.923, 0.915))
+    html, _ = build_report(records)
+    line = "A/A control differs from the baseline on mc: delta -0.0123, 5.0% of answers flipped"
+    small, large = _section(html, "1b"), _section(html, "7b")
+    assert line in small and "A/A control of 1b" in small
+    assert "A/A control differs" not in large and "A/A control of" not in large  # 7b ran no control
+    section = _aa_section(html)
+    assert section.count(line) == 1 and "<h3>1b</h3>" in section and "<h3>7b</h3>" not in section
+    assert html.count(line) == 2  # in 1b's panel and under 1b in the A/A section, nowhere else
+
+
+def test_two_models_with_controls_on_one_task_each_show_their_own():
+    records = _with_control("1b", (0.811, 0.402), -0.0123, 0.05) + _with_control("7b", (0.923, 0.915), 0.0456, 0.02)
+    html, _ = build_report(records)
+    small, large = _section(html, "1b"), _section(html, "7b")
+    assert "delta -0.0123" in small and "delta 0.0456" not in small
+    assert "delta 0.0456" in large and "delta -0.0123" not in large
+    section = _aa_section(html)
+    first, second = section.index("<h3>1b</h3>"), section.index("<h3>7b</h3>")
+    assert first < section.index("delta -0.0123") < second < section.index("delta 0.0456")
