@@ -27,6 +27,7 @@ from pathlib import Path
 from quantsweep._text import safe_text
 
 EXIT_USER_ERROR = 2
+EXIT_FILE_SYSTEM_ERROR = 1  # a file the run needs cannot be read or written (not the input's fault)
 EXIT_RUN_FAILED = 1  # the run finished but its baseline failed, so it answered nothing
 DEMO_RECIPES = ["fp", "w8-rtn", "w4-rtn", "w2-rtn", "w1-rtn"]
 DEMO_TASKS = ["toy_mc4", "toy_mc2", "toy_ppl", "toy_gen"]
@@ -660,6 +661,10 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"quantsweep: error: {safe_text(message)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as error:  # the disk or the file system (permission denied, I/O error): one line, no traceback
+        logging.getLogger(__name__).debug("file system error", exc_info=True)
+        print(f"quantsweep: error: {safe_text(error)}", file=sys.stderr)
+        return EXIT_FILE_SYSTEM_ERROR
     except KeyboardInterrupt:
         print("quantsweep: interrupted", file=sys.stderr)
         return 130

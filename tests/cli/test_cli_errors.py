@@ -176,3 +176,15 @@ def test_failed_baseline_exits_1_and_says_so(capsys, monkeypatch):
     code, _, err = run_cli(capsys, "run", "--model", "toy", "--recipe", "w8-rtn", "--tasks", "toy_mc4")
     assert code == 1
     assert "the baseline 'fp' failed (RuntimeError: out of memory)" in err
+
+
+def test_a_file_system_error_is_one_line_and_exit_1(capsys, monkeypatch):
+    import quantsweep.cli as cli
+
+    def unreadable(args):
+        raise PermissionError(13, "Permission denied", "store/cells/ab/abc.json")
+
+    monkeypatch.setitem(cli.COMMANDS, "recipes", unreadable)
+    assert main(["recipes"]) == 1
+    err = capsys.readouterr().err
+    assert err == "quantsweep: error: [Errno 13] Permission denied: 'store/cells/ab/abc.json'\n"
