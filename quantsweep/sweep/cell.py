@@ -278,7 +278,6 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
             "batch_size_requested": requested,
             "batch_size_used": batch_size,
             "batch_order": "reversed" if cell.control is not None else "default",
-            "baseline_batch_size_used": _baseline_batch_size(state.store, cell, batch_size),
             "baseline_wait_seconds": baseline_reference.waited if baseline_reference is not None else None,
             "oom_retries": retries,
             **peak.eval_fields(),
@@ -312,11 +311,3 @@ def _store_references(store, cell: CellPlan, probe) -> dict[str, Any] | None:
         "k": reference.k,
         "tail_samples": reference.tail_samples,
     }
-
-
-def _baseline_batch_size(store, cell: CellPlan, own: int) -> int | None:
-    """The batch size the baseline cell used (this cell's own for the baseline), None when not stored yet."""
-    if cell.is_baseline:
-        return own
-    baseline = store.read_cell(cell.baseline_key)
-    return ((baseline or {}).get("evaluate") or {}).get("batch_size_used")
