@@ -538,6 +538,8 @@ def _command_measure(args) -> int:
 
 
 def _add_sensitivity_parser(sub) -> None:
+    from quantsweep.sensitivity.defaults import DEFAULT_TOKENS  # light: the parser loads no torch
+
     sensitivity = sub.add_parser(
         "sensitivity",
         help="quantize one decoder layer at a time, rank layers by KL from the fp model, write a mixed-precision recipe",
@@ -573,7 +575,10 @@ def _add_sensitivity_parser(sub) -> None:
         help="the fixed text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: the calibration source)",
     )
     sensitivity.add_argument(
-        "--tokens", type=int, default=4096, help="tokens of text each layer is measured on (default 4096)"
+        "--tokens",
+        type=int,
+        default=DEFAULT_TOKENS,
+        help=f"tokens of text each layer is measured on (default {DEFAULT_TOKENS})",
     )
     sensitivity.add_argument("--seq-len", type=int, default=None, help="tokens per window (default: --calib-seq-len's)")
     sensitivity.add_argument("--force", action="store_true", help="measure every layer again")

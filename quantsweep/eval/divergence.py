@@ -57,6 +57,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -385,6 +386,11 @@ class DivergenceProbe:
     cannot be compared (a document missing from the reference, another window) is named in
     :attr:`problems` with the reason, and gets no figures: never a silent partial figure.
 
+    ``load_reference`` fetches a task's reference the first time the scorer needs it (a
+    sweep cell: the baseline's stored file, waiting for a baseline still being computed),
+    so only a rolling task ever asks; it returns the :class:`TokenReference`, or a string
+    saying why there is none (kept in :attr:`problems`).
+
     Example:
         >>> probe = DivergenceProbe(record=True)
         >>> probe.summary("toy_ppl") is None, probe.recording
@@ -399,12 +405,15 @@ class DivergenceProbe:
         k: int = TOP_K,
         tail_samples: int = TAIL_SAMPLES,
         seed: int = SEED,
+        load_reference: Callable[[str], TokenReference | str] | None = None,
     ):
         for name, value in (("k", k), ("tail_samples", tail_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "k" else 0):
                 raise ValueError(f"{name} must be an integer >= {1 if name == 'k' else 0}, got {value!r}")
         self.recording = bool(record)
         self.references = dict(references or {})
+        self.load_reference = load_reference
+        self._asked: set[str] = set()
         self.k, self.tail_samples, self.seed = k, tail_samples, seed
         self.recorded: dict[str, TokenReference] = {}
         self.compared: dict[str, list[dict[str, Any]]] = {}
@@ -426,6 +435,25 @@ class DivergenceProbe:
         generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
         return torch.rand(positions, self.tail_samples, generator=generator, device=device)
 
+    def reference(self, task: str) -> TokenReference | None:
+        """The stored reference of ``task``: given, or fetched once by ``load_reference``; None without one.
+
+        When ``load_reference`` has none, its reason is kept in :attr:`problems`.
+
+        Example:
+            >>> probe = DivergenceProbe(load_reference=lambda task: "the baseline failed")
+            >>> probe.reference("toy_ppl"), probe.problems["toy_ppl"]
+            (None, 'the baseline failed')
+        """
+        if task not in self.references and self.load_reference is not None and task not in self._asked:
+            self._asked.add(task)
+            found = self.load_reference(task)
+            if isinstance(found, TokenReference):
+                self.references[task] = found
+            else:
+                self.problems[task] = str(found)
+        return self.references.get(task)
+
     def reference_for(self, task: str, keys: list[str], lengths: list[int]) -> list[dict[str, np.ndarray]] | None:
         """The stored rows of each document of one call, or None (the reason in :attr:`problems`).
 
@@ -438,7 +466,7 @@ class DivergenceProbe:
             >>> probe.reference_for("t", ["absent"], [3]), probe.problems["t"]
             (None, "a document is missing from the baseline's stored distributions")
         """
-        reference = self.references.get(task)
+        reference = self.reference(task)
         if reference is None:
             return None
         out = []

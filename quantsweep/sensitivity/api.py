@@ -26,13 +26,13 @@ from quantsweep.sensitivity.budget import (
     recipe_bits,
     with_bits,
 )
+from quantsweep.sensitivity.defaults import DEFAULT_TOKENS
 from quantsweep.sensitivity.outputs import format_table, ranked_rows, save_figure, sensitivity_figure, write_csv
 from quantsweep.sensitivity.scan import RECORD_KIND, run_scan
 from quantsweep.sensitivity.units import check_granularity, scan_units
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOKENS = 4096
 TABLE_FILE = "sensitivity.csv"
 PLOT_FILE = "sensitivity.png"
 
@@ -81,16 +81,14 @@ def _check_positive_int(value, name: str) -> int:
 
 
 def _check_text_source(text) -> str:
-    from quantsweep.calibration import LOCAL_SUFFIXES, NAMED_SOURCES
+    """The scan text's source, checked as a calibration source is (a local file is parsed now)."""
+    from quantsweep.calibration import check_calibration_source
 
     text = str(text)
-    if text in NAMED_SOURCES:
-        return text
-    path = Path(text)
-    if path.suffix not in LOCAL_SUFFIXES:
-        raise ValueError(f"text must be one of {', '.join(NAMED_SOURCES)} or a .txt/.jsonl file, got {text!r}")
-    if not path.is_file():
-        raise ValueError(f"text file {text!r} does not exist")
+    try:
+        check_calibration_source(text)
+    except ValueError as error:
+        raise ValueError(f"the scan text: {error}") from None
     return text
 
 
@@ -120,34 +118,21 @@ def _check_store(store) -> None:
             raise ValueError(f"{store.directory} is a sweep store; give the sensitivity scan its own --out folder")
 
 
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from quantsweep._version import __version__
-
-    return {"quantsweep": __version__, "transformers": transformers.__version__, "torch": torch.__version__}
-
-
 def _key_fields(spec, model, config, needs_calibration: bool, text, granularity: str) -> dict[str, Any]:
-    from quantsweep.sweep.fingerprint import file_digest, model_fingerprint
+    from quantsweep.sweep.fingerprint import model_fingerprint
+    from quantsweep.sweep.plan import calibration_fields, library_versions
 
     parameter = next(model.parameters())
-    calibration = None
-    if needs_calibration:
-        calibration = spec.calibration.to_dict()
-        if calibration["source"] and Path(calibration["source"]).is_file():
-            calibration["source_sha256"] = file_digest(calibration["source"])
     return {
         "model": model_fingerprint(spec.path),
         "dtype": str(parameter.dtype).replace("torch.", ""),
         "device_type": parameter.device.type,
         "trust_remote_code": spec.trust_remote_code,
         "recipe": {k: v for k, v in config.to_dict().items() if k != "description"},
-        "calibration": calibration,
+        "calibration": calibration_fields(spec) if needs_calibration else None,
         "text": text.provenance(),  # source, windows, length, seed and a hash of the token ids
         "granularity": granularity,
-        "versions": _versions(),
+        "versions": library_versions(),  # not lm-eval's: the scan does not use it
     }
 
 
@@ -185,7 +170,10 @@ def sensitivity(
             1-3 bit recipe, 8 above a 4-7 bit one).
         granularity: ``layer`` (one decoder layer at a time) or ``linear`` (one Linear of one layer).
         text: the scan text: ``toy``, ``wikitext2``, ``c4``, ``pile`` or a ``.txt``/``.jsonl``
-            file (default: the calibration source).
+            file (default: the calibration source). Its windows are drawn with the calibration
+            seed itself (``calibration["seed"]``, ``--calib-seed``), not a seed of their own:
+            with the default text and window length they can be the very windows a calibrated
+            recipe calibrates on (give another ``text`` to measure on held-out text).
         tokens: about how many tokens of text (rounded up to whole windows of ``seq_len``).
         seq_len: tokens per window (default: the calibration's, at most ``tokens``).
         device, dtype, trust_remote_code: as for :func:`quantsweep.load_model`.

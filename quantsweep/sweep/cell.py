@@ -14,6 +14,11 @@ out-of-memory first retries with half the batch size, down to 1
 (:func:`quantsweep.eval.lm.halve_on_out_of_memory`); the batch size actually used is
 recorded.
 
+A recipe cell of a perplexity task measures its token divergence against the
+distributions its baseline cell stored; when the baseline is still being computed (a
+cluster runs a model's units at once) the cell waits for it, bounded, and a cell left
+without them says why in ``divergence_error`` (:mod:`quantsweep.sweep.reference`).
+
 Example:
     >>> import tempfile
     >>> from quantsweep.sweep.context import UnitContext
@@ -41,6 +46,7 @@ from quantsweep.sweep.context import UnitContext
 from quantsweep.sweep.logs import cell_log
 from quantsweep.sweep.plan import CellPlan, WorkUnit
 from quantsweep.sweep.records import base_record, cell_summary, error_text, now
+from quantsweep.sweep.reference import BaselineReference
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,7 @@ class _UnitState:
         self.store = CellStore(context.store_dir)
         self.prepared = PreparedModel(unit.model, device=device)
         self.ran_on = {"host": socket.gethostname(), "pid": os.getpid(), "device": None}
+        self.said: set[str] = set()  # baseline keys whose missing distributions were logged already
 
     def checkpoint_diagnosis(self) -> dict[str, Any] | None:
         """The model's own non-finite weights (found once, at load), or None."""
@@ -202,13 +209,13 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
     started = time.perf_counter()
     fault_point(f"{cell.recipe.name}/{cell.task}")
 
-    references = None if cell.is_baseline else _baseline_references(state.store, cell)
+    baseline_reference = None if cell.is_baseline else BaselineReference(state.store, cell, context, said=state.said)
     probes: list = []
 
     def evaluate(batch_size: int):
         from quantsweep.eval.divergence import DivergenceProbe
 
-        probes[:] = [DivergenceProbe(record=cell.is_baseline, references=references)]
+        probes[:] = [DivergenceProbe(record=cell.is_baseline, load_reference=baseline_reference)]
         with PeakMemory(device) as peak:
             result = harness.evaluate(
                 model,
@@ -271,7 +278,7 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
             "batch_size_requested": requested,
             "batch_size_used": batch_size,
             "batch_order": "reversed" if cell.control is not None else "default",
-            "baseline_batch_size_used": _baseline_batch_size(state.store, cell, batch_size),
+            "baseline_wait_seconds": baseline_reference.waited if baseline_reference is not None else None,
             "oom_retries": retries,
             **peak.eval_fields(),
         },
@@ -285,16 +292,6 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
     }
     state.store.write_cell(record)
     return record
-
-
-def _baseline_references(store, cell: CellPlan) -> dict:
-    """The baseline's stored distributions for this cell's task (empty when it stored none yet)."""
-    from quantsweep.eval.divergence import TokenReference
-
-    data = store.read_reference(cell.baseline_key)
-    if data is None:
-        return {}
-    return {cell.task: TokenReference.from_bytes(data)}
 
 
 def _store_references(store, cell: CellPlan, probe) -> dict[str, Any] | None:
@@ -314,11 +311,3 @@ def _store_references(store, cell: CellPlan, probe) -> dict[str, Any] | None:
         "k": reference.k,
         "tail_samples": reference.tail_samples,
     }
-
-
-def _baseline_batch_size(store, cell: CellPlan, own: int) -> int | None:
-    """The batch size the baseline cell used (this cell's own for the baseline), None when not stored yet."""
-    if cell.is_baseline:
-        return own
-    baseline = store.read_cell(cell.baseline_key)
-    return ((baseline or {}).get("evaluate") or {}).get("batch_size_used")

@@ -170,18 +170,32 @@ class SweepPlan:
         return group_units(self.to_run, slots_per_model)
 
 
-def _versions() -> dict[str, str]:
-    import lm_eval
+def library_versions() -> dict[str, str]:
+    """The versions of quantsweep, transformers and torch: what every stored result's key holds.
+
+    The sensitivity scan keys its records with these; a sweep cell adds lm-eval's (:func:`_versions`).
+
+    Example:
+        >>> sorted(library_versions())
+        ['quantsweep', 'torch', 'transformers']
+    """
     import torch
     import transformers
 
     from quantsweep._version import __version__
 
+    return {"quantsweep": __version__, "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def _versions() -> dict[str, str]:
+    import lm_eval
+
+    versions = library_versions()
     return {
-        "quantsweep": __version__,
+        "quantsweep": versions["quantsweep"],
         "lm_eval": getattr(lm_eval, "__version__", "?"),
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
+        "transformers": versions["transformers"],
+        "torch": versions["torch"],
     }
 
 

@@ -783,6 +783,20 @@ class CellStore:
             return None
         return owner
 
+    def has_stale_claim(self, key: str) -> bool:
+        """Whether ``key`` has a claim file whose owner died or stopped its heartbeat (not yet taken over).
+
+        Example:
+            >>> import tempfile
+            >>> store = CellStore(tempfile.mkdtemp())
+            >>> claim = store.claim("abc")
+            >>> store.has_stale_claim("abc"), store.has_stale_claim("absent")
+            (False, False)
+            >>> claim.release()
+        """
+        path = self._claim_path(key)
+        return path.exists() and self._is_stale(path)
+
     def _is_stale(self, path: Path, owner: dict[str, Any] | None = None) -> bool:
         try:
             age = time.time() - path.stat().st_mtime

@@ -57,13 +57,14 @@ def test_toy_sweep_with_aa_control_records_and_reports_it(tmp_path):
         control = cells[("fp-aa", task)]
         assert control["control"] == {"batch_size": 16, "order": "reversed"}
         assert control["evaluate"]["batch_size_used"] == 16
-        assert control["evaluate"]["baseline_batch_size_used"] == 32
         assert control["evaluate"]["batch_order"] == "reversed"
     assert cells[("fp", "toy_ppl")]["divergence_reference"]["bytes_per_token"] == 200
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     primary = {(r["recipe"], r["task"]): r for r in records if r["primary"]}
     aa_mc, aa_ppl = primary[("fp-aa", "toy_mc4")], primary[("fp-aa", "toy_ppl")]
     assert aa_mc["control"] == "aa" and aa_mc["divergence_kind"] == "options"
+    # the baseline's batch size is read from the baseline cell when judging, not copied into each cell
+    assert aa_mc["baseline_batch_size_used"] == aa_ppl["baseline_batch_size_used"] == 32
     assert aa_mc["flips_right_to_wrong"] == aa_mc["flips_wrong_to_right"] == 0.0  # what CPU fp32 gave
     assert aa_ppl["divergence_kind"] == "token" and aa_ppl["top1_agreement"] == 1.0
     assert abs(aa_ppl["kl_mean"]) < 1e-6 and abs(aa_ppl["delta"]) < 1e-6
