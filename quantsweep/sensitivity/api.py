@@ -26,7 +26,7 @@ from quantsweep.sensitivity.budget import (
     recipe_bits,
     with_bits,
 )
-from quantsweep.sensitivity.defaults import DEFAULT_TOKENS
+from quantsweep.sensitivity.defaults import DEFAULT_TOKENS, TEXT_SEED_OFFSET
 from quantsweep.sensitivity.outputs import format_table, ranked_rows, save_figure, sensitivity_figure, write_csv
 from quantsweep.sensitivity.scan import RECORD_KIND, run_scan
 from quantsweep.sensitivity.units import check_granularity, scan_units
@@ -171,9 +171,9 @@ def sensitivity(
         granularity: ``layer`` (one decoder layer at a time) or ``linear`` (one Linear of one layer).
         text: the scan text: ``toy``, ``wikitext2``, ``c4``, ``pile`` or a ``.txt``/``.jsonl``
             file (default: the calibration source). Its windows are drawn with the calibration
-            seed itself (``calibration["seed"]``, ``--calib-seed``), not a seed of their own:
-            with the default text and window length they can be the very windows a calibrated
-            recipe calibrates on (give another ``text`` to measure on held-out text).
+            seed + 1 (``calibration["seed"] + 1``, ``--calib-seed``), so that with the default
+            text a calibrated recipe is not measured on the very windows it calibrated on
+            (windows of the same source may still overlap; give another ``text`` for held-out text).
         tokens: about how many tokens of text (rounded up to whole windows of ``seq_len``).
         seq_len: tokens per window (default: the calibration's, at most ``tokens``).
         device, dtype, trust_remote_code: as for :func:`quantsweep.load_model`.
@@ -242,7 +242,11 @@ def sensitivity(
         mixed_recipe(loaded, config, [], budget=budget, high_bits=high_bits)  # a budget below the recipe's: now
     window = min(seq_len or spec.calibration.seq_len, tokens)
     scan_text = load_calibration(
-        source, tokenizer, n_samples=math.ceil(tokens / window), seq_len=window, seed=spec.calibration.seed
+        source,
+        tokenizer,
+        n_samples=math.ceil(tokens / window),
+        seq_len=window,
+        seed=spec.calibration.seed + TEXT_SEED_OFFSET,
     )
     key_fields = _key_fields(spec, loaded, config, needs_calibration(config), scan_text, granularity)
     logger.info(

@@ -147,3 +147,16 @@ def test_a_sweep_store_is_refused(tmp_path):
     CellStore(tmp_path).write_cell({"key": "abc", "status": "done", "recipe": "fp"})
     with pytest.raises(ValueError, match="is a sweep store"):
         quantsweep.sensitivity("toy", "w2-rtn", out=tmp_path, device="cpu")
+
+
+def test_the_scan_text_is_drawn_with_the_calibration_seed_plus_one(tmp_path):
+    """With the default text (the calibration source), the windows are not the calibration's own."""
+    from quantsweep.calibration import load_calibration
+
+    result = quantsweep.sensitivity("toy", "w2-rtn", out=tmp_path, tokens=128, seq_len=64, device="cpu")
+    text = result.records[0]["text"]
+    _, tokenizer = quantsweep.load_model("toy", device="cpu")
+    calibration = load_calibration(text["source"], tokenizer, n_samples=2, seq_len=64, seed=0)
+    drawn = load_calibration(text["source"], tokenizer, n_samples=2, seq_len=64, seed=1)
+    assert text["seed"] == 1 and text["fingerprint"] == drawn.fingerprint()
+    assert text["fingerprint"] != calibration.fingerprint()
