@@ -297,15 +297,15 @@ def load_rotation_matrix(path: str | os.PathLike, hidden_size: int) -> torch.Ten
         ValueError: rotation matrix in ... has shape (8, 8); the model needs (16, 16)
     """
     path = check_matrix_file(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        content = load_file(str(path))
-    else:
-        try:
+            content = load_file(str(path))
+        else:
             content = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # unpickling errors come in many types
-            raise ValueError(f"cannot read rotation matrix file {path}: {error}") from None
+    except Exception as error:  # unpickling and safetensors header errors come in many types
+        raise ValueError(f"cannot read rotation matrix file {path}: {error}") from None
     if isinstance(content, dict):
         tensors = {key: value for key, value in content.items() if isinstance(value, torch.Tensor)}
         if "R1" in tensors:

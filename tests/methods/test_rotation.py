@@ -167,6 +167,13 @@ def test_bad_learned_matrices_are_refused_before_any_change(tmp_path, content, m
     assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
 
 
+@pytest.mark.parametrize("name", ["r.safetensors", "r.pt"])
+def test_a_corrupt_matrix_file_is_a_value_error_naming_it(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\xff" * 64)  # neither a safetensors header nor a pickle
+    with pytest.raises(ValueError, match=rf"cannot read rotation matrix file .*{name}"):
+        rotate_model(llama(layers=1), matrix=tmp_path / name)
+
+
 def test_layernorm_and_non_llama_layouts_are_refused_naming_the_module():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match=r"transformer\.h\.0\.input_layernorm"):
