@@ -63,6 +63,7 @@ class _UnitState:
         self.prepared = PreparedModel(unit.model, device=device)
         self.ran_on = {"host": socket.gethostname(), "pid": os.getpid(), "device": None}
         self.said: set[str] = set()  # baseline keys whose missing distributions were logged already
+        self.gave_up: dict[str, str] = {}  # baseline key -> why waiting for it was given up (no second wait)
 
     def checkpoint_diagnosis(self) -> dict[str, Any] | None:
         """The model's own non-finite weights (found once, at load), or None."""
@@ -209,7 +210,11 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
     started = time.perf_counter()
     fault_point(f"{cell.recipe.name}/{cell.task}")
 
-    baseline_reference = None if cell.is_baseline else BaselineReference(state.store, cell, context, said=state.said)
+    baseline_reference = (
+        None
+        if cell.is_baseline
+        else BaselineReference(state.store, cell, context, said=state.said, gave_up=state.gave_up)
+    )
     probes: list = []
 
     def evaluate(batch_size: int):

@@ -57,9 +57,11 @@ class BaselineReference:
         wait_s: the longest wait, in seconds (default :data:`WAIT_S`).
         poll_s: seconds between two looks at the store (default :data:`POLL_S`).
         said: baseline keys whose missing distributions were already logged (one message each).
+        gave_up: baseline key -> why its wait was given up, shared by the cells of one unit, so
+            that the next cell of the same baseline does not wait all over again.
 
     Attributes:
-        waited: seconds spent waiting (0.0 when the file was there or nothing was worth waiting for).
+        waited: seconds spent fetching: reading the stored file, plus the wait when it was not there yet.
 
     Example:
         >>> import tempfile
@@ -82,11 +84,13 @@ class BaselineReference:
         wait_s: float | None = None,
         poll_s: float | None = None,
         said: set[str] | None = None,
+        gave_up: dict[str, str] | None = None,
     ):
         self.store, self.cell, self.run = store, cell, run
         self.wait_s = WAIT_S if wait_s is None else wait_s
         self.poll_s = POLL_S if poll_s is None else poll_s
         self.said = said if said is not None else set()
+        self.gave_up = gave_up if gave_up is not None else {}
         self.waited = 0.0
         self._answer: Any = None
 
@@ -107,13 +111,23 @@ class BaselineReference:
         data = self.store.read_reference(self.cell.baseline_key)
         return None if data is None else TokenReference.from_bytes(data)
 
+    def _usable(self):
+        """The stored distributions, unless this run recomputes the baseline (``force``) and has not yet."""
+        found = self._read()
+        if found is not None and self.run.force and not self.store.is_settled(self.cell.baseline_key, self.run):
+            return None  # left by an earlier run: the forced baseline's own are still to come
+        return found
+
     def _fetch(self):
         key = self.cell.baseline_key
+        if key in self.gave_up:  # an earlier cell of this unit waited for it in vain: no second wait
+            found = self._usable()
+            return found if found is not None else self.gave_up[key]
         deadline = time.monotonic() + self.wait_s
         owner_seen = False
         waiting = False
         while True:
-            found = self._read()
+            found = self._usable()
             if found is not None:
                 if waiting:
                     logger.info("baseline cell %s is stored: cell %s measures its divergence", key, self.cell.key)
@@ -122,7 +136,7 @@ class BaselineReference:
             if owner is not None and _is_this_process(owner):
                 return self._give_up(f"the baseline cell {key} is held by this process, which cannot wait for itself")
             if owner is None:
-                found = self._read()  # the owner may have stored it between the two looks
+                found = self._usable()  # the owner may have stored it between the two looks
                 if found is not None:
                     return found
                 if self.store.is_settled(key, self.run):
@@ -153,6 +167,7 @@ class BaselineReference:
 
     def _give_up(self, reason: str) -> str:
         logger.warning("cell %s has no token divergence: %s", self.cell.key, reason)
+        self.gave_up[self.cell.baseline_key] = reason
         return reason
 
     def _settled_reason(self) -> str:

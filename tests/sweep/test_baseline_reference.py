@@ -187,3 +187,33 @@ def test_a_failed_baseline_is_named(tmp_path, caplog):
         reason = lookup("toy_ppl")
     assert reason.startswith("the baseline cell fp failed (RuntimeError: out of memory)")
     assert "failed" in caplog.text and lookup.waited < 1.0
+
+
+def test_a_second_cell_of_the_same_baseline_does_not_wait_again(tmp_path):
+    gave_up: dict[str, str] = {}
+    store, first = _lookup(tmp_path, wait_s=0.3, gave_up=gave_up)
+    _hold_claim(store, "fp")
+    reason = first("toy_ppl")
+    assert first.waited >= 0.25 and gave_up == {"fp": reason}
+    second = BaselineReference(
+        store, SimpleNamespace(key="w2", baseline_key="fp", task="toy_ppl"), first.run, poll_s=0.02, gave_up=gave_up
+    )
+    assert second("toy_ppl") == reason and second.waited < 0.2  # the unit's memo: no second 0.3 s wait
+
+
+def test_under_force_an_earlier_runs_reference_is_not_taken_for_the_new_one(local_store, tmp_path):
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(local_store, out)
+    store = CellStore(out)
+    plan = plan_sweep(spec_from_dict(SPEC), store)
+    baseline = next(cell for cell in plan.cells if cell.is_baseline and cell.task == "toy_ppl")
+    assert store.read_reference(baseline.key) is not None  # left by the earlier run
+    cell = SimpleNamespace(key="w8", baseline_key=baseline.key, task="toy_ppl")
+    forced = SimpleNamespace(started_at=time.time() + 1, force=True, retry_failed=False)
+    _hold_claim(store, baseline.key)  # the forced baseline is being recomputed elsewhere
+    lookup = BaselineReference(store, cell, forced, wait_s=0.2, poll_s=0.02)
+    assert "not stored within" in lookup("toy_ppl")  # waited for the new one, did not take the old
+    kept = SimpleNamespace(started_at=time.time() + 1, force=False, retry_failed=False)
+    assert not isinstance(BaselineReference(store, cell, kept, wait_s=0.2, poll_s=0.02)("toy_ppl"), str)
