@@ -65,27 +65,42 @@ def claim_cells(store, cells, run, *, batch_size, ran_on: dict[str, Any]) -> dic
         {}
     """
     claimed = {}
-    for cell in cells:
-        if store.is_settled(cell.key, run):
-            continue
-        claim = store.claim(cell.key)
-        if claim is None:
-            logger.info("cell %s is being computed by another worker; left to it", cell.key)
-            continue
-        if store.is_settled(cell.key, run):  # finished by another worker meanwhile
+    try:
+        for cell in cells:
+            _claim_one(store, cell, run, batch_size, ran_on, claimed)
+    except BaseException:  # an unreadable store file mid-way: the claims taken so far are not left beating
+        for claim in claimed.values():
             claim.release()
-            continue
-        if claim.attempts >= MAX_DEATHS:
-            error = RuntimeError(
-                f"the process computing this cell died {claim.attempts} times without finishing it (killed: by "
-                f"kill -9 or the kernel's out-of-memory killer, at batch size {batch_size} or less); rerun with "
-                "a smaller --batch-size and --retry-failed"
-            )
-            store_failure(store, cell, ran_on, "evaluating", error, error_kind="killed", deaths=claim.attempts)
-            claim.release()
-            continue
-        claimed[cell.key] = claim
+        raise
     return claimed
+
+
+def _claim_one(store, cell, run, batch_size: int, ran_on: dict, claimed: dict) -> None:
+    """Claim ``cell`` into ``claimed`` unless it is settled, held elsewhere, or has killed too many processes."""
+    if store.is_settled(cell.key, run):
+        return
+    claim = store.claim(cell.key)
+    if claim is None:
+        logger.info("cell %s is being computed by another worker; left to it", cell.key)
+        return
+    try:
+        settled = store.is_settled(cell.key, run)  # finished by another worker meanwhile?
+    except BaseException:
+        claim.release()
+        raise
+    if settled:
+        claim.release()
+        return
+    if claim.attempts >= MAX_DEATHS:
+        error = RuntimeError(
+            f"the process computing this cell died {claim.attempts} times without finishing it (killed: by "
+            f"kill -9 or the kernel's out-of-memory killer, at batch size {batch_size} or less); rerun with "
+            "a smaller --batch-size and --retry-failed"
+        )
+        store_failure(store, cell, ran_on, "evaluating", error, error_kind="killed", deaths=claim.attempts)
+        claim.release()
+        return
+    claimed[cell.key] = claim
 
 
 def store_failed_cells(unit, context, keys, stage: str, error: BaseException) -> None:

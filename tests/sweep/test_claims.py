@@ -1,0 +1,36 @@
+"""claim_cells: a store error mid-way releases every claim taken so far (no claim is left beating)."""
+
+from __future__ import annotations
+
+import errno
+from types import SimpleNamespace
+
+import pytest
+
+from quantsweep.sweep.claims import claim_cells
+from quantsweep.sweep.store import CellStore
+
+
+def test_an_unreadable_store_mid_way_releases_the_claims_taken(tmp_path, monkeypatch):
+    store = CellStore(tmp_path / "store")
+    run = SimpleNamespace(started_at=0.0, force=False, retry_failed=False)
+    cells = [SimpleNamespace(key=key) for key in ("a", "b", "c")]
+    real = CellStore.is_settled
+    looks = {"c": 0}
+
+    def is_settled(self, key, run):
+        if key == "c":
+            looks["c"] += 1
+            if looks["c"] == 2:  # after c is claimed: the re-check hits an I/O error
+                raise OSError(errno.EIO, "Input/output error", key)
+        return real(self, key, run)
+
+    monkeypatch.setattr(CellStore, "is_settled", is_settled)
+    with pytest.raises(OSError, match="Input/output error"):
+        claim_cells(store, cells, run, batch_size=8, ran_on={})
+    assert [store.claim_owner(key) for key in ("a", "b", "c")] == [None, None, None]
+    monkeypatch.setattr(CellStore, "is_settled", real)
+    claimed = claim_cells(store, cells, run, batch_size=8, ran_on={})  # a later run claims them all
+    assert sorted(claimed) == ["a", "b", "c"]
+    for claim in claimed.values():
+        claim.release()
