@@ -463,7 +463,7 @@ class CellStore:
                     f"{STORE_FORMAT}. Nothing was changed; use another --out folder"
                 )
             self._meta = meta
-        elif (self.directory / "results.jsonl").is_file():
+        elif (self.directory / "results.jsonl").is_file() and not (self.directory / "cells").is_dir():
             raise StoreError(
                 f"{self.directory} holds a results.jsonl from a quantsweep without cell stores (no store.json); "
                 "it is left untouched: use another --out folder"

@@ -230,3 +230,19 @@ def test_an_unreadable_store_json_or_name_file_is_set_aside_and_written_again(tm
     assert len(list((again.directory / "names").glob("recipe-*.json.corrupt-*"))) == 1
     with pytest.raises(ValueError, match="bits is 1 there, 8 here"):
         remember(again, "recipe", "w8-rtn", {"bits": 8})
+
+
+def test_a_corrupt_store_json_beside_results_jsonl_is_written_again_and_stays_usable(tmp_path):
+    from quantsweep.sweep.store import CellStore
+
+    store = CellStore(tmp_path / "store")
+    (store.directory / "results.jsonl").write_text("")  # every store that ran has one
+    (store.directory / "store.json").write_text("{not json")
+    for _ in range(2):  # the first opening sets it aside and writes it again; the next opens as usual
+        again = CellStore(store.directory)
+        assert json.loads((again.directory / "store.json").read_text())["format"] == 1
+    assert len(list(store.directory.glob("store.json.corrupt-*"))) == 1
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.jsonl").write_text("")  # a pre-cell-store folder: still refused, untouched
+    with pytest.raises(ValueError, match="without cell stores"):
+        CellStore(tmp_path / "old")
