@@ -220,6 +220,7 @@ class ContextCachedLM(HFLM):
         self.fallbacks: Counter = Counter()
         self.oom_halvings: list[tuple[int, int]] = []
         self._cache_reason: str | None | bool = False  # False: not checked yet
+        self._reorder_reason: str | None = None  # set when a forward returned no reorderable cache (scoring only)
         self._head_reason: str | None | bool = False
         self._positions = positions
         self.default_max_length = int(self.max_length)
@@ -313,7 +314,7 @@ class ContextCachedLM(HFLM):
         longest = max(len(cont) for _, _, cont in requests)
         if longest > self.max_length:
             raise ValueError(f"max_length {self.max_length} is below the longest continuation ({longest} tokens)")
-        reason = self._cache_unsupported()
+        reason = self._cache_unsupported() or self._reorder_reason
         if reason is not None:
             self._log_fallback(reason, len(requests))
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
@@ -347,9 +348,9 @@ class ContextCachedLM(HFLM):
                 for i, answer in zip(order, scored, strict=True):
                     results[i] = answer
         except _NoReorderableCache as err:
-            self._cache_reason = str(err)
+            self._reorder_reason = str(err)  # scoring's own: generation builds its cache itself
             rest = [i for i, answer in enumerate(results) if answer is None]
-            self._log_fallback(self._cache_reason, len(rest))
+            self._log_fallback(self._reorder_reason, len(rest))
             for i, answer in zip(rest, super()._loglikelihood_tokens([requests[i] for i in rest], True)):
                 results[i] = answer
         for i, answer in enumerate(results):

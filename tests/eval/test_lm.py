@@ -354,6 +354,9 @@ def test_model_returning_no_cache_falls_back_for_the_remaining_requests(toy, lm_
     assert max(abs(a - b) for (a, _), (b, _) in zip(mine, theirs)) <= TOLERANCE_NATS
     assert [r.getMessage() for r in lm_log if "reorderable" in r.getMessage()]
     assert lm.fallbacks == {"_CacheLessOutputModel returned no reorderable KV cache": len(pairs)}
+    # scoring's reason stays scoring's: generation (which builds its own cache) is not sent down lm-eval's path for it
+    assert "reorderable" not in (lm._generation_unsupported() or "")
+    assert lm.loglikelihood(_instances(pairs[:2])) == mine[:2]  # and scoring keeps its fallback, without a retry
 
 
 def test_auto_batch_size_halves_on_out_of_memory_and_records_it(toy, monkeypatch):
