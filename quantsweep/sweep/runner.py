@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable
@@ -159,10 +160,13 @@ def run(
         [('fp', None), ('w8-rtn', None)]
     """
     from quantsweep.sweep.api import run_sweep
-    from quantsweep.sweep.plan import resolve_recipes
+    from quantsweep.sweep.plan import AA_SUFFIX, resolve_recipes
 
     sweep_spec = spec.to_sweep_spec()
     recipes = resolve_recipes(sweep_spec)
+    if sweep_spec.evaluation.aa_control:  # the baseline's A/A control is reported as a recipe of its own
+        recipes.insert(1, dataclasses.replace(recipes[0], name=recipes[0].name + AA_SUFFIX))
+    by_name = {recipe.name: recipe for recipe in recipes}
     reported: set[str] = set()
 
     def outcome_of(recipe, records) -> RecipeOutcome:
@@ -170,9 +174,11 @@ def run(
         return RecipeOutcome(recipe=recipe, records=records, error=errors[0] if errors else None)
 
     def on_recipe(model, recipe_name, records):
-        if on_outcome is not None:
+        if on_outcome is not None and recipe_name in by_name:
             reported.add(recipe_name)
-            on_outcome(outcome_of(next(r for r in recipes if r.name == recipe_name), records))
+            on_outcome(outcome_of(by_name[recipe_name], records))
+        elif on_outcome is not None:  # never a crash at the end of a recipe's work: its cells are stored
+            logger.warning("recipe %r finished but is not one of this run's recipes; not reported", recipe_name)
 
     temporary = tempfile.TemporaryDirectory(prefix="quantsweep-run-") if spec.out_dir is None else None
     try:

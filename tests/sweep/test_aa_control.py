@@ -86,3 +86,18 @@ def test_toy_sweep_with_aa_control_records_and_reports_it(tmp_path):
     assert flagged["batch_size_used"] == 16 and flagged["baseline_batch_size_used"] == 32
     assert flagged["batch_size_mismatch"] is (aa_ppl["delta"] != 0)
     assert rejudged[("w4-rtn", "toy_mc4")]["batch_size_mismatch"] is False
+
+
+def test_quantsweep_run_with_the_control_reports_it_as_a_recipe_row(tmp_path, capsys):
+    """`quantsweep run --aa-control` (the CLI's per-recipe rows) once crashed at the control's row."""
+    from quantsweep.cli import main
+
+    code = main(
+        ["run", "--model", "toy", "--device", "cpu", "--recipe", "w8-rtn", "--tasks", "toy_mc4", "--limit", "20"]
+        + ["--aa-control", "--out", str(tmp_path / "store")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "[fp-aa] toy_mc4=" in out and "[w8-rtn] toy_mc4=" in out
+    summary = out.split("verdict by recipe")[1]
+    assert "fp-aa" in summary and "w8-rtn" in summary
