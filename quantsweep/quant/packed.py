@@ -227,6 +227,7 @@ def pack_dequantized(
         symmetric=symmetric,
         group_size=group_size,
     )
-    if not torch.equal(packed.dequantize(torch.float32), weight):
+    # the packed form lives on the host (see QuantizedWeight); the weight may be on an accelerator
+    if not torch.equal(packed.dequantize(torch.float32), weight.to(packed.codes.device)):
         raise ValueError("the codes recovered from the fake-quant weight do not reproduce it: scales/zeros mismatch")
     return packed
