@@ -14,7 +14,7 @@ from collections import Counter
 import lm_eval
 import pytest
 import torch
-from helpers.checkpoints import TINY_PANGU_CONFIG
+from helpers.checkpoints import pangu_shaped_llama
 from helpers.suite_data import tiny_model_and_tokenizer, write_suite_data
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
@@ -97,33 +97,8 @@ def toy():
 @pytest.fixture(scope="module")
 def pangu_shaped(toy):
     """A random 2-layer openPangu-Embedded-shaped Llama (q/k/v/o bias, 4 heads over 2 KV heads) on the toy vocab."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _, tokenizer = toy
-    shape = TINY_PANGU_CONFIG
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape["hidden_size"],
-        intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=shape["num_hidden_layers"],
-        num_attention_heads=shape["num_attention_heads"],
-        num_key_value_heads=shape["num_key_value_heads"],
-        attention_bias=shape["bias"],
-        mlp_bias=False,
-        max_position_embeddings=512,
-        rope_theta=shape["rope_theta"],
-        rms_norm_eps=shape["rms_norm_eps"],
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):  # initialised to zero: make the biases matter
-                parameter.normal_(0.0, 0.5)
+    model = pangu_shaped_llama(tokenizer, bias_std=0.5)
     assert model.model.layers[0].self_attn.q_proj.bias is not None
     return model, tokenizer
 

@@ -371,3 +371,40 @@ __all__ = [
     "write_remote_tokenizer",
     "write_weights",
 ]
+
+
+def pangu_shaped_llama(tokenizer, *, bias_std: float, initializer_range: float | None = None, seed: int = 0):
+    """A random Llama in the tiny openPangu-Embedded shape (q/k/v/o biases, 4 heads over 2 KV heads) on ``tokenizer``.
+
+    The biases (zero at initialisation) are drawn with ``bias_std`` so that they matter;
+    ``initializer_range`` widens the weights (None: the Hugging Face default).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = TINY_PANGU_CONFIG
+    extra = {} if initializer_range is None else {"initializer_range": initializer_range}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["num_hidden_layers"],
+        num_attention_heads=shape["num_attention_heads"],
+        num_key_value_heads=shape["num_key_value_heads"],
+        attention_bias=shape["bias"],
+        mlp_bias=False,
+        max_position_embeddings=512,
+        rope_theta=shape["rope_theta"],
+        rms_norm_eps=shape["rms_norm_eps"],
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, bias_std)
+    return model
