@@ -139,15 +139,9 @@ def retention_vs_bits(cells: pd.DataFrame, family: str) -> Figure:
         )
         for row in group.itertuples():
             axes.annotate(row.recipe, (row.bits, row.retained), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    axes.axhline(1.0, color="#888888", linewidth=0.8, linestyle=":")
-    axes.axhline(0.0, color="#a50026", linewidth=0.8, linestyle=":")
-    axes.set_xlabel("bits per weight")
-    axes.set_ylabel("retained margin above chance")
-    axes.set_title(f"{family}: retained margin vs bits")
-    if not per_recipe.empty:
-        axes.legend(fontsize=7, title="method", title_fontsize=7)
-    else:
-        axes.text(0.5, 0.5, "no compared cells with a retention", transform=axes.transAxes, ha="center")
+    _finish_retention_axes(
+        axes, "retained margin above chance", f"{family}: retained margin vs bits", "method", per_recipe.empty
+    )
     return figure
 
 
@@ -187,13 +181,20 @@ def retention_by_model(cells: pd.DataFrame, family: str) -> Figure:
             linestyle="-",
             label=str(view),
         )
+    _finish_retention_axes(
+        axes, "mean retained margin above chance", f"{family}: models side by side", "model", per_width.empty
+    )
+    return figure
+
+
+def _finish_retention_axes(axes, ylabel: str, title: str, legend_title: str, empty: bool) -> None:
+    """The reference lines (full margin, chance), labels and legend every retention-vs-bits figure shares."""
     axes.axhline(1.0, color="#888888", linewidth=0.8, linestyle=":")
     axes.axhline(0.0, color="#a50026", linewidth=0.8, linestyle=":")
     axes.set_xlabel("bits per weight")
-    axes.set_ylabel("mean retained margin above chance")
-    axes.set_title(f"{family}: models side by side")
-    if not per_width.empty:
-        axes.legend(fontsize=7, title="model", title_fontsize=7)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    if not empty:
+        axes.legend(fontsize=7, title=legend_title, title_fontsize=7)
     else:
         axes.text(0.5, 0.5, "no compared cells with a retention", transform=axes.transAxes, ha="center")
-    return figure
