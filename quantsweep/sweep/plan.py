@@ -416,6 +416,19 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
 AA_SUFFIX = "-aa"
 
 
+def control_recipe(baseline):
+    """The recipe an A/A control cell runs: the baseline's, renamed ``<baseline>-aa``.
+
+    Example:
+        >>> from quantsweep.recipes import get_recipe
+        >>> control_recipe(get_recipe("fp")).name
+        'fp-aa'
+    """
+    import dataclasses
+
+    return dataclasses.replace(baseline, name=baseline.name + AA_SUFFIX)
+
+
 def control_cell(baseline: CellPlan, batch_size: int) -> CellPlan:
     """The A/A control of a baseline cell: the same recipe again, at another batch size, in reverse order.
 
@@ -441,7 +454,7 @@ def control_cell(baseline: CellPlan, batch_size: int) -> CellPlan:
     return dataclasses.replace(
         baseline,
         key=text_fingerprint(key_fields) + baseline.key[-8:],
-        recipe=dataclasses.replace(baseline.recipe, name=baseline.recipe.name + AA_SUFFIX),
+        recipe=control_recipe(baseline.recipe),
         is_baseline=False,
         key_fields=key_fields,
         control=control,

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable
@@ -160,12 +159,12 @@ def run(
         [('fp', None), ('w8-rtn', None)]
     """
     from quantsweep.sweep.api import run_sweep
-    from quantsweep.sweep.plan import AA_SUFFIX, resolve_recipes
+    from quantsweep.sweep.plan import control_recipe, resolve_recipes
 
     sweep_spec = spec.to_sweep_spec()
     recipes = resolve_recipes(sweep_spec)
     if sweep_spec.evaluation.aa_control:  # the baseline's A/A control is reported as a recipe of its own
-        recipes.insert(1, dataclasses.replace(recipes[0], name=recipes[0].name + AA_SUFFIX))
+        recipes.insert(1, control_recipe(recipes[0]))
     by_name = {recipe.name: recipe for recipe in recipes}
     reported: set[str] = set()
 
