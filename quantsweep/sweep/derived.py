@@ -273,7 +273,7 @@ def cell_records(
 class DerivedFiles:
     """The files derived from a store (``results.jsonl``, ``summary.json``), kept current from its cells.
 
-    Records are judged per cell and cached (by the cell's and its baseline's file times),
+    Records are judged per cell and cached (by the versions of the cell, its baseline and its control),
     so rebuilding after every finished cell costs one judgement, not a re-judgement of
     the whole store. The thresholds used are recorded in the store's own metadata
     (``store.json``), the source :func:`quantsweep.judge` starts from.
@@ -297,13 +297,19 @@ class DerivedFiles:
         self._plan_cells = {cell.key: cell for cell in plan.cells} if plan is not None else {}
         self._scanned: dict[str, str | None] = {}  # key -> its baseline's key when it is an A/A control
 
-    def _mtime(self, key: str | None) -> float | None:
+    def _stamp(self, key: str | None) -> tuple[int, int, int] | None:
+        """The version of a cell file (modification time, size, inode), or None when absent.
+
+        The inode changes with every atomic replacement, so two versions written within one
+        tick of the file system's clock still differ.
+        """
         if not key:
             return None
         try:
-            return self.store.cell_path(key).stat().st_mtime_ns
+            stat = self.store.cell_path(key).stat()
         except FileNotFoundError:
             return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def records(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Judged records of the given cells (default: every stored cell), in the order given.
@@ -321,15 +327,15 @@ class DerivedFiles:
         """:meth:`records` with the A/A controls (baseline key -> control key) found once by the caller."""
         out = []
         for key in keys:
-            stamp = self._mtime(key)
+            stamp = self._stamp(key)  # every stamp is taken before its file is read, so a later write is seen
             if stamp is None:
                 continue
             cached = self._cache.get(key)
             if (
                 cached is not None
                 and cached[0][0] == stamp
-                and cached[0][1] == self._mtime(cached[0][2])
-                and cached[0][3] == self._mtime(cached[0][4])
+                and cached[0][1] == self._stamp(cached[0][2])
+                and cached[0][3] == self._stamp(cached[0][4])
             ):
                 out += cached[1]
                 continue
@@ -346,15 +352,16 @@ class DerivedFiles:
                     "recipe": planned.recipe.name,
                 }
             baseline_key = None if cell.get("is_baseline") else cell.get("baseline_key")
+            # A worker may store the baseline (or the control) while this driver judges: stamped
+            # after the read, a cell judged without its baseline would be cached as if it had one.
+            baseline_stamp = self._stamp(baseline_key)
             baseline = self.store.read_cell(baseline_key) if baseline_key else None
             group = cell.get("baseline_key") or key
             control_key = None if cell.get("control") else controls.get(group)
+            control_stamp = self._stamp(control_key)
             control = self._records([control_key], controls) if control_key else None
             records = cell_records(cell, baseline, self.verdict_config, control)
-            self._cache[key] = (
-                (stamp, self._mtime(baseline_key), baseline_key, self._mtime(control_key), control_key),
-                records,
-            )
+            self._cache[key] = ((stamp, baseline_stamp, baseline_key, control_stamp, control_key), records)
             out += records
         return out
 

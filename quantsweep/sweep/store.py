@@ -439,7 +439,7 @@ class CellStore:
 
         self.directory = Path(directory)
         self.stale_after_s = stale_after_s
-        self._statuses: dict[str, tuple[int, int, str]] = {}  # key -> (mtime_ns, size, status) of its file
+        self._statuses: dict[str, tuple[tuple[int, int, int], str]] = {}  # key -> ((mtime_ns, size, inode), status)
         self._meta: dict[str, Any] = {}
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"output path {str(self.directory)!r} exists and is not a directory")
@@ -622,7 +622,7 @@ class CellStore:
         """``done``, ``failed`` or None (not stored).
 
         Drivers and workers ask this often (before and after claiming, while waiting); a
-        cell file is parsed once per version (its modification time and size), not per call.
+        cell file is parsed once per version (its modification time, size and inode), not per call.
 
         Example:
             >>> import tempfile
@@ -635,13 +635,14 @@ class CellStore:
             stat = self.cell_path(key).stat()
         except FileNotFoundError:
             return None
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)  # a new inode per atomic replacement
         cached = self._statuses.get(key)
-        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
-            return cached[2]
+        if cached is not None and cached[0] == version:
+            return cached[1]
         cell = self.read_cell(key)
         if cell is None:
             return None
-        self._statuses[key] = (stat.st_mtime_ns, stat.st_size, cell["status"])
+        self._statuses[key] = (version, cell["status"])
         return cell["status"]
 
     def is_settled(self, key: str, run) -> bool:
