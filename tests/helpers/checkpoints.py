@@ -362,6 +362,8 @@ def write_hf_model(directory: Path, kind: str = "llama", seed: int = 0):
 __all__ = [
     "TINY_PANGU_CONFIG",
     "VOCAB",
+    "pangu_llama_config",
+    "pangu_shaped_llama",
     "pangu_tensor_shapes",
     "random_state_dict",
     "tiny_pangu_config",
@@ -373,29 +375,44 @@ __all__ = [
 ]
 
 
+def pangu_llama_config(pangu: dict, **overrides):
+    """The ``LlamaConfig`` of an openPangu-Embedded ``config.json`` (q/k/v/o biases, no MLP bias), written by hand.
+
+    The tests' own reading of the format, independent of quantsweep's loader; ``overrides``
+    replace any field.
+    """
+    from transformers import LlamaConfig
+
+    fields = {
+        "vocab_size": pangu["vocab_size"],
+        "hidden_size": pangu["hidden_size"],
+        "intermediate_size": pangu["intermediate_size"],
+        "num_hidden_layers": pangu["num_hidden_layers"],
+        "num_attention_heads": pangu["num_attention_heads"],
+        "num_key_value_heads": pangu["num_key_value_heads"],
+        "rms_norm_eps": pangu["rms_norm_eps"],
+        "max_position_embeddings": pangu["max_position_embeddings"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": pangu["rope_theta"]},
+        "tie_word_embeddings": pangu["tie_word_embeddings"],
+        "attention_bias": pangu["bias"],
+        "mlp_bias": False,
+    }
+    return LlamaConfig(**{**fields, **overrides})
+
+
 def pangu_shaped_llama(tokenizer, *, bias_std: float, initializer_range: float | None = None, seed: int = 0):
     """A random Llama in the tiny openPangu-Embedded shape (q/k/v/o biases, 4 heads over 2 KV heads) on ``tokenizer``.
 
     The biases (zero at initialisation) are drawn with ``bias_std`` so that they matter;
     ``initializer_range`` widens the weights (None: the Hugging Face default).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    shape = TINY_PANGU_CONFIG
     extra = {} if initializer_range is None else {"initializer_range": initializer_range}
-    config = LlamaConfig(
+    config = pangu_llama_config(
+        TINY_PANGU_CONFIG,
         vocab_size=len(tokenizer),
-        hidden_size=shape["hidden_size"],
-        intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=shape["num_hidden_layers"],
-        num_attention_heads=shape["num_attention_heads"],
-        num_key_value_heads=shape["num_key_value_heads"],
-        attention_bias=shape["bias"],
-        mlp_bias=False,
         max_position_embeddings=512,
-        rope_theta=shape["rope_theta"],
-        rms_norm_eps=shape["rms_norm_eps"],
-        tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

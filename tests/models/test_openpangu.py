@@ -8,12 +8,13 @@ import pytest
 import torch
 from helpers.checkpoints import (
     VOCAB,
+    pangu_llama_config,
     pangu_tensor_shapes,
     random_state_dict,
     tiny_pangu_config,
     write_pangu_checkpoint,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import quantsweep
 import quantsweep.models.openpangu as openpangu
@@ -53,22 +54,7 @@ REAL_7B_CONFIG = {
 
 def reference_model(config: dict, state: dict) -> LlamaForCausalLM:
     """The same weights loaded by hand into a Llama with q/k/v/o biases (the test's reference)."""
-    reference = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=config["vocab_size"],
-            hidden_size=config["hidden_size"],
-            intermediate_size=config["intermediate_size"],
-            num_hidden_layers=config["num_hidden_layers"],
-            num_attention_heads=config["num_attention_heads"],
-            num_key_value_heads=config["num_key_value_heads"],
-            rms_norm_eps=config["rms_norm_eps"],
-            max_position_embeddings=config["max_position_embeddings"],
-            rope_parameters={"rope_type": "default", "rope_theta": config["rope_theta"]},
-            tie_word_embeddings=config["tie_word_embeddings"],
-            attention_bias=True,
-            mlp_bias=False,
-        )
-    )
+    reference = LlamaForCausalLM(pangu_llama_config(config))
     reference.load_state_dict(state, strict=not config["tie_word_embeddings"])
     return reference.eval()
 
