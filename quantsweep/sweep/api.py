@@ -258,8 +258,8 @@ def refresh_derived(directory) -> bool:
         from quantsweep.sweep.store import set_aside
 
         set_aside(results, "not JSON lines", "it is rebuilt from the cells")
-    # strictly newer: a cell stored within the same tick of the file system's clock as the results may be missing
-    if not cells or (results.is_file() and results.stat().st_mtime_ns > max(c.stat().st_mtime_ns for c in cells)):
+    # results.jsonl is dated when its cells were listed (DerivedFiles.rebuild): a cell stored later is newer
+    if not cells or (results.is_file() and results.stat().st_mtime_ns >= max(c.stat().st_mtime_ns for c in cells)):
         return False
     judge(path)
     return True

@@ -264,6 +264,7 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
         from quantsweep.eval.health import diagnose_nonfinite
 
         diagnosis = {**diagnose_nonfinite(model, tokenizer).to_dict(), **(diagnosis or {})}
+    waited = baseline_reference.waited if baseline_reference is not None else 0.0
     record = {
         **base_record(cell, state.ran_on),
         "status": "done",
@@ -279,11 +280,11 @@ def _evaluate_cell(state: _UnitState, cell: CellPlan, quantize: dict, calibratio
             "device": device,
         },
         "evaluate": {
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - started - waited,  # the work itself, not the wait for the baseline
             "batch_size_requested": requested,
             "batch_size_used": batch_size,
             "batch_order": "reversed" if cell.control is not None else "default",
-            "baseline_wait_seconds": baseline_reference.waited if baseline_reference is not None else None,
+            "baseline_wait_seconds": waited if baseline_reference is not None else None,
             "oom_retries": retries,
             **peak.eval_fields(),
         },

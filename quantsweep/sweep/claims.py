@@ -83,24 +83,17 @@ def _claim_one(store, cell, run, batch_size: int, ran_on: dict, claimed: dict) -
     if claim is None:
         logger.info("cell %s is being computed by another worker; left to it", cell.key)
         return
-    try:
-        settled = store.is_settled(cell.key, run)  # finished by another worker meanwhile?
-    except BaseException:
-        claim.release()
-        raise
-    if settled:
-        claim.release()
-        return
-    if claim.attempts >= MAX_DEATHS:
+    claimed[cell.key] = claim  # from here the caller releases it if anything below raises
+    if store.is_settled(cell.key, run):  # finished by another worker meanwhile?
+        claimed.pop(cell.key).release()
+    elif claim.attempts >= MAX_DEATHS:
         error = RuntimeError(
             f"the process computing this cell died {claim.attempts} times without finishing it (killed: by "
             f"kill -9 or the kernel's out-of-memory killer, at batch size {batch_size} or less); rerun with "
             "a smaller --batch-size and --retry-failed"
         )
         store_failure(store, cell, ran_on, "evaluating", error, error_kind="killed", deaths=claim.attempts)
-        claim.release()
-        return
-    claimed[cell.key] = claim
+        claimed.pop(cell.key).release()
 
 
 def store_failed_cells(unit, context, keys, stage: str, error: BaseException) -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,6 +35,9 @@ from quantsweep.sweep.fingerprint import text_fingerprint
 from quantsweep.sweep.store import jsonable
 
 logger = logging.getLogger(__name__)
+
+# File times come from the kernel's coarse clock, up to one tick (1-10 ms) behind time.time_ns().
+CLOCK_SLACK_NS = 50_000_000
 
 _SETTINGS_FIELDS = (
     "limit",
@@ -90,6 +95,7 @@ def _base(cell: dict[str, Any], verdict_config) -> dict[str, Any]:
         "batch_size_used": evaluate.get("batch_size_used"),
         "oom_retries": evaluate.get("oom_retries") or None,
         "evaluate_seconds": evaluate.get("seconds"),
+        "baseline_wait_seconds": evaluate.get("baseline_wait_seconds"),
         "peak_eval_bytes": evaluate.get("peak_eval_bytes"),
         "peak_eval_memory_kind": evaluate.get("peak_eval_memory_kind"),
         **(cell.get("cost") or {}),
@@ -331,13 +337,8 @@ class DerivedFiles:
             if stamp is None:
                 continue
             cached = self._cache.get(key)
-            if (
-                cached is not None
-                and cached[0][0] == stamp
-                and cached[0][1] == self._stamp(cached[0][2])
-                and cached[0][3] == self._stamp(cached[0][4])
-            ):
-                out += cached[1]
+            if cached is not None and cached[0] == self._versions(stamp, *cached[1], controls):
+                out += cached[2]
                 continue
             cell = self.store.read_cell(key)
             if cell is None:
@@ -356,14 +357,23 @@ class DerivedFiles:
             # after the read, a cell judged without its baseline would be cached as if it had one.
             baseline_stamp = self._stamp(baseline_key)
             baseline = self.store.read_cell(baseline_key) if baseline_key else None
-            group = cell.get("baseline_key") or key
-            control_key = None if cell.get("control") else controls.get(group)
+            group = None if cell.get("control") else (cell.get("baseline_key") or key)  # whose control it takes
+            control_key = controls.get(group)
             control_stamp = self._stamp(control_key)
             control = self._records([control_key], controls) if control_key else None
             records = cell_records(cell, baseline, self.verdict_config, control)
-            self._cache[key] = ((stamp, baseline_stamp, baseline_key, control_stamp, control_key), records)
+            versions = (stamp, baseline_key, baseline_stamp, control_key, control_stamp)
+            self._cache[key] = (versions, (baseline_key, group), records)
             out += records
         return out
+
+    def _versions(self, stamp, baseline_key, group, controls) -> tuple:
+        """What a cell's records were judged from now: its version, its baseline's, and its control's (if any).
+
+        A control stored after the cell was judged changes the control key, so the cell is judged again.
+        """
+        control_key = controls.get(group)
+        return (stamp, baseline_key, self._stamp(baseline_key), control_key, self._stamp(control_key))
 
     def _controls(self) -> dict[str, str]:
         """Baseline key -> the key of its A/A control cell, for every stored control (each new cell read once)."""
@@ -384,7 +394,10 @@ class DerivedFiles:
         """Rewrite ``results.jsonl`` and ``summary.json`` from every stored cell; returns the records.
 
         The thresholds are recorded in the store's metadata first. A lock file serialises
-        rebuilds, so two writers cannot leave an older list last.
+        rebuilds, so two writers cannot leave an older list last. ``results.jsonl`` is dated
+        when its cells were listed (less the file system's clock slack), so a cell a worker
+        stores during the rebuild is newer, and :func:`~quantsweep.sweep.api.refresh_derived`
+        judges again after a driver killed before its next rebuild.
 
         Example:
             >>> import tempfile
@@ -398,7 +411,10 @@ class DerivedFiles:
         with open(self.store.directory / ".derived.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.store.record_verdict_thresholds(self.verdict_config.to_dict())
-            return _write_derived(self.store, self.records())
+            listed_at = time.time_ns() - CLOCK_SLACK_NS
+            records = _write_derived(self.store, self.records())
+            os.utime(self.store.directory / "results.jsonl", ns=(listed_at, listed_at))
+            return records
 
 
 def _write_derived(store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -112,11 +112,18 @@ class BaselineReference:
         return None if data is None else TokenReference.from_bytes(data)
 
     def _usable(self):
-        """The stored distributions, unless this run recomputes the baseline (``force``) and has not yet."""
-        found = self._read()
-        if found is not None and self.run.force and not self.store.is_settled(self.cell.baseline_key, self.run):
-            return None  # left by an earlier run: the forced baseline's own are still to come
-        return found
+        """The stored distributions; under ``force`` only those written during this run.
+
+        Checked before the file is read: an earlier run's file is never parsed, nor taken for those
+        of a forced baseline that is still running or has failed.
+        """
+        if self.run.force:
+            try:
+                if self.store.reference_path(self.cell.baseline_key).stat().st_mtime < self.run.started_at:
+                    return None
+            except FileNotFoundError:
+                return None
+        return self._read()
 
     def _fetch(self):
         key = self.cell.baseline_key

@@ -26,6 +26,7 @@ from quantsweep.sweep.store import CellStore
 LIMIT = 20
 SPEC = toy_spec(recipes=["w8-rtn"], limit=LIMIT)
 REFERENCE_LOGGER = "quantsweep.sweep.reference"
+WAIT_S = 2.0  # how long the raced baseline keeps the recipe cell waiting (s)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def test_a_recipe_cell_that_gets_there_first_waits_for_its_baseline(local_store,
 
     def baseline_finishes_later():
         assert said.waiting.wait(120), "the recipe cell never waited"
+        time.sleep(WAIT_S)  # a baseline that takes a while yet
         for cell in baseline_unit.cells:  # as run_unit does: the reference, then the cell file, then the claim
             reference = local_store / "references" / f"{cell.key}.npz"
             if reference.exists():
@@ -97,7 +99,8 @@ def test_a_recipe_cell_that_gets_there_first_waits_for_its_baseline(local_store,
     ppl = raced[("w8-rtn", "toy_ppl")]
     assert ppl["tasks"]["toy_ppl"]["divergence"] == local[("w8-rtn", "toy_ppl")]["tasks"]["toy_ppl"]["divergence"]
     assert ppl["tasks"]["toy_ppl"]["divergence"]["positions"] > 0
-    assert ppl["evaluate"]["baseline_wait_seconds"] > 0
+    assert ppl["evaluate"]["baseline_wait_seconds"] >= WAIT_S
+    assert ppl["evaluate"]["seconds"] < WAIT_S  # the evaluation's own time leaves the wait out
     waits = [r for r in caplog.records if " waits " in r.getMessage()]
     assert len(waits) == 1 and ppl["key"] in waits[0].getMessage()  # the multiple-choice cell never waits
     assert " waits " in store.log_path(ppl["key"]).read_text()  # and the cell's own log says so
@@ -217,3 +220,21 @@ def test_under_force_an_earlier_runs_reference_is_not_taken_for_the_new_one(loca
     assert "not stored within" in lookup("toy_ppl")  # waited for the new one, did not take the old
     kept = SimpleNamespace(started_at=time.time() + 1, force=False, retry_failed=False)
     assert not isinstance(BaselineReference(store, cell, kept, wait_s=0.2, poll_s=0.02)("toy_ppl"), str)
+
+
+def test_under_force_a_failed_baseline_is_said_not_replaced_by_the_earlier_runs_reference(local_store, tmp_path):
+    """The forced baseline failed in this run: its failure is the reason, never the previous run's distributions."""
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(local_store, out)
+    store = CellStore(out)
+    plan = plan_sweep(spec_from_dict(SPEC), store)
+    baseline = next(cell for cell in plan.cells if cell.is_baseline and cell.task == "toy_ppl")
+    forced = SimpleNamespace(started_at=time.time(), force=True, retry_failed=False)
+    time.sleep(0.05)
+    store.write_cell({"key": baseline.key, "status": "failed", "error": "RuntimeError: boom"})  # failed in this run
+    assert store.read_reference(baseline.key) is not None  # the earlier run's file is still there
+    cell = SimpleNamespace(key="w8", baseline_key=baseline.key, task="toy_ppl")
+    reason = BaselineReference(store, cell, forced, wait_s=0.2, poll_s=0.02)("toy_ppl")
+    assert isinstance(reason, str) and "failed (RuntimeError: boom)" in reason

@@ -34,3 +34,21 @@ def test_an_unreadable_store_mid_way_releases_the_claims_taken(tmp_path, monkeyp
     assert sorted(claimed) == ["a", "b", "c"]
     for claim in claimed.values():
         claim.release()
+
+
+def test_a_failure_that_cannot_be_stored_releases_the_claim(tmp_path, monkeypatch):
+    """A cell whose owners died too often is stored as failed; when that write fails (a full disk), its claim goes too."""
+    from quantsweep.sweep import claims
+
+    store = CellStore(tmp_path / "store")
+    run = SimpleNamespace(started_at=0.0, force=False, retry_failed=False)
+    cells = [SimpleNamespace(key=key, model=None, recipe=None, task="t") for key in ("a", "b")]
+    monkeypatch.setattr(claims, "MAX_DEATHS", 0)  # every claim counts as one death too many
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(claims, "store_failure", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        claim_cells(store, cells, run, batch_size=8, ran_on={})
+    assert [store.claim_owner(key) for key in ("a", "b")] == [None, None]

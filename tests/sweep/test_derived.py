@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -88,3 +89,58 @@ def test_a_baseline_replaced_within_one_clock_tick_is_judged_again(swept, tmp_pa
     assert json.loads(store.cell_path(keys["fp"]).read_text())["status"] == "done"
     assert store.status(keys["fp"]) == "done"
     assert _verdict(derived.records([keys["w2-rtn"]]), "w2-rtn") == ("degraded", None)
+
+
+def test_a_control_stored_after_its_recipe_was_judged_is_taken_into_account(tmp_path):
+    """The A/A control lands after the recipe was judged (on Ray the baseline's unit runs it last): judged again."""
+    spec = {**SPEC, "aa_control": True}
+    outcome = run_sweep(spec, tmp_path / "full", progress=False)
+    keys = {cell.recipe.name: cell.key for cell in outcome.plan.cells}
+    full, store = CellStore(tmp_path / "full"), CellStore(tmp_path / "store")
+    (store.directory / "cells").mkdir(parents=True, exist_ok=True)
+    for name in ("fp", "w2-rtn"):
+        shutil.copy(full.cell_path(keys[name]), store.cell_path(keys[name]))
+    derived = DerivedFiles(store, VerdictConfig(), plan=outcome.plan)
+
+    def aa_nonzero():
+        (row,) = [r for r in derived.records([keys["w2-rtn"]]) if r["primary"]]
+        return row["aa_nonzero"]
+
+    assert aa_nonzero() is None  # no control yet
+    shutil.copy(full.cell_path(keys["fp-aa"]), store.cell_path(keys["fp-aa"]))
+    assert aa_nonzero() is False  # the control's difference is read: exactly zero on CPU
+
+
+def test_a_cell_stored_during_a_rebuild_is_judged_by_the_next_refresh(swept, tmp_path):
+    """results.jsonl is dated when its cells were listed: a cell stored while it was written is seen as newer."""
+    import os
+    import time
+
+    from quantsweep.sweep.api import refresh_derived
+    from quantsweep.sweep.derived import CLOCK_SLACK_NS
+
+    out, keys = swept
+    store = CellStore(tmp_path / "store")
+    (store.directory / "cells").mkdir(parents=True, exist_ok=True)
+    shutil.copy(CellStore(out).cell_path(keys["fp"]), store.cell_path(keys["fp"]))
+    derived = DerivedFiles(store, VerdictConfig())
+    real_records = derived.records
+
+    def records_then_a_worker_stores(keys_=None):
+        found = real_records(keys_)
+        shutil.copy(CellStore(out).cell_path(keys["w2-rtn"]), store.cell_path(keys["w2-rtn"]))  # after the listing
+        return found
+
+    derived.records = records_then_a_worker_stores
+    assert {r["recipe"] for r in derived.rebuild()} == {"fp"}
+    time.sleep(CLOCK_SLACK_NS / 1e9)  # the next report comes later than the file system's clock slack
+    assert refresh_derived(store.directory)  # the driver died here: the next report judges the late cell
+    assert {json.loads(line)["recipe"] for line in (store.directory / "results.jsonl").read_text().splitlines()} == {
+        "fp",
+        "w2-rtn",
+    }
+    assert not refresh_derived(store.directory)  # now current: nothing judged again
+    tick = 1_700_000_000_000_000_000  # a store unpacked from an archive: every file dated the same second
+    for path in [*(store.directory / "cells").glob("*.json"), store.directory / "results.jsonl"]:
+        os.utime(path, ns=(tick, tick))
+    assert not refresh_derived(store.directory)
