@@ -379,6 +379,6 @@ def apply_awq(model, config: AWQConfig, calibration=None):
         batch_size=config.calibration_batch_size,
         desc=f"awq {config.name}",
     )
-    quantize_extra_targets(model, config, config.bits)  # embedding table / head when asked: plain RTN
+    quantize_extra_targets(model, config)  # embedding table / head when asked: plain RTN
     logger.info("awq: %d-bit, group %s, %d layers", config.bits, config.group_size, len(reports))
     return QuantizationResult(method="awq", report=layer_report(reports))

@@ -283,5 +283,5 @@ def apply_billm(model, config: BiLLMConfig, calibration=None):
         )
 
     reports = run_hessian_method(model, config, calibration, "billm", quantize_linear)
-    quantize_extra_targets(model, config, config.bits)  # no Hessian: plain binary per block_size group
+    quantize_extra_targets(model, config)  # no Hessian: plain binary per block_size group
     return QuantizationResult(method="billm", report=layer_report(reports))

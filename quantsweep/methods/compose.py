@@ -568,14 +568,14 @@ def composed_from_dict(data: Mapping, source: str = "<dict>") -> ComposedRecipe:
         raise RecipeError(f"{source}: {error}") from None
 
 
-def check_composed(model, recipe: ComposedRecipe) -> None:
+def check_composed(model, recipe: ComposedRecipe, *, read_matrix: bool = True) -> None:
     """Everything about ``recipe`` that can be checked on ``model`` before any work.
 
     The rotation's architecture check and its learned matrix (read from the file: suffix,
-    shape, orthogonality), the weight method's group sizes (per module, under the
-    overrides), that every override matches a module the method quantizes, and the
-    KV cache's group size against every attention's ``head_dim``. Works on a model built
-    on the meta device.
+    shape, orthogonality; skipped with ``read_matrix=False``), the weight method's group
+    sizes (per module, under the overrides), that every override matches a module the
+    method quantizes, and the KV cache's group size against every attention's ``head_dim``.
+    Works on a model built on the meta device.
 
     Raises:
         ValueError: naming the module and why.
@@ -592,7 +592,7 @@ def check_composed(model, recipe: ComposedRecipe) -> None:
     rotate = recipe.stage("rotate")
     if rotate is not None:
         check_rotatable(model, online=rotate.online, hadamard=rotate.matrix is None)
-        if rotate.matrix is not None:  # suffix, shape and orthogonality, read from the file now
+        if rotate.matrix is not None and read_matrix:  # suffix, shape and orthogonality, read from the file now
             load_rotation_matrix(rotate.matrix, input_embeddings(model).weight.shape[1])
     if recipe.weight_config is not None:
         check_group_sizes(model, recipe.weight_config, recipe.overrides)
@@ -631,7 +631,9 @@ def apply_composed(model, recipe: ComposedRecipe, calibration=None) -> Quantizat
     """
     from quantsweep.methods.engine.sequential import require_calibration
 
-    check_composed(model, recipe)
+    # A rotation is the first stage (transforms come first, one at most): rotate_model reads and
+    # checks its matrix before it changes anything, so the file is not read twice here.
+    check_composed(model, recipe, read_matrix=False)
     if recipe.needs_calibration():
         calibration = require_calibration(calibration, recipe)
     done: list[dict[str, Any]] = []

@@ -138,5 +138,5 @@ def apply_gptaq(model, config: GPTAQConfig, calibration=None):
         after_group=None if weight_only else attach_activation_quantization,
         packed=packed,
     )
-    quantize_extra_targets(model, config, config.bits, packed=packed)
+    quantize_extra_targets(model, config, packed=packed)
     return QuantizationResult(method="gptaq", report=layer_report(reports), packed=packed)

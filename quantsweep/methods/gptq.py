@@ -145,5 +145,5 @@ def apply_gptq(model, config: GPTQConfig, calibration=None, overrides=()):
     reports = run_hessian_method(
         model, config, calibration, "gptq", quantize_linear, packed=packed, overrides=overrides
     )
-    quantize_extra_targets(model, config, config.bits, packed=packed, overrides=overrides)
+    quantize_extra_targets(model, config, packed=packed, overrides=overrides)
     return QuantizationResult(method="gptq", report=layer_report(reports), packed=packed)

@@ -277,5 +277,5 @@ def apply_slim_llm(model, config: SliMLLMConfig, calibration=None):
 
     packed: dict = {}
     reports = run_hessian_method(model, config, calibration, "slim-llm", quantize_linear, packed=packed)
-    quantize_extra_targets(model, config, config.bits, packed=packed)  # no Hessian: uniform RTN at the average width
+    quantize_extra_targets(model, config, packed=packed)  # no Hessian: uniform RTN at the average width
     return QuantizationResult(method="slim-llm", report=layer_report(reports), packed=packed)

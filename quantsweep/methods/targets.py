@@ -88,8 +88,8 @@ def extra_targets(model: nn.Module, config) -> dict[str, nn.Module]:
     return {name: module for name, module in weight_targets(model, config).items() if id(module) not in decoder}
 
 
-def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | None = None, overrides=()) -> int:
-    """RTN (``config.group_size``, ``config.symmetric``; binary at 1 bit) for :func:`extra_targets`; return how many.
+def quantize_extra_targets(model: nn.Module, config, packed: dict | None = None, overrides=()) -> int:
+    """RTN (``config.bits``, ``config.group_size``, ``config.symmetric``; binary at 1 bit) for :func:`extra_targets`; return how many.
 
     ``packed``, if given, receives each target's :class:`~quantsweep.quant.packed.QuantizedWeight`.
     ``overrides`` change a target's ``bits``, ``group_size`` or ``symmetric``, or skip it.
@@ -97,7 +97,7 @@ def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | N
     Example:
         >>> import quantsweep
         >>> model, _ = quantsweep.load_model("toy")
-        >>> quantize_extra_targets(model, quantsweep.get_recipe("w4-gptq"), 4)
+        >>> quantize_extra_targets(model, quantsweep.get_recipe("w4-gptq"))
         0
     """
     extra = extra_targets(model, config)
@@ -107,9 +107,8 @@ def quantize_extra_targets(model: nn.Module, config, bits: int, packed: dict | N
             own = config_for(config, overrides, name)
             if own is None:
                 continue
-            own_bits = bits if own is config else own.bits
             representation = rtn_pack(
-                module.weight.data, own_bits, own.group_size, getattr(own, "symmetric", True), name
+                module.weight.data, own.bits, own.group_size, getattr(own, "symmetric", True), name
             )
             module.weight.data.copy_(representation.dequantize(module.weight.dtype))
             if packed is not None:

@@ -149,9 +149,9 @@ def quantize_to_int(weight: torch.Tensor, params: QuantParams, group_size: int |
     """
     groups = _grouped(weight, group_size, "<tensor>").float()
     q = torch.round(groups / params.scale) + params.zero
-    # clamp keeps NaN, and a code is never Inf here: a non-finite weight makes its group's scale
-    # NaN or Inf (see compute_qparams), and Inf / Inf is NaN, so a broken weight stays broken.
-    return q.clamp(params.qmin, params.qmax)
+    # Clamping would turn an Inf code into qmax. Params computed from another tensor (GPTQ's, set
+    # before error feedback updates the columns) can meet an Inf weight: keep NaN/Inf codes as they are.
+    return torch.where(torch.isfinite(q), q.clamp(params.qmin, params.qmax), q)
 
 
 def dequantize(codes: torch.Tensor, params: QuantParams, shape: torch.Size | tuple[int, int]) -> torch.Tensor:

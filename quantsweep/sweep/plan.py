@@ -348,6 +348,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
     recipes = resolve_recipes(spec)
     baseline = recipes[0]
     versions = _versions()
+    files_of = {recipe.name: _recipe_files(recipe) for recipe in recipes}  # each file hashed once, not per task
     cells: list[CellPlan] = []
     seen_models: dict[tuple, str] = {}
     for model in spec.models:
@@ -387,7 +388,7 @@ def plan_cells(spec: SweepSpec, *, device_kind_of: Callable[[ModelSpec], str] = 
                 config = {k: v for k, v in recipe.to_dict().items() if k != "description"}
                 calibrated = needs_calibration(recipe)
                 fields = {**shared, **task_fields, "recipe": config, "calibration": calibration if calibrated else None}
-                files = _recipe_files(recipe)
+                files = files_of[recipe.name]
                 if files:  # a learned rotation read from a file: its contents change results
                     fields["recipe_files_sha256"] = files
                 return fields

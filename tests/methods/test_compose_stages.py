@@ -62,17 +62,24 @@ def test_rotate_rtn_activations_kv_is_the_same_as_by_hand_in_that_order():
     assert recipe.precision() == {"weight_bits": 4, "activation_bits": 6, "kv_cache_bits": 4}
 
 
-def test_a_learned_matrix_counts_its_parameters_in_bits_per_weight(tmp_path):
+def test_a_learned_matrix_counts_its_parameters_in_bits_per_weight(tmp_path, monkeypatch):
+    from quantsweep.methods import compose, rotation
+
     path = tmp_path / "r1.pt"
     torch.save({"R1": torch.linalg.qr(torch.randn(128, 128, dtype=torch.float64))[0]}, path)
     stages = [{"transform": "rotate", "online": []}, {"weight": "rtn", "bits": 4}]
     learned = recipe_from_dict({"name": "learned", "stages": [{**stages[0], "matrix": str(path)}, stages[1]]})
     hadamard = recipe_from_dict({"name": "hadamard", "stages": stages})
     costs = {}
+    reads = []
+    real_load = rotation.load_rotation_matrix
+    for module in (rotation, compose):  # compose imports it by name
+        monkeypatch.setattr(module, "load_rotation_matrix", lambda *a: reads.append(a) or real_load(*a))
     for recipe in (learned, hadamard):
         model, _ = quantsweep.load_model("toy")
         result = apply_recipe(model, recipe)
         costs[recipe.name] = cost_fields(model, recipe, result)
+    assert len(reads) == 1  # applying reads the learned matrix once
     assert costs["learned"]["extra_parameters"] == 128 * 128 and costs["hadamard"]["extra_parameters"] == 0
     weights = costs["hadamard"]["weights"]
     assert costs["learned"]["weights"] == weights
@@ -96,6 +103,13 @@ def test_what_cannot_work_is_refused_before_any_weight_changes(tmp_path):
     missing = recipe_from_dict({"name": "m", "stages": [{"transform": "rotate", "matrix": str(tmp_path / "none.pt")}]})
     with pytest.raises(ValueError, match="rotation matrix file .* does not exist"):
         check_recipe(model, missing)
+    not_orthogonal = tmp_path / "r1.pt"
+    torch.save({"R1": torch.full((128, 128), 0.5)}, not_orthogonal)
+    bad_matrix = recipe_from_dict(
+        {"name": "q", "stages": [{"transform": "rotate", "matrix": str(not_orthogonal)}, {"weight": "rtn"}]}
+    )
+    with pytest.raises(ValueError, match="is not orthogonal"):
+        apply_recipe(model, bad_matrix)  # read once, by the rotation itself, still before any change
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(RecipeError, match=r"unknown online Hadamard target 'down' \(did you mean 'down_proj'\?\)"):
         recipe_from_dict({"name": "o", "stages": [{"transform": "rotate", "online": ["down"]}]})

@@ -160,3 +160,15 @@ def test_activation_clip_ratio_one_is_plain_min_max_and_a_smaller_ratio_saturate
     assert torch.allclose(ours, expected, atol=1e-5)
     with pytest.raises(ValueError, match="clip_ratio"):
         fake_quantize_activation(x, 4, clip_ratio=0.0)
+
+
+def test_an_inf_weight_under_finite_params_keeps_a_non_finite_code():
+    """GPTQ applies params set from the original weight to updated columns: an Inf there must not become qmax."""
+    from quantsweep.quant.primitives import compute_qparams, quantize_to_int
+
+    finite = torch.tensor([[-1.0, 0.5, 2.0, 1.0]])
+    params = compute_qparams(finite, bits=4)
+    broken = torch.tensor([[-1.0, float("inf"), float("-inf"), float("nan")]])
+    codes = quantize_to_int(broken, params).flatten()
+    assert codes[0].item() == quantize_to_int(finite, params).flatten()[0].item()
+    assert not torch.isfinite(codes[1:]).any()

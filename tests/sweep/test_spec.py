@@ -128,3 +128,37 @@ def test_a_typo_in_a_model_key_is_named_before_the_key_it_hides_is_missed():
         spec_from_dict({"models": [{"pth": "toy"}], "tasks": ["toy_mc4"]})
     with pytest.raises(SpecError, match=r"unknown key 'model' \(did you mean 'models'\?\)"):
         spec_from_dict({"model": [{"path": "toy"}], "tasks": ["toy_mc4"]})
+
+
+def test_a_learned_rotation_matrix_enters_the_cell_keys_hashed_once(tmp_path, monkeypatch):
+    """Its contents change results, so they change every cell key; the file is hashed once per plan, not per task."""
+    import os
+
+    import torch
+    import yaml
+
+    from quantsweep.sweep import plan as plan_module
+
+    matrix = tmp_path / "r1.pt"
+    recipe = tmp_path / "learned.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {"name": "learned", "stages": [{"transform": "rotate", "matrix": str(matrix)}, {"weight": "rtn"}]}
+        )
+    )
+    spec = spec_from_dict({"models": ["toy"], "recipes": [str(recipe)], "tasks": ["toy_mc4", "toy_ppl"]})
+    hashed = []
+    real_digest = plan_module.file_digest
+    monkeypatch.setattr(plan_module, "file_digest", lambda path: hashed.append(path) or real_digest(path))
+
+    def learned_keys():
+        return [c.key for c in plan_module.plan_cells(spec).cells if c.recipe.name == "learned"]
+
+    torch.save({"R1": torch.eye(128)}, matrix)
+    first = learned_keys()
+    assert len(first) == 2 and len(hashed) == 1
+    assert learned_keys() == first  # the same contents: the same keys
+    torch.save({"R1": -torch.eye(128)}, matrix)
+    later = matrix.stat().st_mtime_ns + 10**9  # digests are cached by size and mtime: a rewrite is a later file
+    os.utime(matrix, ns=(later, later))
+    assert set(learned_keys()).isdisjoint(first)  # other contents: every cell is new
