@@ -1,8 +1,8 @@
 """Strict mapping -> frozen dataclass: unknown keys are named, with "did you mean".
 
 One mechanism for every file format quantsweep reads by hand: sweep specs are built
-by :func:`build`; suites word their messages their own way but find unknown and
-missing keys here (:func:`unknown_keys`, :func:`missing_keys`); every "did you mean"
+by :func:`build`; suites refuse unknown keys with :func:`refuse_unknown` and find
+missing keys with :func:`missing_keys`; every "did you mean"
 in the package comes from :func:`close_matches`. Field types are checked against
 the dataclass's annotations, so ``limit: "ten"`` fails with the field's name.
 
@@ -63,21 +63,6 @@ def allowed_keys(cls, *, exclude=()) -> list[str]:
         ['a']
     """
     return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in exclude]
-
-
-def unknown_keys(cls, data: Mapping, *, exclude=()) -> list[str]:
-    """Keys of ``data`` that are not fields of ``cls`` (see :func:`allowed_keys`), in the mapping's order.
-
-    Example:
-        >>> from dataclasses import dataclass
-        >>> @dataclass
-        ... class One:
-        ...     a: int = 0
-        >>> unknown_keys(One, {"a": 1, "z": 2})
-        ['z']
-    """
-    allowed = allowed_keys(cls, exclude=exclude)
-    return [key for key in data if key not in allowed]
 
 
 def refuse_unknown(

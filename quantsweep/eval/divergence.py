@@ -413,7 +413,6 @@ class DivergenceProbe:
         self.recording = bool(record)
         self.references = dict(references or {})
         self.load_reference = load_reference
-        self._asked: set[str] = set()
         self.k, self.tail_samples, self.seed = k, tail_samples, seed
         self.recorded: dict[str, TokenReference] = {}
         self.compared: dict[str, list[dict[str, Any]]] = {}
@@ -445,8 +444,7 @@ class DivergenceProbe:
             >>> probe.reference("toy_ppl"), probe.problems["toy_ppl"]
             (None, 'the baseline failed')
         """
-        if task not in self.references and self.load_reference is not None and task not in self._asked:
-            self._asked.add(task)
+        if task not in self.references and task not in self.problems and self.load_reference is not None:
             found = self.load_reference(task)
             if isinstance(found, TokenReference):
                 self.references[task] = found

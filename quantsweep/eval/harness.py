@@ -492,12 +492,12 @@ def evaluate(
 
 def _token_divergence(probe, task: str) -> dict[str, Any] | None:
     """A rolling task's figures from the probe (compare mode), ``{"error": ...}``, or None (recording)."""
-    if probe.recording:
-        return {"error": probe.problems[task]} if task in probe.problems else None
-    if task not in probe.problems and probe.reference(task) is None:
-        probe.problems.setdefault(task, "the baseline stored no distributions for this task")
     if task in probe.problems:
         return {"error": probe.problems[task]}
+    if probe.recording:
+        return None
+    if task not in probe.references:  # the scorer never asked: fetching now could only wait for nothing
+        return {"error": "no document of this task was compared with the baseline (none had scored tokens)"}
     return probe.summary(task)
 
 

@@ -500,14 +500,14 @@ class ContextCachedLM(HFLM):
                     for req in requests:
                         self.divergence.problems[req.task_name or ""] = f"divergence not measured: {reason}"
             return super().loglikelihood_rolling(requests, disable_tqdm)
-        references = self._rolling_references(requests, per_request)
-        flat = [(r, window) for r, windows in enumerate(per_request) for window in windows]
-        # each window's (document key, window index): the seed of its tail draws when recording
-        draws = [
-            (document_key(requests[r].args[0]), j) for r, windows in enumerate(per_request) for j in range(len(windows))
-        ]
+        # each document hashed once, and only when divergence is measured (its key names its stored rows)
+        keys = [document_key(req.args[0]) if self.divergence is not None else "" for req in requests]
+        references = self._rolling_references(requests, keys, per_request)
+        flat = [(r, j, window) for r, windows in enumerate(per_request) for j, window in enumerate(windows)]
+        # each window's (document key, window index) seeds its tail draws when recording
         items = [
-            (window, None if references is None else references[i], draws[i]) for i, (_, window) in enumerate(flat)
+            (window, None if references is None else references[i], (keys[r], j))
+            for i, (r, j, window) in enumerate(flat)
         ]
         totals = [0.0] * len(requests)
         extras: list[list] = [[] for _ in requests]
@@ -515,15 +515,15 @@ class ContextCachedLM(HFLM):
         scored = [None] * len(items)
         for i, answer in zip(order, self._batches([items[i] for i in order], self._score_windows)):
             scored[i] = answer
-        for (r, _), (value, extra) in zip(flat, scored):
+        for (r, _, _), (value, extra) in zip(flat, scored):
             totals[r] += value
             extras[r].append(extra)
         for req, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), total)
-        self._keep_divergence(requests, extras)
+        self._keep_divergence(requests, keys, extras)
         return totals
 
-    def _rolling_references(self, requests, per_request) -> list | None:
+    def _rolling_references(self, requests, keys, per_request) -> list | None:
         """Each window's slice of the baseline's stored rows (compare mode), else None."""
         probe = self.divergence
         if probe is None or probe.recording:
@@ -534,9 +534,8 @@ class ContextCachedLM(HFLM):
             by_task.setdefault(req.task_name or "", []).append(r)
         docs: dict[int, dict] = {}
         for task, indices in by_task.items():
-            keys = [document_key(requests[r].args[0]) for r in indices]
             lengths = [sum(len(cont) for _, cont in per_request[r]) for r in indices]
-            found = probe.reference_for(task, keys, lengths)
+            found = probe.reference_for(task, [keys[r] for r in indices], lengths)
             if found is None:
                 return None
             docs.update(zip(indices, found))
@@ -547,20 +546,20 @@ class ContextCachedLM(HFLM):
                 start += len(cont)
         return slices
 
-    def _keep_divergence(self, requests, extras) -> None:
+    def _keep_divergence(self, requests, keys, extras) -> None:
         probe = self.divergence
         if probe is None:
             return
-        for req, parts in zip(requests, extras):
+        for req, key, parts in zip(requests, keys, extras):
             task = req.task_name or ""
             if not parts:  # a document of no tokens has no windows: nothing to record or compare
                 continue
             if probe.recording:
                 rows = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
                 probe.recorded.setdefault(task, TokenReference(k=probe.k, tail_samples=probe.tail_samples)).add(
-                    document_key(req.args[0]), rows
+                    key, rows
                 )
-            elif parts and parts[0] is not None:
+            elif parts[0] is not None:
                 probe.compared.setdefault(task, []).extend(parts)
 
     def _score_windows(

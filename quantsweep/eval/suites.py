@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from quantsweep._schema import allowed_keys, close_matches, did_you_mean, missing_keys, unknown_keys
+from quantsweep._schema import close_matches, missing_keys, refuse_unknown
 from quantsweep.eval.tasks import OUTPUT_TYPES, TASKS_DIR, TaskNotFoundError, task_config, task_yaml
 
 SUITES_DIR = TASKS_DIR / "suites"
@@ -226,13 +226,7 @@ class Suite:
 def _build(cls, data: Any, where: str, source: str):
     if not isinstance(data, Mapping):
         raise SuiteError(f"{source}: {where} must be a mapping, got {type(data).__name__}")
-    unknown = unknown_keys(cls, data, exclude=("source",))
-    if unknown:
-        allowed = allowed_keys(cls, exclude=("source",))
-        raise SuiteError(
-            f"{source}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], allowed)} in {where}; "
-            f"allowed keys: {', '.join(allowed)}"
-        )
+    refuse_unknown(cls, data, f"{source}: {where}", exclude=("source",), error=SuiteError)
     missing = missing_keys(cls, data, exclude=("source",))
     if missing:
         raise SuiteError(f"{source}: {where} is missing required key(s) {', '.join(missing)}")

@@ -49,6 +49,7 @@ from typing import Any
 import pandas as pd
 
 from quantsweep.report import frames, plots
+from quantsweep.report.text import format_controls
 from quantsweep.sweep.store import atomic_write_text, probe_writable
 from quantsweep.verdicts.rules import ERROR, UNREMARKABLE, VERDICT_MARKERS, primary_or_error_mask
 from quantsweep.verdicts.summary import family_overview
@@ -233,15 +234,6 @@ def divergence_table(cells: pd.DataFrame) -> pd.DataFrame:
             "note": have["divergence_error"].fillna(""),
         }
     )
-
-
-def _aa_lines(cells: pd.DataFrame) -> list[str]:
-    """The A/A control lines of one view's cells: call it per view, since a control is its own model's
-    noise floor (and the lines name tasks, not models)."""
-    from quantsweep.report.text import format_controls
-
-    # a field some records lack is NaN in the frame, and NaN is truthy: give format_controls None, as records have
-    return format_controls(cells.astype(object).where(cells.notna(), None).to_dict("records"))
 
 
 def _aa_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -497,7 +489,7 @@ def _panel(view, index: int, multi: bool) -> dict[str, Any]:
         "figures": figures,
         "retention": retention,
         "warnings": warnings,
-        "aa_lines": _aa_lines(cells),  # this view's own A/A control: never another model's
+        "aa_lines": format_controls(view.records),  # this view's own A/A control: never another model's
         "verdict_map_file": next(iter(figures)),
         "task_groups": [(family, [(t, metric_of.get(t, "")) for t in group]) for family, group in task_groups],
         "map_rows": _map_rows(cells, recipe_groups, task_groups),

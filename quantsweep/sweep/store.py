@@ -275,7 +275,7 @@ class Claim:
         self._stop.set()
         try:
             held = self.holds()
-        except OSError as error:  # cannot tell whose it is: leave it; it goes stale once this process ends
+        except OSError as error:  # cannot tell whose it is: leave it; its heartbeat has stopped, so it goes stale
             logger.warning("cannot read the claim on cell %s (%s); left in place", self.key, error)
             return
         if held:  # never remove a claim another process took over meanwhile

@@ -262,7 +262,7 @@ def _against_chance(kind, q, n: int, config: VerdictConfig) -> Verdict:
     else:
         verdict = "inconclusive"
         reason = f"{_BASELINE_NONFINITE}; against chance alone: {words}, which does not settle it"
-    return Verdict(verdict, kind.chance, 0, math.nan, math.nan, math.nan, math.nan, math.nan, n, reason, interval)
+    return Verdict(verdict, chance=kind.chance, n=n, reason=reason, interval=interval)
 
 
 # ---------------------------------------------------------------- accuracy

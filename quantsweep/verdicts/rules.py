@@ -168,6 +168,9 @@ writes the verdict's `reason` in words with its numbers, for example
     Clopper-Pearson and `p_value` is the one-sided binomial test against
     chance. For perplexity and other scores, the interval is a bootstrap and
     `p_value` is empty.
+  - For a row whose baseline has non-finite per-document values (it cannot be
+    paired), all four are empty: the row is judged against chance alone, and the
+    margin above chance with its interval is in `reason`; `interval` names that interval.
 - `retained`: the point estimate of retention. It is empty when the baseline
   is not above chance.
 - `n`: the number of documents.

@@ -254,3 +254,17 @@ def test_inverse_cdf_draws_follow_the_tail_distribution():
     tail = logp[0, 2:].double().exp().numpy()
     expected = tail / tail.sum() * counts.sum()
     assert stats.chisquare(counts[2:], expected).pvalue > 1e-3
+
+
+def test_a_task_the_scorer_never_asked_about_does_not_fetch_its_reference():
+    """Every document empty: nothing was compared, so the baseline is not fetched (it could mean a 30-minute wait)."""
+    from quantsweep.eval.divergence import DivergenceProbe
+    from quantsweep.eval.harness import _token_divergence
+
+    asked = []
+    probe = DivergenceProbe(load_reference=lambda task: asked.append(task) or "never reached")
+    figures = _token_divergence(probe, "toy_ppl")
+    assert asked == [] and "no document of this task was compared" in figures["error"]
+    probe.reference("toy_ppl")  # the scorer asks once; its answer is kept, never asked again
+    probe.reference("toy_ppl")
+    assert asked == ["toy_ppl"] and _token_divergence(probe, "toy_ppl") == {"error": "never reached"}

@@ -318,7 +318,7 @@ class _CacheLessOutputModel(_NoCacheModel):
         return self.inner(input_ids=input_ids, use_cache=False)
 
 
-def test_model_returning_no_cache_falls_back_for_the_remaining_requests(toy, lm_log):
+def test_model_returning_no_cache_falls_back_for_the_remaining_requests(toy, lm_log, monkeypatch):
     model, tokenizer = toy
     lm = ContextCachedLM(pretrained=_CacheLessOutputModel(model), tokenizer=tokenizer, batch_size=2, backend="causal")
     pairs = [
@@ -331,7 +331,11 @@ def test_model_returning_no_cache_falls_back_for_the_remaining_requests(toy, lm_
     assert lm.fallbacks == {"_CacheLessOutputModel returned no reorderable KV cache": len(pairs)}
     # scoring's reason stays scoring's: generation (which builds its own cache) is not sent down lm-eval's path for it
     assert "reorderable" not in (lm._generation_unsupported() or "")
-    assert lm.loglikelihood(_instances(pairs[:2])) == mine[:2]  # and scoring keeps its fallback, without a retry
+    retried = []
+    real_score = lm._score_from_cache
+    monkeypatch.setattr(lm, "_score_from_cache", lambda *a, **k: retried.append(1) or real_score(*a, **k))
+    assert lm.loglikelihood(_instances(pairs[:2])) == mine[:2]  # and scoring keeps its fallback,
+    assert retried == []  # without trying the cached path again
 
 
 def test_auto_batch_size_halves_on_out_of_memory_and_records_it(toy, monkeypatch):

@@ -135,7 +135,7 @@ def test_unknown_key_at_top_level_and_in_data(tmp_path):
         suites.load_suite(str(path))
     entry = dict(MINIMAL_ENTRY, data={"dir": "piqa", "splits": {"validation": "validation"}, "format": "csv"})
     path = _write_suite(tmp_path / "data.yaml", {"name": "t", "tasks": [entry]})
-    with pytest.raises(ValueError, match="unknown key 'format' in tasks\\[0\\] \\('piqa'\\).data"):
+    with pytest.raises(ValueError, match="tasks\\[0\\] \\('piqa'\\).data: unknown key 'format'"):
         suites.load_suite(str(path))
 
 
