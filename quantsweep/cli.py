@@ -538,7 +538,7 @@ def _command_measure(args) -> int:
 
 
 def _add_sensitivity_parser(sub) -> None:
-    from quantsweep.sensitivity.defaults import DEFAULT_TOKENS  # light: the parser loads no torch
+    from quantsweep.sensitivity.defaults import DEFAULT_TOKENS, TEXT_SEED_OFFSET  # light: the parser loads no torch
 
     sensitivity = sub.add_parser(
         "sensitivity",
@@ -572,7 +572,8 @@ def _add_sensitivity_parser(sub) -> None:
     sensitivity.add_argument(
         "--text",
         default=None,
-        help="the fixed text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: the calibration source)",
+        help="the fixed text: 'toy', a .txt/.jsonl file, or wikitext2/c4/pile (default: the calibration source); "
+        f"its windows are drawn with the calibration seed + {TEXT_SEED_OFFSET}, so not the calibration's own",
     )
     sensitivity.add_argument(
         "--tokens",

@@ -268,3 +268,13 @@ def test_a_task_the_scorer_never_asked_about_does_not_fetch_its_reference():
     probe.reference("toy_ppl")  # the scorer asks once; its answer is kept, never asked again
     probe.reference("toy_ppl")
     assert asked == ["toy_ppl"] and _token_divergence(probe, "toy_ppl") == {"error": "never reached"}
+
+
+def test_a_tail_draw_rounded_onto_a_token_of_no_weight_takes_the_last_token_of_weight():
+    """u = 1 (or u * total rounded up to the total) points past every weight: the draw is the row's last real token."""
+    from quantsweep.eval.divergence import _inverse_cdf
+
+    weights = torch.tensor([[1.0, 2.0, 0.0, 0.0], [1.0, 0.0, 2.0, 0.0]])  # the top-k ids carry no tail weight
+    ids = _inverse_cdf(weights, torch.tensor([[1.0, 0.0, 0.4], [1.0, 0.0, 0.4]]))
+    assert ids.tolist() == [[1, 0, 1], [2, 0, 2]]
+    assert bool((weights.gather(1, ids) > 0).all())  # never a token of no weight
