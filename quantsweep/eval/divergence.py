@@ -36,8 +36,8 @@ unbiased estimate, with its standard error, is what to read. ``docs/verdicts.md`
 measured errors against the exact KL.
 
 Top-1 agreement (the baseline's argmax is the first stored id; the recipe's argmax is
-taken over its full distribution) and the change in the correct token's probability are
-exact.
+taken over its full distribution; a tie counts as agreement when a token is top for both)
+and the change in the correct token's probability are exact.
 
 Example:
     >>> import torch
@@ -177,7 +177,7 @@ def compare_rows(logprobs: torch.Tensor, targets: torch.Tensor, rows: dict[str, 
 
     Returns:
         ``kl`` (the unbiased estimate), ``kl_lower`` (the coarsened lower bound),
-        ``tail_var`` (variance of the tail term, ``r^2 var / m``), ``top1`` (same top token),
+        ``tail_var`` (variance of the tail term, ``r^2 var / m``), ``top1`` (same top token; ties agree),
         ``prob_delta`` (recipe minus baseline probability of the correct token), ``tail_mass``:
         float64 numpy arrays of length ``n``.
 
@@ -211,7 +211,11 @@ def compare_rows(logprobs: torch.Tensor, targets: torch.Tensor, rows: dict[str, 
         kl = lower + torch.where(has_tail, tail_mass * shape.mean(dim=1), torch.zeros_like(lower))
         if m > 1:
             tail_var = torch.where(has_tail, tail_mass**2 * shape.var(dim=1) / m, torch.zeros_like(lower))
-    top1 = logq.argmax(dim=-1) == top_ids[:, 0]
+    # same top token, ties counted as agreement (bf16 logits tie often, and topk orders tied ids
+    # arbitrarily): one stored id is both a baseline argmax and a recipe argmax
+    baseline_best = top_logp >= top_logp[:, :1]
+    recipe_best = q_top >= logq.max(dim=-1, keepdim=True).values
+    top1 = (baseline_best & recipe_best).any(dim=-1)
     target_q = logq.gather(1, targets[:, None].long().to(device))[:, 0]
     prob_delta = target_q.exp() - rows["target_logp"].to(device).float().exp()
 

@@ -278,3 +278,23 @@ def test_a_tail_draw_rounded_onto_a_token_of_no_weight_takes_the_last_token_of_w
     ids = _inverse_cdf(weights, torch.tensor([[1.0, 0.0, 0.4], [1.0, 0.0, 0.4]]))
     assert ids.tolist() == [[1, 0, 1], [2, 0, 2]]
     assert bool((weights.gather(1, ids) > 0).all())  # never a token of no weight
+
+
+def test_tied_top_tokens_agree_whatever_order_the_baseline_stored_them_in():
+    """bf16 logits tie: an unchanged model must show top-1 agreement 1 (an A/A control on the H200 showed 0.99)."""
+    from quantsweep.eval.divergence import compare_rows, reference_rows
+
+    logits = torch.tensor([[5.0, 5.0, 1.0, 0.0, -1.0], [0.0, 3.0, 3.0, 3.0, 1.0], [4.0, 1.0, 0.0, 0.0, 0.0]])
+    logp = torch.log_softmax(logits, dim=-1)
+    targets = torch.zeros(3, dtype=torch.long)
+    rows = reference_rows(logp, targets, k=3)
+    ids = rows["top_ids"].clone()  # the baseline stored the tied best ids in reverse order of index
+    ids[0, :2] = torch.tensor([1, 0], dtype=ids.dtype)
+    ids[1, :3] = torch.tensor([3, 2, 1], dtype=ids.dtype)
+    swapped = {**rows, "top_ids": ids}  # their log-probabilities are equal, so top_logp holds as stored
+    assert compare_rows(logp, targets, swapped)["top1"].tolist() == [True, True, True]
+    moved = torch.log_softmax(logits + torch.tensor([0.0, 0.0, 0.0, 0.0, 9.0]), dim=-1)  # a new winner: id 4
+    assert compare_rows(moved, targets, swapped)["top1"].tolist() == [False, False, False]
+    # id 2 alone on top: one of row 1's tied best, but not row 0's nor row 2's
+    broken_tie = torch.log_softmax(logits + torch.tensor([0.0, 0.0, 4.5, 0.0, 0.0]), dim=-1)
+    assert compare_rows(broken_tie, targets, swapped)["top1"].tolist() == [False, True, False]
