@@ -22,7 +22,8 @@ Run::
     .venv/bin/python benchmarks/bench_divergence.py --repeats 1 --docs 20 --skip-large
     .venv/bin/python benchmarks/bench_divergence.py --only costs   # keeps the file's error rows
 
-Writes ``benchmarks/results/bench_divergence.json``.
+Writes ``benchmarks/results/bench_divergence.json``; ``errors_run`` and ``costs_run`` there give each
+part's command, date and device.
 """
 
 from __future__ import annotations
@@ -196,6 +197,15 @@ def main() -> None:
         "errors": previous.get("errors", []),
         "costs": previous.get("costs", []),
     }
+    # each part says when, where and how it was measured: --only keeps the other part's rows and run
+    run = {
+        "command": "benchmarks/bench_divergence.py " + " ".join(sys.argv[1:]),
+        "date": results["date"],
+        "device": f"CPU ({results['machine']}, {results['cpu_count']} cores, {args.threads} torch thread(s)), fp32",
+    }
+    for part in ("errors", "costs"):
+        if f"{part}_run" in previous:
+            results[f"{part}_run"] = previous[f"{part}_run"]
 
     def save():  # after every part: a run stopped half-way keeps what it measured
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -207,9 +217,11 @@ def main() -> None:
         results["errors"] += _error_rows(
             "random-2l-vocab50257", large, {"rounded-15-levels": _rounded(large)}, tokenizer, _texts(6)
         )
+        results["errors_run"] = run
         save()
     if args.only != "errors":
         results["costs"] = [_cost_rows("toy", toy, recipes["w4-rtn"], tokenizer, args.docs, args.repeats)]
+        results["costs_run"] = run
         save()
         if not args.skip_large:
             wide = _llama(153_376, 1536, 6144, 12, 6)

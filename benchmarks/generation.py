@@ -9,8 +9,11 @@ One invocation measures, side by side on the same model and the same requests:
    For each: model calls (forward passes), decode steps (forwards that decode one token per
    row), decode slots spent (rows summed over all forwards; each yields one token), tokens kept
    (per document, the tokens up to and including the one that completed a stop string or EOS,
-   or the 256-token limit; the same number for both, since the strings are identical),
-   wall and CPU time. Every generated string is compared; the script fails if one differs.
+   or the 256-token limit; counted on each side's generated token ids by the same rule, so
+   identical strings give the same number), wall and CPU time. Every generated string is
+   compared. The script fails if one differs in fp32, or if all are identical and the two
+   counts of kept tokens are not; in bf16/fp16 a row's logits can depend on its batch, so the
+   two schedulers may answer differently, and the number of identical strings is reported.
    Also the fewest decode steps any scheduler could take at this batch size: the longest
    answer's, or the tokens over the batch size, whichever is more. At 32 documents one long
    answer bounds the steps; at 256 (GSM8K has 1,319) the sum does.
@@ -30,11 +33,14 @@ One invocation measures, side by side on the same model and the same requests:
    through lm-eval's ``simple_evaluate`` with ``HFLM``. The trained toy answers and stops;
    the random model mostly runs to the limit, so there the two take about the same steps.
 
-CPU only here (no GPU in the session that wrote it). Run::
+The GSM8K-style model runs on ``--device`` (cpu, cuda, npu:0) in ``--dtype`` (float32,
+bfloat16, float16); the family timing (part 2) always runs on CPU in fp32 and is left out with
+``--skip-families``. Run::
 
     /work/main/.venv/bin/python benchmarks/generation.py
+    python benchmarks/generation.py --device cuda --dtype bfloat16 --skip-families --out benchmarks/results/generation_cuda_bf16.json
 
-Writes ``benchmarks/results/generation.json``.
+Writes the JSON file ``--out`` (by default ``benchmarks/results/generation.json``).
 """
 
 from __future__ import annotations
@@ -134,6 +140,42 @@ class _ForwardCounter:
         self._handle.remove()
 
 
+def _record_hflm_outputs(lm) -> list:
+    """Wraps ``lm._model_generate`` to keep what each of its calls returned (counted after the timing)."""
+    calls = []
+    generate = lm._model_generate
+
+    def recording(context, max_length, stop, **kwargs):
+        out = generate(context=context, max_length=max_length, stop=stop, **kwargs)
+        calls.append((out, context.shape[1], max_length - context.shape[1], tuple(s for s in stop if s)))
+        return out
+
+    lm._model_generate = recording
+    return calls
+
+
+def _hflm_kept(calls, decode, eos_ids) -> list[int]:
+    """Per row HFLM generated, the tokens it kept, counted on its generated ids by quantsweep's rule.
+
+    The tokens up to and including the first EOS, or the one whose decoded prefix first holds a
+    stop string, or the token limit: what ``GenerationStats.tokens`` counts for quantsweep.
+    (Re-tokenizing HFLM's strings does not count them: the byte-level tokenizer decodes an
+    invalid UTF-8 run as U+FFFD, which re-encodes as three bytes.)
+    """
+    from quantsweep.eval.generation import stopped
+
+    kept = []
+    for out, width, budget, stops in calls:
+        for row in out[:, width:].tolist():
+            n = len(row)
+            for i, token in enumerate(row):
+                if token in eos_ids or i + 1 >= budget or (stops and stopped(row[: i + 1], stops, decode, i + 1)):
+                    n = i + 1
+                    break
+            kept.append(n)
+    return kept
+
+
 def _timed(run):
     wall, cpu = time.perf_counter(), time.process_time()
     out = run()
@@ -174,6 +216,8 @@ def gsm8k_case(args, docs: int) -> dict:
         ("quantsweep", lambda: ContextCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)),
     ):
         lm = make()
+        if name == "lm-eval HFLM":
+            hf_calls = _record_hflm_outputs(lm)
         counter = _ForwardCounter(model)
         out, wall, cpu = _timed(lambda lm=lm: lm.generate_until(copy.deepcopy(requests), disable_tqdm=True))
         counter.close()
@@ -189,19 +233,25 @@ def gsm8k_case(args, docs: int) -> dict:
             stats = lm.generation_stats
             assert not lm.fallbacks, lm.fallbacks
             assert (stats.model_calls, stats.slots) == (counter.calls, counter.slots), (stats, counter.__dict__)
-            kept, longest = stats.tokens, stats.longest
+            rows[name]["tokens_kept"], longest = stats.tokens, stats.longest
+        else:
+            eos = model.generation_config.eos_token_id
+            hf_kept = _hflm_kept(hf_calls, lm.tok_decode, {eos} if isinstance(eos, int) else set(eos or ()))
+            assert len(hf_kept) == len(requests), (len(hf_kept), len(requests))
+            rows[name]["tokens_kept"] = sum(hf_kept)
     same = sum(a == b for a, b in zip(strings["lm-eval HFLM"], strings["quantsweep"], strict=True))
     if same != len(requests) and args.dtype == "float32":
         raise SystemExit(f"generated strings differ: {len(requests) - same} of {len(requests)}")
     # in bf16 a row's logits can depend on what else is in its batch (padding, batch size), so the
     # two schedulers may pick another token at a near tie: the count is reported, not required
-    kept_hf = sum(len(tokenizer(text)["input_ids"]) for text in strings["lm-eval HFLM"])
-    for name, row in rows.items():
-        row["tokens_kept"] = kept if same == len(requests) or name == "quantsweep" else None
-        row["kept_per_slot"] = round(kept / row["slots"], 3) if row["tokens_kept"] else None
-    if same != len(requests):  # HFLM's own answers differ: its kept tokens, re-tokenized (stop strings cut off)
-        rows["lm-eval HFLM"]["tokens_kept_retokenized"] = kept_hf
     hf, qs = rows["lm-eval HFLM"], rows["quantsweep"]
+    if same == len(requests) and hf["tokens_kept"] != qs["tokens_kept"]:
+        raise SystemExit(
+            f"identical strings, yet tokens kept differ: HFLM {hf['tokens_kept']}, quantsweep {qs['tokens_kept']}"
+        )
+    for row in rows.values():
+        row["kept_per_slot"] = round(row["tokens_kept"] / row["slots"], 3)
+    kept = qs["tokens_kept"]
     return {
         "docs": len(requests),
         "device": args.device,
